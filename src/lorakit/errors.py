@@ -1,0 +1,12 @@
+"""One error type for bad input: the CLI prints it as one line and exits 2."""
+
+from __future__ import annotations
+
+
+class LoraKitError(Exception):
+    """A problem with the user's input, naming the file (if any) and what is wrong."""
+
+    def __init__(self, message: str, path: object | None = None):
+        self.path = None if path is None else str(path)
+        self.message = message
+        super().__init__(f"{self.path}: {message}" if self.path else message)

@@ -1,0 +1,147 @@
+"""nn.Module wrappers: one adapter for one Linear/Conv2d of the base model.
+
+An adapter never replaces the layer it adapts: the network adds its output through a forward
+hook (on the fly) or adds its ΔW to the layer's weight (merged). `LoRAModule` is the trainable
+low-rank branch; `DeltaModule` carries any other kind read from a file (LoHa, LoKr, Tucker,
+DoRA) and applies its full ΔW, as A1111 and ComfyUI do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import functional as LF
+
+
+def layer_kind(base: nn.Module) -> str:
+    if isinstance(base, nn.Linear):
+        return "linear"
+    if isinstance(base, nn.Conv2d):
+        return "conv"
+    raise TypeError(f"LoRA adapts Linear and Conv2d layers, not {type(base).__name__}")
+
+
+def _conv_args(base: nn.Conv2d) -> dict:
+    return dict(stride=base.stride, padding=base.padding, dilation=base.dilation)
+
+
+class LoRAModule(nn.Module):
+    """h = W0·x + m·(alpha/r)·up(down(x)); down Kaiming-uniform, up zero (kohya's init)."""
+
+    def __init__(self, base: nn.Module, rank: int, alpha: float | None = None, *, dropout: float = 0.0,
+                 rank_dropout: float = 0.0, module_dropout: float = 0.0, init: str = "kaiming"):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be ≥ 1, got {rank}")
+        self.kind = layer_kind(base)
+        if self.kind == "linear":
+            self.lora_down = nn.Linear(base.in_features, rank, bias=False)
+            self.lora_up = nn.Linear(rank, base.out_features, bias=False)
+        else:
+            if base.groups != 1:
+                raise ValueError("grouped convolutions are not adapted")
+            self.lora_down = nn.Conv2d(base.in_channels, rank, base.kernel_size, bias=False, **_conv_args(base))
+            self.lora_up = nn.Conv2d(rank, base.out_channels, 1, bias=False)
+        self.register_buffer("alpha", torch.tensor(float(rank if alpha is None else alpha)))
+        self.rank = rank
+        self.multiplier = 1.0
+        self.dropout, self.rank_dropout, self.module_dropout = dropout, rank_dropout, module_dropout
+        self.reset_parameters(init)
+
+    def reset_parameters(self, init: str = "kaiming") -> None:
+        if init == "kaiming":
+            nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
+        elif init == "gaussian":
+            nn.init.normal_(self.lora_down.weight, std=1.0 / self.rank)
+        else:
+            raise ValueError(f"unknown init {init!r} (kaiming or gaussian)")
+        nn.init.zeros_(self.lora_up.weight)
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / self.rank
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The branch alone: m·(alpha/r)·up(down(x)), with kohya's optional dropouts in training."""
+        if self.training and self.module_dropout and torch.rand(()) < self.module_dropout:
+            return torch.zeros((), dtype=x.dtype, device=x.device)
+        dtype = self.lora_down.weight.dtype
+        h = self.lora_down(x.to(dtype))
+        scale = self.scale
+        if self.training and self.dropout:
+            h = F.dropout(h, p=self.dropout)
+        if self.training and self.rank_dropout:
+            shape = (h.shape[0], self.rank) + (1,) * (h.dim() - 2) if self.kind == "conv" else \
+                (*h.shape[:-1], self.rank)
+            mask = (torch.rand(shape, device=h.device) > self.rank_dropout).to(h.dtype)
+            h = h * mask
+            scale = scale / (1.0 - self.rank_dropout)
+        return (self.lora_up(h) * (self.multiplier * scale)).to(x.dtype)
+
+    def delta_weight(self, base_weight: Tensor | None = None) -> Tensor:
+        """ΔW in fp32 (without the multiplier), in the shape of the adapted weight."""
+        up, down = self.lora_up.weight.float(), self.lora_down.weight.float()
+        shape = (up.shape[0], *down.shape[1:])
+        return LF.lora_delta(up, down, float(self.alpha), shape)
+
+    def kohya_tensors(self) -> dict[str, Tensor]:
+        return {"lora_down.weight": self.lora_down.weight, "lora_up.weight": self.lora_up.weight,
+                "alpha": self.alpha}
+
+    @classmethod
+    def from_tensors(cls, base: nn.Module, down: Tensor, up: Tensor, alpha: float | None) -> "LoRAModule":
+        module = cls(base, down.shape[0], alpha)
+        with torch.no_grad():
+            module.lora_down.weight.copy_(down.reshape(module.lora_down.weight.shape))
+            module.lora_up.weight.copy_(up.reshape(module.lora_up.weight.shape))
+        module.to(down.dtype)
+        module.alpha.data = torch.tensor(float(down.shape[0] if alpha is None else alpha))
+        return module
+
+
+class DeltaModule(nn.Module):
+    """Any adapter kind read from a file, applied through its full ΔW (LoHa, LoKr, Tucker, DoRA)."""
+
+    def __init__(self, base: nn.Module, kind: str, tensors: dict[str, Tensor], alpha: float | None):
+        super().__init__()
+        self.kind = kind
+        self.layer = layer_kind(base)
+        self.shape = tuple(base.weight.shape)
+        self.conv_args = _conv_args(base) if self.layer == "conv" else {}
+        self.alpha_value = alpha
+        self.multiplier = 1.0
+        self._names = {}
+        for key, value in tensors.items():
+            buf = key.replace(".", "__")
+            self._names[key] = buf
+            self.register_buffer(buf, value)
+        self._base_ref = [base]  # a list so the base is not registered as a child module
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {key: getattr(self, buf) for key, buf in self._names.items()}
+
+    def delta_weight(self, base_weight: Tensor | None = None) -> Tensor:
+        t = {k: v.float() for k, v in self.tensors().items()}
+        dora = t.pop("dora_scale", None)
+        delta = LF.module_delta(self.kind, t, self.alpha_value, self.shape)
+        if dora is not None:
+            if base_weight is None:
+                base_weight = self._base_ref[0].weight
+            delta = LF.dora_delta(base_weight.float(), delta, dora)
+        return delta
+
+    def forward(self, x: Tensor) -> Tensor:
+        delta = (self.delta_weight() * self.multiplier).to(x.dtype)
+        if self.layer == "linear":
+            return F.linear(x, delta)
+        return F.conv2d(x, delta, **self.conv_args)
+
+    def kohya_tensors(self) -> dict[str, Tensor]:
+        out = dict(self.tensors())
+        if self.alpha_value is not None:
+            out["alpha"] = torch.tensor(float(self.alpha_value))
+        return out

@@ -1,0 +1,228 @@
+"""A set of adapters on one model: attach on the fly, merge into the weights, unmerge exactly.
+
+Written by hand rather than with PEFT: PEFT replaces each layer with a wrapper (slow to inject
+and to remove: the cost behind diffusers' multi-second load/fuse), does its unmerge by
+subtracting in the model's dtype (inexact in fp16) and has no LoHa/LoKr/DoRA-from-file path
+shared with LoRA. Here an adapter is a forward hook or an in-place ΔW, and the original weight
+is kept so that unmerging gives it back bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as LF
+from .modules import DeltaModule, LoRAModule
+from .targets import ModelParts, Target, select
+
+
+class _MergeState:
+    """Per base layer: its original weight and the networks merged into it."""
+
+    def __init__(self, weight: Tensor):
+        self.original = weight.detach().clone()
+        self.merged: dict[int, tuple["LoRANetwork", str]] = {}
+
+
+def _merge_state(module: nn.Module) -> _MergeState:
+    state = getattr(module, "_lorakit_merge", None)
+    if state is None:
+        state = _MergeState(module.weight)
+        module._lorakit_merge = state
+    return state
+
+
+class LoRANetwork(nn.Module):
+    """kohya's LoRANetwork, kept small: adapters keyed by kohya name, one multiplier."""
+
+    def __init__(self, multiplier: float = 1.0):
+        super().__init__()
+        self.adapters = nn.ModuleDict()
+        self.targets: dict[str, Target] = {}
+        self._multiplier = float(multiplier)
+        self._hooks: list = []
+        self.merged = False
+
+    # building -----------------------------------------------------------------------------
+    @classmethod
+    def create(cls, parts: ModelParts, *, rank: int = 16, alpha: float | None = None, preset: str = "transformer",
+               conv_rank: int | None = None, conv_alpha: float | None = None, unet: bool = True,
+               text_encoder: bool = True, dropout: float = 0.0, rank_dropout: float = 0.0,
+               module_dropout: float = 0.0, init: str = "kaiming", multiplier: float = 1.0) -> "LoRANetwork":
+        """A fresh trainable network on the layers a preset selects (kxk convs get `conv_rank`)."""
+        net = cls(multiplier)
+        for t in select(parts, preset, unet=unet, text_encoder=text_encoder):
+            r, a = rank, alpha
+            if t.is_conv3:
+                if not conv_rank:
+                    continue
+                r, a = conv_rank, conv_alpha if conv_alpha is not None else conv_rank
+            net.add(t, LoRAModule(t.module, r, a, dropout=dropout, rank_dropout=rank_dropout,
+                                  module_dropout=module_dropout, init=init))
+        return net
+
+    def add(self, target: Target, adapter: nn.Module) -> None:
+        adapter.multiplier = self._multiplier
+        self.adapters[target.name] = adapter
+        self.targets[target.name] = target
+
+    @classmethod
+    def from_modules(cls, parts: ModelParts, modules: Mapping[str, Mapping[str, Tensor]],
+                     multiplier: float = 1.0, source: str = "LoRA") -> "LoRANetwork":
+        """Build from kohya-named modules ({name: {subkey: tensor}}); formats/ checks names first."""
+        from ..errors import LoraKitError
+
+        index = parts.index()
+        net = cls(multiplier)
+        for name, tensors in modules.items():
+            target = index.get(name)
+            if target is None:
+                raise LoraKitError(f"module {name} is not in the model", source)
+            kind = LF.module_kind(tensors)
+            alpha_t = tensors.get("alpha")
+            alpha = None if alpha_t is None else float(alpha_t)
+            weights = {k: v for k, v in tensors.items() if k != "alpha"}
+            _check_shapes(name, kind, weights, target.module, alpha, source)
+            if kind == "lora" and "lora_mid.weight" not in weights and "dora_scale" not in weights:
+                adapter = LoRAModule.from_tensors(target.module, weights["lora_down.weight"],
+                                                  weights["lora_up.weight"], alpha)
+            else:
+                adapter = DeltaModule(target.module, kind, weights, alpha)
+            net.add(target, adapter)
+        return net
+
+    # strength --------------------------------------------------------------------------------
+    @property
+    def multiplier(self) -> float:
+        return self._multiplier
+
+    @multiplier.setter
+    def multiplier(self, value: float) -> None:
+        was_merged = self.merged
+        if was_merged:
+            self.unmerge()
+        self._multiplier = float(value)
+        for adapter in self.adapters.values():
+            adapter.multiplier = self._multiplier
+        if was_merged:
+            self.merge()
+
+    # on the fly ------------------------------------------------------------------------------
+    def apply(self) -> "LoRANetwork":
+        """Add every adapter's output to its layer's output through a forward hook."""
+        if self._hooks or self.merged:
+            return self
+        for name, adapter in self.adapters.items():
+            module = self.targets[name].module
+            self._hooks.append(module.register_forward_hook(_make_hook(adapter)))
+        return self
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+    # merged ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge(self) -> "LoRANetwork":
+        """W ← W + m·ΔW, computed in fp32 whatever the model's dtype; hooks are removed."""
+        if self.merged:
+            return self
+        self.remove()
+        for name, adapter in self.adapters.items():
+            module = self.targets[name].module
+            state = _merge_state(module)
+            w = module.weight
+            delta = adapter.delta_weight(state.original).to(w.device)
+            if w.dtype == torch.float32:
+                w.add_(delta, alpha=self._multiplier)
+            else:
+                w.copy_(w.float().add_(delta, alpha=self._multiplier))
+            state.merged[id(self)] = (self, name)
+        self.merged = True
+        return self
+
+    @torch.no_grad()
+    def unmerge(self) -> "LoRANetwork":
+        """Give the layers back their weights: exactly the original when no other network remains."""
+        if not self.merged:
+            return self
+        for name in self.adapters:
+            module = self.targets[name].module
+            state: _MergeState = module._lorakit_merge
+            state.merged.pop(id(self), None)
+            if not state.merged:
+                module.weight.copy_(state.original)
+                del module._lorakit_merge
+                continue
+            w = state.original.float()
+            for other, other_name in state.merged.values():
+                delta = other.adapters[other_name].delta_weight(state.original).to(w.device)
+                w.add_(delta, alpha=other.multiplier)
+            module.weight.copy_(w)
+        self.merged = False
+        return self
+
+    # export -----------------------------------------------------------------------------------
+    def kohya_modules(self) -> dict[str, dict[str, Tensor]]:
+        return {name: {k: v.detach() for k, v in adapter.kohya_tensors().items()}
+                for name, adapter in self.adapters.items()}
+
+    def kohya_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        out = {}
+        for name, tensors in self.kohya_modules().items():
+            for sub, t in tensors.items():
+                t = t.detach().cpu()
+                if dtype is not None and sub != "alpha":
+                    t = t.to(dtype)
+                out[f"{name}.{sub}"] = t.float() if sub == "alpha" else t.contiguous()
+        return out
+
+    def parameters_by_part(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters split by model part (the text encoder may get its own LR)."""
+        out: dict[str, list[nn.Parameter]] = {}
+        for name, adapter in self.adapters.items():
+            out.setdefault(self.targets[name].part, []).extend(p for p in adapter.parameters() if p.requires_grad)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.adapters)
+
+
+def _make_hook(adapter: nn.Module):
+    def hook(module, args, output):
+        return output + adapter(args[0])
+    return hook
+
+
+def _check_shapes(name: str, kind: str, w: Mapping[str, Tensor], module: nn.Module, alpha, source: str) -> None:
+    from ..errors import LoraKitError
+
+    shape = tuple(module.weight.shape)
+    if kind == "unknown":
+        raise LoraKitError(f"module {name} has keys {sorted(w)} that form no known adapter", source)
+    if kind == "lora":
+        down, up = w["lora_down.weight"], w["lora_up.weight"]
+        in_dim = down.shape[1] if down.dim() > 1 else -1
+        bad = (up.shape[0] != shape[0] or in_dim != shape[1]
+               or (len(shape) == 4 and "lora_mid.weight" not in w and tuple(down.shape[2:]) != shape[2:])
+               or (len(shape) == 2 and down.dim() != 2) or up.reshape(up.shape[0], -1).shape[1] != down.shape[0])
+        if bad:
+            raise LoraKitError(
+                f"module {name}: lora_down {tuple(down.shape)} / lora_up {tuple(up.shape)} do not fit the "
+                f"layer's weight {shape}", source)
+        return
+    try:
+        t = {k: v.float() for k, v in w.items() if k != "dora_scale"}
+        LF.module_delta(kind, t, alpha, shape)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise LoraKitError(f"module {name}: {kind} tensors do not fit the layer's weight {shape} ({exc})",
+                           source) from None
+
+
+def attach_all(networks: Iterable[LoRANetwork], merge: bool) -> None:
+    for net in networks:
+        net.merge() if merge else net.apply()

@@ -1,0 +1,141 @@
+"""Which layers of a model a network adapts, and every kohya name each layer answers to.
+
+Presets select layers by the class names of their containers (as kohya does), so this file
+needs no model library: `Transformer2DModel`, `ResnetBlock2D`, `Downsample2D`, `Upsample2D`
+in the UNet; `CLIPAttention` / `CLIPMLP` (and their SDPA/flash variants) in the text encoders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from torch import nn
+
+from .. import naming
+
+PRESETS = ("attn", "cross-attn", "transformer", "full")
+_TRANSFORMER = {"Transformer2DModel", "SpatialTransformer"}
+_RESNET = {"ResnetBlock2D"}
+_SAMPLERS = {"Downsample2D", "Upsample2D"}
+
+
+@dataclass
+class Target:
+    name: str  # the name lorakit writes
+    path: str  # module path inside its part
+    part: str  # unet, te, te1, te2
+    module: nn.Module
+    container: str  # class of the block it sits in ("" when none of the known ones)
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def is_conv3(self) -> bool:
+        return isinstance(self.module, nn.Conv2d) and tuple(self.module.kernel_size) != (1, 1)
+
+
+@dataclass
+class ModelParts:
+    """What a network attaches to: a UNet and zero or more text encoders of one family."""
+
+    family: str
+    unet: nn.Module | None
+    text_encoders: Sequence[nn.Module] = ()
+    unet_config: Mapping | None = None
+    _index: dict | None = field(default=None, repr=False)
+
+    def index(self) -> dict[str, Target]:
+        """Every adaptable layer under every name a file may use (built once per parts)."""
+        if self._index is None:
+            self._index = build_index(self)
+        return self._index
+
+    def targets(self) -> list[Target]:
+        seen, out = set(), []
+        for t in self.index().values():
+            if id(t.module) not in seen:
+                seen.add(id(t.module))
+                out.append(t)
+        return out
+
+
+def _containers(root: nn.Module, classes: set[str]) -> dict[str, str]:
+    """path of each adaptable layer → class name of the nearest container of interest."""
+    found: dict[str, str] = {}
+    for path, module in root.named_modules():
+        cls = type(module).__name__
+        if cls in classes:
+            for sub, child in module.named_modules():
+                if isinstance(child, (nn.Linear, nn.Conv2d)) and sub:
+                    found.setdefault(f"{path}.{sub}" if path else sub, cls)
+    return found
+
+
+def _te_container(cls: str) -> str:
+    if "Attention" in cls:
+        return "CLIPAttention"
+    if "MLP" in cls:
+        return "CLIPMLP"
+    return cls
+
+
+def build_index(parts: ModelParts) -> dict[str, Target]:
+    index: dict[str, Target] = {}
+    if parts.unet is not None:
+        layout = naming.UNetLayout.from_config(parts.unet_config) if parts.unet_config else None
+        containers = _containers(parts.unet, _TRANSFORMER | _RESNET | _SAMPLERS)
+        for path, module in parts.unet.named_modules():
+            if not isinstance(module, (nn.Linear, nn.Conv2d)):
+                continue
+            names = naming.unet_kohya_names(path, layout)
+            preferred = naming.preferred_unet_name(path, parts.family, layout)
+            t = Target(preferred, path, "unet", module, containers.get(path, ""), tuple(names))
+            for n in names:
+                index[n] = t
+    for i, te in enumerate(parts.text_encoders):
+        if te is None:
+            continue
+        prefix = naming.te_prefix(parts.family, i)
+        containers = {p: _te_container(c) for p, c in _containers(te, {
+            type(m).__name__ for m in te.modules()
+            if "Attention" in type(m).__name__ or "MLP" in type(m).__name__}).items()}
+        for path, module in te.named_modules():
+            if not isinstance(module, (nn.Linear, nn.Conv2d)):
+                continue
+            name = naming.kohya_name(prefix, naming.te_path_for_name(path))
+            index[name] = Target(name, path, prefix[len("lora_"):], module, containers.get(path, ""), (name,))
+    return index
+
+
+def _unet_selected(t: Target, preset: str) -> bool:
+    if t.container in _TRANSFORMER:
+        if preset == "cross-attn":
+            return ".attn2." in t.path and (".to_" in t.path)
+        if preset == "attn":
+            return (".attn1." in t.path or ".attn2." in t.path) and ".to_" in t.path
+        return True
+    if preset == "full":
+        if t.container in _RESNET or t.container in _SAMPLERS:
+            return True
+    return False
+
+
+def _te_selected(t: Target, preset: str) -> bool:
+    if t.container == "CLIPAttention":
+        return True
+    return t.container == "CLIPMLP" and preset in ("transformer", "full")
+
+
+def select(parts: ModelParts, preset: str = "transformer", *, unet: bool = True,
+           text_encoder: bool = True) -> list[Target]:
+    """The layers a preset adapts, in model order. kohya's default is `transformer`."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown target preset {preset!r}: choose from {', '.join(PRESETS)}")
+    out = []
+    for t in parts.targets():
+        if t.part == "unet":
+            if unet and _unet_selected(t, preset):
+                out.append(t)
+        elif text_encoder and _te_selected(t, preset):
+            out.append(t)
+    return out

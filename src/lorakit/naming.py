@@ -1,0 +1,146 @@
+"""kohya module names: the key scheme A1111, ComfyUI and diffusers all read.
+
+NAME = prefix + "_" + module path with "." replaced by "_". SD1/SD2 UNets use diffusers
+paths; SDXL UNets use the original (SAI/LDM) paths, so a diffusers path is translated first.
+This is pure string work so that the LoRA math and the formats never need diffusers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+UNET_PREFIX = "lora_unet"
+TE_PREFIXES = {"sd1": ("lora_te",), "sd2": ("lora_te",), "sdxl": ("lora_te1", "lora_te2")}
+FAMILIES = ("sd1", "sd2", "sdxl")
+
+
+@dataclass(frozen=True)
+class UNetLayout:
+    """What the diffusers → SAI path translation needs to know about a UNet."""
+
+    layers_per_block: int
+    down_has_attention: tuple[bool, ...]
+    up_has_attention: tuple[bool, ...]
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "UNetLayout":
+        lpb = config.get("layers_per_block", 2)
+        if not isinstance(lpb, int):
+            lpb = int(lpb[0])
+        down = tuple("CrossAttn" in t for t in config["down_block_types"])
+        up = tuple("CrossAttn" in t for t in config["up_block_types"])
+        return cls(lpb, down, up)
+
+
+_RESNET_SAI = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+_TOP_SAI = {
+    "conv_in": "input_blocks.0.0",
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+
+
+def _resnet_inner(rest: str) -> str:
+    head, _, tail = rest.partition(".")
+    return _RESNET_SAI.get(head, head) + ("." + tail if tail else "")
+
+
+def diffusers_to_sai_unet_path(path: str, layout: UNetLayout) -> str:
+    """Translate a diffusers UNet module path to the original SAI/LDM one."""
+    for src, dst in _TOP_SAI.items():
+        if path == src or path.startswith(src + "."):
+            return dst + path[len(src):]
+    n = layout.layers_per_block
+    m = re.match(r"down_blocks\.(\d+)\.(attentions|resnets|downsamplers)\.(\d+)\.?(.*)$", path)
+    if m:
+        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        if kind == "downsamplers":
+            rest = rest.replace("conv", "op", 1) if rest.startswith("conv") else rest
+            return f"input_blocks.{(i + 1) * (n + 1)}.0" + ("." + rest if rest else "")
+        idx = i * (n + 1) + j + 1
+        if kind == "resnets":
+            return f"input_blocks.{idx}.0" + ("." + _resnet_inner(rest) if rest else "")
+        return f"input_blocks.{idx}.1" + ("." + rest if rest else "")
+    m = re.match(r"mid_block\.(attentions|resnets)\.(\d+)\.?(.*)$", path)
+    if m:
+        kind, j, rest = m[1], int(m[2]), m[3]
+        if kind == "resnets":
+            return f"middle_block.{2 * j}" + ("." + _resnet_inner(rest) if rest else "")
+        return "middle_block.1" + ("." + rest if rest else "")
+    m = re.match(r"up_blocks\.(\d+)\.(attentions|resnets|upsamplers)\.(\d+)\.?(.*)$", path)
+    if m:
+        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        if kind == "upsamplers":
+            slot = 2 if layout.up_has_attention[i] else 1
+            return f"output_blocks.{i * (n + 1) + n}.{slot}" + ("." + rest if rest else "")
+        idx = i * (n + 1) + j
+        if kind == "resnets":
+            return f"output_blocks.{idx}.0" + ("." + _resnet_inner(rest) if rest else "")
+        return f"output_blocks.{idx}.1" + ("." + rest if rest else "")
+    return path
+
+
+def te_path_for_name(path: str) -> str:
+    """kohya's TE names always contain `text_model` (transformers 5 dropped it on CLIPTextModel)."""
+    return path if path.startswith("text_model.") or path == "text_model" else "text_model." + path
+
+
+def kohya_name(prefix: str, path: str) -> str:
+    return prefix + "_" + path.replace(".", "_")
+
+
+def unet_kohya_names(path: str, layout: UNetLayout | None) -> list[str]:
+    """Every kohya name a file may use for this UNet module: diffusers spelling and SAI spelling."""
+    names = [kohya_name(UNET_PREFIX, path)]
+    if layout is not None:
+        sai = kohya_name(UNET_PREFIX, diffusers_to_sai_unet_path(path, layout))
+        if sai not in names:
+            names.append(sai)
+    return names
+
+
+def preferred_unet_name(path: str, family: str, layout: UNetLayout | None) -> str:
+    """The name lorakit writes: SAI spelling for SDXL, diffusers spelling otherwise."""
+    if family == "sdxl" and layout is not None:
+        return kohya_name(UNET_PREFIX, diffusers_to_sai_unet_path(path, layout))
+    return kohya_name(UNET_PREFIX, path)
+
+
+def te_prefix(family: str, index: int) -> str:
+    prefixes = TE_PREFIXES[family]
+    if index >= len(prefixes):
+        raise ValueError(f"family {family} has {len(prefixes)} text encoder(s), not {index + 1}")
+    return prefixes[index]
+
+
+def split_module_key(key: str) -> tuple[str, str]:
+    """`lora_unet_x_y.lora_down.weight` → (`lora_unet_x_y`, `lora_down.weight`)."""
+    module, dot, sub = key.partition(".")
+    if not dot:
+        raise ValueError(f"not a module key: {key}")
+    return module, sub
+
+
+def part_of(name: str) -> str:
+    """Which model part a kohya module name belongs to: unet, te, te1 or te2."""
+    for part in ("unet", "te1", "te2", "te"):
+        if name.startswith(f"lora_{part}_"):
+            return part
+    return "unknown"
+
+
+def family_text_encoder_prefixes(family: str) -> Sequence[str]:
+    return TE_PREFIXES[family]
