@@ -1,0 +1,80 @@
+"""The `lorakit` command: a typer app whose commands live in lorakit/commands/, one module per area.
+
+Every LoraKitError becomes one line on stderr and exit code 2; nothing else is caught, so a
+real bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, use, combine and convert LoRA adapters for Stable Diffusion.")
+
+# command name → (module in lorakit.commands, function); imported lazily so `lorakit --help` is fast
+_COMMANDS = {
+    "generate": ("generate", "generate"),
+    "merge": ("merge", "merge"),
+    "convert": ("formats", "convert"),
+    "inspect": ("formats", "inspect"),
+    "resize": ("algebra", "resize"),
+    "extract": ("algebra", "extract"),
+    "train": ("train", "train"),
+    "demo": ("demo", "demo"),
+    "caption": ("caption", "caption"),
+    "evaluate": ("evaluate", "evaluate"),
+    "ui": ("ui", "ui"),
+}
+_GROUPS = {"toy": ("toy", "app")}
+
+
+def _register() -> None:
+    for name, (module, attr) in _COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"lorakit.commands.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"lorakit.commands.{module}":
+                raise
+            continue
+        fn = getattr(mod, attr, None)
+        if fn is not None:
+            app.command(name)(fn)
+    for name, (module, attr) in _GROUPS.items():
+        try:
+            mod = importlib.import_module(f"lorakit.commands.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"lorakit.commands.{module}":
+                raise
+            continue
+        app.add_typer(getattr(mod, attr), name=name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import LoraKitError
+
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except LoraKitError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return 2
+        raise
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
