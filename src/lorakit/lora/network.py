@@ -158,7 +158,7 @@ class LoRANetwork(nn.Module):
                 module.weight.copy_(state.original)
                 del module._lorakit_merge
                 continue
-            w = state.original.float()
+            w = state.original.to(torch.float32, copy=True)
             for other, other_name in state.merged.values():
                 delta = other.adapters[other_name].delta_weight(state.original).to(w.device)
                 w.add_(delta, alpha=other.multiplier)
