@@ -4,7 +4,7 @@ Written by hand rather than with PEFT: PEFT replaces each layer with a wrapper (
 and to remove: the cost behind diffusers' multi-second load/fuse), does its unmerge by
 subtracting in the model's dtype (inexact in fp16) and has no LoHa/LoKr/DoRA-from-file path
 shared with LoRA. Here an adapter is a forward hook or an in-place ΔW, and the original weight
-is kept so that unmerging gives it back bit for bit.
+is given back exactly on unmerge (see _MergeState).
 """
 
 from __future__ import annotations
@@ -20,19 +20,31 @@ from .targets import ModelParts, Target, select
 
 
 class _MergeState:
-    """Per base layer: its original weight and the networks merged into it."""
+    """Per base layer: the networks merged into it and, when needed, its original weight.
 
-    def __init__(self, weight: Tensor):
-        self.original = weight.detach().clone()
+    fp32 layers are unmerged by subtracting the same fp32 ΔW (error within an ulp, and no
+    copy of the model in memory); fp16/bf16 layers and DoRA (whose ΔW depends on W) keep the
+    original so that the last unmerge gives it back bit for bit.
+    """
+
+    def __init__(self):
+        self.original: Tensor | None = None
         self.merged: dict[int, tuple["LoRANetwork", str]] = {}
+
+    def base_weight(self, module: nn.Module) -> Tensor:
+        return self.original if self.original is not None else module.weight
 
 
 def _merge_state(module: nn.Module) -> _MergeState:
     state = getattr(module, "_lorakit_merge", None)
     if state is None:
-        state = _MergeState(module.weight)
+        state = _MergeState()
         module._lorakit_merge = state
     return state
+
+
+def _needs_original(module: nn.Module, adapter: nn.Module) -> bool:
+    return module.weight.dtype != torch.float32 or "dora_scale" in getattr(adapter, "_names", {})
 
 
 class LoRANetwork(nn.Module):
@@ -136,7 +148,11 @@ class LoRANetwork(nn.Module):
             module = self.targets[name].module
             state = _merge_state(module)
             w = module.weight
-            delta = adapter.delta_weight(state.original).to(w.device)
+            if state.original is None and _needs_original(module, adapter):
+                if state.merged:  # fp32 layer merged before without a copy: rebuild the original first
+                    raise RuntimeError("merge DoRA networks before other networks on fp32 models")
+                state.original = w.detach().clone()
+            delta = adapter.delta_weight(state.base_weight(module)).to(w.device)
             if w.dtype == torch.float32:
                 w.add_(delta, alpha=self._multiplier)
             else:
@@ -154,15 +170,19 @@ class LoRANetwork(nn.Module):
             module = self.targets[name].module
             state: _MergeState = module._lorakit_merge
             state.merged.pop(id(self), None)
-            if not state.merged:
+            if state.original is None:
+                delta = self.adapters[name].delta_weight(module.weight).to(module.weight.device)
+                module.weight.sub_(delta, alpha=self._multiplier)
+            elif not state.merged:
                 module.weight.copy_(state.original)
+            else:
+                w = state.original.to(torch.float32, copy=True)
+                for other, other_name in state.merged.values():
+                    delta = other.adapters[other_name].delta_weight(state.original).to(w.device)
+                    w.add_(delta, alpha=other.multiplier)
+                module.weight.copy_(w)
+            if not state.merged:
                 del module._lorakit_merge
-                continue
-            w = state.original.to(torch.float32, copy=True)
-            for other, other_name in state.merged.values():
-                delta = other.adapters[other_name].delta_weight(state.original).to(w.device)
-                w.add_(delta, alpha=other.multiplier)
-            module.weight.copy_(w)
         self.merged = False
         return self
 

@@ -1,0 +1,250 @@
+"""Text-to-image with any number of LoRAs at chosen strengths, merged or on the fly.
+
+Images carry A1111's `parameters` PNG text chunk, so A1111 ("PNG Info") and CivitAI read the
+prompt, seed, sampler and LoRA hashes back.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from . import __version__
+from .errors import LoraKitError
+
+_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>")
+
+
+@dataclass
+class LoraSpec:
+    path: Path
+    weight: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+def parse_lora_arg(value: str) -> LoraSpec:
+    """`FILE[:WEIGHT]`; a Windows drive colon or a colon in the name is kept when no number follows."""
+    path, sep, weight = value.rpartition(":")
+    if sep and path:
+        try:
+            return LoraSpec(Path(path), float(weight))
+        except ValueError:
+            pass
+    return LoraSpec(Path(value), 1.0)
+
+
+def split_prompt_loras(prompt: str, lora_dir: Path | None) -> tuple[str, list[LoraSpec]]:
+    """A1111's `<lora:name:0.8>` tags → (prompt without them, the LoRAs found in --lora-dir)."""
+    specs = []
+    for m in _LORA_TAG.finditer(prompt):
+        name, weight = m.group(1), m.group(2)
+        if lora_dir is None:
+            raise LoraKitError(f"the prompt names <lora:{name}> but no --lora-dir was given")
+        candidates = [lora_dir / name, lora_dir / f"{name}.safetensors"]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            raise LoraKitError(f"no LoRA named {name!r} (looked for {name}.safetensors)", lora_dir)
+        try:
+            w = 1.0 if weight in (None, "") else float(weight)
+        except ValueError:
+            raise LoraKitError(f"<lora:{name}:{weight}>: the strength is not a number") from None
+        specs.append(LoraSpec(path, w))
+    clean = re.sub(r"\s{2,}", " ", _LORA_TAG.sub("", prompt)).strip(" ,")
+    return clean, specs
+
+
+@dataclass
+class GenerateResult:
+    images: list
+    seeds: list[int]
+    infotexts: list[str] = field(default_factory=list)
+
+
+def infotext(prompt: str, negative: str, steps: int, sampler: str, guidance: float, seed: int, width: int,
+             height: int, model_name: str, model_hash: str | None, loras: Sequence[tuple[str, float, str]]) -> str:
+    """The `parameters` text A1111 writes (its `create_infotext` layout)."""
+    from .samplers import a1111_name
+
+    tags = "".join(f" <lora:{name}:{w:g}>" for name, w, _ in loras if f"<lora:{name}:" not in prompt)
+    lines = [prompt + tags]
+    if negative:
+        lines.append(f"Negative prompt: {negative}")
+    params = [f"Steps: {steps}", f"Sampler: {a1111_name(sampler)}", f"CFG scale: {guidance:g}", f"Seed: {seed}",
+              f"Size: {width}x{height}"]
+    if model_hash:
+        params.append(f"Model hash: {model_hash}")
+    params.append(f"Model: {model_name}")
+    if loras:
+        params.append('Lora hashes: "' + ", ".join(f"{n}: {h}" for n, _, h in loras) + '"')
+    params.append(f"Version: lorakit {__version__}")
+    lines.append(", ".join(params))
+    return "\n".join(lines)
+
+
+def attach_loras(model, specs: Sequence[LoraSpec], merge: bool = True):
+    """Load each LoRA onto the model at its strength; returns the networks (detach with `detach_loras`)."""
+    from .formats import load_network
+
+    parts = model.parts()
+    networks = []
+    try:
+        for spec in specs:
+            net = load_network(parts, spec.path, multiplier=spec.weight)
+            net.to(device=model.pipe.unet.device)
+            net.merge() if merge else net.apply()
+            networks.append(net)
+    except Exception:
+        detach_loras(networks)
+        raise
+    return networks
+
+
+def detach_loras(networks) -> None:
+    for net in reversed(list(networks)):
+        net.unmerge()
+        net.remove()
+
+
+def lora_short_hash(path: Path) -> str:
+    """A1111's LoRA short hash: the first 12 hex digits of the safetensors body hash."""
+    from .formats import file_hashes
+
+    return file_hashes(path)["sshs_model_hash"][:12]
+
+
+def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec] = (), n: int = 1, steps: int = 25,
+             guidance: float = 7.0, seed: int = 0, width: int | None = None, height: int | None = None,
+             sampler: str = "euler_a", merge: bool = True, lora_dir: Path | None = None,
+             progress: bool = True) -> GenerateResult:
+    """n images, seeds seed, seed+1, … (A1111's batch seeds), LoRAs detached again afterwards."""
+    from .samplers import make_scheduler
+
+    prompt, tagged = split_prompt_loras(prompt, lora_dir)
+    specs = list(loras) + tagged
+    for spec in specs:
+        if not spec.path.is_file():
+            raise LoraKitError("LoRA file not found", spec.path)
+    if n < 1 or steps < 1:
+        raise LoraKitError(f"--n and --steps must be ≥ 1 (got n={n}, steps={steps})")
+    pipe = model.pipe
+    scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    default = pipe.unet.config.sample_size * scale
+    width, height = width or default, height or default
+    if width % 8 or height % 8 or width < 8 or height < 8:
+        raise LoraKitError(f"--width and --height must be multiples of 8 (got {width}x{height})")
+    pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=not progress)
+    networks = attach_loras(model, specs, merge=merge)
+    images, seeds = [], [seed + i for i in range(n)]
+    try:
+        for s in seeds:
+            gen = torch.Generator(device="cpu").manual_seed(s)
+            out = pipe(prompt, negative_prompt=negative or None, num_inference_steps=steps, guidance_scale=guidance,
+                       width=width, height=height, generator=gen)
+            images.append(out.images[0])
+    finally:
+        detach_loras(networks)
+    lora_info = [(spec.name, spec.weight, lora_short_hash(spec.path)) for spec in specs]
+    name, model_hash = model_label(model)
+    infos = [infotext(prompt, negative, steps, sampler, guidance, s, width, height, name, model_hash, lora_info)
+             for s in seeds]
+    return GenerateResult(images, seeds, infos)
+
+
+def model_label(model) -> tuple[str, str | None]:
+    """A1111's `Model` (file stem) and `Model hash` (first 10 hex of the file's sha256, single files only)."""
+    source = Path(str(getattr(model, "source", "model")))
+    if source.is_file():
+        return source.stem, file_sha256(source)[:10]
+    return source.name or str(source), None
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a whole file, cached by (path, size, mtime): checkpoints are GBs and rarely change."""
+    import hashlib
+    import json
+    import os
+
+    cache_file = Path(os.environ.get("LORAKIT_CACHE", Path.home() / ".cache" / "lorakit")) / "hashes.json"
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        cache[key] = h.hexdigest()
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cache))
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass
+    return cache[key]
+
+
+def image_grid(images: Sequence, cols: int | None = None):
+    from PIL import Image
+
+    cols = cols or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, im in enumerate(images):
+        grid.paste(im, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def save_png(image, path: Path, info: str | None) -> None:
+    """Atomic PNG write with A1111's `parameters` text chunk."""
+    import os
+
+    from PIL.PngImagePlugin import PngInfo
+
+    meta = PngInfo()
+    if info:
+        meta.add_text("parameters", info)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG", pnginfo=meta)
+    os.replace(tmp, path)
+
+
+def write_outputs(result: GenerateResult, out: Path) -> list[Path]:
+    """OUT.png → that file (and OUT-grid.png + OUT-N.png when n > 1); a folder → NNNNN-SEED.png inside."""
+    written = []
+    if out.suffix.lower() == ".png":
+        if len(result.images) == 1:
+            save_png(result.images[0], out, result.infotexts[0])
+            return [out]
+        for i, (im, info) in enumerate(zip(result.images, result.infotexts)):
+            p = out.with_name(f"{out.stem}-{i}.png")
+            save_png(im, p, info)
+            written.append(p)
+        grid = out.with_name(f"{out.stem}-grid.png")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        start = len(list(out.glob("*.png")))
+        for i, (im, info, s) in enumerate(zip(result.images, result.infotexts, result.seeds)):
+            p = out / f"{start + i:05d}-{s}.png"
+            save_png(im, p, info)
+            written.append(p)
+        if len(result.images) == 1:
+            return written
+        grid = out / f"grid-{start:05d}.png"
+    save_png(image_grid(result.images), grid, result.infotexts[0])
+    written.append(grid)
+    return written
