@@ -1,0 +1,135 @@
+"""Extract a LoRA from a fine-tune: the low-rank update that best takes the base to the tuned model.
+
+Layer by layer over the targeted modules (kohya's default `transformer` preset, plus the ResNet
+and resampler convs when a conv rank is given), ΔW = W_tuned − W_base goes through
+`lora.algebra.extract_module` (randomized SVD unless the matrix is small). As in kohya's
+extract_lora_from_models.py, the text encoder is extracted only when it differs from the base
+by more than `min_diff` somewhere; on top of that, any single module whose ΔW is zero (up to
+float rounding) is left out rather than written as a zero LoRA. The result reports, per part,
+the relative Frobenius error ‖ΔW − LoRA‖ / ‖ΔW‖ over all its targeted modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .errors import LoraKitError
+from .lora.algebra import ExtractInfo, extract_module
+from .lora.ranks import Dynamic
+from .lora.targets import ModelParts, Target, select
+
+ZERO_DIFF = 1e-7  # max |ΔW| at or below this is "unchanged" (fp32 round-off of an untouched layer)
+
+
+@dataclass
+class PartReport:
+    """One model part (unet, te, te1, te2): what was extracted and how well."""
+
+    part: str
+    modules: int = 0
+    skipped: int = 0
+    delta_sq: float = 0.0
+    error_sq: float = 0.0
+    max_diff: float = 0.0
+    extracted: bool = True
+
+    @property
+    def relative_error(self) -> float:
+        return (self.error_sq / self.delta_sq) ** 0.5 if self.delta_sq > 0 else 0.0
+
+    def describe(self, min_diff: float) -> str:
+        if not self.extracted:
+            return (f"{self.part}: same as the base (max |ΔW| {self.max_diff:.2e} ≤ {min_diff:g}), not extracted")
+        skipped = f", {self.skipped} unchanged skipped" if self.skipped else ""
+        return f"{self.part}: {self.modules} modules{skipped}, relative error {self.relative_error:.4%}"
+
+
+@dataclass
+class Extraction:
+    modules: dict[str, dict[str, torch.Tensor]]
+    parts: dict[str, PartReport]
+    infos: dict[str, ExtractInfo] = field(default_factory=dict)
+    family: str = ""
+
+
+def _pairs(base: ModelParts, tuned: ModelParts, preset: str) -> list[tuple[Target, Target]]:
+    """Targets of the base matched by name with the tuned model's; any mismatch is another architecture."""
+    if base.family != tuned.family:
+        raise LoraKitError(f"the tuned model is {tuned.family} but the base is {base.family}: "
+                           "extraction needs two models of one architecture")
+    ours = select(base, preset)
+    theirs = {t.name: t for t in select(tuned, preset)}
+    if len(ours) != len(theirs):
+        raise LoraKitError(f"the tuned model has {len(theirs)} targeted layers, the base {len(ours)}: "
+                           "they are different architectures")
+    pairs = []
+    for t in ours:
+        other = theirs.get(t.name)
+        if other is None:
+            raise LoraKitError(f"the tuned model has no layer {t.name}: it is another architecture than the base")
+        if tuple(other.module.weight.shape) != tuple(t.module.weight.shape):
+            raise LoraKitError(f"layer {t.name} is {tuple(other.module.weight.shape)} in the tuned model but "
+                               f"{tuple(t.module.weight.shape)} in the base: different architectures")
+        pairs.append((t, other))
+    return pairs
+
+
+def _diff(b: Target, t: Target) -> torch.Tensor:
+    return t.module.weight.detach().float() - b.module.weight.detach().float()
+
+
+def extract_parts(base: ModelParts, tuned: ModelParts, rank: int | None = None, dynamic: Dynamic | None = None, *,
+                  conv_rank: int | None = None, preset: str | None = None, clamp_quantile: float | None = None,
+                  min_diff: float = 0.01, oversample: int = 8, n_iter: int = 2, exact: bool | None = None,
+                  progress: Callable[[int, int, str], None] | None = None) -> Extraction:
+    """The LoRA of tuned − base on the targeted layers of two loaded models of one family.
+
+    `preset` defaults to `transformer`, or `full` (ResNet and resampler convs too) when a
+    `conv_rank` is given; kxk convs get `conv_rank` (else `rank`), everything else `rank`.
+    """
+    for name, r in (("rank", rank), ("conv rank", conv_rank)):
+        if r is not None and r < 1:
+            raise LoraKitError(f"{name} must be at least 1, got {r}")
+    if rank is None and dynamic is None:
+        raise LoraKitError("give a rank, a dynamic method, or both (the rank then caps it)")
+    if clamp_quantile is not None and not 0 < clamp_quantile <= 1:
+        raise LoraKitError(f"the clamp quantile must lie in (0, 1], got {clamp_quantile:g}")
+    preset = preset or ("full" if conv_rank else "transformer")
+    pairs = _pairs(base, tuned, preset)
+    reports: dict[str, PartReport] = {}
+    for b, t in pairs:  # kohya's rule: a text encoder is extracted only if it changed by more than min_diff
+        rep = reports.setdefault(b.part, PartReport(b.part))
+        if b.part != "unet":
+            rep.max_diff = max(rep.max_diff, float(_diff(b, t).abs().max()))
+    for rep in reports.values():
+        rep.extracted = rep.part == "unet" or rep.max_diff > min_diff
+    modules, infos = {}, {}
+    with torch.no_grad():
+        for i, (b, t) in enumerate(pairs):
+            if progress is not None:
+                progress(i, len(pairs), b.name)
+            rep = reports[b.part]
+            delta = _diff(b, t)
+            biggest = float(delta.abs().max())
+            rep.max_diff = max(rep.max_diff, biggest)
+            if not rep.extracted or biggest <= ZERO_DIFF:  # left out: its whole ΔW is error
+                rep.skipped += int(rep.extracted)
+                size = float(torch.linalg.vector_norm(delta, dtype=torch.float64)) ** 2
+                rep.delta_sq += size
+                rep.error_sq += size
+                continue
+            r = conv_rank if (b.is_conv3 and conv_rank) else rank
+            module, info = extract_module(delta, r, dynamic, clamp_quantile=clamp_quantile, oversample=oversample,
+                                          n_iter=n_iter, exact=exact)
+            modules[b.name], infos[b.name] = module, info
+            rep.modules += 1
+            rep.delta_sq += info.delta_sq
+            rep.error_sq += info.error_sq
+    if progress is not None:
+        progress(len(pairs), len(pairs), "")
+    if not modules:
+        raise LoraKitError("the tuned model does not differ from the base on any targeted layer")
+    return Extraction(modules, reports, infos, base.family)
