@@ -1,0 +1,68 @@
+"""A loaded base model: the diffusers pipeline plus what lorakit needs to know about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+KINDS = ("diffusers", "single_file", "hub", "toy")
+
+
+@dataclass
+class BaseModel:
+    pipe: object  # StableDiffusionPipeline or StableDiffusionXLPipeline
+    family: str  # sd1 | sd2 | sdxl
+    prediction_type: str  # epsilon | v_prediction
+    source: str  # what the user gave: a path, a hub id, or "toy"
+    kind: str  # diffusers | single_file | hub | toy
+
+    @property
+    def unet(self):
+        return getattr(self.pipe, "unet", None)
+
+    @property
+    def vae(self):
+        return getattr(self.pipe, "vae", None)
+
+    @property
+    def text_encoders(self) -> list:
+        names = ("text_encoder", "text_encoder_2") if self.family == "sdxl" else ("text_encoder",)
+        return [getattr(self.pipe, n, None) for n in names]
+
+    def parts(self):
+        """What a LoRA network attaches to (lora.targets.ModelParts)."""
+        from ..lora.targets import ModelParts
+
+        unet = self.unet
+        return ModelParts(self.family, unet, self.text_encoders, dict(unet.config) if unet is not None else None)
+
+
+def detect_family(pipe) -> str:
+    """sd1 / sd2 / sdxl of a diffusers pipeline.
+
+    Real models by width: SDXL by its pipeline class or second text encoder, then the UNet's
+    cross-attention width (768 → sd1, 1024 → sd2). Small or unusual models by structure: two
+    text encoders → sdxl; a linear proj_in (use_linear_projection) → sd2; otherwise sd1.
+    """
+    if "XL" in type(pipe).__name__ or getattr(pipe, "text_encoder_2", None) is not None:
+        return "sdxl"
+    unet = getattr(pipe, "unet", None)
+    config = dict(unet.config) if unet is not None else {}
+    width = config.get("cross_attention_dim")
+    if width == 2048:
+        return "sdxl"
+    if width == 768:
+        return "sd1"
+    if width == 1024:
+        return "sd2"
+    if config.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    if config.get("use_linear_projection"):
+        return "sd2"
+    te = getattr(pipe, "text_encoder", None)
+    if unet is None and te is not None:
+        hidden = getattr(te.config, "hidden_size", None)
+        if hidden == 1024 or getattr(te.config, "hidden_act", "") == "gelu":
+            return "sd2"
+    return "sd1"

@@ -1,0 +1,168 @@
+"""Reading an original-layout single file: its key index, family, prediction type and tensors.
+
+The header is read first (names, shapes, metadata: no tensor data), so a wrong or truncated file
+fails fast with a message naming it, and tensors are then read one model part at a time.
+Pickle (`.ckpt`) files can run code when unpickled: they are refused unless the caller opts in.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from ..errors import LoraKitError
+
+UNET = "model.diffusion_model."
+PART_PREFIXES = {
+    "unet": ("model.diffusion_model.",),
+    "vae": ("first_stage_model.",),
+    "text_encoders": ("cond_stage_model.", "conditioner.embedders."),
+}
+V_PRED_MARKERS = ("v_pred",)  # ComfyUI's marker tensor for v-prediction checkpoints
+_LORA_HINTS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".hada_w1_a", ".lokr_w1", "lora_unet_")
+
+
+@dataclass
+class Checkpoint:
+    """An original-layout file, opened lazily: `shapes` from the header, tensors on demand."""
+
+    path: Path
+    shapes: dict[str, tuple[int, ...]]
+    metadata: dict[str, str] = field(default_factory=dict)
+    _tensors: dict[str, torch.Tensor] | None = None  # only for pickle files, loaded whole
+
+    def read(self, prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Every tensor whose name starts with one of `prefixes`."""
+        prefixes = tuple(prefixes)
+        names = [k for k in self.shapes if k.startswith(prefixes)]
+        if self._tensors is not None:
+            return {k: self._tensors[k] for k in names}
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.path), framework="pt", device="cpu") as f:
+                return {k: f.get_tensor(k) for k in names}
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise LoraKitError(f"cannot read tensors (truncated or corrupt file?): {e}", self.path) from e
+
+    def has(self, prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in self.shapes)
+
+
+def open_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Checkpoint:
+    path = Path(path)
+    if not path.exists():
+        raise LoraKitError("no such file", path)
+    if not path.is_file():
+        raise LoraKitError("not a file", path)
+    suffix = path.suffix.lower()
+    if suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        return _open_pickle(path, allow_pickle)
+    if suffix != ".safetensors":
+        raise LoraKitError("not a checkpoint file: expected .safetensors (or .ckpt with allow_pickle)", path)
+    return _open_safetensors(path)
+
+
+def _open_safetensors(path: Path) -> Checkpoint:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001
+        size = path.stat().st_size
+        raise LoraKitError(f"not a readable safetensors file ({size} bytes; truncated or corrupt?): {e}", path) from e
+    return Checkpoint(path, shapes, metadata)
+
+
+def _open_pickle(path: Path, allow_pickle: bool) -> Checkpoint:
+    if not allow_pickle:
+        raise LoraKitError("pickle checkpoints can run code when loaded; convert it to .safetensors, "
+                           "or pass allow_pickle=True if you trust its source", path)
+    try:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - Lightning checkpoints hold more than tensors
+            data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise LoraKitError(f"cannot unpickle the checkpoint (truncated or corrupt?): {e}", path) from e
+    while isinstance(data, dict) and "state_dict" in data:
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise LoraKitError("the pickle holds no state dict", path)
+    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    return Checkpoint(path, {k: tuple(v.shape) for k, v in tensors.items()}, {}, tensors)
+
+
+def detect_file_family(ckpt: Checkpoint) -> str:
+    """sd1 / sd2 / sdxl from names and shapes; a LoraKitError when the file is no SD checkpoint."""
+    keys = ckpt.shapes
+    if not ckpt.has(UNET):
+        hint = ""
+        if any(h in k for k in keys for h in _LORA_HINTS):
+            hint = " (it looks like a LoRA file, not a base model)"
+        elif any(k.startswith(("down_blocks.", "unet.", "conv_in.")) for k in keys):
+            hint = " (it looks like diffusers-layout weights: give the diffusers folder instead)"
+        raise LoraKitError(f"not a Stable Diffusion checkpoint: no {UNET}* tensors{hint}", ckpt.path)
+    if any(k.startswith(UNET + "joint_blocks.") or k.startswith(UNET + "double_blocks.") for k in keys):
+        raise LoraKitError("an SD3/Flux-type checkpoint: only SD 1.x, 2.x and SDXL are supported", ckpt.path)
+    conv_in = keys.get(UNET + "input_blocks.0.0.weight")
+    if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
+        raise LoraKitError(f"a UNet with {conv_in[1]} input channels (inpainting or depth model): only "
+                           "text-to-image checkpoints (4 channels) are supported", ckpt.path)
+    if ckpt.has("conditioner.embedders.0.model."):
+        raise LoraKitError("an SDXL refiner checkpoint: only SDXL base-type checkpoints are supported", ckpt.path)
+    if ckpt.has("conditioner.embedders.1.") or UNET + "label_emb.0.0.weight" in keys:
+        return "sdxl"
+    context = _context_dim(keys)
+    if context == 768:
+        return "sd1"
+    if context == 1024:
+        return "sd2"
+    if ckpt.has("cond_stage_model.model."):
+        return "sd2"
+    if ckpt.has("cond_stage_model.transformer."):
+        return "sd1"
+    proj_in = next((v for k, v in keys.items() if k.startswith(UNET) and k.endswith(".proj_in.weight")), None)
+    return "sd2" if proj_in is not None and len(proj_in) == 2 else "sd1"
+
+
+def _context_dim(keys: dict[str, tuple[int, ...]]) -> int | None:
+    """Cross-attention context width, e.g. from input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight."""
+    for k, shape in keys.items():
+        if k.startswith(UNET) and re.search(r"\.attn2\.to_k\.weight$", k):
+            return shape[1]
+    return None
+
+
+def declared_prediction_type(ckpt: Checkpoint) -> str | None:
+    """What the file itself declares: kohya/SAI `modelspec.prediction_type` metadata or ComfyUI's
+    `v_pred` marker tensor. None when it is silent."""
+    meta = {k.lower(): str(v).lower() for k, v in ckpt.metadata.items()}
+    value = meta.get("modelspec.prediction_type") or meta.get("prediction_type")
+    if value:
+        if value.startswith("v"):
+            return "v_prediction"
+        if value.startswith("eps"):
+            return "epsilon"
+    if any(m in ckpt.shapes for m in V_PRED_MARKERS):
+        return "v_prediction"
+    return None
+
+
+def guessed_prediction_type(ckpt: Checkpoint, family: str) -> str | None:
+    """For an SD2 file that declares nothing, ComfyUI's weight test: the 768-v models end up with
+    a spread-out norm1 bias in the last output block (std > 0.09), the 512 epsilon models do not.
+    (A1111 decides with a test forward pass instead.) None for other families or small models."""
+    if family != "sd2":
+        return None
+    key = UNET + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+    if key not in ckpt.shapes:
+        return None
+    bias = ckpt.read([key])[key].float()
+    return "v_prediction" if torch.std(bias, unbiased=False).item() > 0.09 else "epsilon"

@@ -1,0 +1,199 @@
+"""`load_model(spec)`: a diffusers folder, an original-layout single file, a hub id, or "toy".
+
+Prediction type, first that speaks wins: the `prediction_type` argument; what a single file
+declares (modelspec metadata, `v_pred` marker); the scheduler config of a diffusers folder or of
+`config_dir`; for SD2 files ComfyUI's weight test (768-v vs 512 base); else epsilon. An SD2 file
+found to be v-prediction gets the SD 2.1 768 config, an epsilon one the SD 2.1 base config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import LoraKitError
+from .base import PREDICTION_TYPES, BaseModel, detect_family
+
+COMPONENTS = ("unet", "text_encoders", "vae")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+
+
+def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               prediction_type: str | None = None, config_dir: str | os.PathLike | None = None,
+               components=COMPONENTS, allow_pickle: bool = False) -> BaseModel:
+    """Load a Stable Diffusion 1.x / 2.x / XL base model.
+
+    `components` picks the parts to load (others are None in the pipeline); `config_dir` overrides
+    the shipped diffusers configs for single files; `.ckpt` files need `allow_pickle=True`.
+    """
+    prediction_type = _normalise_prediction(prediction_type)
+    components = tuple(components)
+    unknown = set(components) - set(COMPONENTS)
+    if unknown:
+        raise LoraKitError(f"unknown component(s) {sorted(unknown)}: choose from {', '.join(COMPONENTS)}")
+    spec = str(spec)
+    if spec == "toy":
+        model = _load_folder(_toy_path(), "toy", dtype, prediction_type, components)
+        model.source = "toy"
+    else:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            model = _load_folder(path, "diffusers", dtype, prediction_type, components)
+        elif path.is_file():
+            model = _load_single_file(path, dtype, prediction_type, config_dir, components, allow_pickle)
+        elif _looks_like_hub_id(spec):
+            model = _load_hub(spec, dtype, prediction_type, components)
+        else:
+            raise LoraKitError("no such file or folder (and not a hub id like org/name)", spec)
+    if torch.device(device).type != "cpu":
+        model.pipe.to(device)
+    return model
+
+
+def _normalise_prediction(value: str | None) -> str | None:
+    if value is None:
+        return None
+    aliases = {"v": "v_prediction", "v-prediction": "v_prediction", "eps": "epsilon"}
+    value = aliases.get(value.lower(), value.lower())
+    if value not in PREDICTION_TYPES:
+        raise LoraKitError(f"unknown prediction type {value!r}: choose epsilon or v_prediction")
+    return value
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    return bool(_HUB_ID.match(spec)) and not spec.lower().endswith(SINGLE_FILE_SUFFIXES)
+
+
+def _toy_path() -> Path:
+    try:
+        from ..toy import base_path
+    except ImportError as e:
+        raise LoraKitError("the toy base model is not available in this installation (lorakit.toy)") from e
+    return Path(base_path())
+
+
+def _offline() -> bool:
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    try:
+        from huggingface_hub import constants
+
+        return flag or bool(constants.HF_HUB_OFFLINE)
+    except ImportError:
+        return flag
+
+
+# --- single files ------------------------------------------------------------------------------
+
+def _load_single_file(path: Path, dtype, prediction_type, config_dir, components, allow_pickle) -> BaseModel:
+    from .checkpoint import declared_prediction_type, detect_file_family, guessed_prediction_type, open_checkpoint
+    from .single_file import build_pipeline, read_index, shipped_config
+
+    ckpt = open_checkpoint(path, allow_pickle=allow_pickle)
+    family = detect_file_family(ckpt)
+    folder = Path(config_dir) if config_dir is not None else None
+    if folder is not None:
+        read_index(folder)  # fails early, naming the folder
+    pt = (prediction_type or declared_prediction_type(ckpt) or _scheduler_prediction(folder)
+          or guessed_prediction_type(ckpt, family) or "epsilon")
+    folder = folder or shipped_config(family, pt)
+    pipe = build_pipeline(ckpt, family, folder, dtype=dtype, prediction_type=pt, components=components)
+    return BaseModel(pipe, family, pt, str(path), "single_file")
+
+
+def _scheduler_prediction(folder: Path | None) -> str | None:
+    if folder is None:
+        return None
+    config = folder / "scheduler" / "scheduler_config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text()).get("prediction_type")
+    except ValueError as e:
+        raise LoraKitError(f"not valid JSON: {e}", config) from e
+
+
+# --- diffusers folders and hub ids -------------------------------------------------------------
+
+def _load_folder(path: Path, kind: str, dtype, prediction_type, components) -> BaseModel:
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        hint = ""
+        if any(path.glob("*.safetensors")):
+            hint = " (for a single-file checkpoint give the .safetensors file itself)"
+        raise LoraKitError(f"not a diffusers model folder: model_index.json is missing{hint}", path)
+    try:
+        index = json.loads(index_file.read_text())
+    except ValueError as e:
+        raise LoraKitError(f"model_index.json is not valid JSON: {e}", index_file) from e
+    missing_tokenizers = [t for t in ("tokenizer", "tokenizer_2") if t in index and not (path / t).is_dir()]
+    pipe = _from_pretrained(str(path), index, dtype, components, local_only=True, skip=missing_tokenizers)
+    return _finish(pipe, str(path), kind, prediction_type, missing_tokenizers)
+
+
+def _load_hub(repo_id: str, dtype, prediction_type, components) -> BaseModel:
+    from diffusers import DiffusionPipeline
+
+    offline = _offline()
+    try:
+        index = DiffusionPipeline.load_config(repo_id, local_files_only=offline)
+    except Exception as e:  # noqa: BLE001 - hub errors come in many types
+        if offline:
+            raise LoraKitError("a hub id that is not in the local Hugging Face cache, and HF_HUB_OFFLINE is "
+                               "set: download it once with a network, or give a local folder or file",
+                               repo_id) from e
+        raise LoraKitError(f"cannot fetch from the Hugging Face hub: {e}", repo_id) from e
+    try:
+        pipe = _from_pretrained(repo_id, dict(index), dtype, components, local_only=offline)
+    except LoraKitError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        where = "the local cache is incomplete and HF_HUB_OFFLINE is set" if offline else str(e)
+        raise LoraKitError(f"cannot load the hub model: {where}", repo_id) from e
+    return _finish(pipe, repo_id, "hub", prediction_type, [])
+
+
+def _from_pretrained(source: str, index: dict, dtype, components, *, local_only: bool, skip=()):
+    import diffusers
+
+    class_name = index.get("_class_name", "")
+    if class_name not in _PIPELINES:
+        raise LoraKitError(f"unsupported pipeline {class_name!r}: only {', '.join(_PIPELINES)} are supported",
+                           source)
+    kwargs: dict = {name: None for name in skip}
+    if "unet" not in components:
+        kwargs["unet"] = None
+    if "vae" not in components:
+        kwargs["vae"] = None
+    if "text_encoders" not in components:
+        kwargs.update({n: None for n in ("text_encoder", "text_encoder_2") if n in index})
+    if class_name == "StableDiffusionPipeline":
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    cls = getattr(diffusers, class_name)
+    try:
+        return cls.from_pretrained(source, torch_dtype=dtype, local_files_only=local_only, **kwargs)
+    except LoraKitError:
+        raise
+    except (OSError, ValueError, EnvironmentError) as e:
+        if not local_only or Path(source).is_dir():
+            raise LoraKitError(f"cannot load the diffusers model: {e}", source) from e
+        raise
+
+
+def _finish(pipe, source: str, kind: str, prediction_type, missing_tokenizers) -> BaseModel:
+    from .tokenizer import clip_tokenizer
+
+    family = detect_family(pipe)
+    for name in missing_tokenizers:  # folders saved without tokenizers get the shipped CLIP BPE one
+        pad = "!" if name == "tokenizer_2" or family == "sd2" else "<|endoftext|>"
+        pipe.register_modules(**{name: clip_tokenizer(pad)})
+    scheduler_pt = getattr(getattr(pipe, "scheduler", None), "config", {}).get("prediction_type", "epsilon")
+    pt = prediction_type or scheduler_pt or "epsilon"
+    if pt != scheduler_pt and pipe.scheduler is not None:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=pt)
+    return BaseModel(pipe, family, pt, source, kind)

@@ -1,0 +1,180 @@
+"""diffusers state dicts → the original (CompVis/SAI "LDM") single-file layout A1111 and ComfyUI load.
+
+diffusers' package converts only original → diffusers (`loaders/single_file_utils.py`); the
+inverse lives in an unpackaged script. So the inverse is written here, key by key, as the exact
+mirror of diffusers' reader: a file written here and read back by diffusers gives the same
+tensors (the tests check that to the bit). Pure key and tensor work: no diffusers import.
+
+    UNet           model.diffusion_model.*            (paths from naming.diffusers_to_sai_unet_path)
+    VAE            first_stage_model.*                (mid attention: Linear → 1x1 Conv)
+    SD1 TE         cond_stage_model.transformer.text_model.*
+    SD2 TE         cond_stage_model.model.*           (OpenCLIP: fused in_proj, resblocks, ln_final)
+    SDXL TE1/TE2   conditioner.embedders.0.transformer.text_model.* / conditioner.embedders.1.model.*
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+import torch
+
+from .. import naming
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+CLIP_PREFIX = {"sd1": "cond_stage_model.transformer.", "sdxl": "conditioner.embedders.0.transformer."}
+OPEN_CLIP_PREFIX = {"sd2": "cond_stage_model.model.", "sdxl": "conditioner.embedders.1.model."}
+_UNET_ROOTS = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.", "label_emb.", "out.")
+
+
+class LayoutError(ValueError):
+    """A tensor name the original layout has no place for."""
+
+
+def unet_to_original(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
+    layout = naming.UNetLayout.from_config(config)
+    out = {}
+    for key, value in state.items():
+        new = naming.diffusers_to_sai_unet_path(key, layout)
+        if new == key or not new.startswith(_UNET_ROOTS):
+            raise LayoutError(f"UNet tensor {key} has no original-layout name")
+        out[UNET_PREFIX + new] = value
+    return out
+
+
+# --- VAE -------------------------------------------------------------------------------------
+
+_VAE_TOP = {"conv_norm_out": "norm_out"}
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _vae_attention(rest: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
+    for src, dst in _VAE_ATTN.items():
+        if rest.startswith(src + "."):
+            param = rest[len(src) + 1:]
+            if dst != "norm" and param == "weight" and value.ndim == 2:
+                value = value.reshape(*value.shape, 1, 1)  # Linear → 1x1 Conv2d
+            return f"{dst}.{param}", value
+    raise LayoutError(f"VAE attention tensor {rest} has no original-layout name")
+
+
+def vae_key_to_original(key: str, value: torch.Tensor, num_up_blocks: int) -> tuple[str, torch.Tensor]:
+    if key.startswith(("quant_conv.", "post_quant_conv.")):
+        return key, value
+    side, _, rest = key.partition(".")
+    if side not in ("encoder", "decoder"):
+        raise LayoutError(f"VAE tensor {key} has no original-layout name")
+    head, _, param = rest.partition(".")
+    if head in ("conv_in", "conv_out", "conv_norm_out"):
+        return f"{side}.{_VAE_TOP.get(head, head)}.{param}", value
+    m = re.match(r"(down|up)_blocks\.(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.+)$", rest)
+    if m:
+        kind, i, sub, j, tail = m[1], int(m[2]), m[3], int(m[4]), m[5]
+        idx = i if kind == "down" else num_up_blocks - 1 - i  # the decoder counts its up blocks backwards
+        if sub == "resnets":
+            return f"{side}.{kind}.{idx}.block.{j}.{tail.replace('conv_shortcut', 'nin_shortcut')}", value
+        return f"{side}.{kind}.{idx}.{kind}sample.{tail}", value
+    m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)$", rest)
+    if m:
+        if m[1] == "resnets":
+            return f"{side}.mid.block_{int(m[2]) + 1}.{m[3].replace('conv_shortcut', 'nin_shortcut')}", value
+        name, value = _vae_attention(m[3], value)
+        return f"{side}.mid.attn_{int(m[2]) + 1}.{name}", value
+    raise LayoutError(f"VAE tensor {key} has no original-layout name")
+
+
+def vae_to_original(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
+    n_up = len(config["up_block_types"])
+    out = {}
+    for key, value in state.items():
+        new, value = vae_key_to_original(key, value, n_up)
+        out[VAE_PREFIX + new] = value
+    return out
+
+
+# --- text encoders ---------------------------------------------------------------------------
+
+def _text_model_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers 5's CLIPTextModel saves without `text_model.`; the original files spell it."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith("position_ids"):
+            continue
+        out[key if key.startswith(("text_model.", "text_projection.")) else "text_model." + key] = value
+    return out
+
+
+def clip_to_original(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """OpenAI CLIP-L (SD1, SDXL TE1): the original layout is the transformers layout under a prefix."""
+    out = {}
+    for key, value in _text_model_keys(state).items():
+        if key.startswith("text_projection."):
+            raise LayoutError(f"text encoder tensor {key} has no place in the CLIP-L original layout")
+        out[prefix + key] = value
+    return out
+
+
+_OPEN_CLIP_TOP = {
+    "text_model.embeddings.position_embedding.weight": "positional_embedding",
+    "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+    "text_model.final_layer_norm.weight": "ln_final.weight",
+    "text_model.final_layer_norm.bias": "ln_final.bias",
+}
+_OPEN_CLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+                    "self_attn.out_proj": "attn.out_proj"}
+
+
+def open_clip_to_original(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """OpenCLIP (SD2 TE, SDXL TE2): q/k/v fused into in_proj, `resblocks`, text_projection as x @ P."""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, value in _text_model_keys(state).items():
+        if key in _OPEN_CLIP_TOP:
+            out[prefix + _OPEN_CLIP_TOP[key]] = value
+            continue
+        if key == "text_projection.weight":
+            out[prefix + "text_projection"] = value.T.contiguous()  # nn.Linear weight [out, in] → [in, out]
+            continue
+        m = re.match(r"text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", key)
+        if not m:
+            raise LayoutError(f"text encoder tensor {key} has no place in the OpenCLIP original layout")
+        layer, module, param = int(m[1]), m[2], m[3]
+        if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            qkv.setdefault((layer, param), {})[module[-6]] = value
+            continue
+        if module not in _OPEN_CLIP_LAYER:
+            raise LayoutError(f"text encoder tensor {key} has no place in the OpenCLIP original layout")
+        out[f"{prefix}transformer.resblocks.{layer}.{_OPEN_CLIP_LAYER[module]}.{param}"] = value
+    for (layer, param), parts in sorted(qkv.items()):
+        if set(parts) != {"q", "k", "v"}:
+            raise LayoutError(f"text encoder layer {layer} lacks one of q/k/v {param}")
+        fused = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+        out[f"{prefix}transformer.resblocks.{layer}.attn.in_proj_{param}"] = fused
+    return out
+
+
+def text_encoders_to_original(family: str, states: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    if family == "sd1":
+        return clip_to_original(states[0], CLIP_PREFIX["sd1"])
+    if family == "sd2":
+        return open_clip_to_original(states[0], OPEN_CLIP_PREFIX["sd2"])
+    if family == "sdxl":
+        if len(states) != 2:
+            raise LayoutError(f"an SDXL model has two text encoders, not {len(states)}")
+        return {**clip_to_original(states[0], CLIP_PREFIX["sdxl"]),
+                **open_clip_to_original(states[1], OPEN_CLIP_PREFIX["sdxl"])}
+    raise LayoutError(f"unknown family {family!r}")
+
+
+def to_original(family: str, unet=None, unet_config=None, vae=None, vae_config=None,
+                text_encoders: list | None = None) -> dict[str, torch.Tensor]:
+    """One original-layout state dict from diffusers/transformers state dicts (any part may be absent)."""
+    out: dict[str, torch.Tensor] = {}
+    if unet is not None:
+        out.update(unet_to_original(unet, unet_config))
+    if vae is not None:
+        out.update(vae_to_original(vae, vae_config))
+    if text_encoders:
+        out.update(text_encoders_to_original(family, text_encoders))
+    return out

@@ -1,0 +1,151 @@
+"""`save_model(model, out)`: a diffusers folder, or one original-layout `.safetensors` for A1111/ComfyUI.
+
+Writes are atomic (a temporary sibling, then os.replace), so an interrupted save never leaves a
+half-written model under the requested name. Tensors are cast to `dtype` on the way out; the
+model in memory keeps its own dtype.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import LoraKitError
+from .base import BaseModel, detect_family
+
+ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
+                 "sd2-v": "stable-diffusion-v2-768-v", "sdxl": "stable-diffusion-xl-v1-base"}
+IMPLEMENTATIONS = {"sd1": "https://github.com/CompVis/stable-diffusion",
+                   "sd2": "https://github.com/Stability-AI/stablediffusion",
+                   "sdxl": "https://github.com/Stability-AI/generative-models"}
+RESOLUTIONS = {"sd1": "512x512", "sd2": "512x512", "sd2-v": "768x768", "sdxl": "1024x1024"}
+
+
+def _as_model(model_or_pipe) -> BaseModel:
+    if isinstance(model_or_pipe, BaseModel):
+        return model_or_pipe
+    pipe = model_or_pipe
+    config = getattr(getattr(pipe, "scheduler", None), "config", {}) or {}
+    return BaseModel(pipe, detect_family(pipe), config.get("prediction_type", "epsilon"), "", "diffusers")
+
+
+def save_model(model_or_pipe, out: str | os.PathLike, dtype: torch.dtype | None = torch.float16, *,
+               metadata: dict[str, str] | None = None) -> Path:
+    """OUT ending .safetensors → original single-file layout; anything else → a diffusers folder.
+
+    dtype None keeps each tensor's dtype. `metadata` adds header strings to a single file.
+    """
+    model = _as_model(model_or_pipe)
+    out = Path(out)
+    if out.suffix.lower() == ".safetensors":
+        save_single_file(model, out, dtype, metadata)
+    else:
+        if out.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+            raise LoraKitError("lorakit writes .safetensors files or diffusers folders, not pickles", out)
+        save_folder(model, out, dtype)
+    return out
+
+
+# --- single file -------------------------------------------------------------------------------
+
+def original_state_dict(model: BaseModel, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The whole model in the original layout, tensors cast to `dtype` (floating point only)."""
+    from . import original_layout
+
+    unet, vae, tes = model.unet, model.vae, model.text_encoders
+    missing = [name for name, part in (("UNet", unet), ("VAE", vae)) if part is None]
+    missing += [f"text encoder {i + 1}" for i, te in enumerate(tes) if te is None]
+    if missing:
+        raise LoraKitError(f"a single-file checkpoint needs every part; the model has no {', '.join(missing)}")
+    try:
+        state = original_layout.to_original(
+            model.family, unet=unet.state_dict(), unet_config=dict(unet.config), vae=vae.state_dict(),
+            vae_config=dict(vae.config), text_encoders=[te.state_dict() for te in tes])
+    except original_layout.LayoutError as e:
+        raise LoraKitError(f"cannot write the original layout: {e}") from e
+    if model.prediction_type == "v_prediction":
+        state["v_pred"] = torch.tensor([])  # ComfyUI's marker; A1111 ignores unknown keys
+    return {k: _cast(v, dtype) for k, v in state.items()}
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    t = t.detach()
+    if dtype is not None and t.is_floating_point():
+        t = t.to(dtype)
+    return t.contiguous().cpu()
+
+
+def header_metadata(model: BaseModel, title: str) -> dict[str, str]:
+    key = "sd2-v" if model.family == "sd2" and model.prediction_type == "v_prediction" else model.family
+    return {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": ARCHITECTURES[key],
+        "modelspec.implementation": IMPLEMENTATIONS[model.family],
+        "modelspec.title": title,
+        "modelspec.resolution": RESOLUTIONS[key],
+        "modelspec.prediction_type": "v" if model.prediction_type == "v_prediction" else "epsilon",
+    }
+
+
+def save_single_file(model: BaseModel, out: Path, dtype=torch.float16, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    state = original_state_dict(model, dtype)
+    header = {**header_metadata(model, out.stem), **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    _atomic_file(out, lambda tmp: save_file(state, str(tmp), metadata=header))
+
+
+def _atomic_file(out: Path, write) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- diffusers folder --------------------------------------------------------------------------
+
+def save_folder(model: BaseModel, out: Path, dtype=torch.float16) -> None:
+    """diffusers `save_pretrained` (safetensors) into a temporary sibling, weights cast, then swapped in."""
+    if out.exists() and not out.is_dir():
+        raise LoraKitError("exists and is not a folder", out)
+    if out.is_dir() and any(out.iterdir()) and not (out / "model_index.json").is_file():
+        raise LoraKitError("exists, is not empty and is not a diffusers model folder: refusing to replace it", out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        model.pipe.save_pretrained(str(tmp), safe_serialization=True)
+        if dtype is not None:
+            for f in tmp.rglob("*.safetensors"):
+                _recast_file(f, dtype)
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _recast_file(path: Path, dtype: torch.dtype) -> None:
+    """save_pretrained writes the in-memory dtype; cast floating tensors without touching the model."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if all(not t.is_floating_point() or t.dtype == dtype for t in tensors.values()):
+        return
+    save_file({k: _cast(t, dtype) for k, t in tensors.items()}, str(path), metadata=meta)

@@ -1,0 +1,176 @@
+"""Build a diffusers pipeline from an original-layout single file and a local config folder.
+
+No network: the configs come from a folder (the ones shipped in the package, or the caller's),
+the tokenizers are the shipped CLIP BPE files passed in explicitly. The UNet and VAE go through
+diffusers' own `from_single_file(state_dict, config=folder, local_files_only=True)`; the text
+encoders through diffusers' own key converters, but chosen by family rather than by diffusers'
+shape sniffing, which picks the wrong encoder when SDXL's two encoders have equal widths (as in
+small test models). A tensor the model needs and the file lacks is an error, never left empty.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ..errors import LoraKitError
+from .checkpoint import Checkpoint
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+SHIPPED = {"sd1": "sd15", "sd2": "sd21-base", "sd2-v": "sd21", "sdxl": "sdxl-base"}
+PIPELINES = {"StableDiffusionPipeline": ("sd1", "sd2"), "StableDiffusionXLPipeline": ("sdxl",)}
+
+
+def shipped_config(family: str, prediction_type: str) -> Path:
+    """The shipped config folder for a family: SD 2.1 768-v when an SD2 file is v-prediction."""
+    key = "sd2-v" if family == "sd2" and prediction_type == "v_prediction" else family
+    return CONFIGS_DIR / SHIPPED[key]
+
+
+def read_index(config_dir: Path) -> dict:
+    index_file = config_dir / "model_index.json"
+    if not index_file.is_file():
+        raise LoraKitError("not a diffusers config folder: model_index.json is missing", config_dir)
+    try:
+        return json.loads(index_file.read_text())
+    except ValueError as e:
+        raise LoraKitError(f"model_index.json is not valid JSON: {e}", index_file) from e
+
+
+def _meta_names(module: torch.nn.Module) -> list[str]:
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    return [n for n, t in tensors if t.is_meta]
+
+
+def _check_complete(module: torch.nn.Module, part: str, ckpt: Checkpoint) -> None:
+    missing = _meta_names(module)
+    if missing:
+        raise LoraKitError(f"the file lacks {len(missing)} {part} tensor(s) the model needs, e.g. "
+                           f"{', '.join(missing[:3])} (truncated, or not this architecture)", ckpt.path)
+
+
+@contextmanager
+def _quiet_diffusers():
+    from diffusers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def _load_diffusers_part(cls, ckpt: Checkpoint, prefix: str, part: str, config_dir: Path, dtype):
+    state = ckpt.read([prefix])
+    if not state:
+        raise LoraKitError(f"the file has no {part} ({prefix}* tensors)", ckpt.path)
+    try:
+        with _quiet_diffusers():  # its dtype-cast advice is noise for models with no fp32-only modules
+            model = cls.from_single_file(state, config=str(config_dir), subfolder=part, local_files_only=True,
+                                         torch_dtype=dtype)
+    except LoraKitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - shape mismatches surface as ValueError/RuntimeError
+        raise LoraKitError(f"the {part} tensors do not fit the config in {config_dir / part}: {e}",
+                           ckpt.path) from e
+    _check_complete(model, part, ckpt)
+    return model
+
+
+def _text_encoder(cls, ckpt: Checkpoint, family: str, index: int, config_dir: Path, dtype):
+    from accelerate import init_empty_weights
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
+    from transformers import CLIPTextConfig
+
+    from . import original_layout as layout
+
+    sub = "text_encoder" if index == 0 else "text_encoder_2"
+    if not (config_dir / sub / "config.json").is_file():
+        raise LoraKitError(f"the config folder has no {sub}/config.json", config_dir)
+    config = CLIPTextConfig.from_pretrained(str(config_dir / sub), local_files_only=True)
+    with init_empty_weights():
+        model = cls(config)
+    open_clip = family == "sd2" or (family == "sdxl" and index == 1)
+    prefix = (layout.OPEN_CLIP_PREFIX if open_clip else layout.CLIP_PREFIX)[family]
+    raw = ckpt.read([prefix])
+    if not raw:
+        raise LoraKitError(f"the file has no text encoder {index + 1} ({prefix}* tensors)", ckpt.path)
+    if open_clip:
+        state = convert_open_clip_checkpoint(model, raw, prefix=prefix)
+    else:
+        state = convert_ldm_clip_checkpoint(raw, remove_prefix=prefix)
+    if not hasattr(model, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
+        state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    expected = model.state_dict()
+    state = {k: v for k, v in state.items() if k in expected}  # position_ids, logit_scale: not parameters here
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise LoraKitError(f"text encoder {index + 1} tensor {k} has shape {tuple(v.shape)}, the config in "
+                               f"{config_dir / sub} expects {tuple(expected[k].shape)}", ckpt.path)
+    model.load_state_dict(state, strict=False, assign=True)
+    _tie_position_ids(model)
+    _check_complete(model, f"text encoder {index + 1}", ckpt)
+    return model.to(dtype).eval()
+
+
+def _tie_position_ids(model: torch.nn.Module) -> None:
+    """position_ids is a non-persistent buffer: not in files, so rebuild it if left on meta."""
+    for module in model.modules():
+        ids = getattr(module, "position_ids", None)
+        if isinstance(ids, torch.Tensor) and ids.is_meta:
+            module.register_buffer("position_ids", torch.arange(ids.shape[-1]).expand(ids.shape).clone(),
+                                   persistent=False)
+
+
+def _scheduler(config_dir: Path, prediction_type: str):
+    import diffusers
+
+    sub = config_dir / "scheduler"
+    config_file = sub / "scheduler_config.json"
+    if not config_file.is_file():
+        raise LoraKitError("the config folder has no scheduler/scheduler_config.json", config_dir)
+    config = json.loads(config_file.read_text())
+    cls = getattr(diffusers, config.get("_class_name", "DDIMScheduler"), diffusers.DDIMScheduler)
+    return cls.from_config(config, prediction_type=prediction_type)
+
+
+def build_pipeline(ckpt: Checkpoint, family: str, config_dir: Path, *, dtype=torch.float32,
+                   prediction_type: str = "epsilon", components=("unet", "text_encoders", "vae")):
+    """A StableDiffusion(XL)Pipeline holding the file's tensors; parts not in `components` are None."""
+    import diffusers
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from .tokenizer import clip_tokenizer
+
+    index = read_index(config_dir)
+    class_name = index.get("_class_name", "")
+    if class_name not in PIPELINES:
+        raise LoraKitError(f"unsupported pipeline class {class_name!r} in model_index.json", config_dir)
+    if family not in PIPELINES[class_name]:
+        raise LoraKitError(f"the file is an {family} checkpoint but the config folder describes a "
+                           f"{class_name}", config_dir)
+    parts: dict = {"unet": None, "vae": None, "text_encoder": None}
+    if "unet" in components:
+        parts["unet"] = _load_diffusers_part(diffusers.UNet2DConditionModel, ckpt, "model.diffusion_model.",
+                                             "unet", config_dir, dtype)
+    if "vae" in components:
+        parts["vae"] = _load_diffusers_part(diffusers.AutoencoderKL, ckpt, "first_stage_model.", "vae",
+                                            config_dir, dtype)
+    if "text_encoders" in components:
+        parts["text_encoder"] = _text_encoder(CLIPTextModel, ckpt, family, 0, config_dir, dtype)
+        if family == "sdxl":
+            parts["text_encoder_2"] = _text_encoder(CLIPTextModelWithProjection, ckpt, family, 1, config_dir, dtype)
+    elif family == "sdxl":
+        parts["text_encoder_2"] = None
+    parts["scheduler"] = _scheduler(config_dir, prediction_type)
+    cls = getattr(diffusers, class_name)
+    if family == "sdxl":
+        return cls(tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer("!"),
+                   force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True), **parts)
+    pad = "!" if family == "sd2" else "<|endoftext|>"  # SD2's OpenCLIP tokenizer pads with "!"
+    return cls(tokenizer=clip_tokenizer(pad), safety_checker=None, feature_extractor=None,
+               requires_safety_checker=False, **parts)
