@@ -88,18 +88,25 @@ class LoRAModule(nn.Module):
         shape = (up.shape[0], *down.shape[1:])
         return LF.lora_delta(up, down, float(self.alpha), shape)
 
+    @torch.no_grad()
+    def add_delta_to(self, weight: Tensor, multiplier: float) -> None:
+        """weight += m·(alpha/r)·up·down as one in-place GEMM (no ΔW temporary) for fp32 weights."""
+        up = self.lora_up.weight.reshape(self.lora_up.weight.shape[0], -1).to(weight.device, torch.float32)
+        down = self.lora_down.weight.reshape(self.rank, -1).to(weight.device, torch.float32)
+        weight.view(weight.shape[0], -1).addmm_(up, down, alpha=multiplier * self.scale)
+
     def kohya_tensors(self) -> dict[str, Tensor]:
         return {"lora_down.weight": self.lora_down.weight, "lora_up.weight": self.lora_up.weight,
                 "alpha": self.alpha}
 
     @classmethod
     def from_tensors(cls, base: nn.Module, down: Tensor, up: Tensor, alpha: float | None) -> "LoRAModule":
-        module = cls(base, down.shape[0], alpha)
-        with torch.no_grad():
-            module.lora_down.weight.copy_(down.reshape(module.lora_down.weight.shape))
-            module.lora_up.weight.copy_(up.reshape(module.lora_up.weight.shape))
-        module.to(down.dtype)
-        module.alpha.data = torch.tensor(float(down.shape[0] if alpha is None else alpha))
+        """Wrap loaded tensors without initialising (and then overwriting) fresh weights."""
+        with torch.device("meta"):
+            module = cls(base, down.shape[0], alpha)
+        module.lora_down.weight = nn.Parameter(down.reshape(module.lora_down.weight.shape), requires_grad=False)
+        module.lora_up.weight = nn.Parameter(up.reshape(module.lora_up.weight.shape), requires_grad=False)
+        module.alpha = torch.tensor(float(down.shape[0] if alpha is None else alpha))
         return module
 
 

@@ -152,6 +152,10 @@ class LoRANetwork(nn.Module):
                 if state.merged:  # fp32 layer merged before without a copy: rebuild the original first
                     raise RuntimeError("merge DoRA networks before other networks on fp32 models")
                 state.original = w.detach().clone()
+            if w.dtype == torch.float32 and isinstance(adapter, LoRAModule):
+                adapter.add_delta_to(w, self._multiplier)
+                state.merged[id(self)] = (self, name)
+                continue
             delta = adapter.delta_weight(state.base_weight(module)).to(w.device)
             if w.dtype == torch.float32:
                 w.add_(delta, alpha=self._multiplier)
@@ -170,8 +174,11 @@ class LoRANetwork(nn.Module):
             module = self.targets[name].module
             state: _MergeState = module._lorakit_merge
             state.merged.pop(id(self), None)
-            if state.original is None:
-                delta = self.adapters[name].delta_weight(module.weight).to(module.weight.device)
+            adapter = self.adapters[name]
+            if state.original is None and isinstance(adapter, LoRAModule):
+                adapter.add_delta_to(module.weight, -self._multiplier)
+            elif state.original is None:
+                delta = adapter.delta_weight(module.weight).to(module.weight.device)
                 module.weight.sub_(delta, alpha=self._multiplier)
             elif not state.merged:
                 module.weight.copy_(state.original)

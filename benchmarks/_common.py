@@ -1,0 +1,58 @@
+"""Shared bits of the benchmark scripts: SD 1.5-sized models with random weights, tables, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "lorakit" / "models" / "configs"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def sd15_unet(dtype=torch.float32, device="cpu"):
+    from diffusers import UNet2DConditionModel
+
+    config = json.loads((CONFIGS / "sd15" / "unet" / "config.json").read_text())
+    with torch.device(device):
+        return UNet2DConditionModel.from_config(config).to(dtype).eval().requires_grad_(False)
+
+
+def sd15_text_encoder(dtype=torch.float32):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig.from_json_file(str(CONFIGS / "sd15" / "text_encoder" / "config.json"))
+    return CLIPTextModel(config).to(dtype).eval().requires_grad_(False)
+
+
+@contextmanager
+def timer(into: dict, key: str):
+    t = time.perf_counter()
+    yield
+    into[key] = time.perf_counter() - t
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def machine() -> dict:
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def write_results(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
