@@ -144,3 +144,62 @@ def part_of(name: str) -> str:
 
 def family_text_encoder_prefixes(family: str) -> Sequence[str]:
     return TE_PREFIXES[family]
+
+
+# SDXL base: the layout kohya's SAI names refer to when no model is at hand.
+SDXL_LAYOUT = UNetLayout(2, (False, True, True), (True, True, False))
+
+_SAI_TOP = {v: k for k, v in _TOP_SAI.items()}
+_SAI_RESNET = {v: k for k, v in _RESNET_SAI.items()}
+
+
+def _resnet_inner_back(rest: str) -> str:
+    for sai, diff in _SAI_RESNET.items():
+        if rest == sai or rest.startswith(sai + "."):
+            return diff + rest[len(sai):]
+    return rest
+
+
+def sai_to_diffusers_unet_path(path: str, layout: UNetLayout = SDXL_LAYOUT) -> str:
+    """Inverse of diffusers_to_sai_unet_path (paths that are not SAI come back unchanged)."""
+    for src, dst in _SAI_TOP.items():
+        if path == src or path.startswith(src + "."):
+            return dst + path[len(src):]
+    n = layout.layers_per_block
+
+    def tail(rest: str) -> str:
+        return "." + rest if rest else ""
+
+    m = re.match(r"input_blocks\.(\d+)\.(\d+)\.?(.*)$", path)
+    if m:
+        k, slot, rest = int(m[1]), int(m[2]), m[3]
+        i, j = divmod(k - 1, n + 1)
+        if j == n:
+            rest = rest.replace("op", "conv", 1) if rest.startswith("op") else rest
+            return f"down_blocks.{i}.downsamplers.0" + tail(rest)
+        if slot == 0:
+            return f"down_blocks.{i}.resnets.{j}" + tail(_resnet_inner_back(rest))
+        return f"down_blocks.{i}.attentions.{j}" + tail(rest)
+    m = re.match(r"middle_block\.(\d+)\.?(.*)$", path)
+    if m:
+        k, rest = int(m[1]), m[2]
+        if k == 1:
+            return "mid_block.attentions.0" + tail(rest)
+        return f"mid_block.resnets.{k // 2}" + tail(_resnet_inner_back(rest))
+    m = re.match(r"output_blocks\.(\d+)\.(\d+)\.?(.*)$", path)
+    if m:
+        k, slot, rest = int(m[1]), int(m[2]), m[3]
+        i, j = divmod(k, n + 1)
+        has_attn = i < len(layout.up_has_attention) and layout.up_has_attention[i]
+        if slot == 0:
+            return f"up_blocks.{i}.resnets.{j}" + tail(_resnet_inner_back(rest))
+        if slot == 1 and has_attn:
+            return f"up_blocks.{i}.attentions.{j}" + tail(rest)
+        return f"up_blocks.{i}.upsamplers.0" + tail(rest)
+    return path
+
+
+def is_sai_unet_path(path: str) -> bool:
+    """Whether a UNet module path is spelled the SAI/LDM way (kohya's SDXL names)."""
+    return path.split(".", 1)[0] in {"input_blocks", "middle_block", "output_blocks", "time_embed", "label_emb",
+                                      "out"}

@@ -1,0 +1,110 @@
+"""The kohya / LyCORIS key layout: `NAME.SUBKEY` with NAME = `lora_{unet,te,te1,te2}_<path>`.
+
+LyCORIS (LoHa, LoKr, Tucker, DoRA) files use the same names and the same `alpha`, only other
+sub-keys, so one reader serves both; validation is strict: a key that is not understood is an
+error, never skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from .. import naming
+from ..errors import LoraKitError
+from ..lora import functional as LF
+from .modules import Modules, kind_of
+
+_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+_ALL_SUBKEYS = set().union(*LF.KNOWN_SUBKEYS.values())
+_PARTNERS = {"lora_down.weight": "lora_up.weight", "lora_up.weight": "lora_down.weight",
+             "hada_w1_a": "hada_w1_b", "hada_w1_b": "hada_w1_a", "hada_w2_a": "hada_w2_b",
+             "hada_w2_b": "hada_w2_a", "lokr_w1_a": "lokr_w1_b", "lokr_w1_b": "lokr_w1_a",
+             "lokr_w2_a": "lokr_w2_b", "lokr_w2_b": "lokr_w2_a"}
+
+
+def is_kohya_key(key: str) -> bool:
+    return key.startswith(_PREFIXES) and "." in key
+
+
+def _listing(keys, limit: int = 5) -> str:
+    keys = sorted(keys)
+    more = f" … and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def group(state: Mapping[str, Tensor], source: str | None = None) -> dict[str, dict[str, Tensor]]:
+    """Flat kohya/LyCORIS keys → {module name: {subkey: tensor}}, every key accounted for."""
+    modules: dict[str, dict[str, Tensor]] = {}
+    unknown = []
+    for key, value in state.items():
+        if not is_kohya_key(key):
+            unknown.append(key)
+            continue
+        name, sub = naming.split_module_key(key)
+        if sub not in _ALL_SUBKEYS:
+            unknown.append(key)
+            continue
+        modules.setdefault(name, {})[sub] = value
+    if unknown:
+        raise LoraKitError(f"{len(unknown)} unknown key(s): {_listing(unknown)}", source)
+    for name, tensors in modules.items():
+        validate_module(name, tensors, source)
+    return modules
+
+
+def validate_module(name: str, t: Mapping[str, Tensor], source: str | None = None) -> None:
+    """Complete (every factor has its partner) and self-consistent shapes; the model checks the rest."""
+    kind = kind_of(t)
+    if kind == "unknown":
+        for key, partner in _PARTNERS.items():
+            if key in t and partner not in t:
+                raise LoraKitError(f"module {name} has {key} but no {partner}", source)
+        raise LoraKitError(f"module {name} has keys {sorted(t)} that form no known adapter", source)
+    extra = set(t) - LF.KNOWN_SUBKEYS[kind]
+    if "diff_b" in t:
+        extra.add("diff_b")  # bias updates are not applied by lorakit: refuse rather than drop
+    if extra:
+        raise LoraKitError(f"module {name} ({kind}) has keys that do not belong to it: {sorted(extra)}", source)
+    alpha = t.get("alpha")
+    if alpha is not None and alpha.numel() != 1:
+        raise LoraKitError(f"module {name}: alpha has shape {tuple(alpha.shape)}, expected a scalar", source)
+    if kind == "lora":
+        down, up, mid = t["lora_down.weight"], t["lora_up.weight"], t.get("lora_mid.weight")
+        rank_up = up.reshape(up.shape[0], -1).shape[1] if up.dim() >= 2 else -1
+        if mid is not None:
+            ok = down.dim() >= 2 and mid.dim() == 4 and mid.shape[0] == rank_up and mid.shape[1] == down.shape[0]
+        else:
+            ok = down.dim() >= 2 and rank_up == down.shape[0] and (up.dim() == 2 or up.shape[2:].numel() == 1)
+        if not ok:
+            mid_s = f", lora_mid {tuple(mid.shape)}" if mid is not None else ""
+            raise LoraKitError(f"module {name}: lora_up {tuple(up.shape)} does not match lora_down "
+                               f"{tuple(down.shape)}{mid_s} (rank mismatch)", source)
+    elif kind == "loha" and "hada_t1" not in t:
+        for a, b in (("hada_w1_a", "hada_w1_b"), ("hada_w2_a", "hada_w2_b")):
+            if t[a].dim() != 2 or t[a].shape[1] != t[b].shape[0]:
+                raise LoraKitError(f"module {name}: {a} {tuple(t[a].shape)} does not match {b} "
+                                   f"{tuple(t[b].shape)}", source)
+    elif kind == "lokr":
+        for a, b in (("lokr_w1_a", "lokr_w1_b"), ("lokr_w2_a", "lokr_w2_b")):
+            if a in t and "lokr_t2" not in t and t[a].shape[1] != t[b].shape[0]:
+                raise LoraKitError(f"module {name}: {a} {tuple(t[a].shape)} does not match {b} "
+                                   f"{tuple(t[b].shape)}", source)
+
+
+def flatten(modules: Modules, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """{name: {subkey: t}} → flat kohya keys. alpha is written as a 0-dim fp32 whatever `dtype`:
+    kohya casts it to the save dtype, but fp16 cannot hold every alpha (0.3, 1e-3…) exactly and
+    A1111, ComfyUI and diffusers all read it with `.item()`."""
+    out: dict[str, Tensor] = {}
+    for name, tensors in modules.items():
+        for sub, t in tensors.items():
+            t = t.detach().cpu()
+            if sub == "alpha":
+                t = t.reshape(()).float()
+            elif dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            out[f"{name}.{sub}"] = t.contiguous()
+    return out

@@ -1,0 +1,151 @@
+"""LoRAFile, the in-memory form of any LoRA file, and the two entry points `load_lora` / `save_lora`.
+
+Whatever the file's format, modules are kohya-named ({name: {subkey: tensor}}): every other
+part of lorakit speaks only that.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from .. import naming
+from ..errors import LoraKitError
+from . import diffusers_fmt, kohya, peft_fmt
+from .detect import detect_family, detect_format, format_of_modules
+from .hashes import precalculate_hashes
+from .metadata import build_metadata
+from .modules import Modules, alpha_of, rank_of
+from .peft_common import entries_from_modules
+from .st_io import PICKLE_SUFFIXES, read_pickle, read_safetensors, serialize, write_bytes_atomic
+
+FORMATS = ("kohya", "diffusers", "peft")
+
+
+@dataclass
+class LoRAFile:
+    """A LoRA in kohya names, with where it came from."""
+
+    modules: dict[str, dict[str, Tensor]]
+    metadata: dict[str, str] = field(default_factory=dict)
+    format: str = "kohya"
+    family: str | None = None
+    path: str | None = None
+
+    def ranks(self) -> dict[str, int | None]:
+        return {n: rank_of(t) for n, t in self.modules.items()}
+
+    def alphas(self) -> dict[str, float | None]:
+        return {n: alpha_of(t) for n, t in self.modules.items()}
+
+    def parts(self) -> dict[str, int]:
+        """Module count per model part (unet, te, te1, te2)."""
+        return dict(Counter(naming.part_of(n) for n in self.modules))
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        counts = Counter(t.dtype for ts in self.modules.values() for k, t in ts.items() if k != "alpha")
+        return counts.most_common(1)[0][0] if counts else None
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+
+def _not_lora(state: Mapping[str, Tensor], fmt: str | None, path) -> LoraKitError:
+    sample = ", ".join(sorted(state)[:3])
+    if not state:
+        return LoraKitError("holds no tensors", path)
+    if fmt == "checkpoint":
+        return LoraKitError(f"not a LoRA: looks like a model checkpoint or other weights (keys like {sample})", path)
+    return LoraKitError(f"not a LoRA file: no LoRA keys found (keys like {sample})", path)
+
+
+def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickle: bool = False) -> LoRAFile:
+    """Read a kohya, LyCORIS, diffusers or PEFT LoRA (file or adapter folder) into kohya names.
+
+    `family` forces the naming (SAI names for an SDXL diffusers file) instead of detecting it.
+    Pickled files (.ckpt/.pt/.bin) can run code when loaded: refused unless `allow_pickle`.
+    """
+    if family is not None and family not in naming.FAMILIES:
+        raise LoraKitError(f"unknown family {family!r} (sd1, sd2 or sdxl)")
+    p = Path(path)
+    if p.is_dir():
+        if not peft_fmt.is_adapter_folder(p):
+            raise LoraKitError("is a folder but not a PEFT adapter (no adapter_config.json)", p)
+        modules, metadata, fam = peft_fmt.read(p, family, allow_pickle)
+        return LoRAFile(modules, metadata, "peft", fam, str(p))
+    if p.suffix.lower() in PICKLE_SUFFIXES and p.exists():
+        if not allow_pickle:
+            raise LoraKitError(f"{p.suffix} files are pickles that can run code when loaded: refused "
+                               "(convert it to .safetensors, or pass allow_pickle=True if you trust it)", p)
+        state, metadata = read_pickle(p), {}
+    else:
+        state, metadata = read_safetensors(p)
+    fmt = detect_format(state, metadata)
+    if fmt in ("kohya", "lycoris"):
+        modules = kohya.group(state, str(p))
+        fam = family or detect_family(modules, metadata)
+    elif fmt == "diffusers":
+        modules, fam = diffusers_fmt.read(state, metadata, family, str(p))
+    elif fmt == "peft":
+        raise LoraKitError("a bare PEFT adapter_model file: load its folder (with adapter_config.json)", p)
+    else:
+        raise _not_lora(state, fmt, p)
+    if not modules:
+        raise _not_lora(state, fmt, p)
+    return LoRAFile(modules, metadata, fmt, fam, str(p))
+
+
+def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Mapping[str, str] | None = None, *,
+              format: str = "kohya", dtype: torch.dtype | None = torch.float16, family: str | None = None,
+              parts=None, layout: naming.UNetLayout | None = None) -> Path:
+    """Write kohya modules as a kohya/LyCORIS file, a diffusers file or a PEFT adapter folder.
+
+    Written atomically (temporary file + os.replace). kohya files get full ss_*/modelspec
+    metadata (`metadata` is kept, tensor-describing fields recomputed) and the sshs hashes.
+    `parts` (a ModelParts) gives module paths for diffusers/PEFT from the model itself; without
+    it they come from kohya names by rule (`layout` = the UNet layout SAI names refer to).
+    `dtype=None` keeps the tensors' dtypes; alpha is always a 0-dim fp32.
+    """
+    if isinstance(modules, LoRAFile):
+        lf = modules
+        modules = lf.modules
+        metadata = lf.metadata if metadata is None else metadata
+        family = family or lf.family
+    if format not in FORMATS:
+        raise LoraKitError(f"unknown format {format!r}: choose from {', '.join(FORMATS)}")
+    if not modules:
+        raise LoraKitError("nothing to save: the LoRA has no modules", path)
+    if family is None and parts is not None:
+        family = parts.family
+    family = family or detect_family(modules, metadata)
+    path = Path(path)
+    md = build_metadata(modules, family=family, base=metadata, output_name=path.stem if format != "peft" else path.name)
+    if layout is None and parts is not None and parts.unet_config:
+        layout = naming.UNetLayout.from_config(parts.unet_config)
+    if format == "kohya":
+        for name, t in modules.items():
+            kohya.validate_module(name, t, str(path))
+        tensors = kohya.flatten(modules, dtype)
+        md.update(precalculate_hashes(tensors, md))
+        write_bytes_atomic(path, serialize(tensors, md))
+        return path
+    entries = entries_from_modules(modules, parts=parts, family=family, layout=layout, source=str(path), fmt=format)
+    if format == "diffusers":
+        tensors, configs = diffusers_fmt.write_state(entries, dtype)
+        md[diffusers_fmt.METADATA_KEY] = diffusers_fmt.adapter_metadata(configs)
+        md["format"] = "pt"
+        md.update(precalculate_hashes(tensors, md))
+        write_bytes_atomic(path, serialize(tensors, md))
+    else:
+        peft_fmt.write(path, entries, md, dtype, from_model=parts is not None)
+    return path
+
+
+__all__ = ["FORMATS", "LoRAFile", "load_lora", "save_lora", "format_of_modules"]

@@ -1,0 +1,29 @@
+"""`load_network`: a LoRA file onto a model, with the checks that make a wrong pairing an error
+("this LoRA is for SDXL, the model is SD1") rather than a silently partial load."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import LoraKitError
+from ..lora import LoRANetwork, ModelParts
+from .kohya import _listing
+from .lorafile import LoRAFile, load_lora
+
+_FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+
+
+def load_network(parts: ModelParts, path_or_file: str | os.PathLike | LoRAFile,
+                 multiplier: float = 1.0) -> LoRANetwork:
+    """Load (if a path), check family and module names against the model, build the network."""
+    lf = path_or_file if isinstance(path_or_file, LoRAFile) else load_lora(path_or_file)
+    source = lf.path or "LoRA"
+    if lf.family and parts.family and lf.family != parts.family:
+        raise LoraKitError(f"this LoRA is for {_FAMILY_NAMES.get(lf.family, lf.family)}, the model is "
+                           f"{_FAMILY_NAMES.get(parts.family, parts.family)}", source)
+    index = parts.index()
+    missing = [n for n in lf.modules if n not in index]
+    if missing:
+        raise LoraKitError(f"{len(missing)} of {len(lf.modules)} modules are not in the model: {_listing(missing)}",
+                           source)
+    return LoRANetwork.from_modules(parts, lf.modules, multiplier, source)

@@ -1,0 +1,97 @@
+"""kohya module names ↔ module paths inside the diffusers UNet / transformers CLIP models.
+
+A kohya name replaced every "." of the path by "_", and many module names contain "_" too, so
+the path is recovered with the vocabulary of module names SD models use (longest match first).
+When a model is at hand its targets index gives the path directly (see `path_for`).
+"""
+
+from __future__ import annotations
+
+from .. import naming
+from ..errors import LoraKitError
+
+PARTS = ("unet", "te", "te1", "te2")
+DIFFUSERS_PREFIX = {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}
+
+# Module names with underscores in diffusers UNets, the SAI/LDM UNet and transformers' CLIP.
+_VOCAB = {
+    "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "proj_in", "proj_out", "to_q", "to_k",
+    "to_v", "to_out", "conv_shortcut", "time_emb_proj", "conv_in", "conv_out", "conv_norm_out",
+    "time_embedding", "linear_1", "linear_2", "add_embedding", "cond_proj", "class_embedding",
+    "input_blocks", "middle_block", "output_blocks", "in_layers", "out_layers", "emb_layers",
+    "skip_connection", "time_embed", "label_emb",
+    "text_model", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj", "final_layer_norm", "layer_norm1",
+    "layer_norm2", "text_projection", "token_embedding", "position_embedding",
+}
+_MAX_WORDS = max(len(w.split("_")) for w in _VOCAB)
+
+# SD 1.x/2.x base: the layout SAI-spelled names refer to in an SD1/SD2 file.
+SD1_LAYOUT = naming.UNetLayout(2, (True, True, True, False), (False, True, True, True))
+
+
+def layout_for(family: str | None) -> naming.UNetLayout:
+    """The UNet layout SAI names refer to: SDXL base unless the file is known to be SD1/SD2."""
+    return SD1_LAYOUT if family in ("sd1", "sd2") else naming.SDXL_LAYOUT
+
+
+def underscored_to_path(s: str) -> str:
+    """`down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0` → `down_blocks.0.….to_out.0`."""
+    tokens = s.split("_")
+    out, i = [], 0
+    while i < len(tokens):
+        for width in range(min(_MAX_WORDS, len(tokens) - i), 0, -1):
+            word = "_".join(tokens[i:i + width])
+            if width == 1 or word in _VOCAB:
+                out.append(word)
+                i += width
+                break
+    return ".".join(out)
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """`lora_te1_text_model_…` → (`te1`, `text_model_…`)."""
+    part = naming.part_of(name)
+    if part == "unknown":
+        raise ValueError(f"not a kohya module name: {name}")
+    return part, name[len(f"lora_{part}_"):]
+
+
+def kohya_to_path(name: str, layout: naming.UNetLayout | None = None) -> tuple[str, str]:
+    """(part, module path) of a kohya name; UNet paths come out in diffusers spelling.
+
+    SAI spellings (kohya's SDXL names) are translated with `layout`, SDXL base's by default.
+    Text-encoder paths keep kohya's `text_model.` prefix.
+    """
+    part, rest = split_name(name)
+    path = underscored_to_path(rest)
+    if part == "unet" and naming.is_sai_unet_path(path):
+        path = naming.sai_to_diffusers_unet_path(path, layout or naming.SDXL_LAYOUT)
+    return part, path
+
+
+def path_to_kohya(part: str, path: str, family: str | None, layout: naming.UNetLayout | None = None) -> str:
+    """The kohya name lorakit writes for a module path (SAI spelling for SDXL UNets)."""
+    if part == "unet":
+        if family == "sdxl":
+            return naming.preferred_unet_name(path, "sdxl", layout or naming.SDXL_LAYOUT)
+        return naming.kohya_name(naming.UNET_PREFIX, path)
+    if part not in PARTS:
+        raise ValueError(f"unknown model part {part!r}")
+    return naming.kohya_name(f"lora_{part}", naming.te_path_for_name(path))
+
+
+def path_for(name: str, parts=None, layout: naming.UNetLayout | None = None, source: str | None = None) -> tuple[str, str]:
+    """(part, path) of a kohya name: from the model's index when `parts` is given, else by the rules.
+
+    With a model, text-encoder paths are the live ones (transformers 5's CLIPTextModel has no
+    `text_model.` level); without, they keep kohya's `text_model.`.
+    """
+    if parts is not None:
+        target = parts.index().get(name)
+        if target is None:
+            raise LoraKitError(f"module {name} is not in the model", source)
+        return target.part, target.path
+    try:
+        return kohya_to_path(name, layout)
+    except ValueError as exc:
+        raise LoraKitError(str(exc), source) from None

@@ -1,0 +1,55 @@
+"""`inspect_lora`: everything a user asks about a LoRA file, as one JSON-able dict."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+from .hashes import file_hashes
+from .lorafile import load_lora
+from .metadata import HASH_KEYS
+from .modules import algo_of, is_conv_kxk
+from .st_io import PICKLE_SUFFIXES
+
+
+def _summary(values) -> dict:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"min": None, "max": None, "values": []}
+    return {"min": min(vals), "max": max(vals), "values": sorted(set(vals))}
+
+
+def _size(p: Path) -> int:
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return p.stat().st_size
+
+
+def inspect_lora(path: str | os.PathLike, family: str | None = None) -> dict:
+    """Family, format, module counts per part and per kind, ranks/alphas, conv modules, dtype,
+    size, metadata, and the sshs hashes: stored, recomputed from the file, and whether they match."""
+    lf = load_lora(path, family)
+    p = Path(path)
+    kinds = Counter(algo_of(t) + ("+dora" if "dora_scale" in t else "") for t in lf.modules.values())
+    conv = [n for n, t in lf.modules.items() if is_conv_kxk(t)]
+    stored = {k: lf.metadata[k] for k in HASH_KEYS if k in lf.metadata}
+    computed = file_hashes(p) if p.is_file() and p.suffix.lower() not in PICKLE_SUFFIXES else {}
+    match = {k: computed.get(k) == v for k, v in stored.items()} if stored and computed else {}
+    dtype = lf.dtype
+    return {
+        "path": str(p),
+        "format": lf.format,
+        "family": lf.family,
+        "modules": len(lf.modules),
+        "parts": lf.parts(),
+        "kinds": dict(kinds),
+        "ranks": _summary(lf.ranks().values()),
+        "alphas": _summary(lf.alphas().values()),
+        "conv_modules": len(conv),
+        "dtype": None if dtype is None else str(dtype).replace("torch.", ""),
+        "file_size": _size(p),
+        "metadata": dict(lf.metadata),
+        "hashes": {"stored": stored, "computed": computed, "match": match,
+                   "all_match": all(match.values()) if match else None},
+    }

@@ -1,0 +1,138 @@
+"""Reading and writing safetensors files with errors a user can act on.
+
+The header is checked by hand before safetensors parses it, so that an empty, truncated or
+foreign file is reported as such (naming the file), not as a library panic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from ..errors import LoraKitError
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict, int]:
+    """The parsed JSON header (tensors + `__metadata__`) and its length in bytes, validated."""
+    path = Path(path)
+    if not path.exists():
+        raise LoraKitError("no such file", path)
+    if path.is_dir():
+        raise LoraKitError("is a folder, not a safetensors file (a PEFT adapter folder needs adapter_config.json)",
+                           path)
+    size = path.stat().st_size
+    if size == 0:
+        raise LoraKitError("empty file", path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise LoraKitError(f"not a safetensors file ({size} bytes, too short for a header)", path)
+        (n,) = struct.unpack("<Q", head)
+        if n == 0 or n > _MAX_HEADER:
+            raise LoraKitError("not a safetensors file (no valid header length)", path)
+        if n > size - 8:
+            raise LoraKitError(f"truncated or corrupt: header says {n} bytes, the file has {size - 8} after "
+                               f"the length field", path)
+        raw = f.read(n)
+    if raw[:1] != b"{":
+        raise LoraKitError("not a safetensors file (the header is not JSON)", path)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LoraKitError(f"corrupt safetensors header ({exc.__class__.__name__}: {exc})", path) from None
+    if not isinstance(header, dict):
+        raise LoraKitError("corrupt safetensors header (not a JSON object)", path)
+    data_len = size - 8 - n
+    end = 0
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            end = max(end, int(info["data_offsets"][1]))
+        except (KeyError, TypeError, IndexError, ValueError):
+            raise LoraKitError(f"corrupt safetensors header (entry {key!r} has no data offsets)", path) from None
+    if end > data_len:
+        raise LoraKitError(f"truncated: tensors need {end} bytes of data, the file has {data_len}", path)
+    return header, n
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    header, _ = read_header(path)
+    meta = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """All tensors (on CPU) and the string metadata of a safetensors file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    header, _ = read_header(path)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise LoraKitError(f"unreadable safetensors file ({exc})", path) from None
+    meta = header.get("__metadata__") or {}
+    return tensors, {str(k): str(v) for k, v in meta.items()}
+
+
+def read_pickle(path: str | os.PathLike) -> dict[str, Tensor]:
+    """A torch pickle, loaded with weights_only (only when the caller allowed pickles)."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a bad pickle
+        raise LoraKitError(f"unreadable torch file ({exc.__class__.__name__}: {exc})", path) from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise LoraKitError("the torch file does not hold a flat dict of tensors", path)
+    return dict(obj)
+
+
+def _prepare(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def serialize(tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    from safetensors.torch import save
+
+    return save(_prepare(tensors), metadata=None if metadata is None else dict(metadata))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write through a temporary file in the same folder and os.replace it: no half-written file."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise LoraKitError("output path is a folder", path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise LoraKitError(f"cannot write here ({exc.strerror or exc})", path) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise LoraKitError(f"cannot write here ({exc.strerror or exc})", path) from None
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, Tensor],
+                      metadata: Mapping[str, str] | None = None) -> None:
+    write_bytes_atomic(path, serialize(tensors, metadata))
