@@ -75,10 +75,34 @@ def _load_diffusers_part(cls, ckpt: Checkpoint, prefix: str, part: str, config_d
     except LoraKitError:
         raise
     except Exception as e:  # noqa: BLE001 - shape mismatches surface as ValueError/RuntimeError
-        raise LoraKitError(f"the {part} tensors do not fit the config in {config_dir / part}: {e}",
-                           ckpt.path) from e
+        raise LoraKitError(_diagnose(cls, state, config_dir, part) or
+                           f"the {part} tensors do not fit the config in {config_dir / part}: {e}", ckpt.path) from e
     _check_complete(model, part, ckpt)
     return model
+
+
+def _diagnose(cls, state: dict, config_dir: Path, part: str) -> str | None:
+    """Why diffusers could not load `state`: tensors of other shapes, or tensors missing."""
+    from accelerate import init_empty_weights
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    try:
+        config = cls.load_config(str(config_dir), subfolder=part, local_files_only=True)
+        with init_empty_weights():
+            wanted = {k: tuple(v.shape) for k, v in cls.from_config(config).state_dict().items()}
+        convert = convert_ldm_unet_checkpoint if part == "unet" else convert_ldm_vae_checkpoint
+        have = {k: tuple(v.shape) for k, v in convert(state, config).items()}
+    except Exception:  # noqa: BLE001 - diagnosis only; the caller reports the original error
+        return None
+    other = [f"{k} {have[k]} vs {shape}" for k, shape in wanted.items() if k in have and have[k] != shape]
+    missing = sorted(set(wanted) - set(have))
+    if other:
+        return (f"the {part} tensors do not fit the config in {config_dir / part} ({len(other)} of other shapes, "
+                f"e.g. {other[0]}): a different architecture; pass the matching config_dir")
+    if missing:
+        return (f"the file lacks {len(missing)} {part} tensor(s) the model needs, e.g. "
+                f"{', '.join(missing[:3])} (truncated, or not this architecture)")
+    return None
 
 
 def _text_encoder(cls, ckpt: Checkpoint, family: str, index: int, config_dir: Path, dtype):
