@@ -152,3 +152,13 @@ def test_sd2_prediction_guess_from_weights(tmp_path):
         assert guessed_prediction_type(ckpt, "sd2") == expected
     assert guessed_prediction_type(Checkpoint(tmp_path / "x", {}, {}, {}), "sd2") is None
     assert guessed_prediction_type(Checkpoint(tmp_path / "x", {key: (320,)}, {}, {key: spread}), "sd1") is None
+
+
+def test_folder_with_corrupt_weights(tmp_path):
+    pipe = tiny_pipeline("sd1")
+    pipe.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(LoraKitError, match="cannot load the diffusers model") as e:
+        load_model(tmp_path / "m")
+    assert str(tmp_path / "m") in str(e.value)

@@ -179,7 +179,7 @@ def _from_pretrained(source: str, index: dict, dtype, components, *, local_only:
         return cls.from_pretrained(source, torch_dtype=dtype, local_files_only=local_only, **kwargs)
     except LoraKitError:
         raise
-    except (OSError, ValueError, EnvironmentError) as e:
+    except Exception as e:  # noqa: BLE001 - missing or corrupt weight files come in many error types
         if not local_only or Path(source).is_dir():
             raise LoraKitError(f"cannot load the diffusers model: {e}", source) from e
         raise
