@@ -11,7 +11,9 @@ the relative Frobenius error ‖ΔW − LoRA‖ / ‖ΔW‖ over all its targete
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -19,7 +21,7 @@ import torch
 from .errors import LoraKitError
 from .lora.algebra import ExtractInfo, extract_module
 from .lora.ranks import Dynamic
-from .lora.targets import ModelParts, Target, select
+from .lora.targets import PRESETS, ModelParts, Target, select
 
 ZERO_DIFF = 1e-7  # max |ΔW| at or below this is "unchanged" (fp32 round-off of an untouched layer)
 
@@ -53,6 +55,13 @@ class Extraction:
     parts: dict[str, PartReport]
     infos: dict[str, ExtractInfo] = field(default_factory=dict)
     family: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    path: Path | None = None
+    min_diff: float = 0.01
+
+    def report(self) -> list[str]:
+        """One line per part: modules, skipped, relative error (or why it was left out)."""
+        return [rep.describe(self.min_diff) for rep in self.parts.values()]
 
 
 def _pairs(base: ModelParts, tuned: ModelParts, preset: str) -> list[tuple[Target, Target]]:
@@ -81,6 +90,21 @@ def _diff(b: Target, t: Target) -> torch.Tensor:
     return t.module.weight.detach().float() - b.module.weight.detach().float()
 
 
+def _check_options(rank, dynamic, conv_rank, clamp_quantile, preset) -> str:
+    """Bad options fail before any model is loaded; returns the preset to use."""
+    for name, r in (("rank", rank), ("conv rank", conv_rank)):
+        if r is not None and r < 1:
+            raise LoraKitError(f"{name} must be at least 1, got {r}")
+    if rank is None and dynamic is None:
+        raise LoraKitError("give a rank, a dynamic method, or both (the rank then caps it)")
+    if clamp_quantile is not None and not 0 < clamp_quantile <= 1:
+        raise LoraKitError(f"the clamp quantile must lie in (0, 1], got {clamp_quantile:g}")
+    preset = preset or ("full" if conv_rank else "transformer")
+    if preset not in PRESETS:
+        raise LoraKitError(f"unknown target preset {preset!r}: choose from {', '.join(PRESETS)}")
+    return preset
+
+
 def extract_parts(base: ModelParts, tuned: ModelParts, rank: int | None = None, dynamic: Dynamic | None = None, *,
                   conv_rank: int | None = None, preset: str | None = None, clamp_quantile: float | None = None,
                   min_diff: float = 0.01, oversample: int = 8, n_iter: int = 2, exact: bool | None = None,
@@ -90,14 +114,7 @@ def extract_parts(base: ModelParts, tuned: ModelParts, rank: int | None = None, 
     `preset` defaults to `transformer`, or `full` (ResNet and resampler convs too) when a
     `conv_rank` is given; kxk convs get `conv_rank` (else `rank`), everything else `rank`.
     """
-    for name, r in (("rank", rank), ("conv rank", conv_rank)):
-        if r is not None and r < 1:
-            raise LoraKitError(f"{name} must be at least 1, got {r}")
-    if rank is None and dynamic is None:
-        raise LoraKitError("give a rank, a dynamic method, or both (the rank then caps it)")
-    if clamp_quantile is not None and not 0 < clamp_quantile <= 1:
-        raise LoraKitError(f"the clamp quantile must lie in (0, 1], got {clamp_quantile:g}")
-    preset = preset or ("full" if conv_rank else "transformer")
+    preset = _check_options(rank, dynamic, conv_rank, clamp_quantile, preset)
     pairs = _pairs(base, tuned, preset)
     reports: dict[str, PartReport] = {}
     for b, t in pairs:  # kohya's rule: a text encoder is extracted only if it changed by more than min_diff
@@ -132,4 +149,56 @@ def extract_parts(base: ModelParts, tuned: ModelParts, rank: int | None = None, 
         progress(len(pairs), len(pairs), "")
     if not modules:
         raise LoraKitError("the tuned model does not differ from the base on any targeted layer")
-    return Extraction(modules, reports, infos, base.family)
+    return Extraction(modules, reports, infos, base.family, min_diff=min_diff)
+
+
+def _label(model) -> str:
+    return Path(str(model.source)).name or str(model.source)
+
+
+def _load_model(spec, dtype: torch.dtype):
+    from .models import BaseModel, load_model
+
+    if isinstance(spec, BaseModel):
+        return spec
+    return load_model(str(spec), dtype=dtype, components=("unet", "text_encoders"))
+
+
+def extract(base, tuned, rank: int | None = None, dynamic: str | Dynamic | None = None, *,
+            conv_rank: int | None = None, preset: str | None = None, clamp_quantile: float | None = None,
+            min_diff: float = 0.01, out: str | os.PathLike | None = None, dtype: torch.dtype | None = torch.float16,
+            load_dtype: torch.dtype = torch.float32, progress: Callable[[int, int, str], None] | None = None,
+            **options) -> Extraction:
+    """The LoRA of `tuned` − `base` (model paths, hub ids or loaded BaseModels), optionally saved.
+
+    Both models are loaded in `load_dtype` (fp32 by default so that small fine-tuning updates
+    are not lost to rounding; two SDXL models need about 26 GB so, fp16 half that). See
+    `extract_parts` for the options.
+    """
+    dyn = Dynamic.parse(dynamic) if isinstance(dynamic, str) else dynamic
+    _check_options(rank, dyn, conv_rank, clamp_quantile, preset)
+    base_model = _load_model(base, load_dtype)
+    tuned_model = _load_model(tuned, load_dtype)
+    if tuned_model.family != base_model.family:
+        raise LoraKitError(f"the tuned model is {tuned_model.family} but the base is {base_model.family}: "
+                           "extraction needs two models of one architecture", tuned)
+    try:
+        res = extract_parts(base_model.parts(), tuned_model.parts(), rank, dyn, conv_rank=conv_rank, preset=preset,
+                            clamp_quantile=clamp_quantile, min_diff=min_diff, progress=progress, **options)
+    except LoraKitError as exc:
+        raise LoraKitError(exc.message, exc.path or tuned) from None
+    what = f"dynamic {dyn}" + (f" (at most {rank})" if rank else "") if dyn else f"rank {rank}"
+    if conv_rank:
+        what += f", conv rank {conv_rank}"
+    errors = ", ".join(f"{p.part} {p.relative_error:.3%}" for p in res.parts.values() if p.extracted)
+    res.metadata = {"ss_training_comment": f"extracted by lorakit from {_label(tuned_model)} − "
+                                           f"{_label(base_model)} at {what}; relative error {errors}"}
+    if base_model.prediction_type == "v_prediction":
+        res.metadata["modelspec.prediction_type"] = "v"
+    if out is not None:
+        from .formats import save_lora
+        from .formats.st_io import read_metadata
+
+        res.path = save_lora(out, res.modules, res.metadata, dtype=dtype, family=res.family)
+        res.metadata = read_metadata(res.path)
+    return res

@@ -209,6 +209,14 @@ def randomized_svd(a: Tensor, rank: int, oversample: int = 8, n_iter: int = 2, *
     return (basis @ ub[:, :rank]), s[:rank], vh[:rank]
 
 
+def _thin_svd(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """LAPACK is many times slower on wide matrices than on their transposes: always go tall."""
+    if a.shape[0] >= a.shape[1]:
+        return torch.linalg.svd(a, full_matrices=False)
+    v, s, uh = torch.linalg.svd(a.T, full_matrices=False)
+    return uh.T, s, v.T
+
+
 @dataclass
 class ExtractInfo:
     """One extracted module: its rank, ‖ΔW‖_F², ‖ΔW − LoRA‖_F² and which SVD made it."""
@@ -261,7 +269,7 @@ def extract_module(delta: Tensor, rank: int | None, dynamic: Dynamic | None = No
     if exact is None:
         exact = rank is None or 2 * (cap + oversample) >= min(m, n)
     if exact:
-        u, s, vh = torch.linalg.svd(a, full_matrices=False)
+        u, s, vh = _thin_svd(a)
         k = pick_rank(s, cap, dynamic)
     else:
         u, s, vh = randomized_svd(a, cap, oversample, n_iter, generator=generator)
