@@ -162,3 +162,14 @@ def test_folder_with_corrupt_weights(tmp_path):
     with pytest.raises(LoraKitError, match="cannot load the diffusers model") as e:
         load_model(tmp_path / "m")
     assert str(tmp_path / "m") in str(e.value)
+
+
+def test_clip_keys_without_text_model_are_accepted(sd1, tmp_path):
+    """Older SD1 files spell cond_stage_model.transformer.encoder.* (no text_model.); A1111 loads them."""
+    pipe, state, root = sd1
+    old = {k.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer."): v
+           for k, v in state.items()}
+    save_file(old, str(tmp_path / "old.safetensors"))
+    model = load_model(tmp_path / "old.safetensors", config_dir=root / "cfg")
+    a, b = pipe.text_encoder.state_dict(), model.pipe.text_encoder.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -175,3 +175,13 @@ def test_unknown_tensor_names_are_refused():
     with pytest.raises(original_layout.LayoutError):
         original_layout.open_clip_to_original({"text_model.encoder.layers.0.self_attn.q_proj.weight":
                                                torch.zeros(2, 2)}, "p.")
+
+
+def test_package_import_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, lorakit.models as m; m.BaseModel; m.detect_family; m.load_model; m.save_model; "
+            "print('diffusers' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

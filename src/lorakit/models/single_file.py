@@ -126,7 +126,7 @@ def _text_encoder(cls, ckpt: Checkpoint, family: str, index: int, config_dir: Pa
     if open_clip:
         state = convert_open_clip_checkpoint(model, raw, prefix=prefix)
     else:
-        state = convert_ldm_clip_checkpoint(raw, remove_prefix=prefix)
+        state = convert_ldm_clip_checkpoint(_with_text_model(raw, prefix), remove_prefix=prefix)
     if not hasattr(model, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
         state = {k.removeprefix("text_model."): v for k, v in state.items()}
     expected = model.state_dict()
@@ -139,6 +139,12 @@ def _text_encoder(cls, ckpt: Checkpoint, family: str, index: int, config_dir: Pa
     _tie_position_ids(model)
     _check_complete(model, f"text encoder {index + 1}", ckpt)
     return model.to(dtype).eval()
+
+
+def _with_text_model(raw: dict, prefix: str) -> dict:
+    """Some SD1 files spell CLIP keys without `text_model.` (as A1111 also accepts): add it."""
+    bare = tuple(prefix + p for p in ("embeddings.", "encoder.", "final_layer_norm."))
+    return {prefix + "text_model." + k[len(prefix):] if k.startswith(bare) else k: v for k, v in raw.items()}
 
 
 def _tie_position_ids(model: torch.nn.Module) -> None:
