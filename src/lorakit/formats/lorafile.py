@@ -126,7 +126,8 @@ def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Ma
         family = parts.family
     family = family or detect_family(modules, metadata)
     path = Path(path)
-    md = build_metadata(modules, family=family, base=metadata, output_name=path.stem if format != "peft" else path.name)
+    name = None if "ss_output_name" in (metadata or {}) else (path.name if format == "peft" else path.stem)
+    md = build_metadata(modules, family=family, base=metadata, output_name=name)
     if layout is None and parts is not None and parts.unet_config:
         layout = naming.UNetLayout.from_config(parts.unet_config)
     if format == "kohya":

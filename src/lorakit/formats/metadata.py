@@ -109,8 +109,8 @@ def build_metadata(modules: Modules, *, family: str | None = None, v_prediction:
         md[key if key.startswith("ss_") else f"ss_{key}"] = _string(value)
     md["modelspec.sai_model_spec"] = md.get("modelspec.sai_model_spec", SPEC_VERSION)
     md["modelspec.prediction_type"] = "v" if v else "epsilon"
-    if title is not None or "modelspec.title" not in md:
-        md["modelspec.title"] = title or md.get("ss_output_name") or f"LoRA@{ts}"
+    if title is not None or md.get("modelspec.title", "LoRA@").startswith("LoRA@"):
+        md["modelspec.title"] = title or md.get("ss_output_name") or md.get("modelspec.title") or f"LoRA@{ts}"
     if "modelspec.date" not in md or timestamp is not None:
         md["modelspec.date"] = datetime.datetime.fromtimestamp(int(ts)).isoformat()
     extras = {"author": author, "description": description, "license": license, "tags": tags,

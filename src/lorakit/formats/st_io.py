@@ -100,7 +100,17 @@ def read_pickle(path: str | os.PathLike) -> dict[str, Tensor]:
 
 
 def _prepare(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    """CPU, contiguous, and no two entries sharing memory (safetensors refuses shared tensors)."""
+    out, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().to("cpu").contiguous()
+        ptr = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else None
+        if ptr is not None and ptr in seen or (v.numel() and v.untyped_storage().nbytes() != v.nbytes):
+            v = v.clone()
+        if ptr is not None:
+            seen.add(ptr)
+        out[k] = v
+    return out
 
 
 def serialize(tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
