@@ -179,3 +179,10 @@ def test_the_offline_guard_sees_connections(no_network):
         socket.create_connection(("huggingface.co", 443), timeout=1)
     assert len(no_network) == 1
     no_network.clear()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_of_a_folder_loaded_without_its_unet(family, pipes, tmp_path, no_network):
+    pipes[family].save_pretrained(tmp_path / family)
+    model = load_model(tmp_path / family, components=("vae", "text_encoders"))
+    assert model.pipe.unet is None and model.family == family

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -38,8 +39,8 @@ class BaseModel:
         return ModelParts(self.family, unet, self.text_encoders, dict(unet.config) if unet is not None else None)
 
 
-def detect_family(pipe) -> str:
-    """sd1 / sd2 / sdxl of a diffusers pipeline.
+def detect_family(pipe, unet_config: Mapping | None = None) -> str:
+    """sd1 / sd2 / sdxl of a diffusers pipeline (`unet_config` stands in for a UNet not loaded).
 
     Real models by width: SDXL by its pipeline class or second text encoder, then the UNet's
     cross-attention width (768 → sd1, 1024 → sd2). Small or unusual models by structure: two
@@ -48,7 +49,7 @@ def detect_family(pipe) -> str:
     if "XL" in type(pipe).__name__ or getattr(pipe, "text_encoder_2", None) is not None:
         return "sdxl"
     unet = getattr(pipe, "unet", None)
-    config = dict(unet.config) if unet is not None else {}
+    config = dict(unet.config) if unet is not None else dict(unet_config or {})
     width = config.get("cross_attention_dim")
     if width == 2048:
         return "sdxl"
@@ -61,7 +62,7 @@ def detect_family(pipe) -> str:
     if config.get("use_linear_projection"):
         return "sd2"
     te = getattr(pipe, "text_encoder", None)
-    if unet is None and te is not None:
+    if not config and te is not None:
         hidden = getattr(te.config, "hidden_size", None)
         if hidden == 1024 or getattr(te.config, "hidden_act", "") == "gelu":
             return "sd2"

@@ -133,7 +133,7 @@ def _load_folder(path: Path, kind: str, dtype, prediction_type, components) -> B
         raise LoraKitError(f"model_index.json is not valid JSON: {e}", index_file) from e
     missing_tokenizers = [t for t in ("tokenizer", "tokenizer_2") if t in index and not (path / t).is_dir()]
     pipe = _from_pretrained(str(path), index, dtype, components, local_only=True, skip=missing_tokenizers)
-    return _finish(pipe, str(path), kind, prediction_type, missing_tokenizers)
+    return _finish(pipe, str(path), kind, prediction_type, missing_tokenizers, local_only=True)
 
 
 def _load_hub(repo_id: str, dtype, prediction_type, components) -> BaseModel:
@@ -155,7 +155,7 @@ def _load_hub(repo_id: str, dtype, prediction_type, components) -> BaseModel:
     except Exception as e:  # noqa: BLE001
         where = "the local cache is incomplete and HF_HUB_OFFLINE is set" if offline else str(e)
         raise LoraKitError(f"cannot load the hub model: {where}", repo_id) from e
-    return _finish(pipe, repo_id, "hub", prediction_type, [])
+    return _finish(pipe, repo_id, "hub", prediction_type, [], local_only=offline)
 
 
 def _from_pretrained(source: str, index: dict, dtype, components, *, local_only: bool, skip=()):
@@ -185,10 +185,21 @@ def _from_pretrained(source: str, index: dict, dtype, components, *, local_only:
         raise
 
 
-def _finish(pipe, source: str, kind: str, prediction_type, missing_tokenizers) -> BaseModel:
+def _unet_config(source: str, local_only: bool) -> dict | None:
+    """The UNet config of a folder or hub model whose UNet was not loaded (for its family)."""
+    from diffusers import UNet2DConditionModel
+
+    try:
+        return dict(UNet2DConditionModel.load_config(source, subfolder="unet", local_files_only=local_only))
+    except Exception:  # noqa: BLE001 - then the family comes from the text encoders
+        return None
+
+
+def _finish(pipe, source: str, kind: str, prediction_type, missing_tokenizers, *, local_only: bool) -> BaseModel:
     from .tokenizer import clip_tokenizer
 
-    family = detect_family(pipe)
+    unet_config = _unet_config(source, local_only) if getattr(pipe, "unet", None) is None else None
+    family = detect_family(pipe, unet_config)
     for name in missing_tokenizers:  # folders saved without tokenizers get the shipped CLIP BPE one
         pad = "!" if name == "tokenizer_2" or family == "sd2" else "<|endoftext|>"
         pipe.register_modules(**{name: clip_tokenizer(pad)})
