@@ -17,6 +17,7 @@ import torch
 
 from ..errors import LoraKitError
 from .base import PREDICTION_TYPES, BaseModel, detect_family
+from .single_file import quiet_loading
 
 COMPONENTS = ("unet", "text_encoders", "vae")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -102,7 +103,8 @@ def _load_single_file(path: Path, dtype, prediction_type, config_dir, components
     pt = (prediction_type or declared_prediction_type(ckpt) or _scheduler_prediction(folder)
           or guessed_prediction_type(ckpt, family) or "epsilon")
     folder = folder or shipped_config(family, pt)
-    pipe = build_pipeline(ckpt, family, folder, dtype=dtype, prediction_type=pt, components=components)
+    with quiet_loading():
+        pipe = build_pipeline(ckpt, family, folder, dtype=dtype, prediction_type=pt, components=components)
     return BaseModel(pipe, family, pt, str(path), "single_file")
 
 
@@ -176,7 +178,8 @@ def _from_pretrained(source: str, index: dict, dtype, components, *, local_only:
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     cls = getattr(diffusers, class_name)
     try:
-        return cls.from_pretrained(source, torch_dtype=dtype, local_files_only=local_only, **kwargs)
+        with quiet_loading():
+            return cls.from_pretrained(source, torch_dtype=dtype, local_files_only=local_only, **kwargs)
     except LoraKitError:
         raise
     except Exception as e:  # noqa: BLE001 - missing or corrupt weight files come in many error types

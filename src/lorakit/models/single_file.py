@@ -53,15 +53,26 @@ def _check_complete(module: torch.nn.Module, part: str, ckpt: Checkpoint) -> Non
 
 
 @contextmanager
-def _quiet_diffusers():
-    from diffusers.utils import logging
+def quiet_loading():
+    """No progress bars or advice from diffusers/transformers while loading: callers own the terminal."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
 
-    level = logging.get_verbosity()
-    logging.set_verbosity_error()
+    levels = dlog.get_verbosity(), tlog.get_verbosity()
+    bars = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
     try:
         yield
     finally:
-        logging.set_verbosity(level)
+        dlog.set_verbosity(levels[0])
+        tlog.set_verbosity(levels[1])
+        if bars[0]:
+            dlog.enable_progress_bar()
+        if bars[1]:
+            tlog.enable_progress_bar()
 
 
 def _load_diffusers_part(cls, ckpt: Checkpoint, prefix: str, part: str, config_dir: Path, dtype):
@@ -69,7 +80,7 @@ def _load_diffusers_part(cls, ckpt: Checkpoint, prefix: str, part: str, config_d
     if not state:
         raise LoraKitError(f"the file has no {part} ({prefix}* tensors)", ckpt.path)
     try:
-        with _quiet_diffusers():  # its dtype-cast advice is noise for models with no fp32-only modules
+        with quiet_loading():
             model = cls.from_single_file(state, config=str(config_dir), subfolder=part, local_files_only=True,
                                          torch_dtype=dtype)
     except LoraKitError:
