@@ -1,0 +1,75 @@
+"""`lorakit train [CONFIG.toml] [--option value ...]`: every TrainConfig field is a flag.
+
+The flags are generated from the dataclass (name, type, help), so the TOML file, the CLI and
+`--print-config` can never disagree about which options exist.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Optional, get_args, get_type_hints
+
+import typer
+
+from ..train.config import TrainConfig
+
+_SHORT = {"model": ["-m"], "data": ["-d"], "out": ["-o"], "rank": ["-r"]}
+
+
+def _train(config: Optional[Path] = None, print_config: bool = False, **flags) -> None:
+    cfg = TrainConfig.from_toml(config) if config is not None else TrainConfig()
+    cfg = cfg.override(flags)
+    if print_config:
+        typer.echo(cfg.to_toml())
+        return
+    from ..train.loop import run
+
+    result = run(cfg)
+    if result.metadata:
+        typer.echo(str(result.out))
+
+
+def _cli_type(hint):
+    args = [a for a in get_args(hint) if a is not type(None)]
+    base = args[0] if args else hint
+    return {list: str}.get(base, base)
+
+
+def _signature() -> inspect.Signature:
+    hints = get_type_hints(TrainConfig)
+    params = [
+        inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                          default=typer.Argument(None, help="a TOML config; flags override its values",
+                                                 show_default=False),
+                          annotation=Optional[Path]),
+        inspect.Parameter("print_config", inspect.Parameter.KEYWORD_ONLY,
+                          default=typer.Option(False, "--print-config",
+                                               help="print the resolved config as TOML and exit"),
+                          annotation=bool),
+    ]
+    for f in fields(TrainConfig):
+        if not f.metadata.get("cli", True):
+            continue
+        t = _cli_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        decls = [f"{flag}/--no-{f.name.replace('_', '-')}"] if t is bool else [flag, *_SHORT.get(f.name, [])]
+        default = f.default if f.default is not MISSING else None
+        shown = f" [config default: {default}]" if default not in (None, "") else ""
+        option = typer.Option(None, *decls, help=f.metadata["help"] + shown, show_default=False,
+                              rich_help_panel=f.metadata["section"])
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=Optional[t]))
+    return inspect.Signature(params)
+
+
+def train(**kwargs) -> None:
+    """Train a LoRA (SD 1.x, 2.x, XL) from a folder of images; `lorakit train --help` lists every option."""
+    config = kwargs.pop("config", None)
+    print_config = kwargs.pop("print_config", False)
+    _train(config, print_config, **kwargs)
+
+
+train.__signature__ = _signature()
+train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}

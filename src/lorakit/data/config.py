@@ -1,0 +1,94 @@
+"""The TOML dataset config (kohya's layout): `[general]`, `[[datasets]]`, `[[datasets.subsets]]`.
+
+Options cascade general → dataset → subset. Example:
+
+    [general]
+    shuffle_caption = true
+    keep_tokens = 1
+    [[datasets]]
+    resolution = 512
+    batch_size = 2
+      [[datasets.subsets]]
+      image_dir = "photos"
+      num_repeats = 10
+      class_tokens = "sks dog"
+      [[datasets.subsets]]
+      image_dir = "dogs"
+      is_reg = true
+
+A bare `[[subsets]]` list (no datasets level) is accepted too. Relative paths are relative to
+the TOML file.
+"""
+
+from __future__ import annotations
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from ..errors import LoraKitError
+from .folders import Subset
+
+# kohya spelling → Subset field
+_SUBSET_KEYS = {
+    "image_dir": "dir", "num_repeats": "repeats", "class_tokens": "class_tokens",
+    "caption_extension": "caption_ext", "keep_tokens": "keep_tokens", "shuffle_caption": "shuffle_caption",
+    "caption_dropout_rate": "caption_dropout", "flip_aug": "flip", "is_reg": "is_reg", "name": "name",
+}
+_SUBSET_KEYS.update({f.name: f.name for f in fields(Subset)})
+_DATASET_KEYS = {"resolution", "batch_size", "enable_bucket", "bucket_reso_steps", "min_bucket_reso",
+                 "max_bucket_reso"}
+
+
+@dataclass
+class DatasetConfig:
+    subsets: list[Subset]
+    options: dict  # dataset-level settings that override the training config (resolution, batch_size…)
+
+
+def load_dataset_config(path: Path, defaults: Subset | None = None) -> DatasetConfig:
+    """Subsets of the file; options it leaves out come from `defaults` (the training config's)."""
+    path = Path(path)
+    base = {} if defaults is None else {f.name: getattr(defaults, f.name) for f in fields(Subset)
+                                        if f.name not in ("dir", "name")}
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise LoraKitError(f"cannot read dataset config ({exc})", path) from None
+    general = doc.get("general", {})
+    datasets = doc.get("datasets")
+    if datasets is None:
+        datasets = [{"subsets": doc.get("subsets", [])}]
+    unknown = set(doc) - {"general", "datasets", "subsets"}
+    if unknown:
+        raise LoraKitError(f"unknown table(s) {sorted(unknown)} (expected general, datasets, subsets)", path)
+    subsets, options = [], {}
+    for ds in datasets:
+        ds_opts = {k: v for k, v in {**general, **ds}.items() if k in _DATASET_KEYS}
+        for k, v in ds_opts.items():
+            if k in options and options[k] != v:
+                raise LoraKitError(f"datasets disagree on {k} ({options[k]} vs {v}); one value is trained", path)
+            options[k] = v
+        inherited = {k: v for k, v in {**general, **ds}.items() if k not in _DATASET_KEYS and k != "subsets"}
+        for raw in ds.get("subsets", []):
+            subsets.append(_subset(path, {**base, **inherited, **raw}))
+    if not subsets:
+        raise LoraKitError("dataset config lists no subsets", path)
+    return DatasetConfig(subsets, options)
+
+
+def _subset(path: Path, raw: dict) -> Subset:
+    kwargs = {}
+    for key, value in raw.items():
+        name = _SUBSET_KEYS.get(key)
+        if name is None:
+            raise LoraKitError(f"unknown subset option {key!r}", path)
+        kwargs[name] = value
+    if "dir" not in kwargs:
+        raise LoraKitError("a subset has no image_dir", path)
+    d = Path(kwargs["dir"]).expanduser()
+    kwargs["dir"] = d if d.is_absolute() else (path.parent / d)
+    return Subset(**kwargs)

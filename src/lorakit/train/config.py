@@ -1,0 +1,282 @@
+"""Every training option in one dataclass: defaults here, a TOML file over them, CLI flags on top.
+
+The TOML may be flat or grouped in tables named after the sections below (`[network]`,
+`[optimizer]` …); `--print-config` writes the resolved config in that grouped form, so its
+output is a valid config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, get_args, get_origin, get_type_hints
+
+from ..errors import LoraKitError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+
+def opt(default, help: str, section: str, *, resume_may_change: bool = False, cli: bool = True):
+    return field(default=default, metadata=dict(help=help, section=section, resume=resume_may_change, cli=cli))
+
+
+SECTIONS = ("model", "data", "prior", "network", "optimizer", "loss", "run", "output")
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = opt("toy", "base model: diffusers folder, single .safetensors, hub id, or 'toy'", "model")
+    prediction_type: Optional[str] = opt(None, "epsilon or v_prediction (default: from the model)", "model")
+    # data
+    data: Optional[Path] = opt(None, "image folder (captions alongside, N_name repeat folders) or dataset TOML", "data")
+    trigger: Optional[str] = opt(None, "trigger word prepended to every caption", "data")
+    caption_ext: Optional[str] = opt(None, "caption extension (default: .txt, then .caption)", "data")
+    keep_tokens: int = opt(0, "caption tags kept in front when shuffling (after the trigger)", "data")
+    shuffle_caption: bool = opt(False, "shuffle comma-separated caption tags each step", "data")
+    caption_dropout: float = opt(0.0, "probability of training a sample with an empty caption", "data")
+    flip: bool = opt(False, "random horizontal flip", "data")
+    repeats: int = opt(1, "repeats of images placed directly in --data (N_name folders set their own)", "data")
+    resolution: int = opt(512, "training resolution: buckets have area ≤ resolution²", "data")
+    bucket: bool = opt(True, "aspect-ratio bucketing (off: centre-crop everything square)", "data")
+    bucket_step: Optional[int] = opt(None, "bucket side step in pixels (default 64; SDXL 32)", "data")
+    min_bucket_side: Optional[int] = opt(None, "smallest bucket side (default resolution/2)", "data")
+    max_bucket_side: Optional[int] = opt(None, "largest bucket side (default 2×resolution)", "data")
+    max_upscale: float = opt(2.0, "refuse images that must be enlarged more than this", "data")
+    batch_size: int = opt(1, "images per step per process", "data")
+    cache_latents: str = opt("memory", "VAE latents cache: memory, disk or none", "data", resume_may_change=True)
+    cache_text: str = opt("memory", "text-embedding cache: memory, disk or none (off when the text encoder trains)",
+                          "data", resume_may_change=True)
+    cache_dir: Optional[Path] = opt(None, "where the disk caches live (default RUN_DIR/cache)", "data",
+                                    resume_may_change=True)
+    # prior preservation
+    class_prompt: Optional[str] = opt(None, "DreamBooth class prompt, e.g. 'a dog' (enables prior preservation)", "prior")
+    class_data: Optional[Path] = opt(None, "folder of class images (missing ones are generated)", "prior")
+    prior_weight: float = opt(1.0, "weight of the prior-preservation loss", "prior")
+    num_class_images: int = opt(0, "class images wanted (0: as many as training images); missing ones are generated",
+                                "prior")
+    class_steps: int = opt(25, "sampling steps when generating class images", "prior")
+    class_guidance: float = opt(7.5, "guidance scale when generating class images", "prior")
+    # network
+    rank: int = opt(16, "LoRA rank", "network")
+    alpha: Optional[float] = opt(None, "LoRA alpha (default: rank, i.e. scale 1)", "network")
+    preset: str = opt("transformer", "target preset: attn, cross-attn, transformer, full", "network")
+    conv_rank: Optional[int] = opt(None, "rank of 3×3 convolutions (preset full; default: none adapted)", "network")
+    conv_alpha: Optional[float] = opt(None, "alpha of 3×3 convolutions (default: conv rank)", "network")
+    train_unet: bool = opt(True, "train the UNet LoRA", "network")
+    train_text_encoder: bool = opt(False, "train a text-encoder LoRA too", "network")
+    init: str = opt("kaiming", "LoRA down init: kaiming (kohya) or gaussian (PEFT)", "network")
+    dropout: float = opt(0.0, "dropout on the LoRA hidden activations", "network")
+    rank_dropout: float = opt(0.0, "drop whole ranks (kohya's rank_dropout)", "network")
+    module_dropout: float = opt(0.0, "skip a whole module for a step (kohya's module_dropout)", "network")
+    # optimizer
+    optimizer: str = opt("adamw", "adamw, adamw8bit, lion or prodigy", "optimizer")
+    lr: float = opt(1e-4, "learning rate (UNet LoRA; Prodigy: use 1.0)", "optimizer")
+    text_encoder_lr: Optional[float] = opt(None, "text-encoder LoRA learning rate (default: lr)", "optimizer")
+    weight_decay: float = opt(1e-2, "weight decay", "optimizer")
+    betas: list = opt((0.9, 0.999), "optimizer betas", "optimizer", cli=False)
+    eps: float = opt(1e-8, "optimizer epsilon", "optimizer")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm (0: off)", "optimizer")
+    scheduler: str = opt("constant", "LR schedule: constant, constant_with_warmup, linear, cosine, "
+                         "cosine_with_restarts, polynomial", "optimizer")
+    warmup_steps: int = opt(0, "LR warmup steps", "optimizer")
+    scheduler_cycles: int = opt(1, "cycles of cosine_with_restarts", "optimizer")
+    scheduler_power: float = opt(1.0, "power of the polynomial schedule", "optimizer")
+    # loss
+    min_snr_gamma: Optional[float] = opt(None, "min-SNR loss weighting gamma (5 is usual; off by default)", "loss")
+    noise_offset: float = opt(0.0, "noise offset (0.05–0.1 helps very dark/bright images)", "loss")
+    l1_penalty: float = opt(0.0, "coefficient of Σ|w| over the LoRA weights", "loss")
+    l2_penalty: float = opt(0.0, "coefficient of Σw² over the LoRA weights", "loss")
+    # run
+    steps: int = opt(1000, "optimizer steps", "run")
+    grad_accum: int = opt(1, "gradient accumulation micro-steps per optimizer step", "run")
+    mixed_precision: str = opt("no", "no, fp16 or bf16 (frozen base weights in that dtype, LoRA in fp32)", "run")
+    gradient_checkpointing: bool = opt(False, "recompute activations in backward: less memory, more time", "run")
+    sdpa: bool = opt(True, "scaled-dot-product attention (off: the classic attention processor)", "run")
+    seed: int = opt(0, "seed of everything random (data order, noise, augmentation)", "run")
+    device: Optional[str] = opt(None, "device (default: what accelerate picks)", "run", resume_may_change=True)
+    # output
+    out: Path = opt(Path("lora.safetensors"), "the LoRA file written at the end", "output", resume_may_change=True)
+    run_dir: Optional[Path] = opt(None, "logs, samples, checkpoints and resume states (default: OUT without "
+                                  "suffix + '-run')", "output", resume_may_change=True)
+    save_every: int = opt(0, "save the LoRA and a resume state every N steps (0: only at the end)", "output",
+                          resume_may_change=True)
+    keep_states: int = opt(2, "resume states kept (older ones are deleted)", "output", resume_may_change=True)
+    save_dtype: str = opt("fp16", "dtype of the saved LoRA: fp16, bf16 or fp32", "output", resume_may_change=True)
+    output_name: Optional[str] = opt(None, "ss_output_name (default: OUT's stem)", "output", resume_may_change=True)
+    comment: Optional[str] = opt(None, "ss_training_comment", "output", resume_may_change=True)
+    sample_every: int = opt(0, "write sample images every N steps (0: off)", "output", resume_may_change=True)
+    sample_prompts: Optional[Path] = opt(None, "text file, one prompt a line (default: the trigger)", "output",
+                                         resume_may_change=True)
+    sample_steps: int = opt(20, "sampling steps for samples", "output", resume_may_change=True)
+    sample_guidance: float = opt(7.5, "guidance scale for samples", "output", resume_may_change=True)
+    sample_seed: int = opt(1234, "seed of the sample images", "output", resume_may_change=True)
+    progress: bool = opt(True, "tqdm progress bar", "output", resume_may_change=True)
+    tensorboard: bool = opt(True, "TensorBoard logs in RUN_DIR/logs", "output", resume_may_change=True)
+    resume: Optional[Path] = opt(None, "resume state folder (or a run folder: its latest state)", "run",
+                                 resume_may_change=True)
+
+    # derived ----------------------------------------------------------------------------------
+    def resolved_run_dir(self) -> Path:
+        if self.run_dir is not None:
+            return Path(self.run_dir)
+        out = Path(self.out)
+        return out.with_name(out.stem + "-run")
+
+    def validate(self) -> "TrainConfig":
+        def bad(msg):
+            raise LoraKitError(msg)
+
+        choices = {"cache_latents": ("memory", "disk", "none"), "cache_text": ("memory", "disk", "none"),
+                   "preset": ("attn", "cross-attn", "transformer", "full"), "init": ("kaiming", "gaussian"),
+                   "optimizer": ("adamw", "adamw8bit", "lion", "prodigy"),
+                   "mixed_precision": ("no", "fp16", "bf16"), "save_dtype": ("fp16", "bf16", "fp32"),
+                   "scheduler": ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                                 "polynomial"),
+                   "prediction_type": (None, "epsilon", "v_prediction")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                bad(f"--{_flag(key)} must be one of {', '.join(a for a in allowed if a)}, not {getattr(self, key)!r}")
+        positive = ("rank", "steps", "batch_size", "grad_accum", "resolution", "repeats", "keep_states")
+        for key in positive:
+            if getattr(self, key) < 1:
+                bad(f"--{_flag(key)} must be at least 1, not {getattr(self, key)}")
+        for key in ("caption_dropout", "dropout", "rank_dropout", "module_dropout"):
+            if not 0 <= getattr(self, key) < 1:
+                bad(f"--{_flag(key)} must be in [0, 1), not {getattr(self, key)}")
+        for key in ("lr", "prior_weight", "noise_offset", "l1_penalty", "l2_penalty", "weight_decay",
+                    "max_grad_norm", "max_upscale"):
+            v = getattr(self, key)
+            if v is None or not math.isfinite(v) or v < 0:
+                bad(f"--{_flag(key)} must be a finite number ≥ 0, not {v}")
+        if self.data is None:
+            bad("no training data: give --data DIR (or a dataset .toml), or `data = ...` in the config")
+        if not (self.train_unet or self.train_text_encoder):
+            bad("nothing to train: --no-train-unet needs --train-text-encoder")
+        if self.class_data is not None and not self.class_prompt:
+            bad("--class-data needs --class-prompt (the prompt the class images show)")
+        if self.warmup_steps > self.steps:
+            bad(f"--warmup-steps {self.warmup_steps} is more than --steps {self.steps}")
+        return self
+
+    # TOML ------------------------------------------------------------------------------------
+    @classmethod
+    def from_toml(cls, path: Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise LoraKitError("config file does not exist", path) from None
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise LoraKitError(f"cannot read config ({exc})", path) from None
+        flat: dict[str, Any] = {}
+        for key, value in doc.items():
+            if isinstance(value, dict):
+                if key not in SECTIONS:
+                    raise LoraKitError(f"unknown table [{key}] (sections: {', '.join(SECTIONS)})", path)
+                flat.update(value)
+            else:
+                flat[key] = value
+        cfg = cls().override(flat, source=path)
+        for key in ("data", "class_data", "sample_prompts", "out", "run_dir", "cache_dir", "resume"):
+            v = getattr(cfg, key)
+            if key in flat and v is not None and not Path(v).is_absolute():
+                setattr(cfg, key, path.parent / v)
+        if "model" in flat and cfg.model != "toy" and (path.parent / cfg.model).exists() \
+                and not Path(cfg.model).is_absolute():
+            cfg.model = str(path.parent / cfg.model)
+        return cfg
+
+    def override(self, values: dict[str, Any], source: object = None) -> "TrainConfig":
+        """A copy with `values` applied (None values are skipped: a flag the user did not give)."""
+        hints = get_type_hints(type(self))
+        names = {f.name for f in fields(self)}
+        changes = {}
+        for key, value in values.items():
+            key = key.replace("-", "_")
+            if key not in names:
+                close = [n for n in names if n.startswith(key[:4])]
+                hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+                raise LoraKitError(f"unknown option {key!r}{hint}", source)
+            if value is None:
+                continue
+            changes[key] = _coerce(key, value, hints[key], source)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = str(v) if isinstance(v, Path) else (list(v) if isinstance(v, tuple) else v)
+        return out
+
+    def to_toml(self) -> str:
+        lines = []
+        by_section: dict[str, list] = {s: [] for s in SECTIONS}
+        for f in fields(self):
+            by_section[f.metadata["section"]].append(f)
+        for section in SECTIONS:
+            lines.append(f"[{section}]")
+            for f in by_section[section]:
+                v = self.to_dict()[f.name]
+                line = f"{f.name} = {_toml_value(v)}" if v is not None else f"# {f.name} = "
+                lines.append(f"{line:<48} # {f.metadata['help']}")
+            lines.append("")
+        return "\n".join(lines)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The options a resumed run must share with the run it continues."""
+        return {f.name: v for f, v in zip(fields(self), self.to_dict().values()) if not f.metadata["resume"]}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v), ensure_ascii=False)
+
+
+def _coerce(key: str, value, hint, source):
+    if get_origin(hint) is Optional or (get_origin(hint) is not None and type(None) in get_args(hint)):
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if hint is Path:
+            return Path(value)
+        if hint is list:
+            return tuple(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise LoraKitError(f"option {key}: {value!r} is not a valid {getattr(hint, '__name__', hint)}", source) from None
+    return value

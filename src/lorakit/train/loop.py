@@ -1,0 +1,563 @@
+"""The training loop, in one place: set-up, one step, checkpoints, samples, the final file.
+
+Built on accelerate: mixed precision, gradient accumulation and DDP (`accelerate launch -m
+lorakit train ...`) come from it; the model it wraps is `Denoiser`, which owns only the LoRA
+weights, so DDP synchronises those and never touches the frozen base.
+
+Exact resume: every random choice of a micro-step (batch, caption shuffle/dropout, flip,
+noise, timesteps, LoRA dropout) is drawn from generators seeded by (seed, micro-step,
+process), so a state holding the LoRA weights, optimizer, scheduler and step is all a resumed
+run needs to retrace the uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..data import (BucketSettings, Sample, Subset, TensorStore, TrainingData, cache_key, load_dataset_config,
+                    mix_seed, pixels, scan, subsets_in)
+from ..errors import LoraKitError
+from ..lora.network import LoRANetwork
+from . import losses, state
+from .conditioning import Conditioner, encode_pixels, time_ids
+from .config import TrainConfig
+from .logs import LossHistory
+from .metadata import network_args, training_fields
+from .optim import build_optimizer, build_scheduler
+from .sampling import count_images, generate_class_images, grid, read_prompts, render, save_png
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    run_dir: Path
+    step: int
+    losses: list[float]
+    network: LoRANetwork
+    model: object  # lorakit.models.BaseModel
+    metadata: dict = field(default_factory=dict)
+    step_times: list[float] = field(default_factory=list)
+
+
+def _cast(module: nn.Module, device=None, dtype=None) -> nn.Module:
+    """nn.Module.to without diffusers' override, which warns on every dtype cast."""
+    return nn.Module.to(module, device=device, dtype=dtype) if (device, dtype) != (None, None) else module
+
+
+class Denoiser(nn.Module):
+    """The module accelerate prepares: the LoRA network as its only child, the frozen UNet and
+    text encoders held by plain reference so DDP neither broadcasts nor reduces them."""
+
+    def __init__(self, network: LoRANetwork, unet: nn.Module, conditioner: Conditioner, family: str,
+                 dtype: torch.dtype):
+        super().__init__()
+        self.network = network
+        object.__setattr__(self, "unet", unet)
+        object.__setattr__(self, "conditioner", conditioner)
+        self.family, self.dtype = family, dtype
+
+    def forward(self, jobs: list[dict]) -> list[torch.Tensor]:
+        out = []
+        for job in jobs:
+            cond = self.conditioner.encode_ids(job["ids"]) if "ids" in job else job["cond"]
+            kwargs = {}
+            if self.family == "sdxl":
+                kwargs["added_cond_kwargs"] = {"text_embeds": cond["pooled"].to(self.dtype),
+                                               "time_ids": job["time_ids"].to(self.dtype)}
+            out.append(self.unet(job["noisy"].to(self.dtype), job["t"], cond["hidden"].to(self.dtype),
+                                 return_dict=False, **kwargs)[0])
+        return out
+
+
+def run(cfg: TrainConfig, *, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train a LoRA as `cfg` says; `on_step(step, loss)` is called after each optimizer step."""
+    return Trainer(cfg, on_step).run()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, on_step=None):
+        self.cfg = cfg.validate()
+        self.on_step = on_step
+        self.run_dir = cfg.resolved_run_dir()
+        self.weight_dtype = WEIGHT_DTYPES[cfg.mixed_precision]
+        self.history = LossHistory()
+        self.step = 0
+        self.step_times: list[float] = []
+
+    # --- set-up ----------------------------------------------------------------------------------
+    def _accelerator(self):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, \
+            ProjectConfiguration
+
+        cfg = self.cfg
+        kwargs = dict(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=cfg.grad_accum,
+                                                                    sync_with_dataloader=False),
+            step_scheduler_with_optimizer=False,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.module_dropout > 0)],
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir),
+                                                logging_dir=str(self.run_dir / "logs")),
+        )
+        if cfg.device == "cpu":
+            kwargs["cpu"] = True
+        if cfg.tensorboard:
+            kwargs["log_with"] = "tensorboard"
+        from accelerate.state import AcceleratorState, GradientState
+
+        # accelerate keeps its settings in process-wide singletons; a second run in the same
+        # process (tests, the demo) may want other ones. The distributed state (PartialState) stays.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+        try:
+            acc = Accelerator(**kwargs)
+        except ValueError as exc:  # e.g. fp16 on a device that has none
+            raise LoraKitError(f"--mixed-precision {cfg.mixed_precision}: {exc}") from None
+        if acc.device.type == "cpu" and cfg.mixed_precision == "fp16" and acc.is_main_process:
+            print("note: fp16 on CPU: weights are stored in fp16 but there is no autocast or loss scaling; "
+                  "bf16 is the better choice on CPU", file=sys.stderr)
+        return acc
+
+    def _subsets(self) -> list[Subset]:
+        cfg = self.cfg
+        defaults = Subset(Path(cfg.data), repeats=cfg.repeats, caption_ext=cfg.caption_ext,
+                          keep_tokens=cfg.keep_tokens, shuffle_caption=cfg.shuffle_caption,
+                          caption_dropout=cfg.caption_dropout, flip=cfg.flip)
+        data = Path(cfg.data)
+        if data.suffix.lower() == ".toml":
+            if not data.is_file():
+                raise LoraKitError("dataset config does not exist", data)
+            dc = load_dataset_config(data, defaults=defaults)
+            rename = {"resolution": "resolution", "batch_size": "batch_size", "enable_bucket": "bucket",
+                      "bucket_reso_steps": "bucket_step", "min_bucket_reso": "min_bucket_side",
+                      "max_bucket_reso": "max_bucket_side"}
+            self.cfg = self.cfg.override({rename[k]: v for k, v in dc.options.items()}, source=data)
+            subsets = dc.subsets
+        else:
+            subsets = subsets_in(data, defaults)
+        self.instance_count = 0
+        for s in subsets:  # fail on a bad folder now, before minutes of model loading
+            found = scan(s)
+            if not s.is_reg:
+                self.instance_count += len(found)
+        return subsets
+
+    def _class_subset(self) -> Subset | None:
+        cfg = self.cfg
+        if not cfg.class_prompt:
+            return None
+        folder = Path(cfg.class_data) if cfg.class_data else self.run_dir / "class_images"
+        return Subset(folder, repeats=1, class_tokens=cfg.class_prompt, flip=cfg.flip, is_reg=True,
+                      name=f"reg_{folder.name}")
+
+    def _load(self, components):
+        from ..models import load_model
+
+        dtype = torch.float32 if "unet" not in components else self.weight_dtype
+        model = load_model(self.cfg.model, dtype=dtype, prediction_type=self.cfg.prediction_type,
+                           components=components)
+        model.pipe.set_progress_bar_config(disable=True)
+        return model
+
+    def _release(self, *names: str) -> None:
+        pipe = self.model.pipe
+        for name in names:
+            if getattr(pipe, name, None) is not None:
+                pipe.register_modules(**{name: None})
+        gc.collect()
+
+    def _model_tag(self) -> str:
+        p = Path(self.cfg.model)
+        target = p / "model_index.json" if p.is_dir() else p
+        if target.exists():
+            st = target.stat()
+            return f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        return str(self.cfg.model)
+
+    def _bucket_settings(self) -> BucketSettings:
+        """Steps of 64 px (SDXL 32), smaller only when the resolution itself is that small."""
+        cfg = self.cfg
+        step = cfg.bucket_step
+        if step is None:
+            step = 32 if self.family == "sdxl" else 64
+            while step > 8 and (cfg.resolution % step or cfg.resolution < 2 * step):
+                step //= 2
+        if cfg.resolution % step:
+            raise LoraKitError(f"--resolution {cfg.resolution} must be a multiple of the bucket step {step}")
+        return BucketSettings(cfg.resolution, step, cfg.bucket, cfg.min_bucket_side, cfg.max_bucket_side,
+                              cfg.max_upscale)
+
+    def _check_divisible(self, unet) -> None:
+        """Every bucket side must survive the VAE's and the UNet's downsampling."""
+        vae_factor = 2 ** (len(self.vae_config["block_out_channels"]) - 1) if self.vae_config else 1
+        need = vae_factor * 2 ** (len(unet.config.down_block_types) - 1)
+        step = self.data.settings.step
+        if step % need:
+            raise LoraKitError(f"bucket step {step} px is not a multiple of {need} px, which this model's VAE and "
+                               f"UNet downsampling need: set --bucket-step {need} (or a multiple)")
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.acc = acc = self._accelerator()
+        self.rank, self.world = acc.process_index, acc.num_processes
+        self.main = acc.is_main_process
+        self.resume_dir = None
+        if cfg.resume is not None:
+            self.resume_dir = state.find_state(Path(cfg.resume))
+            info = state.read_state(self.resume_dir)
+            state.check_compatible(info, self._fingerprint(), self.resume_dir,
+                                   steps_may_grow=cfg.scheduler in ("constant", "constant_with_warmup"))
+            self.history = LossHistory(**info.get("history", {}))
+            self.session_id = info.get("session_id") or uuid.uuid4().hex[:12]
+            self.started_at = info.get("started_at", time.time())
+        else:
+            self.session_id, self.started_at = uuid.uuid4().hex[:12], time.time()
+        subsets = self._subsets()
+        cfg = self.cfg
+        class_subset = self._class_subset()
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.toml").write_text(cfg.to_toml())
+
+        # The VAE and text encoders are only needed to fill the caches, unless samples are drawn
+        # or the text encoder trains: then load them with the UNet, else first and alone.
+        wanted_class = (cfg.num_class_images or self.instance_count) if class_subset else 0
+        need_generation = class_subset is not None and count_images(class_subset.dir) < wanted_class
+        varying_captions = any(s.shuffle_caption or s.caption_dropout for s in subsets)
+        staged = (cfg.cache_latents != "none" and cfg.cache_text != "none" and not cfg.train_text_encoder
+                  and not cfg.sample_every and not need_generation and not varying_captions)
+        self.model = self._load(("vae", "text_encoders") if staged else ("unet", "vae", "text_encoders"))
+        self.family, self.prediction_type = self.model.family, self.model.prediction_type
+        self.vae_config = dict(self.model.vae.config) if self.model.vae is not None else None
+        device = acc.device
+        if need_generation:
+            self.model.pipe.to(device)
+            if self.main:
+                generate_class_images(self.model.pipe, class_subset.dir, cfg.class_prompt, wanted_class,
+                                      size=cfg.resolution, steps=cfg.class_steps, guidance=cfg.class_guidance,
+                                      seed=cfg.seed, progress=cfg.progress)
+            acc.wait_for_everyone()
+        if class_subset is not None:
+            subsets = subsets + [class_subset]
+        self.data = TrainingData(subsets, self._bucket_settings(), batch_size=cfg.batch_size, trigger=cfg.trigger,
+                                 seed=cfg.seed, class_prompt=cfg.class_prompt)
+        self.conditioner = Conditioner(self.model.pipe, self.family)
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.run_dir / "cache"
+        self.latents = TensorStore(cfg.cache_latents, cache_dir / "latents")
+        text_mode = "none" if cfg.train_text_encoder else cfg.cache_text
+        self.texts = TensorStore(text_mode, cache_dir / "text", max_items=4096)
+        self.tag = self._model_tag()
+        for name in ("vae", "text_encoder", "text_encoder_2"):
+            module = getattr(self.model.pipe, name, None)
+            if module is not None:
+                _cast(module.requires_grad_(False), device)
+        self._fill_caches()
+        if staged:
+            self._release("vae", "text_encoder", "text_encoder_2")
+            unet_model = self._load(("unet",))
+            self.model.pipe.register_modules(unet=unet_model.pipe.unet)
+            del unet_model
+        else:
+            self._release_unneeded()
+        self._check_divisible(self.model.pipe.unet)
+        self._build_training(device)
+
+    def _release_unneeded(self) -> None:
+        """Free the VAE / text encoders once the caches make them useless for the rest of the run."""
+        cfg = self.cfg
+        if cfg.sample_every:
+            return
+        if cfg.cache_latents != "none":
+            self._release("vae")
+        if self.texts.enabled and self.data.fixed_captions() is not None and not cfg.train_text_encoder:
+            self._release("text_encoder", "text_encoder_2")
+
+    def _build_training(self, device) -> None:
+        cfg, acc = self.cfg, self.acc
+        pipe = self.model.pipe
+        unet = _cast(pipe.unet.requires_grad_(False), device, self.weight_dtype)
+        if not cfg.sdpa:
+            from diffusers.models.attention_processor import AttnProcessor
+
+            unet.set_attn_processor(AttnProcessor())
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        tes = [getattr(pipe, n, None) for n in (("text_encoder", "text_encoder_2") if self.family == "sdxl"
+                                               else ("text_encoder",))]
+        for te in tes:
+            if te is not None:
+                _cast(te, device, self.weight_dtype)
+                if cfg.train_text_encoder and cfg.gradient_checkpointing:
+                    te.gradient_checkpointing_enable()
+                    te.train()  # transformers checkpoints only in train mode; CLIP has no dropout
+        from ..lora.targets import ModelParts
+
+        parts = ModelParts(self.family, unet, tes if cfg.train_text_encoder else [], dict(unet.config))
+        torch.manual_seed(mix_seed(cfg.seed, 0x1417))
+        self.network = LoRANetwork.create(parts, rank=cfg.rank, alpha=cfg.alpha, preset=cfg.preset,
+                                          conv_rank=cfg.conv_rank, conv_alpha=cfg.conv_alpha,
+                                          unet=cfg.train_unet, text_encoder=cfg.train_text_encoder,
+                                          dropout=cfg.dropout, rank_dropout=cfg.rank_dropout,
+                                          module_dropout=cfg.module_dropout, init=cfg.init)
+        if len(self.network) == 0:
+            raise LoraKitError(f"the preset {cfg.preset!r} selects no layers of this model")
+        self.network.to(device).apply()
+        self.network.train()
+        groups = []
+        for part, params in self.network.parameters_by_part().items():
+            lr = cfg.lr if part == "unet" else (cfg.text_encoder_lr if cfg.text_encoder_lr is not None else cfg.lr)
+            groups.append({"params": params, "lr": lr, "name": part})
+        optimizer = build_optimizer(cfg.optimizer, groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    betas=cfg.betas, eps=cfg.eps)
+        scheduler = build_scheduler(cfg.scheduler, optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
+                                    cycles=cfg.scheduler_cycles, power=cfg.scheduler_power)
+        denoiser = Denoiser(self.network, unet, self.conditioner, self.family, self.weight_dtype)
+        self.model_wrapped, self.optimizer, self.scheduler = acc.prepare(denoiser, optimizer, scheduler)
+        self.params = [p for g in groups for p in g["params"]]
+        from diffusers import DDPMScheduler
+
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config,
+                                                         prediction_type=self.prediction_type)
+        self.num_timesteps = self.noise_scheduler.config.num_train_timesteps
+        if self.resume_dir is not None:
+            acc.load_state(str(self.resume_dir))
+            self.step = state.read_state(self.resume_dir)["step"]
+        if cfg.tensorboard:
+            acc.init_trackers("lorakit", config={k: v for k, v in cfg.to_dict().items()
+                                                 if isinstance(v, (int, float, str, bool))})
+
+    def _fingerprint(self) -> dict:
+        from accelerate.state import PartialState
+
+        fp = self.cfg.fingerprint()
+        fp["num_processes"] = PartialState().num_processes
+        return fp
+
+    # --- caches --------------------------------------------------------------------------------
+    def _latent_key(self, item, placement, flip: bool) -> str:
+        st = item.path.stat()
+        return cache_key(item.path.resolve(), st.st_size, st.st_mtime_ns, placement, flip, self.tag)
+
+    def _fill_caches(self) -> None:
+        from tqdm.auto import tqdm
+
+        show = self.cfg.progress and self.main
+        if self.latents.enabled:
+            todo = [v for v in self.data.variants() if self._latent_key(*v) not in self.latents]
+            vae = self.model.vae
+            if vae is not None and todo:
+                vae_dtype = vae.dtype
+                _cast(vae, dtype=torch.float32)  # encode in fp32: SDXL's VAE overflows in fp16
+            for item, placement, flip in tqdm(todo, desc="caching latents", disable=not show or not todo):
+                lat = encode_pixels(vae, pixels(item, placement, flip)[None].to(self.acc.device))[0]
+                self.latents.put(self._latent_key(item, placement, flip), {"latents": lat})
+            if vae is not None and todo:
+                _cast(vae, dtype=vae_dtype)
+        captions = self.data.fixed_captions()
+        if self.texts.enabled and captions is not None:
+            todo = [c for c in captions if self._text_key(c) not in self.texts]
+            for k in tqdm(range(0, len(todo), 16), desc="caching text", disable=not show or not todo):
+                self._encode_text(todo[k:k + 16])
+
+    def _text_key(self, caption: str) -> str:
+        return cache_key(caption, self.tag, self.family)
+
+    def _encode_text(self, captions: list[str]) -> list[dict]:
+        enc = self.conditioner.encode(captions)
+        out = []
+        for i, c in enumerate(captions):
+            entry = {k: v[i].float() for k, v in enc.items() if v is not None}
+            if self.texts.enabled:
+                self.texts.put(self._text_key(c), entry)
+            out.append(entry)
+        return out
+
+    def _text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        entries: list[dict | None] = [self.texts.get(self._text_key(c)) for c in captions]
+        missing = [c for c, e in zip(captions, entries) if e is None]
+        if missing:
+            if self.conditioner.encoders[0] is None:
+                raise RuntimeError("text encoder released while captions still need encoding")
+            fresh = dict(zip(missing, self._encode_text(missing)))
+            entries = [e if e is not None else fresh[c] for c, e in zip(captions, entries)]
+        dev = self.acc.device
+        out = {"hidden": torch.stack([e["hidden"] for e in entries]).to(dev)}
+        if "pooled" in entries[0]:
+            out["pooled"] = torch.stack([e["pooled"] for e in entries]).to(dev)
+        return out
+
+    def _latents(self, samples: list[Sample]) -> torch.Tensor:
+        if self.latents.enabled:
+            got = [self.latents.get(self._latent_key(s.item, s.placement, s.flip)) for s in samples]
+            if all(g is not None for g in got):
+                return torch.stack([g["latents"] for g in got]).to(self.acc.device)
+        px = torch.stack([pixels(s) for s in samples]).to(self.acc.device)
+        return encode_pixels(self.model.vae, px)
+
+    # --- one step ------------------------------------------------------------------------------
+    def _job(self, samples: list[Sample], micro: int, salt: int) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
+        cfg = self.cfg
+        latents = self._latents(samples).float()
+        g = torch.Generator("cpu").manual_seed(mix_seed(cfg.seed, micro, self.rank, salt, 0x7015E))
+        noise = losses.noise_like(latents, g, cfg.noise_offset)
+        t = torch.randint(0, self.num_timesteps, (len(samples),), generator=g).to(latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        tgt = losses.target(self.noise_scheduler, self.prediction_type, latents, noise, t)
+        job = {"noisy": noisy, "t": t}
+        captions = [s.caption for s in samples]
+        if cfg.train_text_encoder:
+            job["ids"] = self.conditioner.tokenize(captions)
+        else:
+            job["cond"] = self._text(captions)
+        if self.family == "sdxl":
+            job["time_ids"] = torch.stack([time_ids(s.placement.original, s.crop, s.placement.bucket)
+                                           for s in samples]).to(latents.device)
+        weights = None
+        if cfg.min_snr_gamma:
+            weights = losses.min_snr_weights(self.noise_scheduler, t, cfg.min_snr_gamma, self.prediction_type)
+        return job, tgt, weights
+
+    def micro_step(self, micro: int) -> float:
+        """Forward, loss and backward of one micro-batch; the optimizer steps on the last of an accumulation."""
+        cfg, acc = self.cfg, self.acc
+        _, inst, reg = self.data.batch(micro, self.rank, self.world)
+        jobs = [self._job(inst, micro, 0)]
+        if reg:
+            jobs.append(self._job(reg, micro, 1))
+        torch.manual_seed(mix_seed(cfg.seed, micro, self.rank, 0xD0))  # LoRA dropout draws
+        with acc.accumulate(self.model_wrapped):
+            preds = self.model_wrapped([j for j, _, _ in jobs])
+            loss = losses.denoising_loss(preds[0], jobs[0][1], jobs[0][2])
+            if reg:
+                loss = loss + cfg.prior_weight * losses.denoising_loss(preds[1], jobs[1][1], jobs[1][2])
+            penalty = losses.weight_penalty(self.params, cfg.l1_penalty, cfg.l2_penalty)
+            if penalty is not None:
+                loss = loss + penalty
+            value = acc.reduce(loss.detach().float(), "mean")
+            if not torch.isfinite(value):
+                raise LoraKitError(
+                    f"the loss became {value.item()} at step {self.step + 1}; stopped without saving "
+                    f"(earlier files in {self.run_dir} are untouched): lower --lr, or use bf16/fp32")
+            acc.backward(loss)
+            if acc.sync_gradients:
+                if cfg.max_grad_norm:
+                    acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        return float(value)
+
+    # --- outputs -------------------------------------------------------------------------------
+    def metadata(self, step: int, final: bool) -> dict[str, str]:
+        from ..formats.metadata import build_metadata
+
+        epoch = (step * self.cfg.grad_accum * self.world) // max(1, self.data.plan.batches_per_epoch)
+        training = training_fields(self.cfg, self.data, family=self.family, prediction_type=self.prediction_type,
+                                   step=step, epoch=epoch, num_processes=self.world, started_at=self.started_at,
+                                   finished_at=time.time() if final else None, session_id=self.session_id)
+        out = Path(self.cfg.out)
+        return build_metadata(self._unwrapped_network().kohya_modules(), family=self.family,
+                              v_prediction=self.prediction_type == "v_prediction",
+                              output_name=self.cfg.output_name or out.stem, comment=self.cfg.comment,
+                              tag_frequency=self.data.tag_frequency(), training=training,
+                              network_args=network_args(self.cfg), resolution=self.cfg.resolution,
+                              trigger_phrase=self.cfg.trigger)
+
+    def _unwrapped_network(self) -> LoRANetwork:
+        return self.acc.unwrap_model(self.model_wrapped).network
+
+    def save_lora(self, path: Path, step: int, final: bool) -> dict:
+        from ..formats import save_lora
+
+        md = self.metadata(step, final)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_lora(path, self._unwrapped_network().kohya_modules(), md, format="kohya",
+                  dtype=SAVE_DTYPES[self.cfg.save_dtype], family=self.family)
+        return md
+
+    def _state_info(self) -> dict:
+        return {"step": self.step, "config": self._fingerprint(), "history": self.history.state(),
+                "session_id": self.session_id, "started_at": self.started_at}
+
+    def checkpoint(self, with_lora: bool = True) -> None:
+        """A resume state (all processes), the LoRA so far and the loss curve (main process)."""
+        state.save(self.acc, self.run_dir, self.step, self._state_info(), self.cfg.keep_states)
+        if self.main:
+            if with_lora:
+                self.save_lora(self.run_dir / f"lora-{self.step:06d}.safetensors", self.step, final=False)
+            if self.history.steps:
+                self.history.plot(self.run_dir / "loss.png")
+
+    def samples(self) -> None:
+        cfg = self.cfg
+        if not self.main:
+            return
+        prompts = read_prompts(cfg.sample_prompts, cfg.trigger or self.data.instance[0].caption)
+        net = self._unwrapped_network()
+        net.eval()
+        try:
+            images = render(self.model.pipe, prompts, [cfg.sample_seed + i for i in range(len(prompts))],
+                            steps=cfg.sample_steps, guidance=cfg.sample_guidance, width=cfg.resolution,
+                            height=cfg.resolution)
+        finally:
+            net.train()
+        save_png(grid(images), self.run_dir / "samples" / f"step-{self.step:06d}.png")
+
+    # --- the run -------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        self.setup()
+        cfg, acc = self.cfg, self.acc
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True,
+                   disable=not (cfg.progress and self.main))
+        try:
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                micro0 = self.step * cfg.grad_accum
+                loss = sum(self.micro_step(micro0 + k) for k in range(cfg.grad_accum)) / cfg.grad_accum
+                self.step += 1
+                self.step_times.append(time.perf_counter() - t0)
+                self.history.add(self.step, loss)
+                lr = self.scheduler.get_last_lr()[0]
+                if cfg.tensorboard:
+                    acc.log({"loss": loss, "lr": lr}, step=self.step)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+                bar.update(1)
+                if self.on_step is not None:
+                    self.on_step(self.step, loss)
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                    self.checkpoint()
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.samples()
+        except KeyboardInterrupt:
+            bar.close()
+            if self.world == 1 and self.step > 0:
+                self.checkpoint(with_lora=False)
+                print(f"interrupted at step {self.step}; continue with --resume {self.run_dir}", file=sys.stderr)
+            raise
+        bar.close()
+        self.checkpoint(with_lora=False)
+        md = {}
+        if self.main:
+            md = self.save_lora(Path(cfg.out), self.step, final=True)
+        if cfg.tensorboard:
+            acc.end_training()
+        acc.wait_for_everyone()
+        return TrainResult(Path(cfg.out), self.run_dir, self.step, list(self.history.losses),
+                           self._unwrapped_network(), self.model, md, self.step_times)

@@ -1,0 +1,96 @@
+"""Images made with the model during training: DreamBooth class images before it, sample grids during it."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from ..data.folders import IMAGE_EXTS
+
+
+def read_prompts(path: Path | None, fallback: str) -> list[str]:
+    """One prompt a line; blank lines and `#` comments skipped."""
+    if path is None:
+        return [fallback]
+    from ..errors import LoraKitError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LoraKitError(f"cannot read the sample prompts ({exc.__class__.__name__})", path) from None
+    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not prompts:
+        raise LoraKitError("the sample prompts file has no prompts", path)
+    return prompts
+
+
+@torch.no_grad()
+def render(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, guidance: float, width: int,
+           height: int) -> list[Image.Image]:
+    """One image per (prompt, seed), each with its own CPU generator so the grid is reproducible."""
+    images = []
+    device = pipe.unet.device
+    for prompt, seed in zip(prompts, seeds):
+        g = torch.Generator("cpu").manual_seed(int(seed))
+        latents = torch.randn(_latent_shape(pipe, width, height), generator=g).to(device, pipe.unet.dtype)
+        out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
+                   latents=latents, output_type="pil")
+        images.append(out.images[0])
+    return images
+
+
+def _latent_shape(pipe, width: int, height: int) -> tuple[int, ...]:
+    factor = getattr(pipe, "vae_scale_factor", 8) if getattr(pipe, "vae", None) is not None else 1
+    return (1, pipe.unet.config.in_channels, height // factor, width // factor)
+
+
+def grid(images: Sequence[Image.Image], cols: int | None = None) -> Image.Image:
+    cols = cols or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    out = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, im in enumerate(images):
+        out.paste(im, ((i % cols) * w, (i // cols) * h))
+    return out
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    """Atomic: a temporary name, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def count_images(folder: Path) -> int:
+    if not folder.is_dir():
+        return 0
+    return sum(1 for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def generate_class_images(pipe, folder: Path, prompt: str, wanted: int, *, size: int, steps: int,
+                          guidance: float, seed: int, progress: bool = True) -> int:
+    """Fill `folder` up to `wanted` images of `prompt` made by the base model; returns how many were made."""
+    from tqdm.auto import tqdm
+
+    from ..data.dataset import mix_seed
+
+    folder.mkdir(parents=True, exist_ok=True)
+    have = count_images(folder)
+    missing = max(0, wanted - have)
+    made = 0
+    for i in tqdm(range(have, have + missing), desc="class images", disable=not progress or not missing):
+        name = folder / f"class_{i:05d}.png"
+        while name.exists():
+            i += 100000
+            name = folder / f"class_{i:05d}.png"
+        (image,) = render(pipe, [prompt], [mix_seed(seed, i, 0xC1A55)], steps=steps, guidance=guidance,
+                          width=size, height=size)
+        save_png(image, name)
+        made += 1
+    return made
