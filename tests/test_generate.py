@@ -54,7 +54,7 @@ def test_png_info_in_a1111_layout(world, tmp_path):
     lines = info.split("\n")
     assert lines[0] == "a red circle <lora:sd1_style:0.8>"
     assert lines[1] == "Negative prompt: blurry"
-    assert "Steps: 3, Sampler: DDIM, CFG scale: 7, Seed: 11, Size: 32x32" in lines[2]
+    assert "Steps: 3, Sampler: DDIM, CFG scale: 7, Seed: 11, Size: 16x16" in lines[2]
     from lorakit.formats import file_hashes
 
     assert f'Lora hashes: "sd1_style: {file_hashes(lora)["sshs_model_hash"][:12]}"' in lines[2]
@@ -89,7 +89,7 @@ def test_grid_and_seeds_for_n_images(world, tmp_path):
              for i in range(3)]
     assert seeds == ["5", "6", "7"]
     grid = Image.open(tmp_path / "set-grid.png")
-    assert grid.size == (64, 64)  # 2×2 cells of 32 px
+    assert grid.size == (32, 32)  # 2×2 cells of 16 px
 
 
 @pytest.mark.parametrize("fmt", ["folder", "single"])
