@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -143,7 +144,9 @@ def _load_hub(repo_id: str, dtype, prediction_type, components) -> BaseModel:
 
     offline = _offline()
     try:
-        index = DiffusionPipeline.load_config(repo_id, local_files_only=offline)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # hub-client deprecation chatter from inside diffusers
+            index = DiffusionPipeline.load_config(repo_id, local_files_only=offline)
     except Exception as e:  # noqa: BLE001 - hub errors come in many types
         if offline:
             raise LoraKitError("a hub id that is not in the local Hugging Face cache, and HF_HUB_OFFLINE is "
