@@ -90,6 +90,11 @@ def _diff(b: Target, t: Target) -> torch.Tensor:
     return t.module.weight.detach().float() - b.module.weight.detach().float()
 
 
+def _max_abs(x: torch.Tensor) -> float:
+    lo, hi = torch.aminmax(x)
+    return max(-float(lo), float(hi))
+
+
 def _check_options(rank, dynamic, conv_rank, clamp_quantile, preset) -> str:
     """Bad options fail before any model is loaded; returns the preset to use."""
     for name, r in (("rank", rank), ("conv rank", conv_rank)):
@@ -120,7 +125,7 @@ def extract_parts(base: ModelParts, tuned: ModelParts, rank: int | None = None, 
     for b, t in pairs:  # kohya's rule: a text encoder is extracted only if it changed by more than min_diff
         rep = reports.setdefault(b.part, PartReport(b.part))
         if b.part != "unet":
-            rep.max_diff = max(rep.max_diff, float(_diff(b, t).abs().max()))
+            rep.max_diff = max(rep.max_diff, _max_abs(_diff(b, t)))
     for rep in reports.values():
         rep.extracted = rep.part == "unet" or rep.max_diff > min_diff
     modules, infos = {}, {}
@@ -130,11 +135,11 @@ def extract_parts(base: ModelParts, tuned: ModelParts, rank: int | None = None, 
                 progress(i, len(pairs), b.name)
             rep = reports[b.part]
             delta = _diff(b, t)
-            biggest = float(delta.abs().max())
+            biggest = _max_abs(delta)
             rep.max_diff = max(rep.max_diff, biggest)
             if not rep.extracted or biggest <= ZERO_DIFF:  # left out: its whole ΔW is error
                 rep.skipped += int(rep.extracted)
-                size = float(torch.linalg.vector_norm(delta, dtype=torch.float64)) ** 2
+                size = float(torch.linalg.vector_norm(delta)) ** 2
                 rep.delta_sq += size
                 rep.error_sq += size
                 continue

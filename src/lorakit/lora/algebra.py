@@ -31,7 +31,12 @@ from .functional import lora_scale, module_kind
 from .ranks import Dynamic, pick_rank
 
 Module = Mapping[str, Tensor]
-WORK = torch.float64  # resize/merge work on r-column factors: double precision costs little
+
+
+def work_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64: the factors have only r columns, so double precision costs little and keeps the
+    truncation within ~1e-12 of the exact one (float32 drifts to ~1e-5 when singular values crowd)."""
+    return torch.float64
 
 
 @dataclass
@@ -82,10 +87,11 @@ def factors(module: Module, name: str = "") -> Factors:
     alpha = module.get("alpha")
     scale = lora_scale(None if alpha is None else float(alpha), rank)
     mid = module.get("lora_mid.weight")
+    work = work_dtype(up, down)
     if mid is not None:  # Tucker: ΔW[o,i,k,l] = Σ up[o,n]·mid[n,m,k,l]·down[m,i] → a kxk down of rank n
-        down = torch.einsum("nmkl,mi->nikl", mid.to(WORK), down.reshape(rank, -1).to(WORK))
-    up2 = up.reshape(up.shape[0], -1).to(WORK)
-    down2 = down.reshape(down.shape[0], -1).to(WORK)
+        down = torch.einsum("nmkl,mi->nikl", mid.to(work), down.reshape(rank, -1).to(work))
+    up2 = up.reshape(up.shape[0], -1).to(work)
+    down2 = down.reshape(down.shape[0], -1).to(work)
     if up2.shape[1] != down2.shape[0]:
         raise LoraKitError(f"{where}lora_up has rank {up2.shape[1]} but lora_down has rank {down2.shape[0]}")
     return Factors(up2, down2, scale, tuple(down.shape[2:]))
@@ -104,19 +110,40 @@ def to_module(up: Tensor, down: Tensor, alpha: float, kernel: tuple[int, ...], i
             "alpha": torch.tensor(float(alpha), dtype=dtype)}
 
 
-def svd_factors(up: Tensor, down: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Thin SVD U·diag(S)·Vh of up @ down without forming it: QR of up and downᵀ, SVD of the core."""
+@dataclass
+class CoreSVD:
+    """up @ down = (Q_u·U_c)·diag(S)·(V_cᵀ·Q_dᵀ), kept in factored form until the rank is chosen."""
+
+    qu: Tensor  # [out, p]
+    uc: Tensor  # [p, m]
+    s: Tensor  # [m]
+    vch: Tensor  # [m, t]
+    qd: Tensor  # [in, t]
+
+    def top(self, k: int) -> tuple[Tensor, Tensor]:
+        """(U_k·S_k, V_kᵀ): the best rank-k factors, singular values in the first."""
+        return (self.qu @ self.uc[:, :k]) * self.s[:k], self.vch[:k] @ self.qd.T
+
+
+def core_svd(up: Tensor, down: Tensor) -> CoreSVD:
+    """The SVD of up @ down without forming it: QR of up and of downᵀ, SVD of the small core."""
     qu, ru = torch.linalg.qr(up)  # [out, p], [p, r]
     qd, rd = torch.linalg.qr(down.T)  # [in, t], [t, r]
     uc, s, vch = torch.linalg.svd(ru @ rd.T, full_matrices=False)
-    return qu @ uc, s, vch @ qd.T
+    return CoreSVD(qu, uc, s, vch, qd)
+
+
+def svd_factors(up: Tensor, down: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD U·diag(S)·Vh of up @ down, computed through `core_svd`."""
+    c = core_svd(up, down)
+    return c.qu @ c.uc, c.s, c.vch @ c.qd.T
 
 
 def lowrank_truncate(up: Tensor, down: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     """The best rank-`rank` factors (U·S, Vh) of up @ down (Eckart–Young), 2-D tensors."""
-    u, s, vh = svd_factors(up.to(WORK), down.to(WORK))
-    k = min(rank, len(s))
-    return u[:, :k] * s[:k], vh[:k]
+    work = work_dtype(up, down)
+    c = core_svd(up.to(work), down.to(work))
+    return c.top(min(rank, len(c.s)))
 
 
 def _info(s: Tensor, old_rank: int, k: int) -> RankInfo:
@@ -132,14 +159,13 @@ def _info(s: Tensor, old_rank: int, k: int) -> RankInfo:
 def resize_factors(f: Factors, rank: int | None, dynamic: Dynamic | None = None,
                    dtype: torch.dtype = torch.float32) -> tuple[dict[str, Tensor], RankInfo]:
     """Truncate factors to `rank` (or by `dynamic`, capped by `rank`, else by their own rank)."""
-    u, s, vh = svd_factors(f.up, f.down)  # of the unscaled product: kohya's ranks depend on S only
-    cap = f.rank if rank is None else rank
-    k = pick_rank(s, cap, dynamic)
-    keep = f.scale if f.scale != 0 else 1.0
-    up = u[:, :k] * (s[:k] * (f.scale / keep))
-    down = vh[:k]
-    in_features = f.shape[1]
-    return to_module(up, down, keep * k, f.kernel, in_features, dtype), _info(s, f.rank, k)
+    c = core_svd(f.up, f.down)  # of the unscaled product, as kohya (its zero test looks at S)
+    k = pick_rank(c.s, f.rank if rank is None else rank, dynamic)
+    keep = f.scale if f.scale != 0 else 1.0  # alpha 0 means ΔW = 0: write zeros at scale 1
+    up, down = c.top(k)
+    if keep != f.scale:
+        up = up * (f.scale / keep)
+    return to_module(up, down, keep * k, f.kernel, f.shape[1], dtype), _info(c.s, f.rank, k)
 
 
 def resize_module(module: Module, rank: int | None = None, dynamic: Dynamic | None = None, *, name: str = "",
@@ -180,10 +206,10 @@ def project(modules: Sequence[Module], weights: Sequence[float], rank: int | Non
     if rank is not None and rank < 1:
         raise LoraKitError(f"rank must be at least 1, got {rank}")
     f = concat_factors(modules, weights, name)
-    u, s, vh = svd_factors(f.up, f.down)
-    k = pick_rank(s, f.rank if rank is None else rank, dynamic)
-    up, down = u[:, :k] * s[:k], vh[:k]
-    return to_module(up, down, k, f.kernel, f.shape[1], dtype), _info(s, f.rank, k)
+    c = core_svd(f.up, f.down)
+    k = pick_rank(c.s, f.rank if rank is None else rank, dynamic)
+    up, down = c.top(k)
+    return to_module(up, down, k, f.kernel, f.shape[1], dtype), _info(c.s, f.rank, k)
 
 
 # extraction: the best LoRA of a full update ---------------------------------------------------
@@ -256,6 +282,7 @@ def extract_module(delta: Tensor, rank: int | None, dynamic: Dynamic | None = No
     cap, which needs the whole spectrum and so an exact SVD. The randomized SVD runs unless the
     matrix is too small for it to pay (min(d, k) ≤ 2·(rank+oversample)) or `exact` says so.
     sv_cumulative needs Σσ over the whole spectrum: it costs a values-only SVD on top.
+    `measure=False` skips the explicit residual that keeps a near-exact fit's reported error exact.
     """
     if rank is not None and rank < 1:
         raise LoraKitError(f"rank must be at least 1, got {rank}")
@@ -265,7 +292,7 @@ def extract_module(delta: Tensor, rank: int | None, dynamic: Dynamic | None = No
         a = a.float()
     m, n = a.shape
     cap = min(m, n) if rank is None else min(rank, m, n)
-    delta_sq = float(torch.linalg.vector_norm(a, dtype=torch.float64)) ** 2
+    delta_sq = float(torch.linalg.vector_norm(a)) ** 2
     if exact is None:
         exact = rank is None or 2 * (cap + oversample) >= min(m, n)
     if exact:
@@ -280,9 +307,10 @@ def extract_module(delta: Tensor, rank: int | None, dynamic: Dynamic | None = No
     up, down = u[:, :k] * s[:k], vh[:k]
     if clamp_quantile is not None:
         up, down = clamp_factors(up, down, clamp_quantile)
-    if measure or clamp_quantile is not None:
-        error_sq = float(torch.linalg.vector_norm(torch.addmm(a, up, down, alpha=-1), dtype=torch.float64)) ** 2
-    else:  # exact for an SVD (also for the sketch's): ‖A − U_k S_k V_kᵀ‖² = ‖A‖² − Σ_{i≤k} σᵢ²
-        error_sq = max(0.0, delta_sq - float(s[:k].double().pow(2).sum()))
+    # For an SVD, and for the sketch's too (U_k S_k V_kᵀ is a projection of A), the error is
+    # ‖A‖² − Σ_{i≤k} σᵢ² exactly; only near-exact fits (cancellation) or a clamp need the residual.
+    error_sq = max(0.0, delta_sq - float(s[:k].double().pow(2).sum()))
+    if clamp_quantile is not None or (measure and error_sq < 1e-4 * delta_sq):
+        error_sq = float(torch.linalg.vector_norm(torch.addmm(a, up, down, alpha=-1))) ** 2
     module = to_module(up, down, k, shape[2:], shape[1] if len(shape) > 1 else 1, torch.float32)
     return module, ExtractInfo(k, delta_sq, error_sq, exact)
