@@ -114,3 +114,101 @@ def test_peft_conversion(setup, with_model):
     assert (lf.format, lf.family) == ("peft", setup.family)
     assert setup.lorakit_merge(out) == 0.0
     assert setup.peft_merge(out) <= TOL
+
+
+# ---------------------------------------------------------------------------------------------
+# files written by the reference libraries themselves, read by lorakit
+
+def _peft_adapted(model, config, seed):
+    """`model` with a PEFT LoRA adapter whose A and B are random (not B = 0)."""
+    model.add_adapter(config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+def test_reads_file_saved_by_diffusers(tmp_path):
+    """diffusers' own `save_lora_weights` (PEFT keys, lora_adapter_metadata with rank/alpha
+    patterns): lorakit's merge equals diffusers' fuse of the same file."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    base = tiny_pipeline("sd1")
+    pipe = copy.deepcopy(base)
+    blk = "down_blocks.0.attentions.0.transformer_blocks.0"
+    ucfg = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                      target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "conv1"],
+                      rank_pattern={f"{blk}.attn1.to_q": 2}, alpha_pattern={f"{blk}.attn2.to_k": 3})
+    tcfg = LoraConfig(r=2, lora_alpha=5, init_lora_weights=False, target_modules=["q_proj", "fc1"])
+    _peft_adapted(pipe.unet, ucfg, 1)
+    _peft_adapted(pipe.text_encoder, tcfg, 2)
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path, unet_lora_layers=get_peft_model_state_dict(pipe.unet),
+        text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder),
+        unet_lora_adapter_metadata=ucfg.to_dict(), text_encoder_lora_adapter_metadata=tcfg.to_dict())
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+
+    lf = load_lora(path, family="sd1")
+    assert lf.format == "diffusers"
+    pre = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_"
+    assert lf.ranks()[pre + "attn1_to_q"] == 2 and lf.alphas()[pre + "attn1_to_q"] == 8.0
+    assert lf.alphas()[pre + "attn2_to_k"] == 3.0 and lf.alphas()["lora_te_text_model_encoder_layers_0_mlp_fc1"] == 5.0
+    assert lf.parts() == {"unet": 6 * 8 + 6 + 12, "te": 4}  # 8 to_* per block, 6 proj_in, 12 resnet conv1
+
+    reference = copy.deepcopy(base)
+    reference.load_lora_weights(str(path))
+    reference.fuse_lora()
+    reference.unload_lora_weights()
+    mine = copy.deepcopy(base)
+    load_network(parts_of(mine, "sd1"), lf).merge()
+    ref_index, my_index, base_index = (parts_of(p, "sd1").index() for p in (reference, mine, base))
+    for name in lf.modules:
+        w0 = base_index[name].module.weight.detach()
+        expected = ref_index[name].module.weight.detach() - w0
+        got = my_index[name].module.weight.detach() - w0
+        err = float((got - expected).norm() / expected.norm())
+        assert err <= TOL, (name, err)
+
+
+def test_reads_adapter_saved_by_peft(tmp_path):
+    """A PEFT adapter folder from PeftModel.save_pretrained, with rank/alpha patterns and rsLoRA
+    scaling (alpha/√r): lorakit's merge equals PEFT's merge_and_unload."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base = tiny_pipeline("sd1")
+    blk = "up_blocks.1.attentions.1.transformer_blocks.0"
+    cfg = LoraConfig(r=4, lora_alpha=6, use_rslora=True, init_lora_weights=False,
+                     target_modules=["to_q", "to_v", "ff.net.2", "conv2", "time_emb_proj"],
+                     rank_pattern={"conv2": 2}, alpha_pattern={f"{blk}.attn2.to_v": 1.5})
+    unet = copy.deepcopy(base.unet)
+    model = get_peft_model(unet, cfg)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    model.save_pretrained(str(tmp_path / "unet"))
+    reference = PeftModel.from_pretrained(copy.deepcopy(base.unet), str(tmp_path / "unet")).merge_and_unload()
+
+    lf = load_lora(tmp_path / "unet")
+    assert lf.format == "peft" and lf.parts() == {"unet": 6 * 5 + 12 * 2}  # to_q/to_v x2, ff.net.2; 12 resnets
+    name = "lora_unet_up_blocks_1_attentions_1_transformer_blocks_0_attn2_to_v"
+    assert abs(lf.alphas()[name] - 1.5 * 2.0) < 1e-6  # rsLoRA: scale 1.5/√4 = kohya alpha 3 over rank 4
+    mine = copy.deepcopy(base)
+    load_network(parts_of(mine, "sd1"), lf).merge()
+    ref_w = dict(reference.named_parameters())
+    base_w = dict(base.unet.named_parameters())
+    for path, p in mine.unet.named_parameters():
+        if not path.endswith(".weight"):
+            continue
+        delta_ref = ref_w[path].detach() - base_w[path].detach()
+        delta = p.detach() - base_w[path].detach()
+        if delta_ref.norm() == 0:
+            assert delta.norm() == 0, path
+            continue
+        err = float((delta - delta_ref).norm() / delta_ref.norm())
+        assert err <= TOL, (path, err)
