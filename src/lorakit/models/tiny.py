@@ -66,7 +66,8 @@ def tiny_pipeline(family: str = "sd1", seed: int = 0):
                                          tokenizer_2=clip_tokenizer("!"), unet=unet, scheduler=scheduler)
     else:
         te = CLIPTextModel(text_config(unet.config.cross_attention_dim))
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=clip_tokenizer(), unet=unet,
+        pad = "!" if family == "sd2" else "<|endoftext|>"
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=clip_tokenizer(pad), unet=unet,
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
     for module in pipe.components.values():

@@ -13,7 +13,7 @@ TOKENIZER_DIR = Path(__file__).parent / "configs" / "clip_tokenizer"
 
 
 def clip_tokenizer(pad_token: str = "<|endoftext|>"):
-    """SD1/SD2/SDXL-te1 pad with <|endoftext|>; SDXL's second (OpenCLIP) tokenizer pads with "!"."""
+    """SD1 and SDXL's first tokenizer pad with <|endoftext|>; OpenCLIP ones (SD2, SDXL's second) with "!"."""
     from transformers import CLIPTokenizer
 
     from ..errors import LoraKitError

@@ -1,0 +1,1 @@
+"""The gradio web UI: every lorakit command in a browser."""

@@ -1,0 +1,135 @@
+"""What each UI button does, as plain functions over the library (testable without a browser).
+
+Each returns values for gradio outputs and raises LoraKitError on bad input; the app turns
+that into a gradio error message.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from ..errors import LoraKitError
+
+_MODELS: dict[tuple, object] = {}
+
+
+def cached_model(spec: str, device: str = "auto"):
+    """Keep the last base model loaded: switching LoRAs must not reload GBs of weights."""
+    from ..devices import resolve_device_dtype
+    from ..models import load_model
+
+    spec = (spec or "").strip()
+    if not spec:
+        raise LoraKitError("choose a base model (a folder, a .safetensors file, a hub id or 'toy')")
+    dev, dtype = resolve_device_dtype(device, "auto")
+    key = (spec, dev, str(dtype))
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = load_model(spec, dtype=dtype, device=dev)
+    return _MODELS[key]
+
+
+def parse_lora_lines(text: str) -> list:
+    """One `FILE[:WEIGHT]` per line (or comma-separated)."""
+    from ..generate import parse_lora_arg
+
+    items = [x.strip() for line in (text or "").splitlines() for x in line.split(",")]
+    return [parse_lora_arg(x) for x in items if x]
+
+
+def generate_images(model: str, prompt: str, negative: str, loras: str, n: int, steps: int, guidance: float,
+                    seed: int, width: int, height: int, sampler: str, lora_dir: str = "",
+                    out_dir: str = "outputs") -> tuple[list, str]:
+    from ..generate import generate, write_outputs
+
+    base = cached_model(model)
+    result = generate(base, prompt, negative=negative, loras=parse_lora_lines(loras), n=int(n), steps=int(steps),
+                      guidance=float(guidance), seed=int(seed), width=int(width) or None,
+                      height=int(height) or None, sampler=sampler, lora_dir=Path(lora_dir) if lora_dir else None)
+    if out_dir:
+        write_outputs(result, Path(out_dir))
+    return result.images, result.infotexts[0]
+
+
+def inspect_file(path: str) -> str:
+    from ..formats import inspect_lora
+
+    return json.dumps(inspect_lora(_existing(path)), indent=2, default=str)
+
+
+def convert_file(path: str, to: str, out: str) -> str:
+    from ..formats import load_lora, save_lora
+
+    lf = load_lora(_existing(path))
+    save_lora(_out(out), lf.modules, lf.metadata, format=to, family=lf.family)
+    return f"wrote {out}"
+
+
+def resize_file(path: str, rank: int, dynamic: str, out: str) -> str:
+    from ..algebra_ops import resize
+
+    result = resize(_existing(path), rank=int(rank) if rank else None, dynamic=dynamic or None, out=_out(out))
+    ranks = sorted(set(result.ranks().values()))
+    return f"wrote {out}: {len(result.modules)} modules, ranks {ranks[0]}–{ranks[-1]}"
+
+
+def merge_files(loras: str, rank: int, model: str, out: str) -> str:
+    specs = parse_lora_lines(loras)
+    if not specs:
+        raise LoraKitError("give at least one LoRA (FILE[:WEIGHT] per line)")
+    if model.strip():
+        from ..checkpoint_merge import merge_into_checkpoint
+
+        merge_into_checkpoint(model.strip(), [f"{s.path}:{s.weight}" for s in specs], Path(_out(out)))
+        return f"wrote checkpoint {out}"
+    from ..algebra_ops import merge_loras
+
+    result = merge_loras([(s.path, s.weight) for s in specs], rank=int(rank) if rank else None, out=_out(out))
+    return f"wrote {out}: {len(result.modules)} modules"
+
+
+def extract_file(base: str, tuned: str, rank: int, conv_rank: int, out: str) -> str:
+    from ..extraction import extract
+
+    ex = extract(base.strip(), tuned.strip(), rank=int(rank), conv_rank=int(conv_rank) or None, out=_out(out))
+    return f"wrote {out}\n" + "\n".join(f"{k}: {v}" for k, v in getattr(ex, "reports", {}).items())
+
+
+def caption_dir(folder: str, prefix: str, overwrite: bool, model: str) -> str:
+    from ..caption import caption_folder
+
+    written = caption_folder(Path(folder), prefix=prefix, overwrite=overwrite, model=model, progress=True)
+    return f"{len(written)} caption(s) written"
+
+
+def _existing(path: str) -> str:
+    path = (path or "").strip()
+    if not path:
+        raise LoraKitError("choose a file")
+    if not Path(path).exists():
+        raise LoraKitError("file not found", path)
+    return path
+
+
+def _out(path: str) -> str:
+    path = (path or "").strip()
+    if not path:
+        raise LoraKitError("choose where to write the result")
+    return path
+
+
+def guarded(fn: Callable) -> Callable:
+    """LoraKitError → gradio's error toast (one line), instead of a stack trace in the page."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        import gradio as gr
+
+        try:
+            return fn(*args, **kwargs)
+        except LoraKitError as exc:
+            raise gr.Error(str(exc)) from None
+    return run
