@@ -135,3 +135,27 @@ def test_lora_of_another_family_is_refused(world, tmp_path, capsys):
                  "--out", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
     assert code == 2 and "sdxl" in err.lower() and str(xl_lora) in err
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("missing_model", "no/such/model"),
+    ("missing_lora", "gone.safetensors"),
+    ("rank_with_model", "--rank"),
+    ("bad_dtype", "dtype"),
+    ("checkpoint_as_lora", "unet"),
+])
+def test_bad_merge_input_is_one_line_exit_2(world, tmp_path, capsys, case, needle):
+    model, lora, _ = world["sd1"]
+    args = {
+        "missing_model": ["--model", "no/such/model", "--lora", str(lora)],
+        "missing_lora": ["--model", str(model), "--lora", str(tmp_path / "gone.safetensors")],
+        "rank_with_model": ["--model", str(model), "--lora", str(lora), "--rank", "4"],
+        "bad_dtype": ["--model", str(model), "--lora", str(lora), "--dtype", "fp12"],
+        "checkpoint_as_lora": ["--model", str(model), "--lora",
+                               str(model / "unet" / "diffusion_pytorch_model.safetensors")],
+    }[case]
+    code = main(["merge", *args, "--out", str(tmp_path / "out.safetensors")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and needle in err
+    assert not (tmp_path / "out.safetensors").exists()
