@@ -2,7 +2,6 @@
 inspect and convert through the CLI, and every bad input as a one-line error with exit code 2."""
 
 import hashlib
-import io
 import json
 import struct
 
@@ -250,6 +249,9 @@ def test_cli_convert_round_trip(tiny_sd1, tmp_path, capsys):
             for sub in t:
                 assert torch.equal(other.modules[name][sub].float(), t[sub]), (name, sub)
     assert k.metadata["ss_learning_rate"] == "0.0002"  # metadata travels through the conversions
+    assert "lora_adapter_metadata" in d.metadata and "lora_adapter_metadata" not in k.metadata
+    assert main(["inspect", str(tmp_path / "p"), "--json"]) == 0
+    capsys.readouterr()
     for name, t in a.modules.items():
         assert torch.equal(k.modules[name]["lora_up.weight"], t["lora_up.weight"].bfloat16())
 

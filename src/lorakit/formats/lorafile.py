@@ -128,6 +128,11 @@ def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Ma
     path = Path(path)
     name = None if "ss_output_name" in (metadata or {}) else (path.name if format == "peft" else path.stem)
     md = build_metadata(modules, family=family, base=metadata, output_name=name)
+    # a source file's diffusers config would contradict the new file (diffusers refuses kohya
+    # alphas together with it); the diffusers writer makes a fresh one
+    md.pop(diffusers_fmt.METADATA_KEY, None)
+    if md.get("format") == "pt":
+        del md["format"]
     if layout is None and parts is not None and parts.unet_config:
         layout = naming.UNetLayout.from_config(parts.unet_config)
     if format == "kohya":
