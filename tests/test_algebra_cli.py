@@ -56,7 +56,12 @@ def files(sd1, tmp_path_factory):
     junk = d / "model.safetensors"
     save_st = __import__("safetensors.torch", fromlist=["save_file"]).save_file
     save_st({"model.diffusion_model.out.2.weight": torch.zeros(4, 4)}, str(junk))
-    return {"a": a, "b": b, "xl": xl, "junk": junk, "dir": d}
+    g = torch.Generator().manual_seed(5)
+    loha = {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q": {
+        k: torch.randn(*shape, generator=g) for k, shape in
+        (("hada_w1_a", (32, 2)), ("hada_w1_b", (2, 32)), ("hada_w2_a", (32, 2)), ("hada_w2_b", (2, 32)))}}
+    loha_path = save_lora(d / "loha.safetensors", loha, {}, family="sd1")
+    return {"a": a, "b": b, "xl": xl, "junk": junk, "dir": d, "loha": loha_path}
 
 
 def test_resize_cli_writes_optimal_truncation_with_new_metadata_and_hashes(files, capsys):
@@ -116,9 +121,13 @@ def test_merge_concat_is_exact_and_projection_optimal(files, capsys):
     (["merge", "--lora", "{a}", "--lora", "{xl}", "--out", "{o}"], "different model families"),
     (["merge", "--lora", "{a}", "--lora", "{junk}", "--out", "{o}"], "not a LoRA"),
     (["merge", "--lora", "{a}", "--lora", "{b}", "--rank", "0", "--out", "{o}"], "at least 1"),
+    (["merge", "--lora", "{a}", "--lora", "{dir}/missing.safetensors", "--out", "{o}"], "no such file"),
+    (["resize", "{loha}", "--rank", "1", "--out", "{o}"], "loha modules have no low-rank factors"),
+    (["merge", "--lora", "{a}", "--lora", "{loha}:0.5", "--out", "{o}"], "loha modules have no low-rank factors"),
 ])
 def test_bad_inputs_stop_with_one_line(files, capsys, args, message):
     fill = {"a": files["a"].path, "b": files["b"].path, "xl": files["xl"].path, "junk": str(files["junk"]),
+            "loha": str(files["loha"]),
             "dir": str(files["dir"]), "o": str(files["dir"] / "bad.safetensors")}
     assert main([a.format(**fill) for a in args]) == 2
     err = capsys.readouterr().err.strip()

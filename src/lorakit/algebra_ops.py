@@ -107,7 +107,13 @@ def resize(lora: PathLike, rank: int | None = None, dynamic: str | Dynamic | Non
         raise LoraKitError("give --rank, --dynamic, or both (the rank then caps the dynamic pick)")
     lf = _load(lora)
     path = lf.path
-    ranks = {n: int(m["lora_down.weight"].shape[0]) for n, m in lf.modules.items() if "lora_down.weight" in m}
+    fs = {}
+    for name, m in lf.modules.items():  # refuses LoHa/LoKr/DoRA before any work
+        try:
+            fs[name] = factors(m, name)
+        except LoraKitError as exc:
+            raise LoraKitError(exc.message, path) from None
+    ranks = {n: f.rank for n, f in fs.items()}
     lin = [r for n, r in ranks.items() if not _is_conv3(lf.modules[n])]
     conv = [r for n, r in ranks.items() if _is_conv3(lf.modules[n])]
     if dyn is None:  # a fixed rank must lower something; with --dynamic it is only a cap
@@ -123,13 +129,8 @@ def resize(lora: PathLike, rank: int | None = None, dynamic: str | Dynamic | Non
         for i, name in enumerate(names):
             if progress is not None:
                 progress(i, len(names), name)
-            m = lf.modules[name]
-            try:
-                f = factors(m, name)
-            except LoraKitError as exc:
-                raise LoraKitError(exc.message, path) from None
-            cap = (conv_rank or rank) if _is_conv3(m) else rank
-            modules[name], infos[name] = resize_factors(f, cap, dyn, torch.float32)
+            cap = (conv_rank or rank) if _is_conv3(lf.modules[name]) else rank
+            modules[name], infos[name] = resize_factors(fs[name], cap, dyn, torch.float32)
     old = max(ranks.values()) if ranks else 0
     what = f"dynamic {dyn}" + (f" (at most {rank})" if rank else "") if dyn else f"rank {rank}"
     if conv_rank and not dyn:
