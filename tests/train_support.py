@@ -58,3 +58,19 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, out_dir: str) -> None:
+    """One process of a CPU DDP run, set up as `accelerate launch --cpu` would (env + gloo)."""
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), ACCELERATE_USE_CPU="true")
+    torch.set_num_threads(1)
+    from lorakit.train.loop import run
+
+    result = run(cfg)
+    save_file(result.network.kohya_state_dict(), f"{out_dir}/rank{rank}.safetensors")

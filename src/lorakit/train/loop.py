@@ -52,6 +52,12 @@ class TrainResult:
     step_times: list[float] = field(default_factory=list)
 
 
+def _accelerator_device_present() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available()) or \
+        bool(getattr(torch, "xpu", None) and torch.xpu.is_available())
+
+
 def _cast(module: nn.Module, device=None, dtype=None) -> nn.Module:
     """nn.Module.to without diffusers' override, which warns on every dtype cast."""
     return nn.Module.to(module, device=device, dtype=dtype) if (device, dtype) != (None, None) else module
@@ -113,8 +119,8 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.run_dir),
                                                 logging_dir=str(self.run_dir / "logs")),
         )
-        if cfg.device == "cpu":
-            kwargs["cpu"] = True
+        if cfg.device == "cpu" or (cfg.device is None and not _accelerator_device_present()):
+            kwargs["cpu"] = True  # also what makes accelerate run several CPU processes as DDP (gloo)
         if cfg.tensorboard:
             kwargs["log_with"] = "tensorboard"
         from accelerate.state import AcceleratorState, GradientState
