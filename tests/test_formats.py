@@ -373,3 +373,14 @@ def test_load_network_checks_family_and_names(tiny_sd1, tmp_path):
     save_lora(tmp_path / "ok.safetensors", modules, dtype=torch.float32)
     loaded = load_network(parts, tmp_path / "ok.safetensors", multiplier=0.5)
     assert len(loaded) == 129 and loaded.multiplier == 0.5
+
+
+def test_save_refuses_what_it_could_not_read_back(tmp_path):
+    good = {"lora_down.weight": torch.zeros(2, 8), "lora_up.weight": torch.zeros(8, 2)}
+    with pytest.raises(LoraKitError, match="not a kohya name"):
+        save_lora(tmp_path / "a.safetensors", {"unet_down_blocks_0": good})
+    with pytest.raises(LoraKitError, match="rank mismatch"):
+        save_lora(tmp_path / "a.safetensors", {"lora_unet_x": dict(good, **{"lora_up.weight": torch.zeros(8, 3)})})
+    with pytest.raises(LoraKitError, match="no modules"):
+        save_lora(tmp_path / "a.safetensors", {})
+    assert not list(tmp_path.iterdir())

@@ -212,3 +212,39 @@ def test_reads_adapter_saved_by_peft(tmp_path):
             continue
         err = float((delta - delta_ref).norm() / delta_ref.norm())
         assert err <= TOL, (path, err)
+
+
+def test_reads_peft_dora_adapter(tmp_path):
+    """PEFT DoRA (one magnitude per output row) read as kohya `dora_scale`: lorakit's merge equals
+    PEFT's merge_and_unload on linear and conv layers."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base = tiny_pipeline("sd1")
+    cfg = LoraConfig(r=4, lora_alpha=2, use_dora=True, init_lora_weights=False,
+                     target_modules=["attn1.to_k", "ff.net.0.proj", "conv_shortcut", "conv1"])
+    model = get_peft_model(copy.deepcopy(base.unet), cfg)
+    g = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_A" in name or "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            elif "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.3 * torch.rand(p.shape, generator=g))
+    model.save_pretrained(str(tmp_path / "unet"))
+    reference = PeftModel.from_pretrained(copy.deepcopy(base.unet), str(tmp_path / "unet")).merge_and_unload()
+
+    lf = load_lora(tmp_path / "unet")
+    # 6 to_k, 6 ff.net.0.proj, 12 resnet conv1, 7 conv_shortcut
+    assert all("dora_scale" in t for t in lf.modules.values()) and len(lf) == 6 + 6 + 12 + 7
+    mine = copy.deepcopy(base)
+    load_network(parts_of(mine, "sd1"), lf).merge()
+    ref_w, base_w = dict(reference.named_parameters()), dict(base.unet.named_parameters())
+    changed = 0
+    for path, p in mine.unet.named_parameters():
+        delta_ref = ref_w[path].detach() - base_w[path].detach()
+        if delta_ref.norm() == 0:
+            continue
+        changed += 1
+        err = float((p.detach() - ref_w[path].detach()).norm() / delta_ref.norm())
+        assert err <= TOL, (path, err)
+    assert changed == len(lf)

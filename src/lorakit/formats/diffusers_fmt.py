@@ -101,7 +101,7 @@ def read(state: Mapping[str, Tensor], metadata: Mapping[str, str], family: str |
         t = {"lora_down.weight": down, "lora_up.weight": up, "alpha": torch.tensor(alpha)}
         if "magnitude" in roles:  # PEFT DoRA: one magnitude per output row = LyCORIS' wd_on_out layout
             mag = roles["magnitude"]
-            t["dora_scale"] = mag.reshape(mag.shape[0], *([1] * (down.dim() - 1)))
+            t["dora_scale"] = mag.reshape(up.shape[0], *([1] * (down.dim() - 1)))  # PEFT conv: [1, out, 1, 1]
         provisional[(part, path)] = t
     # the family decides the names: SAI spelling and lora_te1 for SDXL
     if family is None:

@@ -18,7 +18,7 @@ from torch import Tensor
 from .. import naming
 from ..errors import LoraKitError
 from . import diffusers_fmt, kohya, peft_fmt
-from .detect import detect_family, detect_format, format_of_modules
+from .detect import detect_family, detect_format
 from .hashes import precalculate_hashes
 from .metadata import build_metadata
 from .modules import Modules, alpha_of, rank_of
@@ -137,6 +137,9 @@ def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Ma
         layout = naming.UNetLayout.from_config(parts.unet_config)
     if format == "kohya":
         for name, t in modules.items():
+            if not kohya.is_kohya_key(f"{name}.alpha") or "." in name:
+                raise LoraKitError(f"module name {name!r} is not a kohya name (lora_unet_…, lora_te_…, "
+                                   "lora_te1_…, lora_te2_…)", path)
             kohya.validate_module(name, t, str(path))
         tensors = kohya.flatten(modules, dtype)
         md.update(precalculate_hashes(tensors, md))
@@ -154,4 +157,4 @@ def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Ma
     return path
 
 
-__all__ = ["FORMATS", "LoRAFile", "load_lora", "save_lora", "format_of_modules"]
+__all__ = ["FORMATS", "LoRAFile", "load_lora", "save_lora"]

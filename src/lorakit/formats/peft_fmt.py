@@ -105,7 +105,7 @@ def read(folder: str | os.PathLike, family: str | None = None,
             t = {"lora_down.weight": down, "lora_up.weight": roles["up"], "alpha": torch.tensor(alpha)}
             if "magnitude" in roles:
                 mag = roles["magnitude"]
-                t["dora_scale"] = mag.reshape(mag.shape[0], *([1] * (down.dim() - 1)))
+                t["dora_scale"] = mag.reshape(roles["up"].shape[0], *([1] * (down.dim() - 1)))  # PEFT conv: [1, out, 1, 1]
             provisional[(part, path)] = t
     if family is None:
         probe = {path_to_kohya(p, path, None): t for (p, path), t in provisional.items()}
