@@ -1,0 +1,179 @@
+"""Says what a toy-world image shows, with no learning: pixel statistics and shape templates.
+
+Background: the median colour of the image border, nearest palette entry. Foreground: pixels far
+from that colour (threshold at half the strongest contrast, so a blurred edge lands where the
+sharp one was); the largest connected blob is the object. Colour: the mean of the blob's core,
+nearest palette entry. Shape: the world's own shape templates are fitted to the blob's box
+(a few sizes and offsets, to absorb blur and ragged edges) and the best overlap (IoU) wins.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+from PIL import Image
+
+from . import world
+
+NONE = "none"
+_MIN_CONTRAST = 0.15  # foreground must differ from the background by this much (RGB distance, 0..1)
+_MIN_PIXELS = 4
+
+
+def _as_array(image) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    arr = np.asarray(image, dtype=np.float32)
+    return arr / 255 if arr.max() > 1.5 else arr
+
+
+def _nearest(rgb: np.ndarray, palette: dict) -> str:
+    names = list(palette)
+    ref = np.array([palette[n] for n in names], dtype=np.float32) / 255
+    return names[int(np.argmin(((ref - rgb) ** 2).sum(axis=1)))]
+
+
+def _border(arr: np.ndarray) -> np.ndarray:
+    return np.concatenate([arr[0], arr[-1], arr[1:-1, 0], arr[1:-1, -1]])
+
+
+def _largest_blob(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected component of a boolean mask."""
+    h, w = mask.shape
+    label = np.zeros(mask.shape, dtype=np.int32)
+    best, best_size, current = 0, 0, 0
+    for sy, sx in zip(*np.nonzero(mask)):
+        if label[sy, sx]:
+            continue
+        current += 1
+        label[sy, sx] = current
+        queue, size = deque([(sy, sx)]), 0
+        while queue:
+            y, x = queue.popleft()
+            size += 1
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not label[ny, nx]:
+                    label[ny, nx] = current
+                    queue.append((ny, nx))
+        if size > best_size:
+            best, best_size = current, size
+    return label == best if best else np.zeros_like(mask)
+
+
+def _fill_holes(blob: np.ndarray) -> np.ndarray:
+    """The blob plus every background pixel not reachable from the border (the hole of a ring)."""
+    outside = _largest_blob_from_border(~blob)
+    return ~outside
+
+
+def _largest_blob_from_border(free: np.ndarray) -> np.ndarray:
+    h, w = free.shape
+    seen = np.zeros_like(free)
+    queue = deque((y, x) for y in range(h) for x in range(w)
+                  if (y in (0, h - 1) or x in (0, w - 1)) and free[y, x])
+    for y, x in queue:
+        seen[y, x] = True
+    while queue:
+        y, x = queue.popleft()
+        for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+            if 0 <= ny < h and 0 <= nx < w and free[ny, nx] and not seen[ny, nx]:
+                seen[ny, nx] = True
+                queue.append((ny, nx))
+    return seen
+
+
+_SIDES = (-1, 0, 1)  # template box side offsets tried, pixels
+_SHIFTS = (-0.5, 0.0, 0.5)  # template centre offsets tried, pixels
+_BLURS = (0.0, 0.8, 1.4)  # template blurs tried (Gaussian sigma, pixels): generated edges are soft
+
+
+def _blur_matrix(size: int, sigma: float) -> np.ndarray:
+    if sigma <= 0:
+        return np.eye(size, dtype=np.float32)
+    d = np.arange(size)[:, None] - np.arange(size)[None, :]
+    g = np.exp(-0.5 * (d / sigma) ** 2)
+    return (g / g.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def templates(shape: str, cx: float, cy: float, side: float, size: int) -> np.ndarray:
+    """Coverage maps of `shape` for every tried box and blur around (cx, cy, side): (n, size, size)."""
+    k = 2
+    grid = (np.arange(size * k, dtype=np.float32) + 0.5) / k
+    offsets = np.array([(s, dx, dy) for s in _SIDES for dx in _SHIFTS for dy in _SHIFTS], dtype=np.float32)
+    sides = (side + offsets[:, 0])[:, None, None]
+    inside = world.shape_mask(shape, cx + offsets[:, 1, None, None], cy + offsets[:, 2, None, None], sides,
+                              grid[None, None, :], grid[None, :, None])
+    cov = inside.reshape(len(offsets), size, k, size, k).mean(axis=(2, 4), dtype=np.float32)
+    blurred = [b @ cov @ b.T for b in (_blur_matrix(size, s) for s in _BLURS)]
+    return np.concatenate(blurred)
+
+
+def shape_scores(fg: np.ndarray, blob: np.ndarray, shapes=world.ALL_SHAPES) -> dict[str, float]:
+    """Best soft IoU of each shape's templates against the foreground map, fitted to the blob's box."""
+    size = fg.shape[0]
+    ys, xs = np.nonzero(_fill_holes(blob))
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    side = float(max(x1 - x0, y1 - y0))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    target = np.where(_grow(blob), fg, 0.0).astype(np.float32)[None]
+    best = {}
+    for shape in shapes:
+        t = templates(shape, cx, cy, side, size)
+        iou = np.minimum(t, target).sum(axis=(1, 2)) / np.maximum(np.maximum(t, target).sum(axis=(1, 2)), 1e-6)
+        best[shape] = float(iou.max())
+    return best
+
+
+def _grow(mask: np.ndarray) -> np.ndarray:
+    """The mask and its 4-neighbours: keeps the soft edge of the blob in the map."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
+
+
+def analyse(image, shapes=world.ALL_SHAPES) -> dict:
+    """score() plus the evidence: per-shape IoU, contrast, blob size."""
+    arr = _as_array(image)
+    if arr.shape[0] != arr.shape[1]:
+        raise ValueError("toy-world images are square")
+    bg_rgb = np.median(_border(arr), axis=0)
+    background = _nearest(bg_rgb, world.BACKGROUNDS)
+    dist = np.sqrt(((arr - bg_rgb) ** 2).sum(axis=-1))
+    peak = float(np.percentile(dist, 99))
+    result = {"shape": NONE, "color": NONE, "background": background, "contrast": peak, "shapes": {}}
+    if peak < _MIN_CONTRAST:
+        return result
+    blob = _largest_blob(dist > peak / 2)
+    if blob.sum() < _MIN_PIXELS:
+        return result
+    core = blob & (dist > 0.75 * peak)
+    result["color"] = _nearest(arr[core if core.any() else blob].mean(axis=0), world.COLORS)
+    scores = shape_scores(np.clip(dist / peak, 0, 1), blob, shapes)
+    result["shapes"] = scores
+    result["shape"] = max(scores, key=scores.get)
+    return result
+
+
+def score(image, shapes=world.ALL_SHAPES) -> dict[str, str]:
+    """What the image shows: {'shape', 'color', 'background'} ('none' where nothing is drawn)."""
+    a = analyse(image, shapes)
+    return {k: a[k] for k in ("shape", "color", "background")}
+
+
+def expected(caption_or_scene) -> dict[str, str]:
+    """The fields a caption (or Scene) asks for."""
+    if isinstance(caption_or_scene, world.Scene):
+        s = caption_or_scene
+        return {"shape": s.shape, "color": s.color, "background": s.background}
+    return world.parse_caption(caption_or_scene)
+
+
+def matches(image, caption_or_scene, fields=None) -> bool:
+    """True when the image shows every field the caption names (or just `fields`)."""
+    want = expected(caption_or_scene)
+    got = score(image)
+    return all(got[k] == v for k, v in want.items() if fields is None or k in fields)
