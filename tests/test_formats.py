@@ -384,3 +384,17 @@ def test_save_refuses_what_it_could_not_read_back(tmp_path):
     with pytest.raises(LoraKitError, match="no modules"):
         save_lora(tmp_path / "a.safetensors", {})
     assert not list(tmp_path.iterdir())
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        save_lora(tmp_path / "a.safetensors", _big_modules(1, rank=2, width=8))
+        save_lora(tmp_path / "p", _big_modules(1, rank=2, width=8), format="peft")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "a.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "p").stat().st_mode) == 0o755

@@ -19,7 +19,7 @@ from .detect import detect_family
 from .kohya import _listing, validate_module
 from .paths import DIFFUSERS_PREFIX, path_to_kohya
 from .peft_common import Entry, check_config, kohya_alpha, lora_config
-from .st_io import read_pickle, read_safetensors, serialize
+from .st_io import file_mode, one_line, read_pickle, read_safetensors, serialize
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -56,7 +56,7 @@ def _read_one(folder: Path, part: str | None, allow_pickle: bool) -> tuple[str, 
     try:
         config = json.loads((folder / CONFIG).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise LoraKitError(f"unreadable {CONFIG} ({exc})", folder) from None
+        raise LoraKitError(f"unreadable {CONFIG} ({one_line(exc)})", folder) from None
     check_config(config, str(folder))
     weights = folder / WEIGHTS
     if weights.is_file():
@@ -164,6 +164,7 @@ def write(folder: str | os.PathLike, entries: list[Entry], metadata: Mapping[str
                         w = w.to(dtype)
                     tensors[f"{_PREFIX}{live_path(e, from_model)}.{role}.weight"] = w.contiguous()
             (out / WEIGHTS).write_bytes(serialize(tensors, {"format": "pt", **metadata}))
+        os.chmod(tmp, file_mode(directory=True))
         old = None
         if folder.exists():
             old = parent / f".{folder.name}.old"

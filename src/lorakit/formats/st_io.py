@@ -22,6 +22,18 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _MAX_HEADER = 100 * 1024 * 1024
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (the CLI prints errors as one line)."""
+    return " ".join(str(exc).split())[:300]
+
+
+def file_mode(directory: bool = False) -> int:
+    """The mode a plain open()/mkdir() would give under the current umask (mkstemp uses 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def read_header(path: str | os.PathLike) -> tuple[dict, int]:
     """The parsed JSON header (tensors + `__metadata__`) and its length in bytes, validated."""
     path = Path(path)
@@ -81,7 +93,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[s
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, RuntimeError) as exc:
-        raise LoraKitError(f"unreadable safetensors file ({exc})", path) from None
+        raise LoraKitError(f"unreadable safetensors file ({one_line(exc)})", path) from None
     meta = header.get("__metadata__") or {}
     return tensors, {str(k): str(v) for k, v in meta.items()}
 
@@ -91,7 +103,7 @@ def read_pickle(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a bad pickle
-        raise LoraKitError(f"unreadable torch file ({exc.__class__.__name__}: {exc})", path) from None
+        raise LoraKitError(f"unreadable torch file ({exc.__class__.__name__}: {one_line(exc)})", path) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
@@ -134,6 +146,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except OSError as exc:
         try:
