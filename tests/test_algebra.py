@@ -112,6 +112,19 @@ def test_projected_merge_is_the_optimal_truncation_of_the_sum(kernel):
     assert float(out["alpha"]) == 6 and info.old_rank == 16 and info.new_rank == 6
 
 
+@pytest.mark.parametrize("cond", [1e2, 1e6, 1e10])
+def test_ill_conditioned_and_rank_deficient_factors(cond):
+    """CholeskyQR where safe, Householder otherwise: the truncation stays optimal either way."""
+    g = torch.Generator().manual_seed(11)
+    q = torch.linalg.qr(torch.randn(300, 12, generator=g, dtype=torch.float64)).Q
+    up = q * torch.logspace(0, -torch.log10(torch.tensor(cond)).item(), 12, dtype=torch.float64)
+    m = {"lora_up.weight": up, "lora_down.weight": torch.randn(12, 90, generator=g, dtype=torch.float64)}
+    out, _ = A.resize_module(m, 5)
+    assert rel(delta(out), best(delta(m), 5)) <= 1e-5
+    twice, _ = A.project([m, m], [1.0, 0.5], 4)  # repeated columns: an exactly rank-deficient concat
+    assert rel(delta(twice), best(1.5 * delta(m), 4)) <= 1e-5
+
+
 def test_lowrank_truncate_matches_svd():
     g = torch.Generator().manual_seed(7)
     up, down = torch.randn(50, 10, generator=g), torch.randn(10, 70, generator=g)
