@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from .errors import LoraKitError
-from .lora.algebra import ExtractInfo, extract_module
+from .lora.algebra import ExtractInfo, extract_module, sq_norm
 from .lora.ranks import Dynamic
 from .lora.targets import PRESETS, ModelParts, Target, select
 
@@ -139,7 +139,7 @@ def extract_parts(base: ModelParts, tuned: ModelParts, rank: int | None = None, 
             rep.max_diff = max(rep.max_diff, biggest)
             if not rep.extracted or biggest <= ZERO_DIFF:  # left out: its whole ΔW is error
                 rep.skipped += int(rep.extracted)
-                size = float(torch.linalg.vector_norm(delta)) ** 2
+                size = sq_norm(delta)
                 rep.delta_sq += size
                 rep.error_sq += size
                 continue

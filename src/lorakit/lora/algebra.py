@@ -246,6 +246,14 @@ def project(modules: Sequence[Module], weights: Sequence[float], rank: int | Non
 
 # extraction: the best LoRA of a full update ---------------------------------------------------
 
+def _thin_svd(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """LAPACK is many times slower on wide matrices than on their transposes: always go tall."""
+    if a.shape[0] >= a.shape[1]:
+        return torch.linalg.svd(a, full_matrices=False)
+    v, s, uh = torch.linalg.svd(a.T, full_matrices=False)
+    return uh.T, s, v.T
+
+
 def randomized_svd(a: Tensor, rank: int, oversample: int = 8, n_iter: int = 2, *,
                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The top `rank` singular triplets of a 2-D matrix (Halko, Martinsson & Tropp 2011).
@@ -263,16 +271,8 @@ def randomized_svd(a: Tensor, rank: int, oversample: int = 8, n_iter: int = 2, *
     for _ in range(n_iter):
         basis = torch.linalg.qr(a.T @ basis).Q
         basis = torch.linalg.qr(a @ basis).Q
-    ub, s, vh = torch.linalg.svd(basis.T @ a, full_matrices=False)
+    ub, s, vh = _thin_svd(basis.T @ a)
     return (basis @ ub[:, :rank]), s[:rank], vh[:rank]
-
-
-def _thin_svd(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """LAPACK is many times slower on wide matrices than on their transposes: always go tall."""
-    if a.shape[0] >= a.shape[1]:
-        return torch.linalg.svd(a, full_matrices=False)
-    v, s, uh = torch.linalg.svd(a.T, full_matrices=False)
-    return uh.T, s, v.T
 
 
 @dataclass
@@ -287,6 +287,13 @@ class ExtractInfo:
     @property
     def relative_error(self) -> float:
         return (self.error_sq / self.delta_sq) ** 0.5 if self.delta_sq > 0 else 0.0
+
+
+def sq_norm(a: Tensor) -> float:
+    """‖a‖_F² to ~1e-9: float32 row norms, then a double sum (one float32 norm over millions of
+    entries drifts by ~1e-4, enough to skew the error of a good fit by a percent)."""
+    a = a.reshape(a.shape[0], -1) if a.dim() > 1 else a.reshape(1, -1)
+    return float(torch.linalg.vector_norm(a, dim=1).double().pow(2).sum())
 
 
 def _quantile(x: Tensor, q: float) -> float:
@@ -324,7 +331,7 @@ def extract_module(delta: Tensor, rank: int | None, dynamic: Dynamic | None = No
         a = a.float()
     m, n = a.shape
     cap = min(m, n) if rank is None else min(rank, m, n)
-    delta_sq = float(torch.linalg.vector_norm(a)) ** 2
+    delta_sq = sq_norm(a)
     if exact is None:
         exact = rank is None or 2 * (cap + oversample) >= min(m, n)
     if exact:
@@ -343,6 +350,6 @@ def extract_module(delta: Tensor, rank: int | None, dynamic: Dynamic | None = No
     # ‖A‖² − Σ_{i≤k} σᵢ² exactly; only near-exact fits (cancellation) or a clamp need the residual.
     error_sq = max(0.0, delta_sq - float(s[:k].double().pow(2).sum()))
     if clamp_quantile is not None or (measure and error_sq < 1e-4 * delta_sq):
-        error_sq = float(torch.linalg.vector_norm(torch.addmm(a, up, down, alpha=-1))) ** 2
+        error_sq = sq_norm(torch.addmm(a, up, down, alpha=-1))
     module = to_module(up, down, k, shape[2:], shape[1] if len(shape) > 1 else 1, torch.float32)
     return module, ExtractInfo(k, delta_sq, error_sq, exact)
