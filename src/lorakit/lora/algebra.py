@@ -33,10 +33,9 @@ from .ranks import Dynamic, pick_rank
 Module = Mapping[str, Tensor]
 
 
-def work_dtype(*tensors: Tensor) -> torch.dtype:
-    """float64: the factors have only r columns, so double precision costs little and keeps the
-    truncation within ~1e-12 of the exact one (float32 drifts to ~1e-5 when singular values crowd)."""
-    return torch.float64
+# Resize and merge work in float64: the factors have only r columns, so it costs little, and the
+# truncation stays within ~1e-12 of the exact one (float32 drifts to ~1e-5 when σs crowd).
+WORK = torch.float64
 
 
 @dataclass
@@ -87,11 +86,10 @@ def factors(module: Module, name: str = "") -> Factors:
     alpha = module.get("alpha")
     scale = lora_scale(None if alpha is None else float(alpha), rank)
     mid = module.get("lora_mid.weight")
-    work = work_dtype(up, down)
     if mid is not None:  # Tucker: ΔW[o,i,k,l] = Σ up[o,n]·mid[n,m,k,l]·down[m,i] → a kxk down of rank n
-        down = torch.einsum("nmkl,mi->nikl", mid.to(work), down.reshape(rank, -1).to(work))
-    up2 = up.reshape(up.shape[0], -1).to(work)
-    down2 = down.reshape(down.shape[0], -1).to(work)
+        down = torch.einsum("nmkl,mi->nikl", mid.to(WORK), down.reshape(rank, -1).to(WORK))
+    up2 = up.reshape(up.shape[0], -1).to(WORK)
+    down2 = down.reshape(down.shape[0], -1).to(WORK)
     if up2.shape[1] != down2.shape[0]:
         raise LoraKitError(f"{where}lora_up has rank {up2.shape[1]} but lora_down has rank {down2.shape[0]}")
     return Factors(up2, down2, scale, tuple(down.shape[2:]))
@@ -173,8 +171,7 @@ def svd_factors(up: Tensor, down: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def lowrank_truncate(up: Tensor, down: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     """The best rank-`rank` factors (U·S, Vh) of up @ down (Eckart–Young), 2-D tensors."""
-    work = work_dtype(up, down)
-    c = core_svd(up.to(work), down.to(work))
+    c = core_svd(up.to(WORK), down.to(WORK))
     return c.top(min(rank, len(c.s)))
 
 
@@ -247,7 +244,7 @@ def project(modules: Sequence[Module], weights: Sequence[float], rank: int | Non
 # extraction: the best LoRA of a full update ---------------------------------------------------
 
 def _thin_svd(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """LAPACK is many times slower on wide matrices than on their transposes: always go tall."""
+    """LAPACK is ~3× slower on a wide matrix than on its transpose: always go tall."""
     if a.shape[0] >= a.shape[1]:
         return torch.linalg.svd(a, full_matrices=False)
     v, s, uh = torch.linalg.svd(a.T, full_matrices=False)
