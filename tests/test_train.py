@@ -148,7 +148,8 @@ progress = true
     assert md["ss_network_dim"] == "4" and md["ss_network_alpha"] == "2.0"
     assert json.loads(md["ss_network_args"])["conv_dim"] == "2"
     tags = json.loads(md["ss_tag_frequency"])
-    assert tags["3_sks thing"]["sks"] == 3 and tags["3_sks thing"]["blue"] == 3
+    assert tags["3_sks thing"]["sks thing"] == 3 and tags["3_sks thing"]["blue"] == 3
+    assert tags["1_other"]["sks"] == 2  # trigger prepended where the caption lacks it
     assert md["ss_steps"] == "4" and md["ss_optimizer"] == "lion" and md["ss_lr_scheduler"] == "cosine_with_restarts"
     assert md["ss_gradient_accumulation_steps"] == "2" and md["ss_batch_size_per_device"] == "2"
     assert md["ss_min_snr_gamma"] == "5.0" and md["ss_noise_offset"] == "0.05" and md["ss_seed"] == "3"

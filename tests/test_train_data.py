@@ -95,7 +95,8 @@ def test_too_small_image_is_refused(tmp_path):
 def test_trigger_prepended_once():
     assert with_trigger("a dog, grass", "sks") == "sks, a dog, grass"
     assert with_trigger("sks, a dog", "sks") == "sks, a dog"
-    assert with_trigger("sks dog on a beach", "sks dog") == "sks dog, on a beach"
+    assert with_trigger("a photo of sks dog on a beach", "sks dog") == "a photo of sks dog on a beach"
+    assert with_trigger("sksx, a dog", "sks") == "sks, sksx, a dog"
     assert with_trigger("a dog", None) == "a dog"
 
 

@@ -74,3 +74,23 @@ def ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, out_dir: str)
 
     result = run(cfg)
     save_file(result.network.kohya_state_dict(), f"{out_dir}/rank{rank}.safetensors")
+
+
+def sd15_pipeline(seed: int = 0):
+    """A StableDiffusionPipeline with SD 1.5's exact architecture and default (random) initialisation."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lorakit.models.single_file import CONFIGS_DIR
+    from lorakit.models.tokenizer import clip_tokenizer
+
+    root = CONFIGS_DIR / "sd15"
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root, subfolder="unet"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(root, subfolder="vae"))
+    te = CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder"))
+    scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(root, subfolder="scheduler"))
+    return StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=clip_tokenizer(), unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)

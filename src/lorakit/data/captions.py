@@ -7,6 +7,7 @@ shuffled or counted against `keep_tokens`; `keep_tokens` then pins the caption's
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -38,15 +39,13 @@ def tags(caption: str) -> list[str]:
 
 
 def with_trigger(caption: str, trigger: str | None) -> str:
-    """`trigger, caption`, without doubling a trigger the captioner already wrote."""
+    """`trigger, caption`, unless the caption already names the trigger (a captioner's prefix, or a
+    sentence like "a photo of sks dog"): then it is left as written."""
     if not trigger:
         return caption
-    rest = tags(caption)
-    if rest and rest[0] == trigger:
-        rest = rest[1:]
-    elif caption.startswith(trigger + " "):
-        rest = tags(caption[len(trigger):])
-    return ", ".join([trigger, *rest])
+    if re.search(r"(?<!\w)" + re.escape(trigger) + r"(?!\w)", caption):
+        return caption
+    return ", ".join([trigger, *tags(caption)])
 
 
 def augment(caption: str, rng: random.Random, *, trigger: str | None = None, shuffle: bool = False,

@@ -88,16 +88,14 @@ class TrainingData:
     """Instance images (trigger prepended) and, for prior preservation, regularisation images."""
 
     def __init__(self, subsets: list[Subset], buckets: BucketSettings, *, batch_size: int = 1,
-                 trigger: str | None = None, seed: int = 0, class_prompt: str | None = None):
+                 trigger: str | None = None, seed: int = 0):
         self.settings = buckets
         self.trigger = trigger or None
         self.seed = seed
         self.subsets = subsets
         items = [it for s in subsets for it in scan(s)]
-        for it in items:
-            if it.subset.is_reg:
-                it.caption = class_prompt or it.caption
-            else:
+        for it in items:  # regularisation images keep their own caption (or their folder's class prompt)
+            if not it.subset.is_reg:
                 it.caption = with_trigger(it.caption, self.trigger)
         if buckets.enable:
             self.bucket_list = make_buckets(buckets.resolution, buckets.step, buckets.min_side, buckets.max_side)

@@ -56,7 +56,8 @@ class TrainConfig:
     cache_dir: Optional[Path] = opt(None, "where the disk caches live (default RUN_DIR/cache)", "data",
                                     resume_may_change=True)
     # prior preservation
-    class_prompt: Optional[str] = opt(None, "DreamBooth class prompt, e.g. 'a dog' (enables prior preservation)", "prior")
+    class_prompt: Optional[str] = opt(None, "DreamBooth class prompt, e.g. 'a dog', or a .txt file of prompts "
+                                       "(enables prior preservation)", "prior")
     class_data: Optional[Path] = opt(None, "folder of class images (missing ones are generated)", "prior")
     prior_weight: float = opt(1.0, "weight of the prior-preservation loss", "prior")
     num_class_images: int = opt(0, "class images wanted (0: as many as training images); missing ones are generated",

@@ -34,7 +34,7 @@ from .config import TrainConfig
 from .logs import LossHistory
 from .metadata import network_args, training_fields
 from .optim import build_optimizer, build_scheduler
-from .sampling import count_images, generate_class_images, grid, read_prompts, render, save_png
+from .sampling import count_images, generate_class_images, grid, read_class_prompts, read_prompts, render, save_png
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -167,7 +167,8 @@ class Trainer:
         if not cfg.class_prompt:
             return None
         folder = Path(cfg.class_data) if cfg.class_data else self.run_dir / "class_images"
-        return Subset(folder, repeats=1, class_tokens=cfg.class_prompt, flip=cfg.flip, is_reg=True,
+        self.class_prompts = read_class_prompts(cfg.class_prompt)
+        return Subset(folder, repeats=1, class_tokens=self.class_prompts[0], flip=cfg.flip, is_reg=True,
                       name=f"reg_{folder.name}")
 
     def _load(self, components):
@@ -253,14 +254,14 @@ class Trainer:
         if need_generation:
             self.model.pipe.to(device)
             if self.main:
-                generate_class_images(self.model.pipe, class_subset.dir, cfg.class_prompt, wanted_class,
+                generate_class_images(self.model.pipe, class_subset.dir, self.class_prompts, wanted_class,
                                       size=cfg.resolution, steps=cfg.class_steps, guidance=cfg.class_guidance,
                                       seed=cfg.seed, progress=cfg.progress)
             acc.wait_for_everyone()
         if class_subset is not None:
             subsets = subsets + [class_subset]
         self.data = TrainingData(subsets, self._bucket_settings(), batch_size=cfg.batch_size, trigger=cfg.trigger,
-                                 seed=cfg.seed, class_prompt=cfg.class_prompt)
+                                 seed=cfg.seed)
         self.conditioner = Conditioner(self.model.pipe, self.family)
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.run_dir / "cache"
         self.latents = TensorStore(cfg.cache_latents, cache_dir / "latents")

@@ -73,9 +73,17 @@ def count_images(folder: Path) -> int:
     return sum(1 for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
-def generate_class_images(pipe, folder: Path, prompt: str, wanted: int, *, size: int, steps: int,
+def read_class_prompts(value: str) -> list[str]:
+    """The class prompt, or the prompts of a text file (one a line) when `value` names one."""
+    if value.endswith(".txt") and Path(value).is_file():
+        return read_prompts(Path(value), value)
+    return [value]
+
+
+def generate_class_images(pipe, folder: Path, prompts: Sequence[str], wanted: int, *, size: int, steps: int,
                           guidance: float, seed: int, progress: bool = True) -> int:
-    """Fill `folder` up to `wanted` images of `prompt` made by the base model; returns how many were made."""
+    """Fill `folder` up to `wanted` images made by the base model, cycling through `prompts`; each
+    image gets its prompt as caption file. Returns how many were made."""
     from tqdm.auto import tqdm
 
     from ..data.dataset import mix_seed
@@ -85,12 +93,16 @@ def generate_class_images(pipe, folder: Path, prompt: str, wanted: int, *, size:
     missing = max(0, wanted - have)
     made = 0
     for i in tqdm(range(have, have + missing), desc="class images", disable=not progress or not missing):
-        name = folder / f"class_{i:05d}.png"
-        while name.exists():
-            i += 100000
-            name = folder / f"class_{i:05d}.png"
+        k = i
+        while (folder / f"class_{k:05d}.png").exists() or (folder / f"class_{k:05d}.txt").exists():
+            k += 100000
+        prompt = prompts[i % len(prompts)]
         (image,) = render(pipe, [prompt], [mix_seed(seed, i, 0xC1A55)], steps=steps, guidance=guidance,
                           width=size, height=size)
-        save_png(image, name)
+        save_png(image, folder / f"class_{k:05d}.png")
+        caption = folder / f"class_{k:05d}.txt"  # after the image: a caption never lacks its image
+        tmp = caption.with_name(f".{caption.name}.{os.getpid()}.tmp")
+        tmp.write_text(prompt + "\n", encoding="utf-8")
+        os.replace(tmp, caption)
         made += 1
     return made
