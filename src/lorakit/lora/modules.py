@@ -33,24 +33,27 @@ class LoRAModule(nn.Module):
     """h = W0·x + m·(alpha/r)·up(down(x)); down Kaiming-uniform, up zero (kohya's init)."""
 
     def __init__(self, base: nn.Module, rank: int, alpha: float | None = None, *, dropout: float = 0.0,
-                 rank_dropout: float = 0.0, module_dropout: float = 0.0, init: str = "kaiming"):
+                 rank_dropout: float = 0.0, module_dropout: float = 0.0, init: str | None = "kaiming",
+                 device: torch.device | str | None = None):
         super().__init__()
         if rank < 1:
             raise ValueError(f"rank must be ≥ 1, got {rank}")
         self.kind = layer_kind(base)
         if self.kind == "linear":
-            self.lora_down = nn.Linear(base.in_features, rank, bias=False)
-            self.lora_up = nn.Linear(rank, base.out_features, bias=False)
+            self.lora_down = nn.Linear(base.in_features, rank, bias=False, device=device)
+            self.lora_up = nn.Linear(rank, base.out_features, bias=False, device=device)
         else:
             if base.groups != 1:
                 raise ValueError("grouped convolutions are not adapted")
-            self.lora_down = nn.Conv2d(base.in_channels, rank, base.kernel_size, bias=False, **_conv_args(base))
-            self.lora_up = nn.Conv2d(rank, base.out_channels, 1, bias=False)
+            self.lora_down = nn.Conv2d(base.in_channels, rank, base.kernel_size, bias=False, device=device,
+                                       **_conv_args(base))
+            self.lora_up = nn.Conv2d(rank, base.out_channels, 1, bias=False, device=device)
         self.register_buffer("alpha", torch.tensor(float(rank if alpha is None else alpha)))
         self.rank = rank
         self.multiplier = 1.0
         self.dropout, self.rank_dropout, self.module_dropout = dropout, rank_dropout, module_dropout
-        self.reset_parameters(init)
+        if init is not None:
+            self.reset_parameters(init)
 
     def reset_parameters(self, init: str = "kaiming") -> None:
         if init == "kaiming":
@@ -102,8 +105,7 @@ class LoRAModule(nn.Module):
     @classmethod
     def from_tensors(cls, base: nn.Module, down: Tensor, up: Tensor, alpha: float | None) -> "LoRAModule":
         """Wrap loaded tensors without initialising (and then overwriting) fresh weights."""
-        with torch.device("meta"):
-            module = cls(base, down.shape[0], alpha)
+        module = cls(base, down.shape[0], alpha, init=None, device="meta")
         module.lora_down.weight = nn.Parameter(down.reshape(module.lora_down.weight.shape), requires_grad=False)
         module.lora_up.weight = nn.Parameter(up.reshape(module.lora_up.weight.shape), requires_grad=False)
         module.alpha = torch.tensor(float(down.shape[0] if alpha is None else alpha))
