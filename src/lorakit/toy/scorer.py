@@ -9,7 +9,7 @@ nearest palette entry. Shape: the world's own shape templates are fitted to the 
 
 from __future__ import annotations
 
-from collections import deque
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -22,10 +22,17 @@ _MIN_PIXELS = 4
 
 
 def _as_array(image) -> np.ndarray:
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255
-    arr = np.asarray(image, dtype=np.float32)
-    return arr / 255 if arr.max() > 1.5 else arr
+    """HWC float [0, 1] at the world's resolution (larger images are area-averaged down to it)."""
+    if not isinstance(image, Image.Image):
+        arr = np.asarray(image, dtype=np.float32)
+        arr = arr / 255 if arr.max() > 1.5 else arr
+        if arr.shape[0] == world.IMAGE_SIZE:
+            return arr
+        image = Image.fromarray(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8))
+    image = image.convert("RGB")
+    if image.size != (world.IMAGE_SIZE, world.IMAGE_SIZE):
+        image = image.resize((world.IMAGE_SIZE, world.IMAGE_SIZE), Image.BOX)
+    return np.asarray(image, dtype=np.float32) / 255
 
 
 def _nearest(rgb: np.ndarray, palette: dict) -> str:
@@ -38,49 +45,46 @@ def _border(arr: np.ndarray) -> np.ndarray:
     return np.concatenate([arr[0], arr[-1], arr[1:-1, 0], arr[1:-1, -1]])
 
 
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """The mask and its 4-neighbours."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
+
+
+def _flood(seed: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """Every pixel of `free` 4-connected to `seed`."""
+    region = seed & free
+    while True:
+        grown = _dilate(region) & free
+        if (grown == region).all():
+            return region
+        region = grown
+
+
 def _largest_blob(mask: np.ndarray) -> np.ndarray:
     """The largest 4-connected component of a boolean mask."""
-    h, w = mask.shape
-    label = np.zeros(mask.shape, dtype=np.int32)
-    best, best_size, current = 0, 0, 0
-    for sy, sx in zip(*np.nonzero(mask)):
-        if label[sy, sx]:
-            continue
-        current += 1
-        label[sy, sx] = current
-        queue, size = deque([(sy, sx)]), 0
-        while queue:
-            y, x = queue.popleft()
-            size += 1
-            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not label[ny, nx]:
-                    label[ny, nx] = current
-                    queue.append((ny, nx))
-        if size > best_size:
-            best, best_size = current, size
-    return label == best if best else np.zeros_like(mask)
+    best = np.zeros_like(mask)
+    left = mask.copy()
+    while left.sum() > best.sum():
+        seed = np.zeros_like(mask)
+        seed[np.unravel_index(np.argmax(left), left.shape)] = True
+        blob = _flood(seed, left)
+        if blob.sum() > best.sum():
+            best = blob
+        left &= ~blob
+    return best
 
 
 def _fill_holes(blob: np.ndarray) -> np.ndarray:
-    """The blob plus every background pixel not reachable from the border (the hole of a ring)."""
-    outside = _largest_blob_from_border(~blob)
-    return ~outside
-
-
-def _largest_blob_from_border(free: np.ndarray) -> np.ndarray:
-    h, w = free.shape
-    seen = np.zeros_like(free)
-    queue = deque((y, x) for y in range(h) for x in range(w)
-                  if (y in (0, h - 1) or x in (0, w - 1)) and free[y, x])
-    for y, x in queue:
-        seen[y, x] = True
-    while queue:
-        y, x = queue.popleft()
-        for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-            if 0 <= ny < h and 0 <= nx < w and free[ny, nx] and not seen[ny, nx]:
-                seen[ny, nx] = True
-                queue.append((ny, nx))
-    return seen
+    """The blob plus every pixel not connected to the border around it (the hole of a ring)."""
+    border = np.zeros_like(blob)
+    border[[0, -1]] = True
+    border[:, [0, -1]] = True
+    return ~_flood(border, ~blob)
 
 
 _SIDES = (-1, 0, 1)  # template box side offsets tried, pixels
@@ -88,12 +92,19 @@ _SHIFTS = (-0.5, 0.0, 0.5)  # template centre offsets tried, pixels
 _BLURS = (0.0, 0.8, 1.4)  # template blurs tried (Gaussian sigma, pixels): generated edges are soft
 
 
-def _blur_matrix(size: int, sigma: float) -> np.ndarray:
-    if sigma <= 0:
-        return np.eye(size, dtype=np.float32)
-    d = np.arange(size)[:, None] - np.arange(size)[None, :]
-    g = np.exp(-0.5 * (d / sigma) ** 2)
-    return (g / g.sum(axis=1, keepdims=True)).astype(np.float32)
+@lru_cache(maxsize=32)
+def _resamplers(size: int, k: int) -> tuple[np.ndarray, ...]:
+    """Per blur: a (size, size*k) matrix that averages k sub-samples per pixel, then blurs."""
+    average = np.kron(np.eye(size, dtype=np.float32), np.full((1, k), 1 / k, dtype=np.float32))
+    out = []
+    for sigma in _BLURS:
+        if sigma <= 0:
+            out.append(average)
+            continue
+        d = np.arange(size)[:, None] - np.arange(size)[None, :]
+        g = np.exp(-0.5 * (d / sigma) ** 2)
+        out.append((g / g.sum(axis=1, keepdims=True)).astype(np.float32) @ average)
+    return tuple(out)
 
 
 def templates(shape: str, cx: float, cy: float, side: float, size: int) -> np.ndarray:
@@ -103,10 +114,8 @@ def templates(shape: str, cx: float, cy: float, side: float, size: int) -> np.nd
     offsets = np.array([(s, dx, dy) for s in _SIDES for dx in _SHIFTS for dy in _SHIFTS], dtype=np.float32)
     sides = (side + offsets[:, 0])[:, None, None]
     inside = world.shape_mask(shape, cx + offsets[:, 1, None, None], cy + offsets[:, 2, None, None], sides,
-                              grid[None, None, :], grid[None, :, None])
-    cov = inside.reshape(len(offsets), size, k, size, k).mean(axis=(2, 4), dtype=np.float32)
-    blurred = [b @ cov @ b.T for b in (_blur_matrix(size, s) for s in _BLURS)]
-    return np.concatenate(blurred)
+                              grid[None, None, :], grid[None, :, None]).astype(np.float32)
+    return np.concatenate([m @ inside @ m.T for m in _resamplers(size, k)])
 
 
 def shape_scores(fg: np.ndarray, blob: np.ndarray, shapes=world.ALL_SHAPES) -> dict[str, float]:
@@ -116,7 +125,7 @@ def shape_scores(fg: np.ndarray, blob: np.ndarray, shapes=world.ALL_SHAPES) -> d
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
     side = float(max(x1 - x0, y1 - y0))
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    target = np.where(_grow(blob), fg, 0.0).astype(np.float32)[None]
+    target = np.where(_dilate(blob), fg, 0.0).astype(np.float32)[None]
     best = {}
     for shape in shapes:
         t = templates(shape, cx, cy, side, size)
@@ -125,21 +134,11 @@ def shape_scores(fg: np.ndarray, blob: np.ndarray, shapes=world.ALL_SHAPES) -> d
     return best
 
 
-def _grow(mask: np.ndarray) -> np.ndarray:
-    """The mask and its 4-neighbours: keeps the soft edge of the blob in the map."""
-    out = mask.copy()
-    out[1:] |= mask[:-1]
-    out[:-1] |= mask[1:]
-    out[:, 1:] |= mask[:, :-1]
-    out[:, :-1] |= mask[:, 1:]
-    return out
-
-
 def analyse(image, shapes=world.ALL_SHAPES) -> dict:
     """score() plus the evidence: per-shape IoU, contrast, blob size."""
-    arr = _as_array(image)
-    if arr.shape[0] != arr.shape[1]:
+    if (image.size[0] != image.size[1]) if isinstance(image, Image.Image) else (np.shape(image)[0] != np.shape(image)[1]):
         raise ValueError("toy-world images are square")
+    arr = _as_array(image)
     bg_rgb = np.median(_border(arr), axis=0)
     background = _nearest(bg_rgb, world.BACKGROUNDS)
     dist = np.sqrt(((arr - bg_rgb) ** 2).sum(axis=-1))
