@@ -32,7 +32,6 @@ class AlgebraResult:
     family: str | None
     infos: dict[str, RankInfo] = field(default_factory=dict)
     path: Path | None = None
-    notes: list[str] = field(default_factory=list)
 
     def ranks(self) -> dict[str, int]:
         return {n: int(m["lora_down.weight"].shape[0]) for n, m in self.modules.items()}
@@ -66,10 +65,9 @@ def _load(source):
 
 
 def _is_conv3(module) -> bool:
-    down = module.get("lora_down.weight")
-    if "lora_mid.weight" in module:
-        return True
-    return down is not None and down.dim() == 4 and tuple(down.shape[2:]) != (1, 1)
+    from .formats.modules import is_conv_kxk
+
+    return is_conv_kxk(module)
 
 
 def _check_rank(name: str, value: int | None) -> None:
