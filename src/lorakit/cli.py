@@ -7,6 +7,7 @@ real bug still shows its traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
@@ -31,29 +32,35 @@ _COMMANDS = {
 _GROUPS = {"toy": ("toy", "app")}
 
 
+def _command_module(module: str):
+    """The commands module of an area, or None when that area is not part of this install."""
+    try:
+        return importlib.import_module(f"lorakit.commands.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"lorakit.commands.{module}":
+            raise
+        return None
+
+
 def _register() -> None:
+    if app.registered_commands or app.registered_groups:
+        return
     for name, (module, attr) in _COMMANDS.items():
-        try:
-            mod = importlib.import_module(f"lorakit.commands.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"lorakit.commands.{module}":
-                raise
-            continue
-        fn = getattr(mod, attr, None)
+        fn = getattr(_command_module(module), attr, None)
         if fn is not None:
             app.command(name)(fn)
     for name, (module, attr) in _GROUPS.items():
-        try:
-            mod = importlib.import_module(f"lorakit.commands.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"lorakit.commands.{module}":
-                raise
-            continue
-        app.add_typer(getattr(mod, attr), name=name)
+        group = getattr(_command_module(module), attr, None)
+        if group is not None:
+            app.add_typer(group, name=name)
 
 
 def main(argv: list[str] | None = None) -> int:
     from .errors import LoraKitError
+
+    # library chatter (optional-backend notices, "newly initialized" reports) is not for our users
+    for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(var, "error")
 
     _register()
     try:
