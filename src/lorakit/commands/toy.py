@@ -27,6 +27,7 @@ def build_base(
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads", help="CPU threads for torch"),
     batch: int = typer.Option(64, "--batch"),
+    images: int = typer.Option(20000, "--images", help="drawn scenes in the training set"),
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="score the result on every base prompt"),
 ) -> None:
     """Train the toy base from scratch (about half an hour on one CPU core) and save it."""
@@ -39,7 +40,7 @@ def build_base(
         raise LoraKitError("--steps and --vae-steps must be at least 1")
     if target.exists() and not target.is_dir():
         raise LoraKitError("exists and is not a folder", target)
-    folder = build(target, steps=steps, vae_steps=vae_steps, seed=seed, batch=batch, threads=threads,
+    folder = build(target, steps=steps, vae_steps=vae_steps, seed=seed, batch=batch, threads=threads, n_images=images,
                    log=lambda m: typer.echo(m, err=True))
     if evaluate:
         from ..toy import load_folder

@@ -26,11 +26,10 @@ def load_base(**kwargs):
 
 
 def load_folder(folder, **kwargs):
-    """StableDiffusionPipeline.from_pretrained(folder), fp32, offline, progress bar off."""
-    import torch
+    """StableDiffusionPipeline.from_pretrained(folder), offline, progress bar off (fp32: the
+    weights are stored in fp16 but every config says float32)."""
     from diffusers import StableDiffusionPipeline
 
-    kwargs.setdefault("torch_dtype", torch.float32)
     pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe

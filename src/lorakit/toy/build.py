@@ -17,7 +17,6 @@ Why this shape of model:
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -195,13 +194,16 @@ def train_unet(pipe, latents: torch.Tensor, ids: torch.Tensor, steps: int, batch
                 e.lerp_(p.detach(), 1 - decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 100 == 0 or step == steps - 1:
-            log(f"unet step {step}/{steps} loss {running:.4f} lr {sched.get_last_lr()[0]:.2e} ({time.time() - t0:.0f}s)")
+            lr_now = sched.get_last_lr()[0]
+            log(f"unet step {step}/{steps} loss {running:.4f} lr {lr_now:.2e} ({time.time() - t0:.0f}s)")
         if on_checkpoint and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             _swap(params, ema)
-            unet.eval(), te.eval()
+            unet.eval()
+            te.eval()
             on_checkpoint(step + 1)
             _swap(params, ema)
-            unet.train(), te.train()
+            unet.train()
+            te.train()
     _swap(params, ema)
     unet.eval()
     te.eval()
@@ -219,30 +221,46 @@ def _swap(params, ema) -> None:
 
 
 def save_pipeline(pipe, out: Path) -> Path:
-    """save_pretrained with fp16 weights; configs keep float32 so a plain load gives fp32 modules."""
+    """save_pretrained, then shrink: fp16 tensors (configs keep float32, so a plain load gives fp32
+    modules) and the tokenizer as vocab.json + merges.txt (1.5 MB) instead of tokenizer.json (3.6 MB).
+
+    Written to a sibling folder first and swapped in, so a reader never sees half a model.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from ..models.tokenizer import TOKENIZER_DIR
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    modules = [pipe.unet, pipe.vae, pipe.text_encoder]
-    for m in modules:
-        m.to(torch.float16)
-    try:
-        pipe.save_pretrained(out, safe_serialization=True)
-    finally:
-        for m in modules:
-            m.to(torch.float32)
-    for cfg in out.glob("*/config.json"):
-        data = json.loads(cfg.read_text())
-        for key in ("dtype", "torch_dtype"):
-            if key in data:
-                data[key] = "float32"
-        cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    for f in tmp.rglob("*.safetensors"):
+        tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(f).items()}
+        save_file(tensors, f, metadata={"format": "pt"})
+    tok = tmp / "tokenizer"
+    (tok / "tokenizer.json").unlink(missing_ok=True)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(TOKENIZER_DIR / name, tok / name)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
     return out
 
 
 def build_base(out: Path, steps: int = 6000, vae_steps: int = 3000, seed: int = 0, n_images: int = 20000,
                batch: int = 64, threads: int = 2, log: Callable = print, checkpoint_every: int = 0) -> Path:
     """Train the toy base from scratch and save it as a diffusers folder at `out`."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _build(Path(out), steps, vae_steps, seed, n_images, batch, log, checkpoint_every)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _build(out: Path, steps, vae_steps, seed, n_images, batch, log, checkpoint_every) -> Path:
     t0 = time.time()
     pipe = make_pipeline(seed)
     train_vae(pipe.vae, vae_steps, seed=seed, log=log)
@@ -253,11 +271,11 @@ def build_base(out: Path, steps: int = 6000, vae_steps: int = 3000, seed: int = 
     log(f"encoded {len(scenes)} scenes, latents {tuple(latents.shape)}, std {latents.std():.3f}")
 
     def checkpoint(step):
-        save_pipeline(pipe, Path(out))
+        save_pipeline(pipe, out)
         log(f"checkpoint at step {step} saved to {out}")
 
     train_unet(pipe, latents, ids, steps, batch=batch, seed=seed, log=log, on_checkpoint=checkpoint,
                checkpoint_every=checkpoint_every)
-    save_pipeline(pipe, Path(out))
+    save_pipeline(pipe, out)
     log(f"built in {time.time() - t0:.0f}s → {out}")
-    return Path(out)
+    return out

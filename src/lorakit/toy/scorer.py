@@ -23,6 +23,9 @@ _MIN_PIXELS = 4
 
 def _as_array(image) -> np.ndarray:
     """HWC float [0, 1] at the world's resolution (larger images are area-averaged down to it)."""
+    h, w = (image.height, image.width) if isinstance(image, Image.Image) else np.shape(image)[:2]
+    if h != w:
+        raise ValueError(f"toy-world images are square, not {w}x{h}")
     if not isinstance(image, Image.Image):
         arr = np.asarray(image, dtype=np.float32)
         arr = arr / 255 if arr.max() > 1.5 else arr
@@ -135,9 +138,7 @@ def shape_scores(fg: np.ndarray, blob: np.ndarray, shapes=world.ALL_SHAPES) -> d
 
 
 def analyse(image, shapes=world.ALL_SHAPES) -> dict:
-    """score() plus the evidence: per-shape IoU, contrast, blob size."""
-    if (image.size[0] != image.size[1]) if isinstance(image, Image.Image) else (np.shape(image)[0] != np.shape(image)[1]):
-        raise ValueError("toy-world images are square")
+    """score() plus the evidence: per-shape IoU ('shapes') and the foreground contrast."""
     arr = _as_array(image)
     bg_rgb = np.median(_border(arr), axis=0)
     background = _nearest(bg_rgb, world.BACKGROUNDS)
