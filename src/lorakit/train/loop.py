@@ -32,6 +32,7 @@ from . import losses, state
 from .conditioning import Conditioner, encode_pixels, time_ids
 from .config import TrainConfig
 from .logs import LossHistory
+from .memory import release_free_memory
 from .metadata import network_args, training_fields
 from .optim import build_optimizer, build_scheduler
 from .sampling import count_images, generate_class_images, grid, read_class_prompts, read_prompts, render, save_png
@@ -225,6 +226,9 @@ class Trainer:
         self.resume_dir = None
         if cfg.resume is not None:
             self.resume_dir = state.find_state(Path(cfg.resume))
+        subsets = self._subsets()  # may take resolution, batch size… from a dataset TOML
+        cfg = self.cfg
+        if self.resume_dir is not None:
             info = state.read_state(self.resume_dir)
             state.check_compatible(info, self._fingerprint(), self.resume_dir,
                                    steps_may_grow=cfg.scheduler in ("constant", "constant_with_warmup"))
@@ -233,8 +237,6 @@ class Trainer:
             self.started_at = info.get("started_at", time.time())
         else:
             self.session_id, self.started_at = uuid.uuid4().hex[:12], time.time()
-        subsets = self._subsets()
-        cfg = self.cfg
         class_subset = self._class_subset()
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -335,6 +337,7 @@ class Trainer:
         denoiser = Denoiser(self.network, unet, self.conditioner, self.family, self.weight_dtype)
         self.model_wrapped, self.optimizer, self.scheduler = acc.prepare(denoiser, optimizer, scheduler)
         self.params = [p for g in groups for p in g["params"]]
+        self.trim_memory = acc.device.type == "cpu"  # host memory is what a CPU run runs out of
         from diffusers import DDPMScheduler
 
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config,
@@ -459,6 +462,8 @@ class Trainer:
                 raise LoraKitError(
                     f"the loss became {value.item()} at step {self.step + 1}; stopped without saving "
                     f"(earlier files in {self.run_dir} are untouched): lower --lr, or use bf16/fp32")
+            if self.trim_memory:
+                release_free_memory()
             acc.backward(loss)
             if acc.sync_gradients:
                 if cfg.max_grad_norm:
@@ -466,6 +471,8 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
+        if self.trim_memory:
+            release_free_memory()
         return float(value)
 
     # --- outputs -------------------------------------------------------------------------------
