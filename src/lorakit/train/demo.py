@@ -10,6 +10,7 @@ and after.png show it, the scorer turns it into numbers (report.json):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -21,18 +22,22 @@ DEFAULT_STEPS = 300
 FIDELITY_GOAL, KEEP_GOAL = 0.95, 0.95
 
 
-def demo_config(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, progress: bool = True) -> TrainConfig:
+def demo_config(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, progress: bool = True,
+                model: str = "toy", prior: bool = True, **overrides) -> TrainConfig:
     """The LoRA the demo trains: the shipped concept images, prior preservation on base-world prompts."""
     from ..toy import concept
 
     out = Path(out)
-    return TrainConfig(
-        model="toy", data=concept.dataset_path(), trigger=concept.TRIGGER, resolution=32, steps=steps,
+    cfg = TrainConfig(
+        model=model, data=concept.dataset_path(), trigger=concept.TRIGGER, resolution=32, steps=steps,
         rank=8, alpha=8.0, lr=2e-3, batch_size=4, scheduler="cosine", warmup_steps=max(1, steps // 20),
         train_text_encoder=True, text_encoder_lr=1e-3, flip=True, seed=seed,
         class_prompt=str(out / "class_prompts.txt"), class_data=out / "class_images", num_class_images=48,
         class_steps=20, class_guidance=5.0, prior_weight=1.0,
         out=out / "lora.safetensors", run_dir=out / "run", progress=progress, tensorboard=True, save_dtype="fp16")
+    if not prior:
+        cfg = dataclasses.replace(cfg, class_prompt=None, class_data=None)
+    return cfg.override(overrides)
 
 
 def write_class_prompts(path: Path) -> Path:
@@ -67,7 +72,7 @@ def evaluate(pipe, n_concept: int, n_base: int, seed: int) -> dict:
 
 
 def run_demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, n_concept: int = 48, n_base: int = 96,
-             progress: bool = True) -> dict:
+             progress: bool = True, model: str = "toy", prior: bool = True, **overrides) -> dict:
     """Train, draw before/after, score; returns what report.json holds."""
     from ..formats import load_network
     from ..models import load_model
@@ -78,12 +83,12 @@ def run_demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, n_concept: in
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_class_prompts(out / "class_prompts.txt")
-    cfg = demo_config(out, steps, seed, progress)
+    cfg = demo_config(out, steps, seed, progress, model, prior, **overrides)
     result = run(cfg)
     train_s = time.perf_counter() - t0
     shutil.copyfile(cfg.resolved_run_dir() / "loss.png", out / "loss.png")
 
-    model = load_model("toy")
+    model = load_model(model)
     pipe = model.pipe
     pipe.set_progress_bar_config(disable=True)
     show = [f"a {c} {concept.TRIGGER} on a {b} background" for c, b in

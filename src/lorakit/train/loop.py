@@ -134,6 +134,8 @@ class Trainer:
             acc = Accelerator(**kwargs)
         except ValueError as exc:  # e.g. fp16 on a device that has none
             raise LoraKitError(f"--mixed-precision {cfg.mixed_precision}: {exc}") from None
+        if cfg.device not in (None, "cpu") and acc.device.type != str(cfg.device).split(":")[0]:
+            raise LoraKitError(f"--device {cfg.device}: not available here (accelerate found {acc.device.type})")
         if acc.device.type == "cpu" and cfg.mixed_precision == "fp16" and acc.is_main_process:
             print("note: fp16 on CPU: weights are stored in fp16 but there is no autocast or loss scaling; "
                   "bf16 is the better choice on CPU", file=sys.stderr)
@@ -337,7 +339,8 @@ class Trainer:
         denoiser = Denoiser(self.network, unet, self.conditioner, self.family, self.weight_dtype)
         self.model_wrapped, self.optimizer, self.scheduler = acc.prepare(denoiser, optimizer, scheduler)
         self.params = [p for g in groups for p in g["params"]]
-        self.trim_memory = acc.device.type == "cpu"  # host memory is what a CPU run runs out of
+        # host memory is what a CPU run of a real model runs out of; on tiny models trimming costs more than it saves
+        self.trim_memory = acc.device.type == "cpu" and sum(p.numel() for p in unet.parameters()) > 100_000_000
         from diffusers import DDPMScheduler
 
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config,

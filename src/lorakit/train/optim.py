@@ -17,7 +17,8 @@ def build_optimizer(name: str, groups: list[dict], *, lr: float, weight_decay: f
     """`groups` are torch param groups (each may carry its own lr)."""
     betas = tuple(betas)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        # foreach: one fused call per step for hundreds of small LoRA tensors (torch picks it only on GPUs)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=True)
     if name == "adamw8bit":
         try:
             import bitsandbytes as bnb

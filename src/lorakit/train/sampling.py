@@ -31,16 +31,17 @@ def read_prompts(path: Path | None, fallback: str) -> list[str]:
 
 @torch.no_grad()
 def render(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, guidance: float, width: int,
-           height: int) -> list[Image.Image]:
-    """One image per (prompt, seed), each with its own CPU generator so the grid is reproducible."""
+           height: int, batch: int = 8) -> list[Image.Image]:
+    """One image per (prompt, seed), each from its own CPU generator so that batching changes nothing."""
     images = []
     device = pipe.unet.device
-    for prompt, seed in zip(prompts, seeds):
-        g = torch.Generator("cpu").manual_seed(int(seed))
-        latents = torch.randn(_latent_shape(pipe, width, height), generator=g).to(device, pipe.unet.dtype)
-        out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
-                   latents=latents, output_type="pil")
-        images.append(out.images[0])
+    for k in range(0, len(prompts), batch):
+        chunk, chunk_seeds = list(prompts[k:k + batch]), seeds[k:k + batch]
+        latents = torch.cat([torch.randn(_latent_shape(pipe, width, height),
+                                         generator=torch.Generator("cpu").manual_seed(int(s))) for s in chunk_seeds])
+        out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
+                   latents=latents.to(device, pipe.unet.dtype), output_type="pil")
+        images.extend(out.images)
     return images
 
 
@@ -91,18 +92,22 @@ def generate_class_images(pipe, folder: Path, prompts: Sequence[str], wanted: in
     folder.mkdir(parents=True, exist_ok=True)
     have = count_images(folder)
     missing = max(0, wanted - have)
-    made = 0
-    for i in tqdm(range(have, have + missing), desc="class images", disable=not progress or not missing):
-        k = i
-        while (folder / f"class_{k:05d}.png").exists() or (folder / f"class_{k:05d}.txt").exists():
-            k += 100000
-        prompt = prompts[i % len(prompts)]
-        (image,) = render(pipe, [prompt], [mix_seed(seed, i, 0xC1A55)], steps=steps, guidance=guidance,
-                          width=size, height=size)
-        save_png(image, folder / f"class_{k:05d}.png")
-        caption = folder / f"class_{k:05d}.txt"  # after the image: a caption never lacks its image
-        tmp = caption.with_name(f".{caption.name}.{os.getpid()}.tmp")
-        tmp.write_text(prompt + "\n", encoding="utf-8")
-        os.replace(tmp, caption)
-        made += 1
-    return made
+    todo = list(range(have, have + missing))
+    bar = tqdm(total=missing, desc="class images", disable=not progress or not missing)
+    for start in range(0, len(todo), 8):
+        idx = todo[start:start + 8]
+        chunk = [prompts[i % len(prompts)] for i in idx]
+        images = render(pipe, chunk, [mix_seed(seed, i, 0xC1A55) for i in idx], steps=steps, guidance=guidance,
+                        width=size, height=size)
+        for i, prompt, image in zip(idx, chunk, images):
+            k = i
+            while (folder / f"class_{k:05d}.png").exists() or (folder / f"class_{k:05d}.txt").exists():
+                k += 100000
+            save_png(image, folder / f"class_{k:05d}.png")
+            caption = folder / f"class_{k:05d}.txt"  # after the image: a caption never lacks its image
+            tmp = caption.with_name(f".{caption.name}.{os.getpid()}.tmp")
+            tmp.write_text(prompt + "\n", encoding="utf-8")
+            os.replace(tmp, caption)
+        bar.update(len(idx))
+    bar.close()
+    return missing
