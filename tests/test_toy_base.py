@@ -6,6 +6,15 @@ import torch
 from lorakit.toy import base_path, concept, evaluate, world
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # this model is far too small to gain from threads; on a busy CPU a second one only waits
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def pipe():
     from diffusers import StableDiffusionPipeline

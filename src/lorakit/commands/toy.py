@@ -22,15 +22,16 @@ def path() -> None:
 @app.command("build-base")
 def build_base(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder to write (default: the shipped one)"),
-    steps: int = typer.Option(4000, "--steps", help="UNet + text encoder training steps"),
-    vae_steps: int = typer.Option(1500, "--vae-steps", help="VAE training steps"),
+    steps: int = typer.Option(8000, "--steps", help="UNet + text encoder training steps"),
+    vae_steps: int = typer.Option(2000, "--vae-steps", help="VAE training steps"),
+    vae_from: Optional[Path] = typer.Option(None, "--vae-from", help="reuse the VAE of this toy base folder"),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads", help="CPU threads for torch"),
     batch: int = typer.Option(64, "--batch"),
     images: int = typer.Option(20000, "--images", help="drawn scenes in the training set"),
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="score the result on every base prompt"),
 ) -> None:
-    """Train the toy base from scratch (about half an hour on one CPU core) and save it."""
+    """Train the toy base from scratch (about an hour on one CPU core) and save it."""
     from ..errors import LoraKitError
     from ..toy import BASE_DIR
     from ..toy.build import build_base as build
@@ -40,8 +41,10 @@ def build_base(
         raise LoraKitError("--steps and --vae-steps must be at least 1")
     if target.exists() and not target.is_dir():
         raise LoraKitError("exists and is not a folder", target)
-    folder = build(target, steps=steps, vae_steps=vae_steps, seed=seed, batch=batch, threads=threads, n_images=images,
-                   log=lambda m: typer.echo(m, err=True))
+    if vae_from is not None and not (vae_from / "vae" / "config.json").is_file():
+        raise LoraKitError("not a toy base folder (no vae/config.json)", vae_from)
+    folder = build(target, steps=steps, vae_steps=vae_steps, seed=seed, batch=batch, threads=threads,
+                   n_images=images, vae_from=vae_from, log=lambda m: typer.echo(m, err=True))
     if evaluate:
         from ..toy import load_folder
         from ..toy.evaluate import base_accuracy

@@ -17,6 +17,7 @@ Why this shape of model:
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -155,9 +156,13 @@ def tokenize(tokenizer, texts) -> torch.Tensor:
 
 
 def train_unet(pipe, latents: torch.Tensor, ids: torch.Tensor, steps: int, batch: int = 64, lr: float = 1e-3,
-               seed: int = 0, uncond_p: float = 0.1, ema_decay: float = 0.999, log: Callable = print,
-               on_checkpoint: Callable | None = None, checkpoint_every: int = 0) -> None:
-    """Plain epsilon-prediction training of UNet + text encoder; EMA weights are kept at the end."""
+               seed: int = 0, uncond_p: float = 0.1, ema_decay: float = 0.999, min_snr: float | None = 5.0,
+               log: Callable = print, on_checkpoint: Callable | None = None, checkpoint_every: int = 0) -> None:
+    """Epsilon-prediction training of UNet + text encoder; EMA weights are kept at the end.
+
+    min_snr: Min-SNR-gamma loss weights (min(SNR, gamma) / SNR), which stop the low-noise steps
+    from dominating and make the same number of steps go further; None for the plain MSE.
+    """
     from diffusers import DDPMScheduler
 
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -169,6 +174,9 @@ def train_unet(pipe, latents: torch.Tensor, ids: torch.Tensor, steps: int, batch
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / max(steps, 1), 1.0))))
     empty = tokenize(pipe.tokenizer, [""])[0]
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weight = torch.ones_like(snr) if min_snr is None else snr.clamp(max=min_snr) / snr
     gen = torch.Generator().manual_seed(seed)
     unet.train()
     te.train()
@@ -182,7 +190,8 @@ def train_unet(pipe, latents: torch.Tensor, ids: torch.Tensor, steps: int, batch
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=gen)
         xt = noise_sched.add_noise(x0, noise, t)
         cond = te(tok)[0]
-        loss = F.mse_loss(unet(xt, t, cond).sample, noise)
+        err = F.mse_loss(unet(xt, t, cond).sample, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (err * weight[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -220,6 +229,14 @@ def _swap(params, ema) -> None:
 # ---------------------------------------------------------------- saving
 
 
+_TOKENIZER_CONFIG = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>",
+                     "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def save_pipeline(pipe, out: Path) -> Path:
     """save_pretrained, then shrink: fp16 tensors (configs keep float32, so a plain load gives fp32
     modules) and the tokenizer as vocab.json + merges.txt (1.5 MB) instead of tokenizer.json (3.6 MB).
@@ -240,42 +257,55 @@ def save_pipeline(pipe, out: Path) -> Path:
         tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(f).items()}
         save_file(tensors, f, metadata={"format": "pt"})
     tok = tmp / "tokenizer"
-    (tok / "tokenizer.json").unlink(missing_ok=True)
+    shutil.rmtree(tok)
+    tok.mkdir()
     for name in ("vocab.json", "merges.txt"):
         shutil.copyfile(TOKENIZER_DIR / name, tok / name)
+    _write_json(tok / "tokenizer_config.json", _TOKENIZER_CONFIG)
+    for f in tmp.rglob("*.json"):  # where it was saved from is no business of the shipped folder
+        data = json.loads(f.read_text())
+        if isinstance(data, dict) and "_name_or_path" in data:
+            del data["_name_or_path"]
+            _write_json(f, data)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return out
 
 
-def build_base(out: Path, steps: int = 6000, vae_steps: int = 3000, seed: int = 0, n_images: int = 20000,
-               batch: int = 64, threads: int = 2, log: Callable = print, checkpoint_every: int = 0) -> Path:
-    """Train the toy base from scratch and save it as a diffusers folder at `out`."""
+def build_base(out: Path, steps: int = 8000, vae_steps: int = 2000, seed: int = 0, n_images: int = 20000,
+               batch: int = 64, lr: float = 1e-3, threads: int = 1, vae_from: Path | None = None,
+               log: Callable = print, checkpoint_every: int = 0) -> Path:
+    """Train the toy base from scratch and save it as a diffusers folder at `out`.
+
+    vae_from: reuse the (trained) VAE of an existing toy base folder instead of training one.
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _build(Path(out), steps, vae_steps, seed, n_images, batch, log, checkpoint_every)
+        t0 = time.time()
+        out = Path(out)
+        pipe = make_pipeline(seed)
+        if vae_from is not None:
+            from diffusers import AutoencoderKL
+
+            pipe.register_modules(vae=AutoencoderKL.from_pretrained(Path(vae_from) / "vae"))
+        else:
+            train_vae(pipe.vae, vae_steps, seed=seed, log=log)
+        pipe.vae.eval().requires_grad_(False)
+        log(f"vae: scorer agrees with {codec_accuracy(pipe.vae):.1%} of reconstructions")
+        scenes = world.sample_scenes(n_images, seed=seed + 1)
+        latents, ids = encode_dataset(pipe, scenes)
+        log(f"encoded {len(scenes)} scenes, latents {tuple(latents.shape)}, std {latents.std():.3f}")
+
+        def checkpoint(step):
+            save_pipeline(pipe, out)
+            log(f"checkpoint at step {step} saved to {out}")
+
+        train_unet(pipe, latents, ids, steps, batch=batch, lr=lr, seed=seed, log=log, on_checkpoint=checkpoint,
+                   checkpoint_every=checkpoint_every)
+        save_pipeline(pipe, out)
+        log(f"built in {time.time() - t0:.0f}s → {out}")
+        return out
     finally:
         torch.set_num_threads(previous)
-
-
-def _build(out: Path, steps, vae_steps, seed, n_images, batch, log, checkpoint_every) -> Path:
-    t0 = time.time()
-    pipe = make_pipeline(seed)
-    train_vae(pipe.vae, vae_steps, seed=seed, log=log)
-    pipe.vae.requires_grad_(False)
-    log(f"vae: scorer agrees with {codec_accuracy(pipe.vae):.1%} of reconstructions")
-    scenes = world.sample_scenes(n_images, seed=seed + 1)
-    latents, ids = encode_dataset(pipe, scenes)
-    log(f"encoded {len(scenes)} scenes, latents {tuple(latents.shape)}, std {latents.std():.3f}")
-
-    def checkpoint(step):
-        save_pipeline(pipe, out)
-        log(f"checkpoint at step {step} saved to {out}")
-
-    train_unet(pipe, latents, ids, steps, batch=batch, seed=seed, log=log, on_checkpoint=checkpoint,
-               checkpoint_every=checkpoint_every)
-    save_pipeline(pipe, out)
-    log(f"built in {time.time() - t0:.0f}s → {out}")
-    return out

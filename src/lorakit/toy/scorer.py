@@ -4,7 +4,7 @@ Background: the median colour of the image border, nearest palette entry. Foregr
 from that colour (threshold at half the strongest contrast, so a blurred edge lands where the
 sharp one was); the largest connected blob is the object. Colour: the mean of the blob's core,
 nearest palette entry. Shape: the world's own shape templates are fitted to the blob's box
-(a few sizes and offsets, to absorb blur and ragged edges) and the best overlap (IoU) wins.
+(a few sizes, offsets and blurs, to absorb soft and ragged edges) and the best overlap (IoU) wins.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ def _as_array(image) -> np.ndarray:
     if h != w:
         raise ValueError(f"toy-world images are square, not {w}x{h}")
     if not isinstance(image, Image.Image):
-        arr = np.asarray(image, dtype=np.float32)
-        arr = arr / 255 if arr.max() > 1.5 else arr
+        raw = np.asarray(image)
+        arr = raw.astype(np.float32)
+        arr = arr / 255 if np.issubdtype(raw.dtype, np.integer) or arr.max() > 1.5 else arr
         if arr.shape[0] == world.IMAGE_SIZE:
             return arr
         image = Image.fromarray(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8))
