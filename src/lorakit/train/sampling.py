@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -51,13 +50,9 @@ def _latent_shape(pipe, width: int, height: int) -> tuple[int, ...]:
 
 
 def grid(images: Sequence[Image.Image], cols: int | None = None) -> Image.Image:
-    cols = cols or math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    w, h = images[0].size
-    out = Image.new("RGB", (cols * w, rows * h), "white")
-    for i, im in enumerate(images):
-        out.paste(im, ((i % cols) * w, (i // cols) * h))
-    return out
+    from ..generate import image_grid
+
+    return image_grid(images, cols)
 
 
 def save_png(image: Image.Image, path: Path) -> None:
