@@ -12,7 +12,13 @@ Why this shape of model:
   lowest block), one head per 32 channels; CLIPTextModel with the real 49408-token CLIP vocab
   and hidden size 32, trained jointly; epsilon prediction on the standard DDPM (linear) betas,
   DDIM for sampling.
+- Training: Min-SNR-5 weighted epsilon loss, AdamW 1e-3 with warmup and cosine decay, EMA
+  0.999, 10% empty captions (for CFG). Min-SNR and the decay to zero matter most: the same
+  model reached 96% with plain MSE in 4000 steps, 100% with Min-SNR in 8000.
 - Weights are stored as fp16 (half the size) and load as fp32 (the configs say so).
+
+The shipped base is `build_base` with its defaults (one thread: about 15 min for the VAE and
+45 min for the UNet on an idle core).
 """
 
 from __future__ import annotations
