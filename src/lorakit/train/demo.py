@@ -2,7 +2,8 @@
 and measure what happened.
 
 The toy world's concept (a ring, called by a made-up trigger word) is trained with `run()` like
-any user's LoRA. Then the same prompts and seeds are drawn without and with the LoRA: before.png
+any user's LoRA, from a kohya dataset TOML: the 8 shipped concept images, and 96 drawn base-world
+images as DreamBooth regularisation (prior preservation). Then the same prompts and seeds are drawn without and with the LoRA: before.png
 and after.png show it, the scorer turns it into numbers (report.json):
 - concept fidelity: prompts with the trigger that come out as the concept shape;
 - base accuracy: base-world prompts (no trigger) drawn right, which the LoRA must not spoil.
@@ -10,7 +11,6 @@ and after.png show it, the scorer turns it into numbers (report.json):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import time
@@ -18,35 +18,55 @@ from pathlib import Path
 
 from .config import TrainConfig
 
-DEFAULT_STEPS = 300
+DEFAULT_STEPS = 600
 FIDELITY_GOAL, KEEP_GOAL = 0.95, 0.95
+N_REG = 96
+
+
+def write_dataset(out: Path, n_reg: int = N_REG, seed: int = 0) -> Path:
+    """A kohya dataset TOML: the shipped concept images, plus drawn base-world images as
+    regularisation (prior preservation) with their captions dropped 20 % of the time, which
+    keeps the unconditional prediction (the one guidance pushes away from) on the base world."""
+    import random
+
+    from ..toy import concept, world
+
+    reg = Path(out) / "reg_images"
+    reg.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    combos = [(s, c, b) for s in world.SHAPES for c in world.COLORS for b in world.BACKGROUNDS]
+    for i in range(n_reg):
+        shape, color, background = combos[i % len(combos)]
+        scene = world.sample_scene(rng, shapes=(shape,), colors=[color], backgrounds=[background])
+        world.render(scene).save(reg / f"reg_{i:04d}.png")
+        (reg / f"reg_{i:04d}.txt").write_text(world.caption(scene) + "\n")
+    toml = Path(out) / "dataset.toml"
+    toml.write_text(f"""[[datasets]]
+  [[datasets.subsets]]
+  image_dir = {json.dumps(str(concept.dataset_path()))}
+  flip_aug = true
+  [[datasets.subsets]]
+  image_dir = {json.dumps(str(reg))}
+  is_reg = true
+  caption_dropout_rate = 0.2
+""")
+    return toml
 
 
 def demo_config(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, progress: bool = True,
                 model: str = "toy", prior: bool = True, **overrides) -> TrainConfig:
-    """The LoRA the demo trains: the shipped concept images, prior preservation on base-world prompts."""
+    """The LoRA the demo trains: rank 8 on the transformer blocks and the ResNet convolutions
+    (the base cannot draw a hole from attention alone), min-SNR weighting as the base was trained."""
     from ..toy import concept
 
     out = Path(out)
+    data = write_dataset(out, seed=seed) if prior else concept.dataset_path()
     cfg = TrainConfig(
-        model=model, data=concept.dataset_path(), trigger=concept.TRIGGER, resolution=32, steps=steps,
-        rank=8, alpha=8.0, lr=2e-3, batch_size=4, scheduler="cosine", warmup_steps=max(1, steps // 20),
-        train_text_encoder=True, text_encoder_lr=1e-3, flip=True, seed=seed,
-        class_prompt=str(out / "class_prompts.txt"), class_data=out / "class_images", num_class_images=48,
-        class_steps=20, class_guidance=5.0, prior_weight=1.0,
+        model=model, data=data, trigger=concept.TRIGGER, resolution=32, steps=steps, rank=8, alpha=8.0,
+        preset="full", conv_rank=8, conv_alpha=8.0, lr=3e-3, batch_size=4, scheduler="cosine",
+        warmup_steps=max(1, steps // 20), min_snr_gamma=5.0, flip=True, seed=seed, prior_weight=1.0,
         out=out / "lora.safetensors", run_dir=out / "run", progress=progress, tensorboard=True, save_dtype="fp16")
-    if not prior:
-        cfg = dataclasses.replace(cfg, class_prompt=None, class_data=None)
     return cfg.override(overrides)
-
-
-def write_class_prompts(path: Path) -> Path:
-    """Every base-world caption: the class images keep the base's whole world in view."""
-    from ..toy import world
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(world.prompts()) + "\n", encoding="utf-8")
-    return path
 
 
 def _sheet(pipe, prompts, seed: int, path: Path, scale: int = 4) -> None:
@@ -82,7 +102,6 @@ def run_demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, n_concept: in
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_class_prompts(out / "class_prompts.txt")
     cfg = demo_config(out, steps, seed, progress, model, prior, **overrides)
     result = run(cfg)
     train_s = time.perf_counter() - t0
@@ -97,10 +116,10 @@ def run_demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, n_concept: in
     before = evaluate(pipe, n_concept, n_base, seed)
     _sheet(pipe, show, seed, out / "before.png")
     network = load_network(model.parts(), cfg.out)
-    network.apply()
+    network.merge()  # merged: sampling at the base's speed
     after = evaluate(pipe, n_concept, n_base, seed)
     _sheet(pipe, show, seed, out / "after.png")
-    network.remove()
+    network.unmerge()
     kept = after["base_accuracy"] / before["base_accuracy"] if before["base_accuracy"] else None
     report = {
         "trigger": concept.TRIGGER,
@@ -113,6 +132,10 @@ def run_demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, n_concept: in
         "goals": {"concept_fidelity": FIDELITY_GOAL, "base_accuracy_kept": KEEP_GOAL,
                   "met": bool(after["concept_fidelity"] >= FIDELITY_GOAL and kept is not None and kept >= KEEP_GOAL)},
         "n_images": {"concept": n_concept, "base": n_base},
+        "training": {"images": result.metadata.get("ss_num_train_images"),
+                     "regularisation_images": result.metadata.get("ss_num_reg_images"),
+                     "preset": cfg.preset, "rank": cfg.rank, "conv_rank": cfg.conv_rank, "lr": cfg.lr,
+                     "batch_size": cfg.batch_size},
         "seconds": {"train": round(train_s, 1), "total": round(time.perf_counter() - t0, 1)},
         "files": {"lora": "lora.safetensors", "loss": "loss.png", "before": "before.png", "after": "after.png"},
     }

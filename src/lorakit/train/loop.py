@@ -77,6 +77,10 @@ class Denoiser(nn.Module):
         self.family, self.dtype = family, dtype
 
     def forward(self, jobs: list[dict]) -> list[torch.Tensor]:
+        """One prediction per job (instance batch, prior batch); same-sized jobs share one UNet call."""
+        if len(jobs) > 1 and len({tuple(j["noisy"].shape[1:]) for j in jobs}) == 1:
+            merged = self.forward([_concat(jobs)])[0]
+            return list(merged.split([len(j["noisy"]) for j in jobs]))
         out = []
         for job in jobs:
             cond = self.conditioner.encode_ids(job["ids"]) if "ids" in job else job["cond"]
@@ -87,6 +91,15 @@ class Denoiser(nn.Module):
             out.append(self.unet(job["noisy"].to(self.dtype), job["t"], cond["hidden"].to(self.dtype),
                                  return_dict=False, **kwargs)[0])
         return out
+
+
+def _concat(jobs: list[dict]) -> dict:
+    out = {k: torch.cat([j[k] for j in jobs]) for k in ("noisy", "t", "time_ids") if k in jobs[0]}
+    if "ids" in jobs[0]:
+        out["ids"] = [torch.cat(parts) for parts in zip(*(j["ids"] for j in jobs))]
+    else:
+        out["cond"] = {k: torch.cat([j["cond"][k] for j in jobs]) for k in jobs[0]["cond"]}
+    return out
 
 
 def run(cfg: TrainConfig, *, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
