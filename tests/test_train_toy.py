@@ -70,9 +70,10 @@ def test_prior_preservation_protects_the_class(base, tmp_path):
     assert with_prior >= 0.8 * reference
 
 
-def test_demo_writes_everything(tmp_path, capsys):
-    out = tmp_path / "demo"
-    code = cli(["demo", "--out", str(out), "--steps", "20", "--threads", "1"])
+def test_demo_writes_everything(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --out, as `make demo` gives
+    out = tmp_path / "out" / "demo"
+    code = cli(["demo", "--out", "out/demo", "--steps", "20", "--threads", "1"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     for name in ("lora.safetensors", "loss.png", "before.png", "after.png", "report.json"):

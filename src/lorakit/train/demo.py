@@ -31,7 +31,8 @@ def write_dataset(out: Path, n_reg: int = N_REG, seed: int = 0) -> Path:
 
     from ..toy import concept, world
 
-    reg = Path(out) / "reg_images"
+    out = Path(out).resolve()  # the TOML resolves relative paths against its own folder
+    reg = out / "reg_images"
     reg.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     combos = [(s, c, b) for s in world.SHAPES for c in world.COLORS for b in world.BACKGROUNDS]
