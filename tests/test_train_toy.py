@@ -37,14 +37,36 @@ def _with_lora(model, path, fn):
         net.remove()
 
 
-def test_training_improves_concept_score(base, tmp_path):
-    cfg = demo_config(tmp_path, steps=300, prior=False, progress=False, tensorboard=False)
+@pytest.fixture(scope="module")
+def concept_lora(tmp_path_factory):
+    cfg = demo_config(tmp_path_factory.mktemp("concept"), steps=300, prior=False, progress=False, tensorboard=False)
     run(cfg)
+    return cfg.out
+
+
+def test_training_improves_concept_score(base, concept_lora):
     before = concept_fidelity(base.pipe, n=24).shape
-    after = _with_lora(base, cfg.out, lambda p: concept_fidelity(p, n=24).shape)
+    after = _with_lora(base, concept_lora, lambda p: concept_fidelity(p, n=24).shape)
     print(f"concept fidelity {before:.0%} → {after:.0%}")
     assert before <= 0.05
     assert after >= 0.75
+
+
+def test_evaluate_scores_the_strength_sweep(concept_lora):
+    """`lorakit evaluate` on the toy model: the scorer's fidelity per strength."""
+    from lorakit.evaluate import evaluate
+    from lorakit.generate import LoraSpec
+
+    model = load_model("toy")  # its own copy: generate() sets the sampler on the pipeline
+    prompts = ["a red zqx on a white background", "a blue zqx on a black background",
+               "a green circle on a white background", "a yellow square on a black background"]
+    report = evaluate(model, [LoraSpec(concept_lora, 1.0)], prompts, strengths=[0.5, 1], trigger="zqx", n=6,
+                      steps=20, guidance=5.0, sampler="ddim", progress=False)
+    print(report.table())
+    by = {r.strength: r for r in report.rows}
+    assert by[0.0].fidelity_trigger == 0.0 and by[0.0].fidelity_other >= 0.9
+    assert by[1.0].fidelity_trigger >= 0.75
+    assert by[1.0].drift_trigger > by[1.0].drift_other  # the LoRA acts where its trigger is
 
 
 CIRCLES = [f"a {c} circle on a {b} background" for c in world.COLORS for b in world.BACKGROUNDS]

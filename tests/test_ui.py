@@ -78,6 +78,77 @@ def test_app_serves_on_loopback():
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30) as r:
             config = json.loads(r.read())
         labels = {c.get("props", {}).get("label") for c in config["components"]}
-        assert {"Prompt", "LoRA file", "Image folder"} <= labels
+        assert {"Prompt", "LoRA file", "Image folder", "Training images (folder with captions, or dataset TOML)",
+                "Loss", "Latest samples"} <= labels
     finally:
         app.close()
+
+
+# --- the Train tab ------------------------------------------------------------------------------------
+def _form(model, data, out, **kw):
+    from lorakit.ui.train_tab import train_config
+
+    values = dict(model=str(model), data=str(data), trigger="zzt", out=str(out), preset="attn", rank=4, alpha=4,
+                  conv_rank=0, steps=4, lr=1e-3, batch_size=1, resolution=32, optimizer="adamw",
+                  scheduler="constant", train_text_encoder=False, class_prompt="", class_data="",
+                  sample_prompts="zzt a square\nzzt a circle", sample_every=2, save_every=0,
+                  extra_toml="[data]\nbucket_step = 8\n[output]\ntensorboard = false\nprogress = false\n"
+                             "sample_steps = 2", resume="")
+    values.update(kw)
+    return train_config(**values)
+
+
+def test_train_tab_runs_and_shows_curve_and_samples(files, tmp_path):
+    from PIL import Image
+
+    from lorakit.ui.train_tab import TrainJob
+    from train_support import make_images
+
+    data = make_images(tmp_path / "data")
+    cfg = _form(files / "model", data, tmp_path / "ui.safetensors")
+    assert (cfg.rank, cfg.bucket_step, cfg.sample_steps, cfg.tensorboard) == (4, 8, 2, False)
+    job = TrainJob(cfg).start()
+    assert job.wait(timeout=300)
+    assert job.error is None, job.error
+    assert job.steps == [1, 2, 3, 4] and len(job.losses) == 4
+    assert (tmp_path / "ui.safetensors").is_file() and "done" in job.status()
+    assert Image.open(job.loss_plot()).size == (700, 350)
+    samples = Image.open(job.latest_samples())
+    assert samples.size == (64, 32)  # the two sample prompts side by side, drawn at step 4
+    assert job.latest_samples().endswith("step-000004.png")
+
+
+def test_train_tab_stop_keeps_a_resume_state(files, tmp_path):
+    from lorakit.ui.train_tab import TrainJob
+    from train_support import make_images
+
+    data = make_images(tmp_path / "data")
+    cfg = _form(files / "model", data, tmp_path / "stop.safetensors", steps=6, sample_every=0)
+    job = TrainJob(cfg)
+    original = job._on_step
+
+    def stop_at_3(step, loss):
+        if step == 3:
+            job.stop()
+        original(step, loss)
+    job._on_step = stop_at_3
+    job.start()
+    assert job.wait(timeout=300)
+    assert job.stopped and job.error is None and job.steps[-1] == 3
+    assert (cfg.resolved_run_dir() / "state-000003").is_dir()
+    assert not (tmp_path / "stop.safetensors").exists()
+    assert "Resume from" in job.status()
+    resumed = _form(files / "model", data, tmp_path / "stop.safetensors", steps=6, sample_every=0,
+                    resume=str(cfg.resolved_run_dir()))
+    job = TrainJob(resumed).start()
+    assert job.wait(timeout=300) and job.error is None, job.error
+    assert job.steps == [4, 5, 6] and (tmp_path / "stop.safetensors").is_file()
+
+
+def test_train_form_errors_are_one_line(files, tmp_path):
+    with pytest.raises(LoraKitError, match="training images"):
+        _form(files / "model", "", tmp_path / "x.safetensors")
+    with pytest.raises(LoraKitError, match="more options: not TOML"):
+        _form(files / "model", tmp_path, tmp_path / "x.safetensors", extra_toml="rank = = 3")
+    with pytest.raises(LoraKitError, match="rankk"):
+        _form(files / "model", tmp_path, tmp_path / "x.safetensors", extra_toml="rankk = 3")

@@ -352,8 +352,10 @@ class Trainer:
         denoiser = Denoiser(self.network, unet, self.conditioner, self.family, self.weight_dtype)
         self.model_wrapped, self.optimizer, self.scheduler = acc.prepare(denoiser, optimizer, scheduler)
         self.params = [p for g in groups for p in g["params"]]
-        # host memory is what a CPU run of a real model runs out of; on tiny models trimming costs more than it saves
-        self.trim_memory = acc.device.type == "cpu" and sum(p.numel() for p in unet.parameters()) > 100_000_000
+        # Giving freed pages back to the OS costs their page faults on the next step (see memory.py): worth it
+        # only where the user asked for memory over speed (checkpointing) on a real model in host memory.
+        self.trim_memory = (acc.device.type == "cpu" and cfg.gradient_checkpointing
+                            and sum(p.numel() for p in unet.parameters()) > 100_000_000)
         from diffusers import DDPMScheduler
 
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config,

@@ -1,0 +1,230 @@
+"""The Train tab: `lorakit train` from the browser, with the loss curve and the latest sample grid
+refreshed while it runs, and a Stop button that keeps a resumable state.
+
+Training runs in a background thread (`TrainJob`) so that the page can poll it; the thread is the
+same `lorakit.train.run` the CLI calls, so a run started here writes the same files, logs and
+resume states. One job runs at a time per server: two trainings on one GPU would only fight.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+from ..errors import LoraKitError
+
+PRESETS = ["transformer", "attn", "cross-attn", "full"]
+OPTIMIZERS = ["adamw", "adamw8bit", "lion", "prodigy"]
+SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
+
+
+def train_config(model: str, data: str, trigger: str, out: str, preset: str, rank: int, alpha: float,
+                 conv_rank: int, steps: int, lr: float, batch_size: int, resolution: int, optimizer: str,
+                 scheduler: str, train_text_encoder: bool, class_prompt: str, class_data: str,
+                 sample_prompts: str, sample_every: int, save_every: int, extra_toml: str = "",
+                 resume: str = ""):
+    """The form as a TrainConfig. `extra_toml` takes any other option by its config name (the keys
+    of `lorakit train --print-config`, with or without their [section] tables), applied last."""
+    from ..train.config import TrainConfig
+
+    def text(value) -> str | None:
+        value = (value or "").strip()
+        return value or None
+
+    if not text(data):
+        raise LoraKitError("choose the training images: a folder, or a dataset TOML")
+    if not text(out):
+        raise LoraKitError("choose where to write the LoRA (a .safetensors file)")
+    values = dict(model=text(model) or "toy", data=text(data), trigger=text(trigger), out=text(out), preset=preset,
+                  rank=int(rank), alpha=float(alpha) if alpha else None, conv_rank=int(conv_rank) or None,
+                  steps=int(steps), lr=float(lr), batch_size=int(batch_size), resolution=int(resolution),
+                  optimizer=optimizer, scheduler=scheduler, train_text_encoder=bool(train_text_encoder),
+                  class_prompt=text(class_prompt), class_data=text(class_data), sample_every=int(sample_every),
+                  save_every=int(save_every), resume=text(resume))
+    cfg = TrainConfig().override(values, source="the form")
+    if text(extra_toml):
+        try:
+            doc = tomllib.loads(extra_toml)
+        except tomllib.TOMLDecodeError as exc:
+            raise LoraKitError(f"more options: not TOML ({exc})") from None
+        flat = {}
+        for key, value in doc.items():
+            flat.update(value if isinstance(value, dict) else {key: value})
+        cfg = cfg.override(flat, source="more options")
+    prompts = [p.strip() for p in (sample_prompts or "").splitlines() if p.strip()]
+    if prompts:
+        path = cfg.resolved_run_dir() / "sample_prompts.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(prompts) + "\n", encoding="utf-8")
+        cfg = cfg.override({"sample_prompts": path})
+    return cfg.validate()
+
+
+class _Stop(KeyboardInterrupt):
+    """Raised inside the training thread by the Stop button: the loop saves a resume state, as on Ctrl-C."""
+
+
+class TrainJob:
+    """One `lorakit.train.run` in a background thread, observable while it runs."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.started = time.perf_counter()
+        self.result = None
+        self.error: str | None = None
+        self.stopped = False
+        self._stop = threading.Event()
+        self._plots = Path(tempfile.mkdtemp(prefix="lorakit-ui-"))
+        self._thread = threading.Thread(target=self._work, name="lorakit-train", daemon=True)
+
+    def start(self) -> "TrainJob":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self.running
+
+    def _on_step(self, step: int, loss: float) -> None:
+        self.steps.append(step)
+        self.losses.append(loss)
+        if self._stop.is_set():
+            raise _Stop()
+
+    def _work(self) -> None:
+        from ..train.loop import run
+
+        try:
+            self.result = run(self.cfg, on_step=self._on_step)
+        except _Stop:
+            self.stopped = True
+        except LoraKitError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # shown in the page; the server must outlive a failed run
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    # what the page shows -----------------------------------------------------------------------
+    def loss_plot(self) -> str | None:
+        from ..train.logs import LossHistory
+
+        if not self.losses:
+            return None
+        path = self._plots / f"loss-{len(self.losses)}.png"
+        if not path.exists():
+            for old in self._plots.glob("loss-*.png"):
+                old.unlink(missing_ok=True)
+            LossHistory(list(self.steps), list(self.losses)).plot(path)
+        return str(path)
+
+    def latest_samples(self) -> str | None:
+        grids = sorted((self.cfg.resolved_run_dir() / "samples").glob("step-*.png"))
+        return str(grids[-1]) if grids else None
+
+    def status(self) -> str:
+        done, total = (self.steps[-1] if self.steps else 0), self.cfg.steps
+        elapsed = time.perf_counter() - self.started
+        line = f"step {done}/{total}"
+        if self.losses:
+            recent = self.losses[-20:]
+            line += f" · loss {sum(recent) / len(recent):.4f} (mean of the last {len(recent)})"
+        if done:
+            line += f" · {elapsed / max(done, 1):.2f} s/step"
+        if self.error:
+            return f"failed: {self.error}\n{line}"
+        if self.stopped:
+            return (f"stopped at step {done}; a resume state is in {self.cfg.resolved_run_dir()} "
+                    f"(put that folder in 'Resume from' to continue)")
+        if self.result is not None:
+            return f"done in {elapsed:.0f} s: wrote {self.result.out}\n{line}"
+        return ("preparing (loading the model, caching latents)…" if not done else "training… ") + "\n" + line
+
+
+_JOB: TrainJob | None = None
+
+
+def start_job(cfg) -> TrainJob:
+    global _JOB
+    if _JOB is not None and _JOB.running:
+        raise LoraKitError("a training run is already going; stop it first")
+    _JOB = TrainJob(cfg).start()
+    return _JOB
+
+
+def stop_job() -> str:
+    if _JOB is None or not _JOB.running:
+        return "no training run is going"
+    _JOB.stop()
+    return "stopping after this step (a resume state is saved)…"
+
+
+def build(gr, progress_wrap, default_model: str) -> None:
+    from .actions import guarded
+
+    with gr.Tab("Train"):
+        with gr.Row():
+            with gr.Column():
+                model = gr.Textbox(default_model, label="Base model (folder, .safetensors, hub id or toy)")
+                data = gr.Textbox("", label="Training images (folder with captions, or dataset TOML)")
+                trigger = gr.Textbox("", label="Trigger word")
+                out = gr.Textbox("lora.safetensors", label="Write the LoRA to")
+                with gr.Row():
+                    preset = gr.Dropdown(PRESETS, value="transformer", label="Targets")
+                    rank = gr.Number(16, label="Rank", precision=0)
+                    alpha = gr.Number(16, label="Alpha", precision=None)
+                    conv_rank = gr.Number(0, label="Conv rank (full)", precision=0)
+                with gr.Row():
+                    steps = gr.Number(1000, label="Steps", precision=0)
+                    lr = gr.Number(1e-4, label="Learning rate")
+                    batch = gr.Number(1, label="Batch size", precision=0)
+                    resolution = gr.Number(512, label="Resolution", precision=0)
+                with gr.Row():
+                    optimizer = gr.Dropdown(OPTIMIZERS, value="adamw", label="Optimizer")
+                    scheduler = gr.Dropdown(SCHEDULERS, value="constant", label="LR schedule")
+                    train_te = gr.Checkbox(False, label="Train the text encoder too")
+                with gr.Accordion("Prior preservation (DreamBooth)", open=False):
+                    class_prompt = gr.Textbox("", label="Class prompt (e.g. 'a dog')")
+                    class_data = gr.Textbox("", label="Class image folder (missing images are generated)")
+                with gr.Accordion("Samples, saving, more options", open=False):
+                    sample_prompts = gr.Textbox("", label="Sample prompts, one per line", lines=3)
+                    with gr.Row():
+                        sample_every = gr.Number(100, label="Samples every N steps (0: off)", precision=0)
+                        save_every = gr.Number(0, label="Save every N steps (0: at the end)", precision=0)
+                    extra = gr.Textbox("", label="More options (TOML, keys of --print-config)", lines=3,
+                                       placeholder="min_snr_gamma = 5\nmixed_precision = \"bf16\"")
+                    resume = gr.Textbox("", label="Resume from (a run folder)")
+                with gr.Row():
+                    go = gr.Button("Train", variant="primary")
+                    stop = gr.Button("Stop")
+            with gr.Column():
+                status = gr.Textbox(label="Status", lines=3)
+                loss = gr.Image(label="Loss", type="filepath")
+                samples = gr.Image(label="Latest samples", type="filepath")
+
+        fields = [model, data, trigger, out, preset, rank, alpha, conv_rank, steps, lr, batch, resolution, optimizer,
+                  scheduler, train_te, class_prompt, class_data, sample_prompts, sample_every, save_every, extra,
+                  resume]
+
+        def train(*values, progress=gr.Progress()):
+            job = guarded(lambda *v: start_job(train_config(*v)))(*values)
+            while True:
+                finished = job.wait(timeout=2.0)
+                done = job.steps[-1] if job.steps else 0
+                progress((done, job.cfg.steps), desc="train", unit="steps")
+                yield job.status(), job.loss_plot(), job.latest_samples()
+                if finished:
+                    return
+
+        go.click(train, fields, [status, loss, samples])
+        stop.click(stop_job, [], status)
