@@ -208,8 +208,8 @@ def image_grid(images: Sequence, cols: int | None = None):
     return grid
 
 
-def save_png(image, path: Path, info: str | None) -> None:
-    """Atomic PNG write with A1111's `parameters` text chunk."""
+def save_png(image, path: Path, info: str | None = None) -> None:
+    """Atomic PNG write (a hidden temporary name, then rename), with A1111's `parameters` text chunk."""
     import os
 
     from PIL.PngImagePlugin import PngInfo
@@ -217,8 +217,9 @@ def save_png(image, path: Path, info: str | None) -> None:
     meta = PngInfo()
     if info:
         meta.add_text("parameters", info)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     image.save(tmp, format="PNG", pnginfo=meta)
     os.replace(tmp, path)
 

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from ..data.folders import IMAGE_EXTS
+from ..generate import save_png
 
 
 def read_prompts(path: Path | None, fallback: str) -> list[str]:
@@ -53,14 +54,6 @@ def grid(images: Sequence[Image.Image], cols: int | None = None) -> Image.Image:
     from ..generate import image_grid
 
     return image_grid(images, cols)
-
-
-def save_png(image: Image.Image, path: Path) -> None:
-    """Atomic: a temporary name, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 def count_images(folder: Path) -> int:
