@@ -89,6 +89,11 @@ def test_resize_dynamic_api(files):
     res = algebra_ops.resize(files["b"].path, dynamic="sv_fro:0.5")
     assert res.path is None and all(1 <= r <= 6 for r in res.ranks().values())
     assert all(i.fro_retained >= 0.5 for i in res.infos.values())
+    out = files["dir"] / "dynamic.safetensors"
+    res = algebra_ops.resize(files["b"].path, dynamic="sv_fro:0.5", out=out)
+    md = load_lora(out).metadata
+    assert len(set(res.ranks().values())) > 1
+    assert (md["ss_network_dim"], md["ss_network_alpha"]) == ("Dynamic", "Dynamic")  # as kohya writes them
 
 
 def test_merge_concat_is_exact_and_projection_optimal(files, capsys):

@@ -52,6 +52,9 @@ def network_fields(modules: Modules, args: Mapping[str, Any] | None = None) -> d
             out_args["dora_wd"] = "True"
     fields = {"ss_network_module": "lycoris.kohya" if lyco else "networks.lora",
               "ss_network_args": json.dumps(out_args)}
+    if len({rank_of(t) for t in lin}) > 1:  # per-module ranks: kohya's resize_lora.py --dynamic_method writes this
+        fields["ss_network_dim"] = fields["ss_network_alpha"] = "Dynamic"
+        return fields
     if rank is not None:
         fields["ss_network_dim"] = str(rank)
     if alpha is not None:
