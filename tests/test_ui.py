@@ -53,6 +53,16 @@ def test_file_actions(files, tmp_path):
     assert "wrote" in msg
 
 
+def test_evaluate_action_table_and_grid(files, tmp_path):
+    table, grid = A.evaluate_sweep(str(files / "model"), f"{files / 'a.safetensors'}:0.5", "zzt a cat\na dog", "zzt",
+                                   "1, 0.5", 1, 2, 5.0, 0, "ddim", str(tmp_path / "sweep.png"))
+    rows = [line for line in table.splitlines() if line.startswith("| 0") or line.startswith("| 1")]
+    assert [r.split("|")[1].strip() for r in rows] == ["0", "0.5", "1"]
+    assert grid.size == (56 + 128 * 2, 28 + 128 * 3) and (tmp_path / "sweep.png").is_file()
+    with pytest.raises(LoraKitError, match="strengths"):
+        A.evaluate_sweep(str(files / "model"), str(files / "a.safetensors"), "a cat", "", "x", 1, 1, 5.0, 0)
+
+
 def test_bad_input_becomes_a_gradio_error(files):
     import gradio as gr
 
@@ -79,7 +89,7 @@ def test_app_serves_on_loopback():
             config = json.loads(r.read())
         labels = {c.get("props", {}).get("label") for c in config["components"]}
         assert {"Prompt", "LoRA file", "Image folder", "Training images (folder with captions, or dataset TOML)",
-                "Loss", "Latest samples"} <= labels
+                "Loss", "Latest samples", "Strength × prompt grid"} <= labels
     finally:
         app.close()
 

@@ -53,6 +53,26 @@ def generate_images(model: str, prompt: str, negative: str, loras: str, n: int, 
     return result.images, result.infotexts[0]
 
 
+def evaluate_sweep(model: str, loras: str, prompts: str, trigger: str, strengths: str, n: int, steps: int,
+                   guidance: float, seed: int, sampler: str = "euler_a", out: str = "") -> tuple:
+    """The strength sweep of `lorakit evaluate`: its table (markdown) and its labelled grid."""
+    from ..evaluate import evaluate
+    from ..generate import save_png
+
+    specs = parse_lora_lines(loras)
+    try:
+        levels = [float(x) for x in (strengths or "").split(",") if x.strip()]
+    except ValueError:
+        raise LoraKitError(f"strengths must be numbers separated by commas (got {strengths!r})") from None
+    report = evaluate(cached_model(model), specs, (prompts or "").splitlines(), strengths=levels or (0, 0.5, 1),
+                      trigger=(trigger or "").strip() or None, n=int(n), seed=int(seed), steps=int(steps),
+                      guidance=float(guidance), sampler=sampler)
+    grid = report.grid()
+    if (out or "").strip():
+        save_png(grid, Path(out.strip()))
+    return report.table(), grid
+
+
 def inspect_file(path: str) -> str:
     from ..formats import inspect_lora
 

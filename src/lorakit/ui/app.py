@@ -48,6 +48,29 @@ def build_app(default_model: str = "toy"):
 
         _train_tab(gr, progress_wrap, default_model)
 
+        with gr.Tab("Evaluate"):
+            with gr.Row():
+                with gr.Column():
+                    ev_model = gr.Textbox(default_model, label="Base model (folder, .safetensors, hub id or toy)")
+                    ev_loras = gr.Textbox("", label="LoRAs to sweep: FILE[:WEIGHT], one per line", lines=2)
+                    ev_prompts = gr.Textbox("", label="Prompts, one per line", lines=4)
+                    ev_trigger = gr.Textbox("", label="Trigger word (prompts with it are the LoRA's own)")
+                    ev_strengths = gr.Textbox("0,0.25,0.5,0.75,1", label="Strengths")
+                    with gr.Row():
+                        ev_n = gr.Slider(1, 8, 1, step=1, label="Seeds per prompt")
+                        ev_steps = gr.Slider(1, 100, 20, step=1, label="Steps")
+                        ev_cfg = gr.Slider(0, 20, 7, step=0.5, label="CFG scale")
+                        ev_seed = gr.Number(0, label="Seed", precision=0)
+                    ev_sampler = gr.Dropdown(SAMPLERS, value="euler_a", label="Sampler")
+                    ev_out = gr.Textbox("", label="Save the grid to (empty: don't save)")
+                    ev_go = gr.Button("Sweep", variant="primary")
+                with gr.Column():
+                    ev_table = gr.Markdown(label="Drift and fidelity per strength")
+                    ev_grid = gr.Image(label="Strength × prompt grid", type="pil")
+            ev_go.click(progress_wrap(A.evaluate_sweep),
+                        [ev_model, ev_loras, ev_prompts, ev_trigger, ev_strengths, ev_n, ev_steps, ev_cfg, ev_seed,
+                         ev_sampler, ev_out], [ev_table, ev_grid])
+
         with gr.Tab("Caption"):
             folder = gr.Textbox(label="Image folder")
             prefix = gr.Textbox(label="Prefix (trigger word)")
