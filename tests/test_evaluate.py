@@ -6,34 +6,20 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from lorakit.cli import main as cli
 from lorakit.evaluate import evaluate
 from lorakit.generate import LoraSpec, generate
-from lorakit.lora import LoRANetwork
 from lorakit.models import load_model
-from lorakit.models.tiny import tiny_pipeline
 
-from conftest import parts_of
+from conftest import tiny_model_with_lora
 
 PROMPTS = ["zzt a cat", "a dog on a hill"]
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from lorakit.formats import save_lora
-
-    root = tmp_path_factory.mktemp("evaluate")
-    pipe = tiny_pipeline("sd1")
-    pipe.save_pretrained(root / "model")
-    net = LoRANetwork.create(parts_of(pipe, "sd1"), rank=4, alpha=4)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0, 0.3)
-    save_lora(root / "a.safetensors", net.kohya_modules(), {}, family="sd1")
-    return root
+    return tiny_model_with_lora(tmp_path_factory.mktemp("evaluate"), rank=4, alpha=4, std=0.3, seed=0)
 
 
 def _diff(a, b) -> float:

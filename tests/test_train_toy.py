@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from lorakit.cli import main as cli
 from lorakit.formats import load_network

@@ -8,29 +8,16 @@ import socket
 import urllib.request
 
 import pytest
-import torch
 
 from lorakit.errors import LoraKitError
-from lorakit.lora import LoRANetwork
-from lorakit.models.tiny import tiny_pipeline
 from lorakit.ui import actions as A
 
-from conftest import parts_of
+from conftest import tiny_model_with_lora
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from lorakit.formats import save_lora
-
-    root = tmp_path_factory.mktemp("ui")
-    pipe = tiny_pipeline("sd1")
-    pipe.save_pretrained(root / "model")
-    net = LoRANetwork.create(parts_of(pipe, "sd1"), rank=8, alpha=4)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0, 0.2)
-    save_lora(root / "a.safetensors", net.kohya_modules(), {}, family="sd1")
-    return root
+    return tiny_model_with_lora(tmp_path_factory.mktemp("ui"))
 
 
 def test_generate_action_returns_images_and_info(files, tmp_path):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -145,16 +144,3 @@ def evaluate(model, loras: Sequence[LoraSpec], prompts: Sequence[str], *, streng
         mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
         rows.append(StrengthRow(s, mean(drift[True]), mean(drift[False]), mean(verdicts[True]), mean(verdicts[False])))
     return EvalReport(prompts, trigger, strengths, rows, images, [seed + i for i in range(n)])
-
-
-def read_prompt_file(path: Path) -> list[str]:
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise LoraKitError("prompt file does not exist", path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LoraKitError(f"cannot read prompt file ({exc})", path) from None
-    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    if not prompts:
-        raise LoraKitError("prompt file has no prompts", path)
-    return prompts

@@ -30,6 +30,20 @@ class LoraSpec:
         return self.path.stem
 
 
+def read_prompt_file(path: Path, what: str = "prompt file") -> list[str]:
+    """One prompt a line; blank lines and `#` comments skipped; an empty or unreadable file is an error."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise LoraKitError(f"{what} does not exist", path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LoraKitError(f"cannot read the {what} ({exc.__class__.__name__})", path) from None
+    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not prompts:
+        raise LoraKitError(f"the {what} has no prompts", path)
+    return prompts
+
+
 def parse_lora_arg(value: str) -> LoraSpec:
     """`FILE[:WEIGHT]`; a Windows drive colon or a colon in the name is kept when no number follows."""
     path, sep, weight = value.rpartition(":")

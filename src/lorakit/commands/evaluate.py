@@ -33,8 +33,8 @@ def evaluate(
     the toy scorer's fidelity on the toy model, and a labelled grid."""
     from ..devices import resolve_device_dtype
     from ..errors import LoraKitError
-    from ..evaluate import evaluate as run, read_prompt_file
-    from ..generate import parse_lora_arg, save_png
+    from ..evaluate import evaluate as run
+    from ..generate import parse_lora_arg, read_prompt_file, save_png
     from ..models import load_model
 
     try:

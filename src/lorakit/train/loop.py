@@ -13,11 +13,10 @@ run needs to retrace the uninterrupted one bit for bit.
 from __future__ import annotations
 
 import gc
-import math
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 

@@ -10,23 +10,12 @@ import torch
 from PIL import Image
 
 from ..data.folders import IMAGE_EXTS
-from ..generate import save_png
+from ..generate import read_prompt_file, save_png
 
 
 def read_prompts(path: Path | None, fallback: str) -> list[str]:
-    """One prompt a line; blank lines and `#` comments skipped."""
-    if path is None:
-        return [fallback]
-    from ..errors import LoraKitError
-
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LoraKitError(f"cannot read the sample prompts ({exc.__class__.__name__})", path) from None
-    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    if not prompts:
-        raise LoraKitError("the sample prompts file has no prompts", path)
-    return prompts
+    """The sample prompts file's prompts, or the fallback prompt when there is no file."""
+    return [fallback] if path is None else read_prompt_file(path, "sample prompts file")
 
 
 @torch.no_grad()
