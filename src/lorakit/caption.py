@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterable
 
 from .errors import LoraKitError
+from .formats.st_io import write_bytes_atomic
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-large"
@@ -80,8 +80,6 @@ def caption_folder(folder: Path, *, prefix: str = "", ext: str = ".txt", overwri
         for path, text in zip(batch, caption_images(pics, processor, net, max_length=max_length)):
             target = path.with_suffix(ext)
             line = f"{prefix.strip()}, {text}" if prefix.strip() else text
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_text(line + "\n", encoding="utf-8")
-            os.replace(tmp, target)
+            write_bytes_atomic(target, (line + "\n").encode("utf-8"))
             written.append(target)
     return written

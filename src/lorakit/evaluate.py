@@ -95,7 +95,7 @@ def _toy_verdict(image, prompt: str) -> bool | None:
         want = world.parse_caption(prompt)
     except ValueError:
         return None
-    got = scorer.score(_as_array(image))
+    got = scorer.score(image)
     return got["shape"] == want["shape"] and got["color"] == want["color"]
 
 

@@ -76,11 +76,11 @@ def _sheet(pipe, prompts, seed: int, path: Path, scale: int = 4) -> None:
     from PIL import Image
 
     from ..toy.evaluate import generate
-    from .sampling import grid, save_png
+    from ..generate import image_grid, save_png
 
     images = [Image.fromarray(np.round(a * 255).astype("uint8")) for a in generate(pipe, prompts, seed=seed)]
     images = [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in images]
-    save_png(grid(images, cols=len(images) // 2 or 1), path)
+    save_png(image_grid(images, cols=len(images) // 2 or 1), path)
 
 
 def evaluate(pipe, n_concept: int, n_base: int, seed: int) -> dict:

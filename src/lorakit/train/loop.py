@@ -34,7 +34,8 @@ from .logs import LossHistory
 from .memory import release_free_memory
 from .metadata import network_args, training_fields
 from .optim import build_optimizer, build_scheduler
-from .sampling import count_images, generate_class_images, grid, read_class_prompts, read_prompts, render, save_png
+from ..generate import image_grid, save_png
+from .sampling import count_images, generate_class_images, read_class_prompts, read_prompts, render
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -547,7 +548,7 @@ class Trainer:
                             height=cfg.resolution)
         finally:
             net.train()
-        save_png(grid(images), self.run_dir / "samples" / f"step-{self.step:06d}.png")
+        save_png(image_grid(images), self.run_dir / "samples" / f"step-{self.step:06d}.png")
 
     # --- the run -------------------------------------------------------------------------------
     def run(self) -> TrainResult:

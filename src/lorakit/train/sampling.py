@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -10,6 +9,7 @@ import torch
 from PIL import Image
 
 from ..data.folders import IMAGE_EXTS
+from ..formats.st_io import write_bytes_atomic
 from ..generate import read_prompt_file, save_png
 
 
@@ -37,12 +37,6 @@ def render(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, gu
 def _latent_shape(pipe, width: int, height: int) -> tuple[int, ...]:
     factor = getattr(pipe, "vae_scale_factor", 8) if getattr(pipe, "vae", None) is not None else 1
     return (1, pipe.unet.config.in_channels, height // factor, width // factor)
-
-
-def grid(images: Sequence[Image.Image], cols: int | None = None) -> Image.Image:
-    from ..generate import image_grid
-
-    return image_grid(images, cols)
 
 
 def count_images(folder: Path) -> int:
@@ -81,10 +75,8 @@ def generate_class_images(pipe, folder: Path, prompts: Sequence[str], wanted: in
             while (folder / f"class_{k:05d}.png").exists() or (folder / f"class_{k:05d}.txt").exists():
                 k += 100000
             save_png(image, folder / f"class_{k:05d}.png")
-            caption = folder / f"class_{k:05d}.txt"  # after the image: a caption never lacks its image
-            tmp = caption.with_name(f".{caption.name}.{os.getpid()}.tmp")
-            tmp.write_text(prompt + "\n", encoding="utf-8")
-            os.replace(tmp, caption)
+            # the caption after the image: a caption never lacks its image
+            write_bytes_atomic(folder / f"class_{k:05d}.txt", (prompt + "\n").encode("utf-8"))
         bar.update(len(idx))
     bar.close()
     return missing
