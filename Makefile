@@ -2,17 +2,34 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup lock demo test test-fast bench clean
 
+# Installs exactly what the lock names (the versions the suite last passed with), then lorakit itself.
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,ui]"
+	$(BIN)/pip install -q -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# Refreshes the lock from pyproject's ranges (newest releases that fit), in a throwaway venv.
+# Run it on purpose, then `make test`, and commit both files together.
+lock:
+	rm -rf .lockenv
+	$(PY) -m venv .lockenv
+	.lockenv/bin/pip install -q --upgrade pip
+	.lockenv/bin/pip install -q torch==2.13.0
+	.lockenv/bin/pip install -q ".[dev,ui,train]"
+	{ echo "# The exact versions \`make test\` passes with. Refresh with \`make lock\` (see README)."; \
+	  echo "# torch is the CPU build; on a GPU machine install your own torch first."; \
+	  .lockenv/bin/pip freeze --exclude-editable --exclude lorakit | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; \
+	} > $(LOCK)
+	rm -rf .lockenv
+	rm -f $(STAMP)
 
 demo: setup
 	$(BIN)/lorakit demo --out out/demo
@@ -30,4 +47,4 @@ bench: setup
 	$(BIN)/python benchmarks/train_step.py
 
 clean:
-	rm -rf $(VENV) out build dist src/*.egg-info
+	rm -rf $(VENV) .lockenv out build dist src/*.egg-info

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 import typer
 
@@ -61,26 +62,53 @@ def main(argv: list[str] | None = None) -> int:
     # library chatter (optional-backend notices, "newly initialized" reports) is not for our users
     for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
         os.environ.setdefault(var, "error")
+    _silence_library_warnings()
 
     _register()
+    usage_errors, aborts = _click_exception_types()
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="lorakit", standalone_mode=False)
     except LoraKitError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
-    except typer.Abort:
+    except usage_errors as exc:  # a mistyped or missing option: click's usage message
+        exc.show()
+        return exc.exit_code
+    except aborts:
         typer.echo("aborted", err=True)
         return 130
     except SystemExit as exc:
         return int(exc.code or 0)
-    except Exception as exc:  # click's own usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return 2
-        raise
     return 0
+
+
+# Packages whose warnings speak to their own developers (deprecations of arguments lorakit passes,
+# internal notices): a lorakit user cannot act on them. lorakit's own warnings are not filtered.
+_LIBRARY_WARNINGS = r"(diffusers|transformers|accelerate|huggingface_hub|peft|torch|torchvision|gradio|tqdm)(\.|$)"
+
+
+def _silence_library_warnings() -> None:
+    """Keep other packages' warnings off the user's terminal (`--debug` or PYTHONWARNINGS bring them back)."""
+    if os.environ.get("PYTHONWARNINGS") or "--debug" in sys.argv:
+        return
+    warnings.filterwarnings("ignore", module=_LIBRARY_WARNINGS)
+
+
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """click's usage-error and abort classes, wherever this typer keeps them.
+
+    typer ≥ 0.29 vendors click as `typer._click`, whose exceptions are not `click`'s; catching only
+    `click.ClickException` turned every usage error into a traceback there.
+    """
+    usage, aborts = [], [typer.Abort]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(module.ClickException)
+        aborts.append(getattr(module, "Abort", typer.Abort))
+    return tuple(usage), tuple(aborts)
 
 
 def entry() -> None:
