@@ -1,12 +1,15 @@
-"""`lorakit evaluate`: a strength sweep of one or several LoRAs, as a table and a labelled grid."""
+"""`lorakit evaluate`: what a LoRA learned and what it broke, as a table, a report folder and a grid."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from ..evaluation.encoders import DEFAULT_CLIP, DEFAULT_DINO
 
 
 def evaluate(
@@ -14,7 +17,16 @@ def evaluate(
     lora: List[str] = typer.Option(..., "--lora", "-l", help="FILE[:WEIGHT], repeatable; strengths scale the weights"),
     prompt: List[str] = typer.Option([], "--prompt", "-p", help="a prompt, repeatable"),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="text file, one prompt a line"),
-    trigger: Optional[str] = typer.Option(None, "--trigger", help="prompts containing it are the LoRA's own"),
+    trigger: Optional[str] = typer.Option(None, "--trigger", help="prompts containing it are the LoRA's own; "
+                                          "without --prompt/--prompts, it picks a default prompt set"),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="the training images (folder or dataset TOML) "
+                                        "for subject fidelity"),
+    clip_model: str = typer.Option(DEFAULT_CLIP, "--clip-model", help="CLIP folder or hub id, read offline "
+                                   "(none: skip)"),
+    dino_model: str = typer.Option(DEFAULT_DINO, "--dino-model", help="DINOv2 (or DINO) folder or hub id, read "
+                                   "offline (none: skip)"),
+    class_word: Optional[str] = typer.Option(None, "--class-word", help="replaces the trigger in the text CLIP-T "
+                                             "scores, e.g. 'dog' for 'sks dog'"),
     strengths: str = typer.Option("0,0.25,0.5,0.75,1", "--strengths", help="comma-separated; 0 is always added"),
     n: int = typer.Option(1, "--n", help="seeds per prompt (seed, seed+1, …)"),
     seed: int = typer.Option(0, "--seed"),
@@ -24,16 +36,20 @@ def evaluate(
     negative: str = typer.Option("", "--negative"),
     width: Optional[int] = typer.Option(None, "--width"),
     height: Optional[int] = typer.Option(None, "--height"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the strength × prompt grid (PNG)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="report folder (report.json, report.html, "
+                                       "grid.png); a .png path writes the grid alone"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     device: str = typer.Option("auto", "--device"),
     dtype: str = typer.Option("auto", "--dtype"),
 ) -> None:
-    """Draw the same prompts and seeds at several LoRA strengths: drift from the base per strength,
-    the toy scorer's fidelity on the toy model, and a labelled grid."""
+    """Draw the same prompts and seeds at several LoRA strengths and measure subject fidelity (DINO,
+    CLIP-I against --data), prompt fidelity (CLIP-T), drift from the base (pixels, CLIP, DINO), the
+    toy scorer's fidelity on the toy model; write a report folder with an HTML page and the grid."""
     from ..devices import resolve_device_dtype
     from ..errors import LoraKitError
     from ..evaluate import evaluate as run
+    from ..evaluation.files import write_report
+    from ..evaluation.prompts import default_prompts
     from ..generate import parse_lora_arg, read_prompt_file, save_png
     from ..models import load_model
 
@@ -42,16 +58,30 @@ def evaluate(
     except ValueError:
         raise LoraKitError(f"--strengths must be numbers separated by commas (got {strengths!r})") from None
     texts = list(prompt) + (read_prompt_file(prompts) if prompts else [])
+    own = None
     specs = [parse_lora_arg(x) for x in lora]
+    if data is not None and not data.exists():
+        raise LoraKitError("training data (--data) does not exist", data)
     dev, dt = resolve_device_dtype(device, dtype)
     base = load_model(model, dtype=dt, device=dev)
+    if not texts and trigger:
+        texts, own = default_prompts(trigger, toy=getattr(base, "kind", None) == "toy")
     report = run(base, specs, texts, strengths=levels, trigger=trigger, n=n, seed=seed, steps=steps,
-                 guidance=guidance, sampler=sampler, negative=negative, width=width, height=height)
+                 guidance=guidance, sampler=sampler, negative=negative, width=width, height=height, data=data,
+                 clip_model=clip_model, dino_model=dino_model, class_word=class_word, own=own)
+    written = {}
     if out is not None:
-        save_png(report.grid(), out, None)
+        if out.suffix.lower() == ".png":
+            save_png(report.grid(), out, None)
+            written = {"grid": out}
+        else:
+            written = write_report(report, out)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
         typer.echo(report.table())
-        if out is not None:
-            typer.echo(f"grid: {out}")
+        for kind, path in written.items():
+            typer.echo(f"{kind}: {path}")
+    if as_json and report.notes:
+        for note in report.notes.values():
+            print(f"note: {note}", file=sys.stderr)
