@@ -24,35 +24,9 @@ from lorakit.generate import LoraSpec
 from lorakit.models import load_model
 
 from conftest import tiny_model_with_lora
+from evaluate_support import save_tiny_clip, save_tiny_dino
 
 PROMPTS = ["zzt a cat", "a dog on a hill", "a red house"]
-
-
-def _save_tiny_clip(path):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from lorakit.models.tokenizer import clip_tokenizer
-
-    torch.manual_seed(0)
-    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=77)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                  patch_size=8)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
-    clip_tokenizer().save_pretrained(path)
-    return path
-
-
-def _save_tiny_dino(path):
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    torch.manual_seed(1)
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                             image_size=32, patch_size=8)).save_pretrained(path)
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-                      do_center_crop=True).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +42,7 @@ def world(tmp_path_factory):
         Image.fromarray(arr).save(data / f"img{i}.png")
         (data / f"img{i}.txt").write_text("zzt a cat")
     return {"root": root, "model": root / "model", "lora": root / "a.safetensors", "data": data,
-            "clip": _save_tiny_clip(root / "clip"), "dino": _save_tiny_dino(root / "dino")}
+            "clip": save_tiny_clip(root / "clip"), "dino": save_tiny_dino(root / "dino")}
 
 
 @pytest.fixture(scope="module")

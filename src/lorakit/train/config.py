@@ -118,6 +118,17 @@ class TrainConfig:
     sample_steps: int = opt(20, "sampling steps for samples", "output", resume_may_change=True)
     sample_guidance: float = opt(7.5, "guidance scale for samples", "output", resume_may_change=True)
     sample_seed: int = opt(1234, "seed of the sample images", "output", resume_may_change=True)
+    evaluate: bool = opt(False, "measure the LoRA at the end (as `lorakit evaluate`): RUN_DIR/evaluate/step-N/"
+                         "report.html", "output", resume_may_change=True)
+    evaluate_every: int = opt(0, "also measure it every N steps, figures logged to TensorBoard (0: off)", "output",
+                              resume_may_change=True)
+    evaluate_prompts: Optional[Path] = opt(None, "prompts for the evaluation, one a line (default: the trigger in "
+                                           "new contexts, and prompts without it)", "output", resume_may_change=True)
+    evaluate_n: int = opt(2, "seeds per prompt in an evaluation", "output", resume_may_change=True)
+    clip_model: str = opt("openai/clip-vit-large-patch14", "CLIP for the evaluation (folder or hub id, read "
+                          "offline; none: skip)", "output", resume_may_change=True)
+    dino_model: str = opt("facebook/dinov2-small", "DINOv2 for the evaluation (folder or hub id, read offline; "
+                          "none: skip)", "output", resume_may_change=True)
     progress: bool = opt(True, "tqdm progress bar", "output", resume_may_change=True)
     tensorboard: bool = opt(True, "TensorBoard logs in RUN_DIR/logs", "output", resume_may_change=True)
     resume: Optional[Path] = opt(None, "resume state folder (or a run folder: its latest state)", "run",
@@ -144,7 +155,7 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 bad(f"--{_flag(key)} must be one of {', '.join(a for a in allowed if a)}, not {getattr(self, key)!r}")
-        positive = ("rank", "steps", "batch_size", "grad_accum", "resolution", "repeats", "keep_states")
+        positive = ("rank", "steps", "batch_size", "grad_accum", "resolution", "repeats", "keep_states", "evaluate_n")
         for key in positive:
             if getattr(self, key) < 1:
                 bad(f"--{_flag(key)} must be at least 1, not {getattr(self, key)}")
@@ -162,6 +173,8 @@ class TrainConfig:
             bad("nothing to train: --no-train-unet needs --train-text-encoder")
         if self.class_data is not None and not self.class_prompt:
             bad("--class-data needs --class-prompt (the prompt the class images show)")
+        if self.evaluate_every < 0:
+            bad(f"--evaluate-every must be ≥ 0 (0: off), not {self.evaluate_every}")
         if self.warmup_steps > self.steps:
             bad(f"--warmup-steps {self.warmup_steps} is more than --steps {self.steps}")
         return self
@@ -185,7 +198,7 @@ class TrainConfig:
             else:
                 flat[key] = value
         cfg = cls().override(flat, source=path)
-        for key in ("data", "class_data", "sample_prompts", "out", "run_dir", "cache_dir", "resume"):
+        for key in ("data", "class_data", "sample_prompts", "evaluate_prompts", "out", "run_dir", "cache_dir", "resume"):
             v = getattr(cfg, key)
             if key in flat and v is not None and not Path(v).is_absolute():
                 setattr(cfg, key, path.parent / v)

@@ -35,6 +35,7 @@ from .memory import release_free_memory
 from .metadata import network_args, training_fields
 from .optim import build_optimizer, build_scheduler
 from ..generate import image_grid, save_png
+from .evaluation import evaluate_run
 from .sampling import count_images, generate_class_images, read_class_prompts, read_prompts, render
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -263,7 +264,8 @@ class Trainer:
         need_generation = class_subset is not None and count_images(class_subset.dir) < wanted_class
         varying_captions = any(s.shuffle_caption or s.caption_dropout for s in subsets)
         staged = (cfg.cache_latents != "none" and cfg.cache_text != "none" and not cfg.train_text_encoder
-                  and not cfg.sample_every and not need_generation and not varying_captions)
+                  and not cfg.sample_every and not cfg.evaluate_every and not need_generation
+                  and not varying_captions)
         self.model = self._load(("vae", "text_encoders") if staged else ("unet", "vae", "text_encoders"))
         self.family, self.prediction_type = self.model.family, self.model.prediction_type
         self.vae_config = dict(self.model.vae.config) if self.model.vae is not None else None
@@ -303,7 +305,7 @@ class Trainer:
     def _release_unneeded(self) -> None:
         """Free the VAE / text encoders once the caches make them useless for the rest of the run."""
         cfg = self.cfg
-        if cfg.sample_every:
+        if cfg.sample_every or cfg.evaluate_every:
             return
         if cfg.cache_latents != "none":
             self._release("vae")
@@ -577,6 +579,8 @@ class Trainer:
                     self.checkpoint()
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.samples()
+                if cfg.evaluate_every and self.step % cfg.evaluate_every == 0 and self.step < cfg.steps:
+                    evaluate_run(self)
         except KeyboardInterrupt:
             bar.close()
             if self.world == 1 and self.step > 0:
@@ -588,6 +592,8 @@ class Trainer:
         md = {}
         if self.main:
             md = self.save_lora(Path(cfg.out), self.step, final=True)
+        if cfg.evaluate or cfg.evaluate_every:
+            evaluate_run(self)
         if cfg.tensorboard:
             acc.end_training()
         acc.wait_for_everyone()
