@@ -2,8 +2,9 @@
 
 Subject fidelity follows the DreamBooth paper (Ruiz et al. 2023): cosine similarity of DINO
 ViT-S/16 embeddings (here DINOv2 ViT-S/14, `facebook/dinov2-small`, its CLS token after the last
-layer norm; `facebook/dino-vits16`, the paper's own, loads the same way) and of CLIP image embeddings between generated and real images; prompt fidelity is
-the cosine of CLIP's text and image embeddings (CLIP-T; CLIPScore without its ×2.5 and clamp).
+layer norm; `facebook/dino-vits16`, the paper's own, loads the same way) and of CLIP image
+embeddings between generated and real images; prompt fidelity is the cosine of CLIP's text and
+image embeddings (CLIP-T; CLIPScore without its ×100 and clamp at 0).
 
 CLIP's default is `openai/clip-vit-large-patch14`: the CLIP whose text tower conditions SD 1.x,
 the model torchmetrics' CLIPScore (what most diffusion papers report) uses by default, and one

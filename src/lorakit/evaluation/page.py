@@ -184,7 +184,8 @@ def render(report, title: str | None = None) -> str:
 <h2>By strength</h2>
 {_summary(report)}
 {f'<img src="{chart}" alt="metrics against strength" width="1100">' if chart else ''}
-<h2>Strength × prompt <span class="own" style="font-size:13px;font-weight:normal">★ the LoRA's own prompts</span></h2>
+<h2>Strength × prompt <span class="own" style="font-size:13px;font-weight:normal">★ the LoRA's own
+prompts</span></h2>
 {_grid(report)}
 <h2>Training images</h2>
 {ref_line or '<p class="na">none given (--data)</p>'}
