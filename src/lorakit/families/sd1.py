@@ -46,7 +46,8 @@ class SD1(UNetFamily):
         if any(k.startswith("cond_stage_model.transformer.") for k in shapes):
             return 2
         proj_in = next((v for k, v in shapes.items() if k.startswith(UNET) and k.endswith(".proj_in.weight")), None)
-        return 1 if proj_in is None or len(proj_in) != 2 else 0  # a conv proj_in: SD1's transformer blocks
+        sgm = any(k.startswith("conditioner.") for k in shapes)  # SDXL-style text encoders: not SD1
+        return 1 if not sgm and (proj_in is None or len(proj_in) != 2) else 0  # a conv proj_in: SD1's blocks
 
     def pipeline_evidence(self, pipe, config: Mapping | None) -> int:
         if config is None and getattr(pipe, "unet", None) is None and not hasattr(pipe, "unet"):

@@ -54,7 +54,8 @@ class SD2(UNetFamily):
         if any(k.startswith("cond_stage_model.model.") for k in shapes):
             return 2
         proj_in = next((v for k, v in shapes.items() if k.startswith(UNET) and k.endswith(".proj_in.weight")), None)
-        return 1 if proj_in is not None and len(proj_in) == 2 else 0  # a linear proj_in (use_linear_projection)
+        sgm = any(k.startswith("conditioner.") for k in shapes)  # SDXL-style text encoders: not SD2
+        return 1 if not sgm and proj_in is not None and len(proj_in) == 2 else 0  # a linear proj_in
 
     def pipeline_evidence(self, pipe, config: Mapping | None) -> int:
         cfg = denoiser_config(pipe, config)

@@ -84,13 +84,16 @@ class Denoiser(nn.Module):
         out = []
         for job in jobs:
             cond = self.conditioner.encode_ids(job["ids"]) if "ids" in job else job["cond"]
-            out.append(self.spec.predict(self.unet, job["noisy"], job["t"], cond, job["extra"], self.dtype))
+            extra = {k: v for k, v in job.items() if k not in _JOB_KEYS}  # the family's extra_inputs
+            out.append(self.spec.predict(self.unet, job["noisy"], job["t"], cond, extra, self.dtype))
         return out
 
 
+_JOB_KEYS = ("noisy", "t", "ids", "cond")  # a job's other keys are the family's extra_inputs
+
+
 def _concat(jobs: list[dict]) -> dict:
-    out = {k: torch.cat([j[k] for j in jobs]) for k in ("noisy", "t")}
-    out["extra"] = {k: torch.cat([j["extra"][k] for j in jobs]) for k in jobs[0]["extra"]}
+    out = {k: torch.cat([j[k] for j in jobs]) for k in jobs[0] if k not in ("ids", "cond")}
     if "ids" in jobs[0]:
         out["ids"] = [torch.cat(parts) for parts in zip(*(j["ids"] for j in jobs))]
     else:
@@ -450,7 +453,7 @@ class Trainer:
             job["ids"] = self.conditioner.tokenize(captions)
         else:
             job["cond"] = self._text(captions)
-        job["extra"] = {k: v.to(latents.device) for k, v in self.spec.extra_inputs(samples).items()}
+        job.update({k: v.to(latents.device) for k, v in self.spec.extra_inputs(samples).items()})
         weights = None
         if cfg.min_snr_gamma:
             weights = losses.min_snr_weights(self.noise_scheduler, t, cfg.min_snr_gamma, self.prediction_type)
