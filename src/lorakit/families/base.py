@@ -183,7 +183,3 @@ class Family:
     def predict(self, denoiser, noisy, t, cond: Mapping, extra: Mapping, dtype):
         """One denoiser forward: the model output the objective compares with its target."""
         raise NotImplementedError
-
-
-def shipped(name: str) -> Path:
-    return CONFIGS_DIR / name
