@@ -212,7 +212,9 @@ def fmt(xs: list[float]) -> str:
 
 def table(results: dict, schedule: list[int], steps: int) -> str:
     names = list(results)
-    lines = ["| steps | " + " | ".join(f"{n}: fidelity | {n}: base" for n in names) + " |",
+    seeds = {n: len(results[n]) for n in names}
+    lines = ["| steps | " + " | ".join(f"{n} ({seeds[n]} seed{'s' * (seeds[n] > 1)}): fidelity | {n}: base"
+                                       for n in names) + " |",
              "|---:|" + "---:|---:|" * len(names)]
     for n_steps in schedule:
         cells = []
