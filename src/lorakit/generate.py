@@ -200,12 +200,11 @@ def file_sha256(path: Path) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
         cache[key] = h.hexdigest()
+        from .atomic import write_text_atomic
+
         try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cache))
-            os.replace(tmp, cache_file)
-        except OSError:
+            write_text_atomic(cache_file, json.dumps(cache))
+        except LoraKitError:  # a cache that cannot be written only costs a rehash next time
             pass
     return cache[key]
 
@@ -224,18 +223,15 @@ def image_grid(images: Sequence, cols: int | None = None):
 
 def save_png(image, path: Path, info: str | None = None) -> None:
     """Atomic PNG write (a hidden temporary name, then rename), with A1111's `parameters` text chunk."""
-    import os
-
     from PIL.PngImagePlugin import PngInfo
+
+    from .atomic import atomic_path
 
     meta = PngInfo()
     if info:
         meta.add_text("parameters", info)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="PNG", pnginfo=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=meta)
 
 
 def write_outputs(result: GenerateResult, out: Path) -> list[Path]:

@@ -102,6 +102,10 @@ def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickl
     return LoRAFile(modules, metadata, fmt, fam, str(p))
 
 
+# suffixes that name a file: a PEFT adapter (a folder) is never written under one
+FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".json", ".txt")
+
+
 def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Mapping[str, str] | None = None, *,
               format: str = "kohya", dtype: torch.dtype | None = torch.float16, family: str | None = None,
               parts=None, layout: naming.UNetLayout | None = None) -> Path:
@@ -126,6 +130,10 @@ def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Ma
         family = parts.family
     family = family or detect_family(modules, metadata)
     path = Path(path)
+    if format == "peft" and path.suffix.lower() in FILE_SUFFIXES:
+        raise LoraKitError(f"a PEFT adapter is a folder (adapter_config.json + {peft_fmt.WEIGHTS} per model "
+                           f"part), but this path names a {path.suffix} file: give a folder such as "
+                           f"{path.with_suffix('').name}_peft/, or --to kohya/diffusers for one file", path)
     name = None if "ss_output_name" in (metadata or {}) else (path.name if format == "peft" else path.stem)
     md = build_metadata(modules, family=family, base=metadata, output_name=name)
     # a source file's diffusers config would contradict the new file (diffusers refuses kohya

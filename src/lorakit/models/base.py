@@ -17,6 +17,11 @@ class BaseModel:
     prediction_type: str  # epsilon | v_prediction
     source: str  # what the user gave: a path, a hub id, or "toy"
     kind: str  # diffusers | single_file | hub | toy
+    unet_config: dict | None = None  # the UNet's config, also when the UNet itself was not loaded
+
+    def __post_init__(self):
+        if self.unet_config is None and self.unet is not None:
+            self.unet_config = dict(self.unet.config)
 
     @property
     def unet(self):

@@ -94,6 +94,9 @@ class TrainConfig:
     noise_offset: float = opt(0.0, "noise offset (0.05–0.1 helps very dark/bright images)", "loss")
     l1_penalty: float = opt(0.0, "coefficient of Σ|w| over the LoRA weights", "loss")
     l2_penalty: float = opt(0.0, "coefficient of Σw² over the LoRA weights", "loss")
+    nan_policy: str = opt("stop", "on a NaN/Inf loss: stop (naming the step and the last good checkpoint) or skip "
+                          "that optimizer step (counted in the log and the LoRA metadata)", "loss",
+                          resume_may_change=True)
     # run
     steps: int = opt(1000, "optimizer steps", "run")
     grad_accum: int = opt(1, "gradient accumulation micro-steps per optimizer step", "run")
@@ -140,7 +143,7 @@ class TrainConfig:
                    "mixed_precision": ("no", "fp16", "bf16"), "save_dtype": ("fp16", "bf16", "fp32"),
                    "scheduler": ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                                  "polynomial"),
-                   "prediction_type": (None, "epsilon", "v_prediction")}
+                   "prediction_type": (None, "epsilon", "v_prediction"), "nan_policy": ("stop", "skip")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 bad(f"--{_flag(key)} must be one of {', '.join(a for a in allowed if a)}, not {getattr(self, key)!r}")
