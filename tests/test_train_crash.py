@@ -170,3 +170,27 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_last_good_state(root, argv, r
     assert code == 0, (root / "int2-resumed.log").read_text()
     assert not (run_dir / "state-000006.tmp").exists()
     _same_lora(load_file(out), reference[0])
+
+
+@pytest.mark.parametrize("fault, failing, good", [
+    (("enospc_in_state_file", 8, "model.safetensors"), "state-000008/model.safetensors", "state-000004"),
+    (("enospc_in_file", "lora-000008.safetensors"), "lora-000008.safetensors", "state-000008"),
+], ids=["resume-state", "lora-snapshot"])
+def test_full_disk_is_one_line_naming_the_file_and_keeps_the_last_good_state(root, argv, reference, fault,
+                                                                              failing, good):
+    out = root / f"full-{failing.split('/')[0]}" / "lora.safetensors"
+    run_dir = out.with_name("lora-run")
+    log = root / f"full-{good}.log"
+    assert crash.run(_with_out(argv, out), log, [fault]) == 2, log.read_text()
+    text = log.read_text()
+    errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
+    assert errors == [f"error: {run_dir / failing}: cannot write (no space left on device); the last good resume "
+                      f"state {run_dir / good} is intact: free some space, then continue with --resume {run_dir}"], text
+    assert "Traceback" not in text
+    assert state.list_states(run_dir)[-1].name == good
+    _assert_states_load(run_dir)
+    left = [p.name for p in run_dir.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
+    assert not left and not (run_dir / failing).exists()
+    code = crash.run([*_with_out(argv, out), "--resume", run_dir], root / f"full-{good}-resumed.log")
+    assert code == 0  # the disk has room again: the run continues from the last good state
+    _same_lora(load_file(out), reference[0])
