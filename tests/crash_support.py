@@ -22,12 +22,29 @@ _CTX = None
 PAUSE_LIMIT_S = 20.0
 
 
+def _warm() -> None:
+    """Import what a training run imports lazily, once in the fork server rather than in every child."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401 (the loss curve)
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline  # noqa: F401
+    from transformers import CLIPTextModel  # noqa: F401
+
+    import lorakit.commands.train  # noqa: F401
+    import lorakit.formats  # noqa: F401
+    import lorakit.models.loader  # noqa: F401
+    import lorakit.train.loop  # noqa: F401
+
+
+_warm()
+
+
 def context():
     global _CTX
     if _CTX is None:
         _CTX = multiprocessing.get_context("forkserver")
-        _CTX.set_forkserver_preload(["crash_support", "torch", "diffusers", "transformers", "accelerate",
-                                     "lorakit.cli", "lorakit.commands.train", "lorakit.train.loop"])
+        _CTX.set_forkserver_preload(["crash_support"])
     return _CTX
 
 

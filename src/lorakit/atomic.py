@@ -42,9 +42,22 @@ def write_failure(exc: BaseException, path: str | os.PathLike) -> LoraKitError:
             why = "disk quota exceeded"
         else:
             why = exc.strerror or str(exc)
-    else:  # safetensors' writer reports I/O failures as SafetensorError
-        why = " ".join(str(exc).split())[:200]
+    else:  # safetensors' writer reports I/O failures as SafetensorError, torch.save as RuntimeError
+        text = " ".join(str(exc).split())
+        why = "no space left on device" if "No space left on device" in text else text[:200] + free_space(path)
     return LoraKitError(f"cannot write ({why})", path)
+
+
+def free_space(path: str | os.PathLike) -> str:
+    """', N MiB free on that disk' (a hint when a writer's error does not say why it failed)."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        free = shutil.disk_usage(p).free
+    except OSError:
+        return ""
+    return f"; {free / 2**20:.1f} MiB free on that disk"
 
 
 def _is_write_failure(exc: BaseException) -> bool:
@@ -148,6 +161,7 @@ def commit_dir(tmp: Path, path: Path) -> None:
     for root, _, files in os.walk(tmp):
         for f in files:
             _fsync_file(Path(root) / f)
+            os.chmod(Path(root) / f, file_mode())  # some writers create 0600 files
         _fsync_dir(root)
     os.chmod(tmp, file_mode(directory=True))
     old = aside(path)

@@ -12,8 +12,12 @@ class LoraKitError(Exception):
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
 
-class Interrupted(Exception):
-    """A run stopped by a signal (Ctrl-C, SIGTERM): the CLI prints the message and exits with `exit_code`."""
+class Interrupted(BaseException):
+    """A run stopped by a signal (Ctrl-C, SIGTERM): the CLI prints the message and exits with `exit_code`.
+
+    A BaseException, as KeyboardInterrupt is, so that no `except Exception` on the way (a library
+    wrapping load errors, click turning KeyboardInterrupt into Abort) swallows or rewords it.
+    """
 
     def __init__(self, message: str, exit_code: int, *, run_dir: object | None = None, state: object | None = None):
         self.exit_code = exit_code

@@ -504,8 +504,7 @@ class Trainer:
                 self._bad_step = True
             if self.trim_memory:
                 release_free_memory()
-            if not self._bad_step:
-                acc.backward(loss)
+            acc.backward(loss)  # also when skipping: DDP expects every forward's backward; the grads are dropped
             if acc.sync_gradients:
                 if not self._bad_step:
                     if cfg.max_grad_norm:

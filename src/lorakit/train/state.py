@@ -104,22 +104,11 @@ def save(accelerator, run_dir: Path, step: int, info: dict, keep: int) -> Path:
             commit_dir(tmp, final)
             for old in list_states(run_dir)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
-    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _failure(exc, tmp, final, run_dir) from None
-    except Exception as exc:
-        if type(exc).__name__ != "SafetensorError":
+    except Exception as exc:  # torch.save reports a full disk as a RuntimeError, safetensors as its own
+        if not isinstance(exc, (OSError, RuntimeError)) and type(exc).__name__ != "SafetensorError":
             raise
+        err = write_failure(exc, final_name(exc, tmp, final))  # (before the clean-up frees space)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _failure(exc, tmp, final, run_dir) from None
+        raise err from None
     accelerator.wait_for_everyone()
     return final
-
-
-def _failure(exc: BaseException, tmp: Path, final: Path, run_dir: Path) -> LoraKitError:
-    err = write_failure(exc, final_name(exc, tmp, final))
-    if isinstance(exc, RuntimeError) and not isinstance(exc, OSError):
-        text = " ".join(str(exc).split())
-        why = "no space left on device" if "No space left" in text else text[:200]
-        err = LoraKitError(f"cannot write the resume state ({why})", final)
-    return err
