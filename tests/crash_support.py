@@ -43,6 +43,9 @@ _warm()
 def context():
     global _CTX
     if _CTX is None:
+        # the fork server imports its preload list with the environment's path, not pytest's sys.path
+        here = str(Path(__file__).resolve().parent)
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
         _CTX = multiprocessing.get_context("forkserver")
         _CTX.set_forkserver_preload(["crash_support"])
     return _CTX

@@ -111,10 +111,13 @@ def _read(*parts) -> dict:
     return json.loads(Path(CONFIGS_DIR, *parts).read_text())
 
 
-@pytest.mark.parametrize("folder, multiple", [("sd15", 64), ("sd21", 64), ("sdxl-base", 32)])
-def test_size_multiple_comes_from_the_model_configs(folder, multiple):
-    fake = SimpleNamespace(vae_config=_read(folder, "vae", "config.json"),
-                           model=SimpleNamespace(unet_config=_read(folder, "unet", "config.json")))
+@pytest.mark.parametrize("folder, family, multiple", [("sd15", "sd1", 64), ("sd21", "sd2", 64),
+                                                      ("sdxl-base", "sdxl", 32)])
+def test_size_multiple_comes_from_the_model_configs(folder, family, multiple):
+    from lorakit import families
+
+    fake = SimpleNamespace(vae_config=_read(folder, "vae", "config.json"), spec=families.get(family),
+                           model=SimpleNamespace(denoiser_config=_read(folder, "unet", "config.json")))
     assert Trainer._size_multiple(fake) == multiple
 
 

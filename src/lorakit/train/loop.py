@@ -29,7 +29,7 @@ from ..atomic import remove_stale_temporaries, write_text_atomic
 from ..errors import Interrupted, LoraKitError
 from ..lora.network import LoRANetwork
 from . import losses, state
-from .conditioning import Conditioner, encode_pixels, time_ids
+from .conditioning import Conditioner, encode_pixels
 from .interrupt import EXIT_CODES, StopRequests, signal_name
 from .config import TrainConfig
 from .logs import LossHistory
@@ -70,13 +70,13 @@ class Denoiser(nn.Module):
     """The module accelerate prepares: the LoRA network as its only child, the frozen UNet and
     text encoders held by plain reference so DDP neither broadcasts nor reduces them."""
 
-    def __init__(self, network: LoRANetwork, unet: nn.Module, conditioner: Conditioner, family: str,
-                 dtype: torch.dtype):
+    def __init__(self, network: LoRANetwork, unet: nn.Module, conditioner: Conditioner, spec, dtype: torch.dtype):
         super().__init__()
         self.network = network
         object.__setattr__(self, "unet", unet)
         object.__setattr__(self, "conditioner", conditioner)
-        self.family, self.dtype = family, dtype
+        object.__setattr__(self, "spec", spec)
+        self.dtype = dtype
 
     def forward(self, jobs: list[dict]) -> list[torch.Tensor]:
         """One prediction per job (instance batch, prior batch); same-sized jobs share one UNet call."""
@@ -86,17 +86,16 @@ class Denoiser(nn.Module):
         out = []
         for job in jobs:
             cond = self.conditioner.encode_ids(job["ids"]) if "ids" in job else job["cond"]
-            kwargs = {}
-            if self.family == "sdxl":
-                kwargs["added_cond_kwargs"] = {"text_embeds": cond["pooled"].to(self.dtype),
-                                               "time_ids": job["time_ids"].to(self.dtype)}
-            out.append(self.unet(job["noisy"].to(self.dtype), job["t"], cond["hidden"].to(self.dtype),
-                                 return_dict=False, **kwargs)[0])
+            extra = {k: v for k, v in job.items() if k not in _JOB_KEYS}  # the family's extra_inputs
+            out.append(self.spec.predict(self.unet, job["noisy"], job["t"], cond, extra, self.dtype))
         return out
 
 
+_JOB_KEYS = ("noisy", "t", "ids", "cond")  # a job's other keys are the family's extra_inputs
+
+
 def _concat(jobs: list[dict]) -> dict:
-    out = {k: torch.cat([j[k] for j in jobs]) for k in ("noisy", "t", "time_ids") if k in jobs[0]}
+    out = {k: torch.cat([j[k] for j in jobs]) for k in jobs[0] if k not in ("ids", "cond")}
     if "ids" in jobs[0]:
         out["ids"] = [torch.cat(parts) for parts in zip(*(j["ids"] for j in jobs))]
     else:
@@ -218,24 +217,22 @@ class Trainer:
         return str(self.cfg.model)
 
     def _size_multiple(self) -> int:
-        """Pixels every image side must be a multiple of: the VAE's downscale × the UNet's downsamplings
-        (64 for SD 1.x/2.x, 32 for SDXL), read from the model's own configs."""
+        """Pixels every image side must be a multiple of: the VAE's downscale × the denoiser's
+        downsampling (64 for SD 1.x/2.x, 32 for SDXL), read from the model's own configs."""
         vae_factor = 2 ** (len(self.vae_config["block_out_channels"]) - 1) if self.vae_config else 1
-        unet_config = self.model.unet_config or {}
-        return vae_factor * 2 ** (len(unet_config.get("down_block_types", ("one",))) - 1)
+        config = self.model.denoiser_config
+        return vae_factor * (self.spec.denoiser_downsampling(config) if config else 1)
 
     def _bucket_settings(self) -> BucketSettings:
-        """Steps of the model's size multiple; models whose multiple is under 32 px (tiny and toy
-        models) start at 64 px and halve for small resolutions, never below their multiple."""
+        """The family's step (64 px, SDXL 32) made a multiple of the model's size multiple, smaller only
+        when the resolution itself is that small, never below the size multiple."""
         cfg = self.cfg
         need = self._size_multiple()
         step = cfg.bucket_step
         if step is None:
-            step = need
-            if need < 32:
-                step = 64
-                while step > need and (cfg.resolution % step or cfg.resolution < 2 * step):
-                    step //= 2
+            step = max(self.spec.bucket_step, need)  # powers of two: a multiple of need
+            while step > need and (cfg.resolution % step or cfg.resolution < 2 * step):
+                step //= 2
             if cfg.resolution % step:
                 raise LoraKitError(f"--resolution {cfg.resolution} must be a multiple of {step} px, which this "
                                    f"model's VAE and UNet downsampling need")
@@ -288,6 +285,10 @@ class Trainer:
                   and not cfg.sample_every and not need_generation and not varying_captions)
         self.model = self._load(("vae", "text_encoders") if staged else ("unet", "vae", "text_encoders"))
         self.family, self.prediction_type = self.model.family, self.model.prediction_type
+        self.spec = self.model.spec
+        self.objective = self.spec.objective(self.prediction_type)
+        if self.objective not in ("epsilon", "v_prediction"):
+            raise LoraKitError(f"{self.spec.label}: the {self.objective} objective is not trained by this loop")
         self.vae_config = dict(self.model.vae.config) if self.model.vae is not None else None
         device = acc.device
         if need_generation:
@@ -307,15 +308,15 @@ class Trainer:
         text_mode = "none" if cfg.train_text_encoder else cfg.cache_text
         self.texts = TensorStore(text_mode, cache_dir / "text", max_items=4096)
         self.tag = self._model_tag()
-        for name in ("vae", "text_encoder", "text_encoder_2"):
+        for name in ("vae", *self.spec.text_encoders):
             module = getattr(self.model.pipe, name, None)
             if module is not None:
                 _cast(module.requires_grad_(False), device)
         self._fill_caches()
         if staged:
-            self._release("vae", "text_encoder", "text_encoder_2")
+            self._release("vae", *self.spec.text_encoders)
             unet_model = self._load(("unet",))
-            self.model.pipe.register_modules(unet=unet_model.pipe.unet)
+            self.model.pipe.register_modules(**{self.spec.denoiser: unet_model.unet})
             del unet_model
         else:
             self._release_unneeded()
@@ -330,20 +331,19 @@ class Trainer:
         if cfg.cache_latents != "none":
             self._release("vae")
         if self.texts.enabled and self.data.fixed_captions() is not None and not cfg.train_text_encoder:
-            self._release("text_encoder", "text_encoder_2")
+            self._release(*self.spec.text_encoders)
 
     def _build_training(self, device) -> None:
         cfg, acc = self.cfg, self.acc
         pipe = self.model.pipe
-        unet = _cast(pipe.unet.requires_grad_(False), device, self.weight_dtype)
+        unet = _cast(self.model.unet.requires_grad_(False), device, self.weight_dtype)
         if not cfg.sdpa:
             from diffusers.models.attention_processor import AttnProcessor
 
             unet.set_attn_processor(AttnProcessor())
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        tes = [getattr(pipe, n, None) for n in (("text_encoder", "text_encoder_2") if self.family == "sdxl"
-                                               else ("text_encoder",))]
+        tes = self.model.text_encoders
         for te in tes:
             if te is not None:
                 _cast(te, device, self.weight_dtype)
@@ -371,7 +371,7 @@ class Trainer:
                                     betas=cfg.betas, eps=cfg.eps)
         scheduler = build_scheduler(cfg.scheduler, optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                                     cycles=cfg.scheduler_cycles, power=cfg.scheduler_power)
-        denoiser = Denoiser(self.network, unet, self.conditioner, self.family, self.weight_dtype)
+        denoiser = Denoiser(self.network, unet, self.conditioner, self.spec, self.weight_dtype)
         self.model_wrapped, self.optimizer, self.scheduler = acc.prepare(denoiser, optimizer, scheduler)
         self.params = [p for g in groups for p in g["params"]]
         # Giving freed pages back to the OS costs their page faults on the next step (see memory.py): worth it
@@ -473,9 +473,7 @@ class Trainer:
             job["ids"] = self.conditioner.tokenize(captions)
         else:
             job["cond"] = self._text(captions)
-        if self.family == "sdxl":
-            job["time_ids"] = torch.stack([time_ids(s.placement.original, s.crop, s.placement.bucket)
-                                           for s in samples]).to(latents.device)
+        job.update({k: v.to(latents.device) for k, v in self.spec.extra_inputs(samples).items()})
         weights = None
         if cfg.min_snr_gamma:
             weights = losses.min_snr_weights(self.noise_scheduler, t, cfg.min_snr_gamma, self.prediction_type)
