@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 UNET_PREFIX = "lora_unet"
-TE_PREFIXES = {"sd1": ("lora_te",), "sd2": ("lora_te",), "sdxl": ("lora_te1", "lora_te2")}
-FAMILIES = ("sd1", "sd2", "sdxl")
+TE_PREFIXES = {"sd1": ("lora_te",), "sd2": ("lora_te",), "sdxl": ("lora_te1", "lora_te2"),
+               "sd3": ("lora_te1", "lora_te2", "lora_te3")}
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3")
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,8 @@ def split_module_key(key: str) -> tuple[str, str]:
 
 
 def part_of(name: str) -> str:
-    """Which model part a kohya module name belongs to: unet, te, te1 or te2."""
-    for part in ("unet", "te1", "te2", "te"):
+    """Which model part a kohya module name belongs to: unet, te, te1, te2 or te3."""
+    for part in ("unet", "te1", "te2", "te3", "te"):
         if name.startswith(f"lora_{part}_"):
             return part
     return "unknown"

@@ -17,7 +17,12 @@ def detect_format(keys: Iterable[str], metadata: Mapping[str, str] | None = None
     """kohya, lycoris, diffusers, peft, checkpoint (a model, not a LoRA) or None (unknown)."""
     keys = list(keys)
     md = metadata or {}
-    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
+    from . import sd3_fmt
+
+    sd3_layout = sd3_fmt.layout_of(keys)
+    if sd3_layout not in (None, "kohya"):
+        return "sd3-" + sd3_layout
+    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")) for k in keys):
         from . import kohya
 
         lyco_keys = any(".hada_" in k or ".lokr_" in k or k.endswith((".lora_mid.weight", ".dora_scale", ".diff"))
@@ -37,6 +42,9 @@ def detect_format(keys: Iterable[str], metadata: Mapping[str, str] | None = None
 
 def _family_from_metadata(md: Mapping[str, str]) -> str | None:
     version = md.get("ss_base_model_version", "")
+    if version in ("sd3", "medium", "5-medium", "5-large") or md.get("modelspec.architecture", "").startswith(
+            "stable-diffusion-3"):
+        return "sd3"
     if version.startswith("sdxl"):
         return "sdxl"
     if version.startswith("sd_v2"):
@@ -64,6 +72,10 @@ def detect_family(modules: Modules, metadata: Mapping[str, str] | None = None) -
     family = _family_from_metadata(metadata or {})
     if family:
         return family
+    from .sd3_fmt import is_sd3_modules
+
+    if is_sd3_modules(modules):
+        return "sd3"
     parts = {naming.part_of(n) for n in modules}
     if parts & {"te1", "te2"}:
         return "sdxl"

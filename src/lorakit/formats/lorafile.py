@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import naming
 from ..errors import LoraKitError
-from . import diffusers_fmt, kohya, peft_fmt
+from . import diffusers_fmt, kohya, peft_fmt, sd3_fmt
 from .detect import detect_family, detect_format
 from .hashes import precalculate_hashes
 from .metadata import build_metadata
@@ -25,7 +25,7 @@ from .modules import Modules, alpha_of, rank_of
 from .peft_common import entries_from_modules
 from .st_io import PICKLE_SUFFIXES, read_pickle, read_safetensors, serialize, write_bytes_atomic
 
-FORMATS = ("kohya", "diffusers", "peft")
+FORMATS = ("kohya", "diffusers", "peft", "comfyui", "onetrainer")
 
 
 @dataclass
@@ -73,7 +73,7 @@ def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickl
     Pickled files (.ckpt/.pt/.bin) can run code when loaded: refused unless `allow_pickle`.
     """
     if family is not None and family not in naming.FAMILIES:
-        raise LoraKitError(f"unknown family {family!r} (sd1, sd2 or sdxl)")
+        raise LoraKitError(f"unknown family {family!r} ({', '.join(naming.FAMILIES)})")
     p = Path(path)
     if p.is_dir():
         if not peft_fmt.is_adapter_folder(p):
@@ -88,6 +88,12 @@ def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickl
     else:
         state, metadata = read_safetensors(p)
     fmt = detect_format(state, metadata)
+    if fmt and fmt.startswith("sd3-"):
+        fmt = fmt[len("sd3-"):]
+        modules = sd3_fmt.read(state, metadata, fmt, str(p))
+        if not modules:
+            raise _not_lora(state, fmt, p)
+        return LoRAFile(modules, metadata, fmt, "sd3", str(p))
     if fmt in ("kohya", "lycoris"):
         modules = kohya.group(state, str(p))
         fam = family or detect_family(modules, metadata)
@@ -133,6 +139,17 @@ def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Ma
     md.pop(diffusers_fmt.METADATA_KEY, None)
     if md.get("format") == "pt":
         del md["format"]
+    if family == "sd3" and format not in ("kohya", "peft"):
+        tensors, extra = sd3_fmt.write_state(modules, format, dtype, str(path))
+        md.update(extra)
+        md.update(precalculate_hashes(tensors, md))
+        write_bytes_atomic(path, serialize(tensors, md))
+        return path
+    if format in ("comfyui", "onetrainer"):
+        raise LoraKitError(f"the {format} layout is written for SD 3.x LoRAs only (this one is for {family})", path)
+    if family == "sd3" and format == "peft":
+        raise LoraKitError("SD 3.x LoRAs are written as diffusers, kohya, comfyui or onetrainer files, not as PEFT "
+                           "folders", path)
     if layout is None and parts is not None and parts.unet_config:
         layout = naming.UNetLayout.from_config(parts.unet_config)
     if format == "kohya":

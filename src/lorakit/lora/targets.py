@@ -8,13 +8,14 @@ in the UNet; `CLIPAttention` / `CLIPMLP` (and their SDPA/flash variants) in the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from .. import naming
 
-PRESETS = ("attn", "cross-attn", "transformer", "full")
+PRESETS = ("attn", "cross-attn", "attn-mlp", "transformer", "full")
 _TRANSFORMER = {"Transformer2DModel", "SpatialTransformer"}
 _RESNET = {"ResnetBlock2D"}
 _SAMPLERS = {"Downsample2D", "Upsample2D"}
@@ -28,10 +29,28 @@ class Target:
     module: nn.Module
     container: str  # class of the block it sits in ("" when none of the known ones)
     aliases: tuple[str, ...] = ()
+    # A layer the file names once but the live model holds as several (fused qkv) or with its rows
+    # in another order: (live layer, the rows of the named layer it holds). `module` is then a
+    # weightless (meta) Linear of the named layer's shape.
+    pieces: tuple[tuple[nn.Module, Tensor], ...] = ()
 
     @property
     def is_conv3(self) -> bool:
         return isinstance(self.module, nn.Conv2d) and tuple(self.module.kernel_size) != (1, 1)
+
+    def sites(self) -> list[tuple[nn.Module, Tensor | None]]:
+        """(live layer, rows of the named layer or None for all) for each layer a ΔW lands in."""
+        return list(self.pieces) if self.pieces else [(self.module, None)]
+
+    def weight(self) -> Tensor:
+        """The named layer's weight as the file sees it (gathered from its pieces when fused)."""
+        if not self.pieces:
+            return self.module.weight
+        first = self.pieces[0][0].weight
+        out = torch.empty(tuple(self.module.weight.shape), dtype=first.dtype, device=first.device)
+        for module, rows in self.pieces:
+            out[rows.to(out.device)] = module.weight
+        return out
 
 
 @dataclass
@@ -42,6 +61,8 @@ class ModelParts:
     unet: nn.Module | None
     text_encoders: Sequence[nn.Module] = ()
     unet_config: Mapping | None = None
+    # families whose denoiser is not a diffusers UNet name its layers themselves: model → {name: Target}
+    denoiser_targets: Callable[[nn.Module], dict[str, "Target"]] | None = None
     _index: dict | None = field(default=None, repr=False)
 
     def index(self) -> dict[str, Target]:
@@ -79,9 +100,15 @@ def _te_container(cls: str) -> str:
     return cls
 
 
+def _is_clip(te: nn.Module) -> bool:
+    return str(getattr(getattr(te, "config", None), "model_type", "clip")).startswith("clip")
+
+
 def build_index(parts: ModelParts) -> dict[str, Target]:
     index: dict[str, Target] = {}
-    if parts.unet is not None:
+    if parts.unet is not None and parts.denoiser_targets is not None:
+        index.update(parts.denoiser_targets(parts.unet))
+    elif parts.unet is not None:
         layout = naming.UNetLayout.from_config(parts.unet_config) if parts.unet_config else None
         containers = _containers(parts.unet, _TRANSFORMER | _RESNET | _SAMPLERS)
         for path, module in parts.unet.named_modules():
@@ -102,12 +129,18 @@ def build_index(parts: ModelParts) -> dict[str, Target]:
         for path, module in te.named_modules():
             if not isinstance(module, (nn.Linear, nn.Conv2d)):
                 continue
-            name = naming.kohya_name(prefix, naming.te_path_for_name(path))
+            name = naming.kohya_name(prefix, naming.te_path_for_name(path) if _is_clip(te) else path)
             index[name] = Target(name, path, prefix[len("lora_"):], module, containers.get(path, ""), (name,))
     return index
 
 
+_MMDIT_PRESETS = {"attn": {"attn"}, "cross-attn": {"attn"}, "attn-mlp": {"attn", "mlp"},
+                  "transformer": {"attn", "mlp", "adaLN"}, "full": {"attn", "mlp", "adaLN", "embed"}}
+
+
 def _unet_selected(t: Target, preset: str) -> bool:
+    if t.container.startswith("MMDiT."):  # a joint-attention transformer (SD3): kohya's default is every block Linear
+        return t.container[len("MMDiT."):] in _MMDIT_PRESETS[preset]
     if t.container in _TRANSFORMER:
         if preset == "cross-attn":
             return ".attn2." in t.path and (".to_" in t.path)
@@ -123,7 +156,7 @@ def _unet_selected(t: Target, preset: str) -> bool:
 def _te_selected(t: Target, preset: str) -> bool:
     if t.container == "CLIPAttention":
         return True
-    return t.container == "CLIPMLP" and preset in ("transformer", "full")
+    return t.container == "CLIPMLP" and preset in ("attn-mlp", "transformer", "full")
 
 
 def select(parts: ModelParts, preset: str = "transformer", *, unet: bool = True,
