@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-FAMILIES = ("sd1", "sd2", "sdxl")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+FLOW_MATCHING = "flow_matching"  # SD3's objective: the model predicts noise − latents
 KINDS = ("diffusers", "single_file", "hub", "toy")
 
 
@@ -20,7 +21,9 @@ class BaseModel:
 
     @property
     def unet(self):
-        return getattr(self.pipe, "unet", None)
+        """The denoiser: the UNet, or SD3's MMDiT transformer."""
+        unet = getattr(self.pipe, "unet", None)
+        return unet if unet is not None else getattr(self.pipe, "transformer", None)
 
     @property
     def vae(self):
@@ -28,7 +31,8 @@ class BaseModel:
 
     @property
     def text_encoders(self) -> list:
-        names = ("text_encoder", "text_encoder_2") if self.family == "sdxl" else ("text_encoder",)
+        names = {"sdxl": ("text_encoder", "text_encoder_2"),
+                 "sd3": ("text_encoder", "text_encoder_2", "text_encoder_3")}.get(self.family, ("text_encoder",))
         return [getattr(self.pipe, n, None) for n in names]
 
     def parts(self):
@@ -36,6 +40,11 @@ class BaseModel:
         from ..lora.targets import ModelParts
 
         unet = self.unet
+        if self.family == "sd3":
+            from ..lora.mmdit import transformer_targets
+
+            return ModelParts(self.family, unet, self.text_encoders, dict(unet.config) if unet is not None else None,
+                              transformer_targets)
         return ModelParts(self.family, unet, self.text_encoders, dict(unet.config) if unet is not None else None)
 
 
@@ -46,6 +55,8 @@ def detect_family(pipe, unet_config: Mapping | None = None) -> str:
     cross-attention width (768 → sd1, 1024 → sd2). Small or unusual models by structure: two
     text encoders → sdxl; a linear proj_in (use_linear_projection) → sd2; otherwise sd1.
     """
+    if "StableDiffusion3" in type(pipe).__name__ or getattr(pipe, "transformer", None) is not None:
+        return "sd3"
     if "XL" in type(pipe).__name__ or getattr(pipe, "text_encoder_2", None) is not None:
         return "sdxl"
     unet = getattr(pipe, "unet", None)

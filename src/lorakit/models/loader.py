@@ -17,22 +17,24 @@ from pathlib import Path
 import torch
 
 from ..errors import LoraKitError
-from .base import PREDICTION_TYPES, BaseModel, detect_family
+from .base import FLOW_MATCHING, PREDICTION_TYPES, BaseModel, detect_family
 from .single_file import quiet_loading
 
 COMPONENTS = ("unet", "text_encoders", "vae")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline")
 
 
 def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                prediction_type: str | None = None, config_dir: str | os.PathLike | None = None,
-               components=COMPONENTS, allow_pickle: bool = False) -> BaseModel:
-    """Load a Stable Diffusion 1.x / 2.x / XL base model.
+               components=COMPONENTS, allow_pickle: bool = False,
+               text_encoders: str | os.PathLike | None = None) -> BaseModel:
+    """Load a Stable Diffusion 1.x / 2.x / XL / 3.x base model.
 
     `components` picks the parts to load (others are None in the pipeline); `config_dir` overrides
-    the shipped diffusers configs for single files; `.ckpt` files need `allow_pickle=True`.
+    the shipped diffusers configs for single files; `.ckpt` files need `allow_pickle=True`;
+    `text_encoders` is the folder SD3 single files without their text encoders take them from.
     """
     prediction_type = _normalise_prediction(prediction_type)
     components = tuple(components)
@@ -48,7 +50,8 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | t
         if path.is_dir():
             model = _load_folder(path, "diffusers", dtype, prediction_type, components)
         elif path.is_file():
-            model = _load_single_file(path, dtype, prediction_type, config_dir, components, allow_pickle)
+            model = _load_single_file(path, dtype, prediction_type, config_dir, components, allow_pickle,
+                                      text_encoders)
         elif _looks_like_hub_id(spec):
             model = _load_hub(spec, dtype, prediction_type, components)
         else:
@@ -92,11 +95,17 @@ def _offline() -> bool:
 
 # --- single files ------------------------------------------------------------------------------
 
-def _load_single_file(path: Path, dtype, prediction_type, config_dir, components, allow_pickle) -> BaseModel:
+def _load_single_file(path: Path, dtype, prediction_type, config_dir, components, allow_pickle,
+                      text_encoders=None) -> BaseModel:
+    from . import sd3_loading
     from .checkpoint import declared_prediction_type, detect_file_family, guessed_prediction_type, open_checkpoint
     from .single_file import build_pipeline, read_index, shipped_config
 
     ckpt = open_checkpoint(path, allow_pickle=allow_pickle)
+    if sd3_loading.is_sd3_checkpoint(ckpt.shapes):
+        pipe = sd3_loading.build_pipeline(ckpt, dtype=dtype, config_dir=config_dir, text_encoders=text_encoders,
+                                          components=components)
+        return BaseModel(pipe, "sd3", FLOW_MATCHING, str(path), "single_file")
     family = detect_file_family(ckpt)
     folder = Path(config_dir) if config_dir is not None else None
     if folder is not None:
@@ -172,11 +181,11 @@ def _from_pretrained(source: str, index: dict, dtype, components, *, local_only:
                            source)
     kwargs: dict = {name: None for name in skip}
     if "unet" not in components:
-        kwargs["unet"] = None
+        kwargs["transformer" if "transformer" in index else "unet"] = None
     if "vae" not in components:
         kwargs["vae"] = None
     if "text_encoders" not in components:
-        kwargs.update({n: None for n in ("text_encoder", "text_encoder_2") if n in index})
+        kwargs.update({n: None for n in ("text_encoder", "text_encoder_2", "text_encoder_3") if n in index})
     if class_name == "StableDiffusionPipeline":
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     cls = getattr(diffusers, class_name)
@@ -204,11 +213,19 @@ def _unet_config(source: str, local_only: bool) -> dict | None:
 def _finish(pipe, source: str, kind: str, prediction_type, missing_tokenizers, *, local_only: bool) -> BaseModel:
     from .tokenizer import clip_tokenizer
 
-    unet_config = _unet_config(source, local_only) if getattr(pipe, "unet", None) is None else None
+    unet_config = None
+    if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is None and \
+            "transformer" not in getattr(pipe, "config", {}):
+        unet_config = _unet_config(source, local_only)
     family = detect_family(pipe, unet_config)
     for name in missing_tokenizers:  # folders saved without tokenizers get the shipped CLIP BPE one
         pad = "!" if name == "tokenizer_2" or family == "sd2" else "<|endoftext|>"
         pipe.register_modules(**{name: clip_tokenizer(pad)})
+    if family == "sd3":
+        if getattr(pipe, "text_encoder_3", None) is not None and getattr(pipe, "tokenizer_3", None) is None:
+            raise LoraKitError("the folder has text_encoder_3 (T5) but no tokenizer_3: T5's tokenizer cannot ship "
+                               "with lorakit; copy tokenizer_3 from the model's download", source)
+        return BaseModel(pipe, family, FLOW_MATCHING, source, kind)
     scheduler_pt = getattr(getattr(pipe, "scheduler", None), "config", {}).get("prediction_type", "epsilon")
     pt = prediction_type or scheduler_pt or "epsilon"
     if pt != scheduler_pt and pipe.scheduler is not None:
