@@ -70,8 +70,8 @@ def test_conditioning_equals_the_pipeline_and_recomputes_clip_with_gradients(pip
     caps = ["a photo of sks dog", "a red circle"]
     enc = cond.encode(caps)
     ref, _, pooled, _ = pipe.encode_prompt(caps, None, None, do_classifier_free_guidance=False, max_sequence_length=77)
-    assert torch.allclose(enc["hidden"], ref, atol=1e-6) and torch.allclose(enc["pooled"], pooled, atol=1e-6)
+    assert torch.allclose(enc["hidden"], ref, atol=1e-5) and torch.allclose(enc["pooled"], pooled, atol=1e-5)
     assert enc["hidden"].shape == (2, 77 + 77, 32) and enc["pooled"].shape == (2, 16)
     assert torch.equal(cond.encode_t5(caps), enc["t5"])
     again = cond.encode_ids(cond.tokenize(caps), enc["t5"])
-    assert torch.allclose(again["hidden"], ref, atol=1e-6) and torch.allclose(again["pooled"], pooled, atol=1e-6)
+    assert torch.allclose(again["hidden"], ref, atol=1e-5) and torch.allclose(again["pooled"], pooled, atol=1e-5)
