@@ -21,7 +21,7 @@ REAL = {
 
 TINY_TRANSFORMER = dict(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=3,
                         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
-                        caption_projection_dim=16, pooled_projection_dim=32, pos_embed_max_size=16,
+                        caption_projection_dim=16, pooled_projection_dim=16, pos_embed_max_size=16,
                         qk_norm="rms_norm", dual_attention_layers=(0,))
 
 

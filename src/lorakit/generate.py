@@ -112,7 +112,7 @@ def attach_loras(model, specs: Sequence[LoraSpec], merge: bool = True):
     try:
         for spec in specs:
             net = load_network(parts, spec.path, multiplier=spec.weight)
-            net.to(device=model.pipe.unet.device)
+            net.to(device=model.unet.device)
             net.merge() if merge else net.apply()
             networks.append(net)
     except Exception:
@@ -150,7 +150,7 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
         raise LoraKitError(f"--n and --steps must be ≥ 1 (got n={n}, steps={steps})")
     pipe = model.pipe
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    default = pipe.unet.config.sample_size * scale
+    default = model.unet.config.sample_size * scale
     width, height = width or default, height or default
     if width % 8 or height % 8 or width < 8 or height < 8:
         raise LoraKitError(f"--width and --height must be multiples of 8 (got {width}x{height})")

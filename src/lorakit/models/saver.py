@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import LoraKitError
-from .base import BaseModel, detect_family
+from .base import FLOW_MATCHING, BaseModel, detect_family
 
 ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
                  "sd2-v": "stable-diffusion-v2-768-v", "sdxl": "stable-diffusion-xl-v1-base"}
@@ -30,7 +30,9 @@ def _as_model(model_or_pipe) -> BaseModel:
         return model_or_pipe
     pipe = model_or_pipe
     config = getattr(getattr(pipe, "scheduler", None), "config", {}) or {}
-    return BaseModel(pipe, detect_family(pipe), config.get("prediction_type", "epsilon"), "", "diffusers")
+    family = detect_family(pipe)
+    prediction = FLOW_MATCHING if family == "sd3" else config.get("prediction_type", "epsilon")
+    return BaseModel(pipe, family, prediction, "", "diffusers")
 
 
 def save_model(model_or_pipe, out: str | os.PathLike, dtype: torch.dtype | None = torch.float16, *,
@@ -41,7 +43,11 @@ def save_model(model_or_pipe, out: str | os.PathLike, dtype: torch.dtype | None 
     """
     model = _as_model(model_or_pipe)
     out = Path(out)
-    if out.suffix.lower() == ".safetensors":
+    if out.suffix.lower() == ".safetensors" and model.family == "sd3":
+        from .sd3_loading import save_single_file as save_sd3
+
+        save_sd3(model.pipe, out, dtype=dtype, metadata=metadata)
+    elif out.suffix.lower() == ".safetensors":
         save_single_file(model, out, dtype, metadata)
     else:
         if out.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):

@@ -176,7 +176,8 @@ def build_pipeline(ckpt: Checkpoint, *, dtype=torch.float32, config_dir: Path | 
         text_encoder_3=parts["text_encoder_3"], tokenizer_3=parts["tokenizer_3"])
 
 
-def save_single_file(pipe, path, *, include_text_encoders: bool = True, dtype=None) -> Path:
+def save_single_file(pipe, path, *, include_text_encoders: bool = True, dtype=None,
+                     metadata: dict | None = None) -> Path:
     """An SAI-layout single file of the pipeline (what ComfyUI and sd-scripts load), written atomically."""
     from .. import sd3_naming
     from ..formats.st_io import serialize, write_bytes_atomic
@@ -200,6 +201,9 @@ def save_single_file(pipe, path, *, include_text_encoders: bool = True, dtype=No
         out = {k: v.to(dtype) if v.is_floating_point() else v for k, v in out.items()}
     out = {k: v.detach().cpu().contiguous() for k, v in out.items()}
     path = Path(path)
-    write_bytes_atomic(path, serialize(out, {"modelspec.architecture": "stable-diffusion-3-" +
-                                              variant_of_config(pipe.transformer.config)}))
+    header = {"modelspec.sai_model_spec": "1.0.0",
+              "modelspec.architecture": "stable-diffusion-3-" + variant_of_config(pipe.transformer.config),
+              "modelspec.implementation": "https://github.com/Stability-AI/sd3.5", "modelspec.title": path.stem,
+              **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    write_bytes_atomic(path, serialize(out, header))
     return path
