@@ -83,7 +83,15 @@ class Denoiser(nn.Module):
             return list(merged.split([len(j["noisy"]) for j in jobs]))
         out = []
         for job in jobs:
-            cond = self.conditioner.encode_ids(job["ids"]) if "ids" in job else job["cond"]
+            if "ids" in job:
+                cond = self.conditioner.encode_ids(job["ids"], *([job["cond"]["t5"]] if self.family == "sd3" else []))
+            else:
+                cond = job["cond"]
+            if self.family == "sd3":
+                out.append(self.unet(hidden_states=job["noisy"].to(self.dtype), timestep=job["t"],
+                                     encoder_hidden_states=cond["hidden"].to(self.dtype),
+                                     pooled_projections=cond["pooled"].to(self.dtype), return_dict=False)[0])
+                continue
             kwargs = {}
             if self.family == "sdxl":
                 kwargs["added_cond_kwargs"] = {"text_embeds": cond["pooled"].to(self.dtype),
@@ -93,11 +101,15 @@ class Denoiser(nn.Module):
         return out
 
 
+def _denoiser_name(pipe) -> str:
+    return "transformer" if "transformer" in getattr(pipe, "config", {}) else "unet"
+
+
 def _concat(jobs: list[dict]) -> dict:
     out = {k: torch.cat([j[k] for j in jobs]) for k in ("noisy", "t", "time_ids") if k in jobs[0]}
     if "ids" in jobs[0]:
         out["ids"] = [torch.cat(parts) for parts in zip(*(j["ids"] for j in jobs))]
-    else:
+    if "cond" in jobs[0]:
         out["cond"] = {k: torch.cat([j["cond"][k] for j in jobs]) for k in jobs[0]["cond"]}
     return out
 
@@ -227,7 +239,10 @@ class Trainer:
     def _check_divisible(self, unet) -> None:
         """Every bucket side must survive the VAE's and the UNet's downsampling."""
         vae_factor = 2 ** (len(self.vae_config["block_out_channels"]) - 1) if self.vae_config else 1
-        need = vae_factor * 2 ** (len(unet.config.down_block_types) - 1)
+        if "patch_size" in unet.config:  # a transformer: latents are cut into patch×patch tokens
+            need = vae_factor * unet.config.patch_size
+        else:
+            need = vae_factor * 2 ** (len(unet.config.down_block_types) - 1)
         step = self.data.settings.step
         if step % need:
             raise LoraKitError(f"bucket step {step} px is not a multiple of {need} px, which this model's VAE and "
@@ -279,25 +294,31 @@ class Trainer:
             subsets = subsets + [class_subset]
         self.data = TrainingData(subsets, self._bucket_settings(), batch_size=cfg.batch_size, trigger=cfg.trigger,
                                  seed=cfg.seed)
-        self.conditioner = Conditioner(self.model.pipe, self.family)
+        if self.family == "sd3":
+            from .sd3_conditioning import SD3Conditioner
+
+            self.conditioner = SD3Conditioner(self.model.pipe)
+        else:
+            self.conditioner = Conditioner(self.model.pipe, self.family)
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.run_dir / "cache"
         self.latents = TensorStore(cfg.cache_latents, cache_dir / "latents")
-        text_mode = "none" if cfg.train_text_encoder else cfg.cache_text
+        # SD3 with a CLIP LoRA still caches text: T5's half of it, so that T5 leaves memory
+        text_mode = "none" if cfg.train_text_encoder and self.family != "sd3" else cfg.cache_text
         self.texts = TensorStore(text_mode, cache_dir / "text", max_items=4096)
         self.tag = self._model_tag()
-        for name in ("vae", "text_encoder", "text_encoder_2"):
+        for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
             module = getattr(self.model.pipe, name, None)
             if module is not None:
                 _cast(module.requires_grad_(False), device)
         self._fill_caches()
         if staged:
-            self._release("vae", "text_encoder", "text_encoder_2")
+            self._release("vae", "text_encoder", "text_encoder_2", "text_encoder_3")
             unet_model = self._load(("unet",))
-            self.model.pipe.register_modules(unet=unet_model.pipe.unet)
+            self.model.pipe.register_modules(**{_denoiser_name(self.model.pipe): unet_model.unet})
             del unet_model
         else:
             self._release_unneeded()
-        self._check_divisible(self.model.pipe.unet)
+        self._check_divisible(self.model.unet)
         self._build_training(device)
 
     def _release_unneeded(self) -> None:
@@ -307,20 +328,22 @@ class Trainer:
             return
         if cfg.cache_latents != "none":
             self._release("vae")
-        if self.texts.enabled and self.data.fixed_captions() is not None and not cfg.train_text_encoder:
-            self._release("text_encoder", "text_encoder_2")
+        if self.texts.enabled and self.data.fixed_captions() is not None:
+            self._release("text_encoder_3")  # T5 never trains: its embeddings are in the cache
+            if not cfg.train_text_encoder:
+                self._release("text_encoder", "text_encoder_2")
 
     def _build_training(self, device) -> None:
         cfg, acc = self.cfg, self.acc
         pipe = self.model.pipe
-        unet = _cast(pipe.unet.requires_grad_(False), device, self.weight_dtype)
-        if not cfg.sdpa:
+        unet = _cast(self.model.unet.requires_grad_(False), device, self.weight_dtype)
+        if not cfg.sdpa and self.family != "sd3":  # SD3's joint attention has no classic processor
             from diffusers.models.attention_processor import AttnProcessor
 
             unet.set_attn_processor(AttnProcessor())
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        tes = [getattr(pipe, n, None) for n in (("text_encoder", "text_encoder_2") if self.family == "sdxl"
+        tes = [getattr(pipe, n, None) for n in (("text_encoder", "text_encoder_2") if self.family in ("sdxl", "sd3")
                                                else ("text_encoder",))]
         for te in tes:
             if te is not None:
@@ -330,7 +353,11 @@ class Trainer:
                     te.train()  # transformers checkpoints only in train mode; CLIP has no dropout
         from ..lora.targets import ModelParts
 
-        parts = ModelParts(self.family, unet, tes if cfg.train_text_encoder else [], dict(unet.config))
+        denoiser_targets = None
+        if self.family == "sd3":
+            from ..lora.mmdit import transformer_targets as denoiser_targets
+        parts = ModelParts(self.family, unet, tes if cfg.train_text_encoder else [], dict(unet.config),
+                           denoiser_targets)
         torch.manual_seed(mix_seed(cfg.seed, 0x1417))
         self.network = LoRANetwork.create(parts, rank=cfg.rank, alpha=cfg.alpha, preset=cfg.preset,
                                           conv_rank=cfg.conv_rank, conv_alpha=cfg.conv_alpha,
@@ -356,11 +383,20 @@ class Trainer:
         # only where the user asked for memory over speed (checkpointing) on a real model in host memory.
         self.trim_memory = (acc.device.type == "cpu" and cfg.gradient_checkpointing
                             and sum(p.numel() for p in unet.parameters()) > 100_000_000)
-        from diffusers import DDPMScheduler
+        self.flow = None
+        if self.family == "sd3":
+            from .flow_matching import FlowMatching
 
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config,
-                                                         prediction_type=self.prediction_type)
-        self.num_timesteps = self.noise_scheduler.config.num_train_timesteps
+            if cfg.min_snr_gamma:
+                raise LoraKitError("--min-snr-gamma is for noise-prediction models; SD 3.x weighs its loss with "
+                                   "--weighting-scheme")
+            self.flow = FlowMatching.from_config(pipe.scheduler.config, scheme=cfg.weighting_scheme)
+        else:
+            from diffusers import DDPMScheduler
+
+            self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config,
+                                                             prediction_type=self.prediction_type)
+            self.num_timesteps = self.noise_scheduler.config.num_train_timesteps
         if self.resume_dir is not None:
             acc.load_state(str(self.resume_dir))
             self.step = state.read_state(self.resume_dir)["step"]
@@ -423,10 +459,7 @@ class Trainer:
             fresh = dict(zip(missing, self._encode_text(missing)))
             entries = [e if e is not None else fresh[c] for c, e in zip(captions, entries)]
         dev = self.acc.device
-        out = {"hidden": torch.stack([e["hidden"] for e in entries]).to(dev)}
-        if "pooled" in entries[0]:
-            out["pooled"] = torch.stack([e["pooled"] for e in entries]).to(dev)
-        return out
+        return {k: torch.stack([e[k] for e in entries]).to(dev) for k in ("hidden", "pooled", "t5") if k in entries[0]}
 
     def _latents(self, samples: list[Sample]) -> torch.Tensor:
         if self.latents.enabled:
@@ -442,19 +475,28 @@ class Trainer:
         latents = self._latents(samples).float()
         g = torch.Generator("cpu").manual_seed(mix_seed(cfg.seed, micro, self.rank, salt, 0x7015E))
         noise = losses.noise_like(latents, g, cfg.noise_offset)
-        t = torch.randint(0, self.num_timesteps, (len(samples),), generator=g).to(latents.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        tgt = losses.target(self.noise_scheduler, self.prediction_type, latents, noise, t)
+        weights = None
+        if self.flow is not None:
+            t, sigmas = self.flow.sample(len(samples), g)
+            t = t.to(latents.device)
+            noisy = self.flow.noisy(latents, noise, sigmas)
+            tgt = self.flow.target(latents, noise)
+            weights = self.flow.weights(sigmas).to(latents.device)
+        else:
+            t = torch.randint(0, self.num_timesteps, (len(samples),), generator=g).to(latents.device)
+            noisy = self.noise_scheduler.add_noise(latents, noise, t)
+            tgt = losses.target(self.noise_scheduler, self.prediction_type, latents, noise, t)
         job = {"noisy": noisy, "t": t}
         captions = [s.caption for s in samples]
         if cfg.train_text_encoder:
             job["ids"] = self.conditioner.tokenize(captions)
+            if self.family == "sd3":
+                job["cond"] = {"t5": self._text(captions)["t5"]}
         else:
             job["cond"] = self._text(captions)
         if self.family == "sdxl":
             job["time_ids"] = torch.stack([time_ids(s.placement.original, s.crop, s.placement.bucket)
                                            for s in samples]).to(latents.device)
-        weights = None
         if cfg.min_snr_gamma:
             weights = losses.min_snr_weights(self.noise_scheduler, t, cfg.min_snr_gamma, self.prediction_type)
         return job, tgt, weights
@@ -502,7 +544,12 @@ class Trainer:
                                    step=step, epoch=epoch, num_processes=self.world, started_at=self.started_at,
                                    finished_at=time.time() if final else None, session_id=self.session_id)
         out = Path(self.cfg.out)
-        return build_metadata(self._unwrapped_network().kohya_modules(), family=self.family,
+        base = None
+        if self.family == "sd3":  # sd-scripts writes the SD3 variant here (5-large, 5-medium, medium)
+            from ..models.sd3_loading import variant_of_config
+
+            base = {"ss_base_model_version": variant_of_config(self.model.unet.config)}
+        return build_metadata(self._unwrapped_network().kohya_modules(), family=self.family, base=base,
                               v_prediction=self.prediction_type == "v_prediction",
                               output_name=self.cfg.output_name or out.stem, comment=self.cfg.comment,
                               tag_frequency=self.data.tag_frequency(), training=training,
@@ -518,7 +565,8 @@ class Trainer:
         md = self.metadata(step, final)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_lora(path, self._unwrapped_network().kohya_modules(), md, format="kohya",
+        fmt = self.cfg.save_format or ("diffusers" if self.family == "sd3" else "kohya")
+        save_lora(path, self._unwrapped_network().kohya_modules(), md, format=fmt,
                   dtype=SAVE_DTYPES[self.cfg.save_dtype], family=self.family)
         return md
 
