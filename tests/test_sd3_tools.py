@@ -58,7 +58,7 @@ def test_generate_with_a_lora_changes_the_image_and_is_undone(world):
 
     a, b, c = (np.asarray(r.images[0], dtype=np.int16) for r in (base, with_lora, again))
     assert np.abs(a - b).mean() > 0.5 and np.abs(a - c).max() <= 1
-    assert "Lora hashes" in with_lora.infotexts[0] and "Sampler: Euler" in with_lora.infotexts[0]
+    assert "Lora hashes" in with_lora.infotexts[0] and "Sampler: Euler, " in with_lora.infotexts[0]
 
 
 def test_merge_into_folder_and_sai_single_file(world, tmp_path):

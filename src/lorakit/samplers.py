@@ -26,6 +26,14 @@ FLOW_SAMPLERS = {"euler": "FlowMatchEulerDiscreteScheduler", "euler_a": "FlowMat
                  "heun": "FlowMatchHeunDiscreteScheduler"}
 
 
+def effective_name(name: str, base_config) -> str:
+    """The sampler that really runs: A1111's default `euler_a` is plain Euler on a flow-matching model."""
+    key = name.lower().replace(" ", "")
+    if str(base_config.get("_class_name", "")).startswith("FlowMatch") and key == "euler_a":
+        return "euler"
+    return name
+
+
 def make_scheduler(name: str, base_config):
     """A scheduler of the chosen kind that keeps the model's own schedule and prediction type."""
     import diffusers
