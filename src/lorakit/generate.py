@@ -112,7 +112,7 @@ def attach_loras(model, specs: Sequence[LoraSpec], merge: bool = True):
     try:
         for spec in specs:
             net = load_network(parts, spec.path, multiplier=spec.weight)
-            net.to(device=model.pipe.unet.device)
+            net.to(device=model.unet.device)
             net.merge() if merge else net.apply()
             networks.append(net)
     except Exception:
@@ -139,7 +139,7 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
              sampler: str = "euler_a", merge: bool = True, lora_dir: Path | None = None,
              progress: bool = True) -> GenerateResult:
     """n images, seeds seed, seed+1, … (A1111's batch seeds), LoRAs detached again afterwards."""
-    from .samplers import make_scheduler
+    from .samplers import effective_name, make_scheduler
 
     prompt, tagged = split_prompt_loras(prompt, lora_dir)
     specs = list(loras) + tagged
@@ -150,10 +150,11 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
         raise LoraKitError(f"--n and --steps must be ≥ 1 (got n={n}, steps={steps})")
     pipe = model.pipe
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    default = pipe.unet.config.sample_size * scale
+    default = model.unet.config.sample_size * scale
     width, height = width or default, height or default
     if width % 8 or height % 8 or width < 8 or height < 8:
         raise LoraKitError(f"--width and --height must be multiples of 8 (got {width}x{height})")
+    sampler = effective_name(sampler, pipe.scheduler.config)  # what PNG info records is what ran
     pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=not progress)
     networks = attach_loras(model, specs, merge=merge)

@@ -7,7 +7,7 @@ from typing import Mapping
 
 from .. import families
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "flow_matching")
 KINDS = ("diffusers", "single_file", "hub", "toy")
 
 

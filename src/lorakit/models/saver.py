@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .. import families
 from ..atomic import atomic_dir, atomic_path
 from ..errors import LoraKitError
 from .base import BaseModel, detect_family
@@ -22,7 +23,9 @@ def _as_model(model_or_pipe) -> BaseModel:
         return model_or_pipe
     pipe = model_or_pipe
     config = getattr(getattr(pipe, "scheduler", None), "config", {}) or {}
-    return BaseModel(pipe, detect_family(pipe), config.get("prediction_type", "epsilon"), "", "diffusers")
+    family = detect_family(pipe)
+    default = families.get(family).prediction_types[0]
+    return BaseModel(pipe, family, config.get("prediction_type", default), "", "diffusers")
 
 
 def save_model(model_or_pipe, out: str | os.PathLike, dtype: torch.dtype | None = torch.float16, *,

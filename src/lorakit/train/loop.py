@@ -85,7 +85,7 @@ class Denoiser(nn.Module):
             return list(merged.split([len(j["noisy"]) for j in jobs]))
         out = []
         for job in jobs:
-            cond = self.conditioner.encode_ids(job["ids"]) if "ids" in job else job["cond"]
+            cond = self.conditioner.encode_ids(job["ids"], job.get("cond")) if "ids" in job else job["cond"]
             extra = {k: v for k, v in job.items() if k not in _JOB_KEYS}  # the family's extra_inputs
             out.append(self.spec.predict(self.unet, job["noisy"], job["t"], cond, extra, self.dtype))
         return out
@@ -98,7 +98,7 @@ def _concat(jobs: list[dict]) -> dict:
     out = {k: torch.cat([j[k] for j in jobs]) for k in jobs[0] if k not in ("ids", "cond")}
     if "ids" in jobs[0]:
         out["ids"] = [torch.cat(parts) for parts in zip(*(j["ids"] for j in jobs))]
-    else:
+    if "cond" in jobs[0]:
         out["cond"] = {k: torch.cat([j["cond"][k] for j in jobs]) for k in jobs[0]["cond"]}
     return out
 
@@ -197,7 +197,7 @@ class Trainer:
 
         dtype = torch.float32 if "unet" not in components else self.weight_dtype
         model = load_model(self.cfg.model, dtype=dtype, prediction_type=self.cfg.prediction_type,
-                           components=components)
+                           components=components, text_encoders=self.cfg.text_encoders)
         model.pipe.set_progress_bar_config(disable=True)
         return model
 
@@ -287,8 +287,9 @@ class Trainer:
         self.family, self.prediction_type = self.model.family, self.model.prediction_type
         self.spec = self.model.spec
         self.objective = self.spec.objective(self.prediction_type)
-        if self.objective not in ("epsilon", "v_prediction"):
-            raise LoraKitError(f"{self.spec.label}: the {self.objective} objective is not trained by this loop")
+        if self.objective == "flow_matching" and cfg.min_snr_gamma:
+            raise LoraKitError("--min-snr-gamma is for noise-prediction models; flow-matching models (SD 3.x) weigh "
+                               "their loss with --weighting-scheme")
         self.vae_config = dict(self.model.vae.config) if self.model.vae is not None else None
         device = acc.device
         if need_generation:
@@ -305,7 +306,8 @@ class Trainer:
         self.conditioner = Conditioner(self.model.pipe, self.family)
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.run_dir / "cache"
         self.latents = TensorStore(cfg.cache_latents, cache_dir / "latents")
-        text_mode = "none" if cfg.train_text_encoder else cfg.cache_text
+        # with a text-encoder LoRA the text cache still holds what encoders that never train give (SD3's T5)
+        text_mode = "none" if cfg.train_text_encoder and not self.spec.frozen_text_encoders else cfg.cache_text
         self.texts = TensorStore(text_mode, cache_dir / "text", max_items=4096)
         self.tag = self._model_tag()
         for name in ("vae", *self.spec.text_encoders):
@@ -330,20 +332,23 @@ class Trainer:
             return
         if cfg.cache_latents != "none":
             self._release("vae")
-        if self.texts.enabled and self.data.fixed_captions() is not None and not cfg.train_text_encoder:
-            self._release(*self.spec.text_encoders)
+        if self.texts.enabled and self.data.fixed_captions() is not None:
+            self._release(*(self.spec.text_encoders if not cfg.train_text_encoder
+                            else self.spec.frozen_text_encoders))
 
     def _build_training(self, device) -> None:
         cfg, acc = self.cfg, self.acc
         pipe = self.model.pipe
         unet = _cast(self.model.unet.requires_grad_(False), device, self.weight_dtype)
-        if not cfg.sdpa:
+        if not cfg.sdpa and self.spec.classic_attention:
             from diffusers.models.attention_processor import AttnProcessor
 
             unet.set_attn_processor(AttnProcessor())
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        tes = self.model.text_encoders
+        # encoders that never train (SD3's T5) get no LoRA; None keeps the others' kohya prefixes
+        tes = [None if name in self.spec.frozen_text_encoders else getattr(pipe, name, None)
+               for name in self.spec.text_encoders]
         for te in tes:
             if te is not None:
                 _cast(te, device, self.weight_dtype)
@@ -378,11 +383,17 @@ class Trainer:
         # only where the user asked for memory over speed (checkpointing) on a real model in host memory.
         self.trim_memory = (acc.device.type == "cpu" and cfg.gradient_checkpointing
                             and sum(p.numel() for p in unet.parameters()) > 100_000_000)
-        from diffusers import DDPMScheduler
+        self.flow = None
+        if self.objective == "flow_matching":
+            from .flow_matching import FlowMatching
 
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config,
-                                                         prediction_type=self.prediction_type)
-        self.num_timesteps = self.noise_scheduler.config.num_train_timesteps
+            self.flow = FlowMatching.from_config(pipe.scheduler.config, scheme=cfg.weighting_scheme)
+        else:
+            from diffusers import DDPMScheduler
+
+            self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config,
+                                                             prediction_type=self.prediction_type)
+            self.num_timesteps = self.noise_scheduler.config.num_train_timesteps
         if self.resume_dir is not None:
             acc.load_state(str(self.resume_dir))
             self.step = state.read_state(self.resume_dir)["step"]
@@ -445,10 +456,7 @@ class Trainer:
             fresh = dict(zip(missing, self._encode_text(missing)))
             entries = [e if e is not None else fresh[c] for c, e in zip(captions, entries)]
         dev = self.acc.device
-        out = {"hidden": torch.stack([e["hidden"] for e in entries]).to(dev)}
-        if "pooled" in entries[0]:
-            out["pooled"] = torch.stack([e["pooled"] for e in entries]).to(dev)
-        return out
+        return {k: torch.stack([e[k] for e in entries]).to(dev) for k in entries[0]}
 
     def _latents(self, samples: list[Sample]) -> torch.Tensor:
         if self.latents.enabled:
@@ -464,17 +472,27 @@ class Trainer:
         latents = self._latents(samples).float()
         g = torch.Generator("cpu").manual_seed(mix_seed(cfg.seed, micro, self.rank, salt, 0x7015E))
         noise = losses.noise_like(latents, g, cfg.noise_offset)
-        t = torch.randint(0, self.num_timesteps, (len(samples),), generator=g).to(latents.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        tgt = losses.target(self.noise_scheduler, self.prediction_type, latents, noise, t)
+        weights = None
+        if self.flow is not None:
+            t, sigmas = self.flow.sample(len(samples), g)
+            t = t.to(latents.device)
+            noisy = self.flow.noisy(latents, noise, sigmas)
+            tgt = self.flow.target(latents, noise)
+            weights = self.flow.weights(sigmas).to(latents.device)
+        else:
+            t = torch.randint(0, self.num_timesteps, (len(samples),), generator=g).to(latents.device)
+            noisy = self.noise_scheduler.add_noise(latents, noise, t)
+            tgt = losses.target(self.noise_scheduler, self.prediction_type, latents, noise, t)
         job = {"noisy": noisy, "t": t}
         captions = [s.caption for s in samples]
         if cfg.train_text_encoder:
             job["ids"] = self.conditioner.tokenize(captions)
+            if self.spec.frozen_text_encoders:  # their part of the conditioning comes from the cache
+                cached = self._text(captions)
+                job["cond"] = {k: cached[k] for k in self.spec.frozen_outputs}
         else:
             job["cond"] = self._text(captions)
         job.update({k: v.to(latents.device) for k, v in self.spec.extra_inputs(samples).items()})
-        weights = None
         if cfg.min_snr_gamma:
             weights = losses.min_snr_weights(self.noise_scheduler, t, cfg.min_snr_gamma, self.prediction_type)
         return job, tgt, weights
@@ -546,7 +564,8 @@ class Trainer:
                                    finished_at=time.time() if final else None, session_id=self.session_id,
                                    skipped_steps=self.skipped)
         out = Path(self.cfg.out)
-        return build_metadata(self._unwrapped_network().kohya_modules(), family=self.family,
+        base = self.spec.model_lora_metadata(dict(self.model.unet.config))
+        return build_metadata(self._unwrapped_network().kohya_modules(), family=self.family, base=base,
                               v_prediction=self.prediction_type == "v_prediction",
                               output_name=self.cfg.output_name or out.stem, comment=self.cfg.comment,
                               tag_frequency=self.data.tag_frequency(), training=training,
@@ -562,7 +581,8 @@ class Trainer:
         md = self.metadata(step, final)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_lora(path, self._unwrapped_network().kohya_modules(), md, format="kohya",
+        fmt = self.cfg.save_format or self.spec.lora_formats[0]
+        save_lora(path, self._unwrapped_network().kohya_modules(), md, format=fmt,
                   dtype=SAVE_DTYPES[self.cfg.save_dtype], family=self.family)
         return md
 

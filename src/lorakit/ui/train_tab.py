@@ -17,7 +17,7 @@ from pathlib import Path
 from ..atomic import write_text_atomic
 from ..errors import LoraKitError
 
-PRESETS = ["transformer", "attn", "cross-attn", "full"]
+PRESETS = ["transformer", "attn", "cross-attn", "attn-mlp", "full"]
 OPTIMIZERS = ["adamw", "adamw8bit", "lion", "prodigy"]
 SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
 
