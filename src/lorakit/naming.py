@@ -13,8 +13,8 @@ from typing import Mapping, Sequence
 
 UNET_PREFIX = "lora_unet"
 TE_PREFIXES = {"sd1": ("lora_te",), "sd2": ("lora_te",), "sdxl": ("lora_te1", "lora_te2"),
-               "sd3": ("lora_te1", "lora_te2", "lora_te3")}
-FAMILIES = ("sd1", "sd2", "sdxl", "sd3")
+               "sd3": ("lora_te1", "lora_te2", "lora_te3"), "flux": ("lora_te1", "lora_te3")}
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
 
 
 @dataclass(frozen=True)

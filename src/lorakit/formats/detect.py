@@ -17,8 +17,11 @@ def detect_format(keys: Iterable[str], metadata: Mapping[str, str] | None = None
     """kohya, lycoris, diffusers, peft, checkpoint (a model, not a LoRA) or None (unknown)."""
     keys = list(keys)
     md = metadata or {}
-    from . import sd3_fmt
+    from . import flux_fmt, sd3_fmt
 
+    flux_layout = flux_fmt.layout_of(keys, md)
+    if flux_layout not in (None, "kohya"):
+        return "flux-" + flux_layout
     sd3_layout = sd3_fmt.layout_of(keys)
     if sd3_layout not in (None, "kohya"):
         return "sd3-" + sd3_layout
@@ -42,6 +45,10 @@ def detect_format(keys: Iterable[str], metadata: Mapping[str, str] | None = None
 
 def _family_from_metadata(md: Mapping[str, str]) -> str | None:
     version = md.get("ss_base_model_version", "")
+    from ..families.flux import FAMILY as FLUX
+
+    if FLUX.lora_metadata_evidence(md):
+        return "flux"
     if version in ("sd3", "medium", "5-medium", "5-large") or md.get("modelspec.architecture", "").startswith(
             "stable-diffusion-3"):
         return "sd3"
@@ -72,8 +79,11 @@ def detect_family(modules: Modules, metadata: Mapping[str, str] | None = None) -
     family = _family_from_metadata(metadata or {})
     if family:
         return family
+    from ..families.flux import FAMILY as FLUX
     from .sd3_fmt import is_sd3_modules
 
+    if FLUX.lora_evidence(modules):
+        return "flux"
     if is_sd3_modules(modules):
         return "sd3"
     parts = {naming.part_of(n) for n in modules}

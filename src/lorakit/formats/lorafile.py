@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import naming
 from ..errors import LoraKitError
-from . import diffusers_fmt, kohya, peft_fmt, sd3_fmt
+from . import diffusers_fmt, flux_fmt, kohya, peft_fmt, sd3_fmt
 from .detect import detect_family, detect_format
 from .hashes import precalculate_hashes
 from .metadata import build_metadata
@@ -88,6 +88,12 @@ def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickl
     else:
         state, metadata = read_safetensors(p)
     fmt = detect_format(state, metadata)
+    if fmt and fmt.startswith("flux-"):
+        fmt = fmt[len("flux-"):]
+        modules = flux_fmt.read(state, metadata, fmt, str(p))
+        if not modules:
+            raise _not_lora(state, fmt, p)
+        return LoRAFile(modules, metadata, fmt, "flux", str(p))
     if fmt and fmt.startswith("sd3-"):
         fmt = fmt[len("sd3-"):]
         modules = sd3_fmt.read(state, metadata, fmt, str(p))
@@ -97,6 +103,8 @@ def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickl
     if fmt in ("kohya", "lycoris"):
         modules = kohya.group(state, str(p))
         fam = family or detect_family(modules, metadata)
+        if fam == "flux":
+            flux_fmt.check_kohya_names(modules, str(p))
     elif fmt == "diffusers":
         modules, fam = diffusers_fmt.read(state, metadata, family, str(p))
     elif fmt == "peft":
@@ -139,17 +147,18 @@ def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Ma
     md.pop(diffusers_fmt.METADATA_KEY, None)
     if md.get("format") == "pt":
         del md["format"]
-    if family == "sd3" and format not in ("kohya", "peft"):
-        tensors, extra = sd3_fmt.write_state(modules, format, dtype, str(path))
+    if family in ("sd3", "flux") and format not in ("kohya", "peft"):
+        writer = flux_fmt if family == "flux" else sd3_fmt
+        tensors, extra = writer.write_state(modules, format, dtype, str(path))
         md.update(extra)
         md.update(precalculate_hashes(tensors, md))
         write_bytes_atomic(path, serialize(tensors, md))
         return path
     if format in ("comfyui", "onetrainer"):
-        raise LoraKitError(f"the {format} layout is written for SD 3.x LoRAs only (this one is for {family})", path)
-    if family == "sd3" and format == "peft":
-        raise LoraKitError("SD 3.x LoRAs are written as diffusers, kohya, comfyui or onetrainer files, not as PEFT "
-                           "folders", path)
+        raise LoraKitError(f"the {format} layout is written for SD 3.x and Flux.1 LoRAs only (this one is for {family})", path)
+    if family in ("sd3", "flux") and format == "peft":
+        raise LoraKitError(f"{'Flux.1' if family == 'flux' else 'SD 3.x'} LoRAs are written as diffusers, kohya, "
+                           "comfyui or onetrainer files, not as PEFT folders", path)
     if layout is None and parts is not None and parts.unet_config:
         layout = naming.UNetLayout.from_config(parts.unet_config)
     if format == "kohya":

@@ -10,9 +10,9 @@ from typing import Any, Mapping
 
 from .modules import Modules, algo_of, alpha_of, is_conv_kxk, is_lycoris, most_common, rank_of
 
-BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "sd3": "sd3"}
+BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "sd3": "sd3", "flux": "flux1"}
 ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base",
-                "sd3": "stable-diffusion-3"}
+                "sd3": "stable-diffusion-3", "flux": "flux-1"}
 # sd-scripts writes the SD3 variant as ss_base_model_version and appends it to the architecture
 SD3_VARIANTS = ("medium", "5-medium", "5-large")
 IMPL_SAI = "https://github.com/Stability-AI/generative-models"
@@ -99,12 +99,20 @@ def build_metadata(modules: Modules, *, family: str | None = None, v_prediction:
         if family == "sd3" and md.get("ss_base_model_version") in SD3_VARIANTS:
             version = md["ss_base_model_version"]
             arch = f"{arch}-{version}"
+        if family == "flux":
+            from ..families.flux import FAMILY as FLUX
+
+            version = FLUX.base_model_version()
+            known = md.get("modelspec.architecture", "").removesuffix("/lora")
+            arch = known if known.startswith("flux-1") else FLUX.architecture()
         md["ss_base_model_version"] = version
         md["ss_v2"] = str(family == "sd2")
         md["modelspec.architecture"] = arch + "/lora"
         md["modelspec.implementation"] = IMPL_SAI if family in ("sdxl", "sd3") else IMPL_DIFFUSERS
+        if family == "flux":
+            md["modelspec.implementation"] = FLUX.lora_implementation
         if resolution is None and "modelspec.resolution" not in md:
-            resolution = 1024 if family in ("sdxl", "sd3") else 768 if family == "sd2" and v else 512
+            resolution = 1024 if family in ("sdxl", "sd3", "flux") else 768 if family == "sd2" and v else 512
     if resolution is not None:
         w, h = (resolution, resolution) if isinstance(resolution, int) else resolution
         md["modelspec.resolution"] = f"{w}x{h}"

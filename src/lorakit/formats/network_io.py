@@ -10,7 +10,7 @@ from ..lora import LoRANetwork, ModelParts
 from .kohya import _listing
 from .lorafile import LoRAFile, load_lora
 
-_FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+_FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux.1"}
 
 
 def load_network(parts: ModelParts, path_or_file: str | os.PathLike | LoRAFile,

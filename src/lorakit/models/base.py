@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sd3")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 FLOW_MATCHING = "flow_matching"  # SD3's objective: the model predicts noise − latents
 KINDS = ("diffusers", "single_file", "hub", "toy")
@@ -32,7 +32,8 @@ class BaseModel:
     @property
     def text_encoders(self) -> list:
         names = {"sdxl": ("text_encoder", "text_encoder_2"),
-                 "sd3": ("text_encoder", "text_encoder_2", "text_encoder_3")}.get(self.family, ("text_encoder",))
+                 "sd3": ("text_encoder", "text_encoder_2", "text_encoder_3"),
+                 "flux": ("text_encoder", "text_encoder_2")}.get(self.family, ("text_encoder",))
         return [getattr(self.pipe, n, None) for n in names]
 
     def parts(self):
@@ -40,6 +41,11 @@ class BaseModel:
         from ..lora.targets import ModelParts
 
         unet = self.unet
+        if self.family == "flux":
+            from ..families.flux import FAMILY as FLUX
+
+            return ModelParts(self.family, unet, self.text_encoders, dict(unet.config) if unet is not None else None,
+                              FLUX.denoiser_targets)
         if self.family == "sd3":
             from ..lora.mmdit import transformer_targets
 
@@ -55,6 +61,10 @@ def detect_family(pipe, unet_config: Mapping | None = None) -> str:
     cross-attention width (768 → sd1, 1024 → sd2). Small or unusual models by structure: two
     text encoders → sdxl; a linear proj_in (use_linear_projection) → sd2; otherwise sd1.
     """
+    from ..families.flux import FAMILY as FLUX
+
+    if FLUX.pipeline_evidence(pipe, unet_config):
+        return "flux"
     if "StableDiffusion3" in type(pipe).__name__ or getattr(pipe, "transformer", None) is not None:
         return "sd3"
     if "XL" in type(pipe).__name__ or getattr(pipe, "text_encoder_2", None) is not None:

@@ -1,0 +1,153 @@
+"""Flux.1 (dev, schnell): a FluxTransformer2DModel (19 double-stream + 38 single-stream blocks),
+CLIP-L (pooled) + T5-XXL (sequence), flow matching with a resolution-dependent timestep shift,
+latents packed 2×2 into tokens, and on dev a guidance embedding.
+
+What differs from the other families lives here; the name tables are `flux_naming`, the file
+layouts `formats/flux_fmt`. Packing, position ids and the shift come from diffusers'
+`FluxPipeline` and scheduler (`_pack_latents`, `_prepare_latent_image_ids`, `calculate_shift`,
+`time_shift`), called rather than rewritten.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .. import flux_naming
+from .base import CONFIGS_DIR, Family
+
+BFL = "model.diffusion_model."
+_IMPL = "https://github.com/black-forest-labs/flux"
+# the guidance value the reference trainers feed dev's guidance embedding while training
+# (--guidance_scale in diffusers' train_dreambooth_lora_flux.py and in sd-scripts: both 3.5)
+TRAIN_GUIDANCE = 3.5
+T5_TOKENS = 512  # diffusers' train_dreambooth_lora_flux.py --max_sequence_length (sd-scripts: 512 for dev)
+SHIPPED = {"dev": "flux1-dev", "schnell": "flux1-schnell"}
+
+
+class Flux(Family):
+    name, label = "flux", "Flux.1"
+    pipeline_class = "FluxPipeline"
+    denoiser, denoiser_class = "transformer", "FluxTransformer2DModel"
+    text_encoders, tokenizers = ("text_encoder", "text_encoder_2"), ("tokenizer", "tokenizer_2")
+    tokenizer_pads = ("<|endoftext|>",)
+    te_prefixes = ("lora_te1", "lora_te3")  # sd-scripts numbers T5 3 (as in SD3) "to be ComfyUI compatible"
+    prediction_types = ("flow_matching",)
+    presets = ("transformer", "attn", "attn-mlp", "full")  # kohya's default first: every Linear in the blocks
+    bucket_step = 64  # multiples of 16 px are needed (VAE 8 × packing 2); 64 as for the others
+    checkpoint_implementation = lora_implementation = _IMPL
+    denoiser_containers = frozenset({"MMDiT.attn", "MMDiT.mlp", "MMDiT.adaLN", "MMDiT.embed"})
+    _PRESET_GROUPS = {"attn": {"attn"}, "cross-attn": {"attn"}, "attn-mlp": {"attn", "mlp"},
+                      "transformer": {"attn", "mlp", "adaLN"}, "full": {"attn", "mlp", "adaLN", "embed"}}
+
+    # --- metadata -------------------------------------------------------------------------------
+    def base_model_version(self, v_prediction: bool = False) -> str:
+        return "flux1"  # sd-scripts' flux_utils.MODEL_VERSION_FLUX_V1
+
+    def architecture(self, v_prediction: bool = False, variant: str | None = None) -> str:
+        """sd-scripts' sai_model_spec: flux-1-dev, flux-1-schnell, or flux-1 when unknown."""
+        return f"flux-1-{variant}" if variant in SHIPPED else "flux-1"
+
+    def resolution(self, v_prediction: bool = False) -> int:
+        return 1024
+
+    def variant_of_config(self, config: Mapping) -> str:
+        """dev has the guidance embedding, schnell (timestep-distilled) does not."""
+        return "dev" if config.get("guidance_embeds") else "schnell"
+
+    def config_dir(self, prediction_type: str = "flow_matching", variant: str = "dev") -> Path:
+        return CONFIGS_DIR / SHIPPED[variant]
+
+    # --- detection ------------------------------------------------------------------------------
+    def lora_metadata_evidence(self, metadata: Mapping[str, str]) -> int:
+        if metadata.get("ss_base_model_version", "").startswith("flux") or \
+                metadata.get("modelspec.architecture", "").startswith("flux"):
+            return 9
+        return 0
+
+    def lora_evidence(self, modules: Mapping[str, Mapping]) -> int:
+        return 8 if any(flux_naming.is_kohya_name(n) for n in modules) else 0
+
+    def checkpoint_evidence(self, shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]) -> int:
+        return 8 if is_flux_checkpoint(shapes) else 0
+
+    def pipeline_evidence(self, pipe, denoiser_config: Mapping | None) -> int:
+        if type(pipe).__name__ == self.pipeline_class:
+            return 9
+        tr = getattr(pipe, "transformer", None)
+        return 8 if type(tr).__name__ == self.denoiser_class else 0
+
+    # --- names and presets ----------------------------------------------------------------------
+    def denoiser_targets(self, transformer):
+        from ..lora.mmdit import transformer_targets
+
+        return transformer_targets(transformer, flux_naming)
+
+    def denoiser_selected(self, path: str, container: str, preset: str) -> bool:
+        return container.startswith("MMDiT.") and container[len("MMDiT."):] in self._PRESET_GROUPS[preset]
+
+    def denoiser_downsampling(self, config: Mapping) -> int:
+        return 2  # latents are packed 2×2 into one token
+
+    # --- objective --------------------------------------------------------------------------------
+    def shift_mu(self, scheduler_config: Mapping, height: int, width: int) -> float:
+        """The timestep shift for a latent of `height`×`width` (before packing): FluxPipeline's
+        `calculate_shift` on the packed sequence length, as sd-scripts' `flux_shift` sampling does."""
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        seq = (height // 2) * (width // 2)
+        return calculate_shift(seq, scheduler_config.get("base_image_seq_len", 256),
+                               scheduler_config.get("max_image_seq_len", 4096),
+                               scheduler_config.get("base_shift", 0.5), scheduler_config.get("max_shift", 1.15))
+
+    # --- conditioning and the denoiser call --------------------------------------------------------
+    def encode_prompt(self, pipe, captions: Sequence[str], device, t5_tokens: int = T5_TOKENS) -> dict:
+        """{hidden: T5 last hidden state [B, T, 4096], pooled: CLIP-L pooled [B, 768]} through
+        FluxPipeline's own `encode_prompt` (text ids are zeros and rebuilt at each call)."""
+        hidden, pooled, _ = pipe.encode_prompt(prompt=list(captions), prompt_2=None, device=device,
+                                               max_sequence_length=t5_tokens)
+        return {"hidden": hidden, "pooled": pooled}
+
+    def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence) -> dict:
+        """CLIP-L's pooled output from token ids (with gradients when CLIP trains); T5's hidden
+        state comes from the cache."""
+        te = encoders[0]
+        out = te(ids[0].to(te.device), output_hidden_states=False)
+        return {"pooled": out.pooler_output}
+
+    def predict(self, denoiser, noisy, t, cond: Mapping, extra: Mapping, dtype, guidance: float = TRAIN_GUIDANCE):
+        """One transformer call on latents [B, C, H, W] → the velocity in the same shape.
+
+        Packing and position ids are FluxPipeline's; the timestep goes in as σ (t / 1000) as the
+        pipeline and diffusers' trainer pass it; dev's guidance embedding gets `guidance`.
+        """
+        import torch
+        from diffusers import FluxPipeline
+
+        b, c, h, w = noisy.shape
+        packed = FluxPipeline._pack_latents(noisy.to(dtype), b, c, h, w)
+        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, noisy.device, dtype)
+        hidden = cond["hidden"].to(noisy.device, dtype)
+        txt_ids = torch.zeros(hidden.shape[1], 3, device=noisy.device, dtype=dtype)
+        g = None
+        if getattr(denoiser.config, "guidance_embeds", False):
+            g = torch.full((b,), float(guidance), device=noisy.device, dtype=torch.float32)
+        out = denoiser(hidden_states=packed, timestep=(t.float() / 1000).to(noisy.device), guidance=g,
+                       pooled_projections=cond["pooled"].to(noisy.device, dtype), encoder_hidden_states=hidden,
+                       txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
+        return unpack(out, h, w, c)
+
+
+def unpack(tokens, h: int, w: int, c: int):
+    """Tokens [B, (h/2)(w/2), 4c] → latents [B, c, h, w]: FluxPipeline._unpack_latents takes pixel
+    sizes and a VAE factor; with factor 8 and pixels 8h × 8w it is exactly this inverse of packing."""
+    from diffusers import FluxPipeline
+
+    return FluxPipeline._unpack_latents(tokens, h * 8, w * 8, 8)
+
+
+def is_flux_checkpoint(keys) -> bool:
+    return any(k.startswith((BFL + "double_blocks.", "double_blocks.")) for k in keys)
+
+
+FAMILY = Flux()
