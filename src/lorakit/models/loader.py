@@ -23,7 +23,7 @@ from .single_file import quiet_loading
 COMPONENTS = ("unet", "text_encoders", "vae")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline")
+_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline", "FluxPipeline")
 
 
 def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -102,6 +102,12 @@ def _load_single_file(path: Path, dtype, prediction_type, config_dir, components
     from .single_file import build_pipeline, read_index, shipped_config
 
     ckpt = open_checkpoint(path, allow_pickle=allow_pickle)
+    from . import flux_loading
+
+    if flux_loading.is_flux_checkpoint(ckpt.shapes):
+        pipe = flux_loading.build_pipeline(ckpt, dtype=dtype, config_dir=config_dir, text_encoders=text_encoders,
+                                           components=components)
+        return BaseModel(pipe, "flux", FLOW_MATCHING, str(path), "single_file")
     if sd3_loading.is_sd3_checkpoint(ckpt.shapes):
         pipe = sd3_loading.build_pipeline(ckpt, dtype=dtype, config_dir=config_dir, text_encoders=text_encoders,
                                           components=components)
@@ -218,9 +224,16 @@ def _finish(pipe, source: str, kind: str, prediction_type, missing_tokenizers, *
             "transformer" not in getattr(pipe, "config", {}):
         unet_config = _unet_config(source, local_only)
     family = detect_family(pipe, unet_config)
+    if family == "flux":
+        if "tokenizer_2" in missing_tokenizers and getattr(pipe, "text_encoder_2", None) is not None:
+            raise LoraKitError("the folder has text_encoder_2 (T5) but no tokenizer_2: T5's tokenizer cannot ship "
+                               "with lorakit; copy tokenizer_2 from the model's download", source)
+        missing_tokenizers = [t for t in missing_tokenizers if t == "tokenizer"]
     for name in missing_tokenizers:  # folders saved without tokenizers get the shipped CLIP BPE one
         pad = "!" if name == "tokenizer_2" or family == "sd2" else "<|endoftext|>"
         pipe.register_modules(**{name: clip_tokenizer(pad)})
+    if family == "flux":
+        return BaseModel(pipe, family, FLOW_MATCHING, source, kind)
     if family == "sd3":
         if getattr(pipe, "text_encoder_3", None) is not None and getattr(pipe, "tokenizer_3", None) is None:
             raise LoraKitError("the folder has text_encoder_3 (T5) but no tokenizer_3: T5's tokenizer cannot ship "

@@ -31,7 +31,7 @@ def _as_model(model_or_pipe) -> BaseModel:
     pipe = model_or_pipe
     config = getattr(getattr(pipe, "scheduler", None), "config", {}) or {}
     family = detect_family(pipe)
-    prediction = FLOW_MATCHING if family == "sd3" else config.get("prediction_type", "epsilon")
+    prediction = FLOW_MATCHING if family in ("sd3", "flux") else config.get("prediction_type", "epsilon")
     return BaseModel(pipe, family, prediction, "", "diffusers")
 
 
@@ -43,7 +43,11 @@ def save_model(model_or_pipe, out: str | os.PathLike, dtype: torch.dtype | None 
     """
     model = _as_model(model_or_pipe)
     out = Path(out)
-    if out.suffix.lower() == ".safetensors" and model.family == "sd3":
+    if out.suffix.lower() == ".safetensors" and model.family == "flux":
+        from .flux_loading import save_single_file as save_flux
+
+        save_flux(model.pipe, out, dtype=dtype, metadata=metadata)
+    elif out.suffix.lower() == ".safetensors" and model.family == "sd3":
         from .sd3_loading import save_single_file as save_sd3
 
         save_sd3(model.pipe, out, dtype=dtype, metadata=metadata)
