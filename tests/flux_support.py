@@ -64,8 +64,7 @@ def meta_clip_l():
 
 
 def flux_parts(pipe, with_t5: bool = False):
-    from lorakit.families.flux import FAMILY
     from lorakit.lora import ModelParts
 
     tes = [pipe.text_encoder] + ([pipe.text_encoder_2] if with_t5 else [])
-    return ModelParts("flux", pipe.transformer, tes, dict(pipe.transformer.config), FAMILY.denoiser_targets)
+    return ModelParts("flux", pipe.transformer, tes, dict(pipe.transformer.config))

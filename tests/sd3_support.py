@@ -104,7 +104,6 @@ def meta_clips():
 
 def sd3_parts(pipe, with_t5: bool = False):
     from lorakit.lora import ModelParts
-    from lorakit.lora.mmdit import transformer_targets
 
     tes = [pipe.text_encoder, pipe.text_encoder_2] + ([pipe.text_encoder_3] if with_t5 else [])
-    return ModelParts("sd3", pipe.transformer, tes, dict(pipe.transformer.config), transformer_targets)
+    return ModelParts("sd3", pipe.transformer, tes, dict(pipe.transformer.config))

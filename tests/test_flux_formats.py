@@ -59,7 +59,7 @@ def test_kohya_names_of_real_size_flux1_dev():
     """A network on the real Flux.1-dev transformer and CLIP-L (meta device) names its modules as
     sd-scripts' networks/lora_flux.py does by default: 19×10 + 38×3 = 304 and 12×6 = 72."""
     tr = meta_transformer()
-    parts = ModelParts("flux", tr, [meta_clip_l()], dict(tr.config), FAMILY.denoiser_targets)
+    parts = ModelParts("flux", tr, [meta_clip_l()], dict(tr.config))
     names = [t.name for t in select(parts, "transformer")]
     assert sum(n.startswith("lora_unet_") for n in names) == 304
     assert sum(n.startswith("lora_te1_") for n in names) == 72

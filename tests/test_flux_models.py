@@ -15,8 +15,9 @@ from flux_support import tiny_flux_pipeline  # noqa: E402
 
 from lorakit import flux_naming  # noqa: E402
 from lorakit.errors import LoraKitError  # noqa: E402
+from lorakit.families.flux import FAMILY  # noqa: E402
 from lorakit.models import load_model  # noqa: E402
-from lorakit.models.base import FLOW_MATCHING  # noqa: E402
+FLOW_MATCHING = "flow_matching"
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,7 @@ def files(pipe, tmp_path_factory):
     (config / "transformer").mkdir(parents=True)
     (config / "transformer" / "config.json").write_text(json.dumps(dict(pipe.transformer.config)))
     pipe.scheduler.save_pretrained(str(config / "scheduler"))
+    (config / "model_index.json").write_text((FAMILY.config_dir(variant="dev") / "model_index.json").read_text())
     return root / "flux1-tiny.safetensors", parts, config
 
 
@@ -79,6 +81,7 @@ def test_config_that_does_not_fit_is_an_error(files, tmp_path):
     cfg = json.loads((config / "transformer" / "config.json").read_text())
     cfg["num_single_layers"] = 3
     (bad / "transformer" / "config.json").write_text(json.dumps(cfg))
+    (bad / "model_index.json").write_text((config / "model_index.json").read_text())
     with pytest.raises(LoraKitError, match="do not fit the config"):
         load_model(str(ckpt), config_dir=bad, text_encoders=parts, components=("unet",))
 

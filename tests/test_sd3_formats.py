@@ -16,7 +16,6 @@ from lorakit.errors import LoraKitError  # noqa: E402
 from lorakit.formats import load_lora, load_network, save_lora  # noqa: E402
 from lorakit.lora import LoRANetwork, ModelParts  # noqa: E402
 from lorakit.lora import fused  # noqa: E402
-from lorakit.lora.mmdit import transformer_targets  # noqa: E402
 from lorakit.lora.targets import select  # noqa: E402
 
 LAYOUTS = ("kohya", "diffusers", "comfyui", "onetrainer")
@@ -81,7 +80,7 @@ def test_kohya_names_of_real_size_architectures(name, unet, te, dual):
     """A network on the real-size architectures (meta device) names its modules as sd-scripts does."""
     tr = meta_transformer(name)
     clip_l, clip_g = meta_clips()
-    parts = ModelParts("sd3", tr, [clip_l, clip_g], dict(tr.config), transformer_targets)
+    parts = ModelParts("sd3", tr, [clip_l, clip_g], dict(tr.config))
     names = [t.name for t in select(parts, "transformer")]
     assert sum(n.startswith("lora_unet_") for n in names) == unet
     assert sum(n.startswith(("lora_te1_", "lora_te2_")) for n in names) == te

@@ -131,4 +131,4 @@ def test_inspect_and_cli_convert(world, tmp_path, capsys):
         assert main(["convert", str(loras[0]), "--to", to, "--out", str(out), "--dtype", "fp32"]) == 0
         assert load_lora(out).format == to
     assert main(["convert", str(loras[0]), "--to", "peft", "--out", str(tmp_path / "p")]) == 2
-    assert "SD 3.x" in capsys.readouterr().err
+    assert "SD3 LoRAs are written as diffusers, kohya, comfyui, onetrainer, not peft" in capsys.readouterr().err

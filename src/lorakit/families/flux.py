@@ -30,12 +30,16 @@ class Flux(Family):
     pipeline_class = "FluxPipeline"
     denoiser, denoiser_class = "transformer", "FluxTransformer2DModel"
     text_encoders, tokenizers = ("text_encoder", "text_encoder_2"), ("tokenizer", "tokenizer_2")
-    tokenizer_pads = ("<|endoftext|>",)
+    tokenizer_pads = ("<|endoftext|>", None)  # the shipped CLIP BPE one; T5's tokenizer cannot ship
     te_prefixes = ("lora_te1", "lora_te3")  # sd-scripts numbers T5 3 (as in SD3) "to be ComfyUI compatible"
     prediction_types = ("flow_matching",)
     presets = ("transformer", "attn", "attn-mlp", "full")  # kohya's default first: every Linear in the blocks
     bucket_step = 64  # multiples of 16 px are needed (VAE 8 × packing 2); 64 as for the others
     checkpoint_implementation = lora_implementation = _IMPL
+    frozen_text_encoders = ("text_encoder_2",)  # T5-XXL (4.7 B) is never trained here: cached, then released
+    frozen_outputs = ("t5",)
+    classic_attention = False  # joint attention has no classic processor
+    lora_formats = ("kohya", "diffusers", "comfyui", "onetrainer")  # kohya first: sd-scripts, ComfyUI and diffusers load it
     denoiser_containers = frozenset({"MMDiT.attn", "MMDiT.mlp", "MMDiT.adaLN", "MMDiT.embed"})
     _PRESET_GROUPS = {"attn": {"attn"}, "cross-attn": {"attn"}, "attn-mlp": {"attn", "mlp"},
                       "transformer": {"attn", "mlp", "adaLN"}, "full": {"attn", "mlp", "adaLN", "embed"}}
@@ -55,8 +59,41 @@ class Flux(Family):
         """dev has the guidance embedding, schnell (timestep-distilled) does not."""
         return "dev" if config.get("guidance_embeds") else "schnell"
 
-    def config_dir(self, prediction_type: str = "flow_matching", variant: str = "dev") -> Path:
+    def config_dir(self, prediction_type: str = "flow_matching", ckpt=None, variant: str | None = None) -> Path:
+        if variant is None:
+            from ..models.flux_loading import variant as variant_of_file
+
+            variant = variant_of_file(ckpt.shapes) if ckpt is not None else "dev"
         return CONFIGS_DIR / SHIPPED[variant]
+
+    def pipeline_from_checkpoint(self, ckpt, config_dir, *, dtype, prediction_type: str, components, **options):
+        from ..models.flux_loading import build_pipeline
+
+        return build_pipeline(ckpt, dtype=dtype, config_dir=config_dir, text_encoders=options.get("text_encoders"),
+                              components=components)
+
+    def to_original(self, denoiser=None, denoiser_config=None, vae=None, vae_config=None,
+                    text_encoders: list | None = None) -> dict:
+        """The transformer in BFL's layout (what BFL ships: the VAE and text encoders are separate files)."""
+        return flux_naming.diffusers_state_to_bfl(denoiser)
+
+    def model_lora_metadata(self, denoiser_config: Mapping) -> dict[str, str]:
+        return {"modelspec.architecture": self.architecture(variant=self.variant_of_config(denoiser_config)) + "/lora"}
+
+    def lora_metadata(self, v_prediction: bool, previous: Mapping[str, str] | None = None) -> dict[str, str]:
+        """sd-scripts' values: `flux1`, and `flux-1-dev/lora` or `flux-1-schnell/lora` when the variant is known."""
+        md = super().lora_metadata(v_prediction)
+        known = (previous or {}).get("modelspec.architecture", "")
+        if known.startswith("flux-1-"):
+            md["modelspec.architecture"] = known if known.endswith("/lora") else known + "/lora"
+        return md
+
+    def write_lora(self, modules: Mapping, layout: str, dtype, source: str | None):
+        if layout == "kohya":
+            return None
+        from ..formats.flux_fmt import write_state
+
+        return write_state(modules, layout, dtype, source)
 
     # --- detection ------------------------------------------------------------------------------
     def lora_metadata_evidence(self, metadata: Mapping[str, str]) -> int:
@@ -101,19 +138,32 @@ class Flux(Family):
                                scheduler_config.get("base_shift", 0.5), scheduler_config.get("max_shift", 1.15))
 
     # --- conditioning and the denoiser call --------------------------------------------------------
-    def encode_prompt(self, pipe, captions: Sequence[str], device, t5_tokens: int = T5_TOKENS) -> dict:
-        """{hidden: T5 last hidden state [B, T, 4096], pooled: CLIP-L pooled [B, 768]} through
-        FluxPipeline's own `encode_prompt` (text ids are zeros and rebuilt at each call)."""
-        hidden, pooled, _ = pipe.encode_prompt(prompt=list(captions), prompt_2=None, device=device,
-                                               max_sequence_length=t5_tokens)
-        return {"hidden": hidden, "pooled": pooled}
+    def tokenize(self, tokenizers: Sequence, captions: Sequence[str]) -> list:
+        """CLIP ids padded to 77, T5 ids to 512 (`T5_TOKENS`), as FluxPipeline.encode_prompt does."""
+        out = []
+        for i, tok in enumerate(tokenizers):
+            if tok is None:
+                out.append(None)
+                continue
+            length = min(T5_TOKENS, tok.model_max_length) if i == 1 else tok.model_max_length
+            out.append(tok(list(captions), padding="max_length", max_length=length, truncation=True,
+                           return_tensors="pt").input_ids)
+        return out
 
-    def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence) -> dict:
-        """CLIP-L's pooled output from token ids (with gradients when CLIP trains); T5's hidden
-        state comes from the cache."""
-        te = encoders[0]
-        out = te(ids[0].to(te.device), output_hidden_states=False)
-        return {"pooled": out.pooler_output}
+    def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence, cached=None) -> dict:
+        """As FluxPipeline.encode_prompt: the sequence is T5's last hidden state, the pooled vector
+        CLIP-L's pooled output. T5 comes from `cached["t5"]` once released."""
+        import torch
+
+        clip, t5 = (list(encoders) + [None, None])[:2]
+        pooled = clip(ids[0].to(clip.device), output_hidden_states=False).pooler_output
+        if cached is not None and "t5" in cached:
+            t5_states = cached["t5"].to(pooled.device, pooled.dtype)
+        elif t5 is not None and len(ids) > 1 and ids[1] is not None:
+            t5_states = t5(ids[1].to(t5.device), output_hidden_states=False)[0].to(pooled.dtype)
+        else:
+            raise ValueError("Flux needs T5's hidden states: neither the encoder nor a cached copy is at hand")
+        return {"hidden": t5_states, "pooled": pooled, "t5": t5_states}
 
     def predict(self, denoiser, noisy, t, cond: Mapping, extra: Mapping, dtype, guidance: float = TRAIN_GUIDANCE):
         """One transformer call on latents [B, C, H, W] → the velocity in the same shape.

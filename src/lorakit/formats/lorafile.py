@@ -15,7 +15,7 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from .. import naming
+from .. import families, naming
 from ..errors import LoraKitError
 from . import diffusers_fmt, flux_fmt, kohya, peft_fmt, sd3_fmt
 from .detect import detect_family, detect_format
@@ -72,8 +72,8 @@ def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickl
     `family` forces the naming (SAI names for an SDXL diffusers file) instead of detecting it.
     Pickled files (.ckpt/.pt/.bin) can run code when loaded: refused unless `allow_pickle`.
     """
-    if family is not None and family not in naming.FAMILIES:
-        raise LoraKitError(f"unknown family {family!r} ({', '.join(naming.FAMILIES)})")
+    if family is not None:
+        families.get(family)  # an unknown name stops here, listing the known ones
     p = Path(path)
     if p.is_dir():
         if not peft_fmt.is_adapter_folder(p):
@@ -99,11 +99,11 @@ def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickl
         modules = sd3_fmt.read(state, metadata, fmt, str(p))
         if not modules:
             raise _not_lora(state, fmt, p)
-        return LoRAFile(modules, metadata, fmt, "sd3", str(p))
+        return LoRAFile(modules, metadata, fmt, family or detect_family(modules, metadata), str(p))
     if fmt in ("kohya", "lycoris"):
         modules = kohya.group(state, str(p))
         fam = family or detect_family(modules, metadata)
-        if fam == "flux":
+        if fam == "flux":  # a misspelt Flux layer is an error, never a silent skip
             flux_fmt.check_kohya_names(modules, str(p))
     elif fmt == "diffusers":
         modules, fam = diffusers_fmt.read(state, metadata, family, str(p))
@@ -147,20 +147,19 @@ def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Ma
     md.pop(diffusers_fmt.METADATA_KEY, None)
     if md.get("format") == "pt":
         del md["format"]
-    if family in ("sd3", "flux") and format not in ("kohya", "peft"):
-        writer = flux_fmt if family == "flux" else sd3_fmt
-        tensors, extra = writer.write_state(modules, format, dtype, str(path))
+    spec = families.find(family)
+    allowed = spec.lora_formats if spec is not None else ("kohya", "diffusers", "peft")
+    if format not in allowed:
+        raise LoraKitError(f"{families.label(family)} LoRAs are written as {', '.join(allowed)}, not {format}", path)
+    own = spec.write_lora(modules, format, dtype, str(path)) if spec is not None else None
+    if own is not None:  # a layout of the family's own (SD3's diffusers/ComfyUI/OneTrainer keys)
+        tensors, extra = own
         md.update(extra)
         md.update(precalculate_hashes(tensors, md))
         write_bytes_atomic(path, serialize(tensors, md))
         return path
-    if format in ("comfyui", "onetrainer"):
-        raise LoraKitError(f"the {format} layout is written for SD 3.x and Flux.1 LoRAs only (this one is for {family})", path)
-    if family in ("sd3", "flux") and format == "peft":
-        raise LoraKitError(f"{'Flux.1' if family == 'flux' else 'SD 3.x'} LoRAs are written as diffusers, kohya, "
-                           "comfyui or onetrainer files, not as PEFT folders", path)
     if layout is None and parts is not None and parts.unet_config:
-        layout = naming.UNetLayout.from_config(parts.unet_config)
+        layout = parts.spec.denoiser_layout(parts.unet_config)
     if format == "kohya":
         for name, t in modules.items():
             if not kohya.is_kohya_key(f"{name}.alpha") or "." in name:

@@ -176,27 +176,36 @@ def build_pipeline(ckpt: Checkpoint, *, dtype=torch.float32, config_dir: Path | 
         text_encoder_3=parts["text_encoder_3"], tokenizer_3=parts["tokenizer_3"])
 
 
-def save_single_file(pipe, path, *, include_text_encoders: bool = True, dtype=None,
-                     metadata: dict | None = None) -> Path:
-    """An SAI-layout single file of the pipeline (what ComfyUI and sd-scripts load), written atomically."""
+def original_state(transformer: dict | None, vae: dict | None, vae_config: dict | None,
+                   text_encoders: list | None) -> dict[str, torch.Tensor]:
+    """diffusers/transformers state dicts → one SAI-layout state dict (what ComfyUI and sd-scripts load);
+    text encoders that are None are left out, as in SAI's files without them."""
     from .. import sd3_naming
-    from ..formats.st_io import serialize, write_bytes_atomic
     from .original_layout import vae_to_original
 
     out: dict[str, torch.Tensor] = {}
-    for k, v in sd3_naming.diffusers_state_to_sai(pipe.transformer.state_dict()).items():
-        out[MMDIT + k] = v
-    if pipe.vae is not None:
-        out.update(vae_to_original(pipe.vae.state_dict(), dict(pipe.vae.config)))
-    if include_text_encoders:
-        for sub, prefix in TE_PREFIX.items():
-            te = getattr(pipe, sub, None)
-            if te is None:
-                continue
-            state = te.state_dict()
-            if sub == "text_encoder_3":
-                state = {k: v for k, v in state.items() if k != "encoder.embed_tokens.weight"}
-            out.update({prefix + k: v for k, v in state.items()})
+    if transformer is not None:
+        out.update({MMDIT + k: v for k, v in sd3_naming.diffusers_state_to_sai(transformer).items()})
+    if vae is not None:
+        out.update(vae_to_original(vae, vae_config))
+    for (sub, prefix), state in zip(TE_PREFIX.items(), text_encoders or []):
+        if state is None:
+            continue
+        if sub == "text_encoder_3":  # tied to shared.weight; SAI files hold only that
+            state = {k: v for k, v in state.items() if k != "encoder.embed_tokens.weight"}
+        out.update({prefix + k: v for k, v in state.items()})
+    return out
+
+
+def save_single_file(pipe, path, *, include_text_encoders: bool = True, dtype=None,
+                     metadata: dict | None = None) -> Path:
+    """An SAI-layout single file of the pipeline, written atomically (tests and `save_model` use it)."""
+    from ..formats.st_io import serialize, write_bytes_atomic
+
+    tes = [getattr(pipe, n, None) for n in TE_PREFIX] if include_text_encoders else []
+    out = original_state(pipe.transformer.state_dict(), pipe.vae.state_dict() if pipe.vae is not None else None,
+                         dict(pipe.vae.config) if pipe.vae is not None else None,
+                         [te.state_dict() if te is not None else None for te in tes])
     if dtype is not None:
         out = {k: v.to(dtype) if v.is_floating_point() else v for k, v in out.items()}
     out = {k: v.detach().cpu().contiguous() for k, v in out.items()}

@@ -33,6 +33,9 @@ SECTIONS = ("model", "data", "prior", "network", "optimizer", "loss", "run", "ou
 class TrainConfig:
     # model
     model: str = opt("toy", "base model: diffusers folder, single .safetensors, hub id, or 'toy'", "model")
+    text_encoders: Optional[Path] = opt(None, "SD 3.x single file without text encoders: a folder holding "
+                                        "text_encoder, text_encoder_2, text_encoder_3 and tokenizer_3", "model",
+                                        resume_may_change=True)
     prediction_type: Optional[str] = opt(None, "epsilon or v_prediction (default: from the model)", "model")
     # data
     data: Optional[Path] = opt(None, "image folder (captions alongside, N_name repeat folders) or dataset TOML", "data")
@@ -67,7 +70,8 @@ class TrainConfig:
     # network
     rank: int = opt(16, "LoRA rank", "network")
     alpha: Optional[float] = opt(None, "LoRA alpha (default: rank, i.e. scale 1)", "network")
-    preset: str = opt("transformer", "target preset: attn, cross-attn, transformer, full", "network")
+    preset: str = opt("transformer", "target preset: attn, cross-attn, attn-mlp, transformer, full (SD 3.x: "
+                      "attn = attention, attn-mlp = + MLP, transformer = every linear of the blocks)", "network")
     conv_rank: Optional[int] = opt(None, "rank of 3×3 convolutions (preset full; default: none adapted)", "network")
     conv_alpha: Optional[float] = opt(None, "alpha of 3×3 convolutions (default: conv rank)", "network")
     train_unet: bool = opt(True, "train the UNet LoRA", "network")
@@ -91,6 +95,9 @@ class TrainConfig:
     scheduler_power: float = opt(1.0, "power of the polynomial schedule", "optimizer")
     # loss
     min_snr_gamma: Optional[float] = opt(None, "min-SNR loss weighting gamma (5 is usual; off by default)", "loss")
+    weighting_scheme: str = opt("logit_normal", "flow-matching models (SD 3.x): timestep density and loss weighting "
+                                "as diffusers' SD3 scripts: logit_normal, mode, uniform, sigma_sqrt, cosmap, none",
+                                "loss")
     noise_offset: float = opt(0.0, "noise offset (0.05–0.1 helps very dark/bright images)", "loss")
     l1_penalty: float = opt(0.0, "coefficient of Σ|w| over the LoRA weights", "loss")
     l2_penalty: float = opt(0.0, "coefficient of Σw² over the LoRA weights", "loss")
@@ -110,6 +117,9 @@ class TrainConfig:
                           resume_may_change=True)
     keep_states: int = opt(2, "resume states kept (older ones are deleted)", "output", resume_may_change=True)
     save_dtype: str = opt("fp16", "dtype of the saved LoRA: fp16, bf16 or fp32", "output", resume_may_change=True)
+    save_format: Optional[str] = opt(None, "LoRA file layout: kohya (default for SD 1.x/2.x/XL), diffusers (default "
+                                     "for SD 3.x: loads in diffusers and ComfyUI), comfyui, onetrainer", "output",
+                                     resume_may_change=True)
     output_name: Optional[str] = opt(None, "ss_output_name (default: OUT's stem)", "output", resume_may_change=True)
     comment: Optional[str] = opt(None, "ss_training_comment", "output", resume_may_change=True)
     sample_every: int = opt(0, "write sample images every N steps (0: off)", "output", resume_may_change=True)
@@ -135,7 +145,10 @@ class TrainConfig:
             raise LoraKitError(msg)
 
         choices = {"cache_latents": ("memory", "disk", "none"), "cache_text": ("memory", "disk", "none"),
-                   "preset": ("attn", "cross-attn", "transformer", "full"), "init": ("kaiming", "gaussian"),
+                   "preset": ("attn", "cross-attn", "attn-mlp", "transformer", "full"),
+                   "init": ("kaiming", "gaussian"),
+                   "weighting_scheme": ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap", "none"),
+                   "save_format": (None, "kohya", "diffusers", "comfyui", "onetrainer"),
                    "optimizer": ("adamw", "adamw8bit", "lion", "prodigy"),
                    "mixed_precision": ("no", "fp16", "bf16"), "save_dtype": ("fp16", "bf16", "fp32"),
                    "scheduler": ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",

@@ -28,7 +28,7 @@ from ..data import (BucketSettings, Sample, Subset, TensorStore, TrainingData, c
 from ..errors import LoraKitError
 from ..lora.network import LoRANetwork
 from . import losses, state
-from .conditioning import Conditioner, encode_pixels, time_ids
+from .conditioning import Conditioner, encode_pixels
 from .config import TrainConfig
 from .logs import LossHistory
 from .memory import release_free_memory
@@ -68,13 +68,13 @@ class Denoiser(nn.Module):
     """The module accelerate prepares: the LoRA network as its only child, the frozen UNet and
     text encoders held by plain reference so DDP neither broadcasts nor reduces them."""
 
-    def __init__(self, network: LoRANetwork, unet: nn.Module, conditioner: Conditioner, family: str,
-                 dtype: torch.dtype):
+    def __init__(self, network: LoRANetwork, unet: nn.Module, conditioner: Conditioner, spec, dtype: torch.dtype):
         super().__init__()
         self.network = network
         object.__setattr__(self, "unet", unet)
         object.__setattr__(self, "conditioner", conditioner)
-        self.family, self.dtype = family, dtype
+        object.__setattr__(self, "spec", spec)
+        self.dtype = dtype
 
     def forward(self, jobs: list[dict]) -> list[torch.Tensor]:
         """One prediction per job (instance batch, prior batch); same-sized jobs share one UNet call."""
@@ -83,21 +83,20 @@ class Denoiser(nn.Module):
             return list(merged.split([len(j["noisy"]) for j in jobs]))
         out = []
         for job in jobs:
-            cond = self.conditioner.encode_ids(job["ids"]) if "ids" in job else job["cond"]
-            kwargs = {}
-            if self.family == "sdxl":
-                kwargs["added_cond_kwargs"] = {"text_embeds": cond["pooled"].to(self.dtype),
-                                               "time_ids": job["time_ids"].to(self.dtype)}
-            out.append(self.unet(job["noisy"].to(self.dtype), job["t"], cond["hidden"].to(self.dtype),
-                                 return_dict=False, **kwargs)[0])
+            cond = self.conditioner.encode_ids(job["ids"], job.get("cond")) if "ids" in job else job["cond"]
+            extra = {k: v for k, v in job.items() if k not in _JOB_KEYS}  # the family's extra_inputs
+            out.append(self.spec.predict(self.unet, job["noisy"], job["t"], cond, extra, self.dtype))
         return out
 
 
+_JOB_KEYS = ("noisy", "t", "ids", "cond")  # a job's other keys are the family's extra_inputs
+
+
 def _concat(jobs: list[dict]) -> dict:
-    out = {k: torch.cat([j[k] for j in jobs]) for k in ("noisy", "t", "time_ids") if k in jobs[0]}
+    out = {k: torch.cat([j[k] for j in jobs]) for k in jobs[0] if k not in ("ids", "cond")}
     if "ids" in jobs[0]:
         out["ids"] = [torch.cat(parts) for parts in zip(*(j["ids"] for j in jobs))]
-    else:
+    if "cond" in jobs[0]:
         out["cond"] = {k: torch.cat([j["cond"][k] for j in jobs]) for k in jobs[0]["cond"]}
     return out
 
@@ -192,7 +191,7 @@ class Trainer:
 
         dtype = torch.float32 if "unet" not in components else self.weight_dtype
         model = load_model(self.cfg.model, dtype=dtype, prediction_type=self.cfg.prediction_type,
-                           components=components)
+                           components=components, text_encoders=self.cfg.text_encoders)
         model.pipe.set_progress_bar_config(disable=True)
         return model
 
@@ -212,11 +211,11 @@ class Trainer:
         return str(self.cfg.model)
 
     def _bucket_settings(self) -> BucketSettings:
-        """Steps of 64 px (SDXL 32), smaller only when the resolution itself is that small."""
+        """The family's step (64 px, SDXL 32), smaller only when the resolution itself is that small."""
         cfg = self.cfg
         step = cfg.bucket_step
         if step is None:
-            step = 32 if self.family == "sdxl" else 64
+            step = self.spec.bucket_step
             while step > 8 and (cfg.resolution % step or cfg.resolution < 2 * step):
                 step //= 2
         if cfg.resolution % step:
@@ -227,7 +226,7 @@ class Trainer:
     def _check_divisible(self, unet) -> None:
         """Every bucket side must survive the VAE's and the UNet's downsampling."""
         vae_factor = 2 ** (len(self.vae_config["block_out_channels"]) - 1) if self.vae_config else 1
-        need = vae_factor * 2 ** (len(unet.config.down_block_types) - 1)
+        need = vae_factor * self.spec.denoiser_downsampling(unet.config)
         step = self.data.settings.step
         if step % need:
             raise LoraKitError(f"bucket step {step} px is not a multiple of {need} px, which this model's VAE and "
@@ -266,6 +265,11 @@ class Trainer:
                   and not cfg.sample_every and not need_generation and not varying_captions)
         self.model = self._load(("vae", "text_encoders") if staged else ("unet", "vae", "text_encoders"))
         self.family, self.prediction_type = self.model.family, self.model.prediction_type
+        self.spec = self.model.spec
+        self.objective = self.spec.objective(self.prediction_type)
+        if self.objective == "flow_matching" and cfg.min_snr_gamma:
+            raise LoraKitError("--min-snr-gamma is for noise-prediction models; flow-matching models (SD 3.x) weigh "
+                               "their loss with --weighting-scheme")
         self.vae_config = dict(self.model.vae.config) if self.model.vae is not None else None
         device = acc.device
         if need_generation:
@@ -282,22 +286,23 @@ class Trainer:
         self.conditioner = Conditioner(self.model.pipe, self.family)
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.run_dir / "cache"
         self.latents = TensorStore(cfg.cache_latents, cache_dir / "latents")
-        text_mode = "none" if cfg.train_text_encoder else cfg.cache_text
+        # with a text-encoder LoRA the text cache still holds what encoders that never train give (SD3's T5)
+        text_mode = "none" if cfg.train_text_encoder and not self.spec.frozen_text_encoders else cfg.cache_text
         self.texts = TensorStore(text_mode, cache_dir / "text", max_items=4096)
         self.tag = self._model_tag()
-        for name in ("vae", "text_encoder", "text_encoder_2"):
+        for name in ("vae", *self.spec.text_encoders):
             module = getattr(self.model.pipe, name, None)
             if module is not None:
                 _cast(module.requires_grad_(False), device)
         self._fill_caches()
         if staged:
-            self._release("vae", "text_encoder", "text_encoder_2")
+            self._release("vae", *self.spec.text_encoders)
             unet_model = self._load(("unet",))
-            self.model.pipe.register_modules(unet=unet_model.pipe.unet)
+            self.model.pipe.register_modules(**{self.spec.denoiser: unet_model.unet})
             del unet_model
         else:
             self._release_unneeded()
-        self._check_divisible(self.model.pipe.unet)
+        self._check_divisible(self.model.unet)
         self._build_training(device)
 
     def _release_unneeded(self) -> None:
@@ -307,21 +312,23 @@ class Trainer:
             return
         if cfg.cache_latents != "none":
             self._release("vae")
-        if self.texts.enabled and self.data.fixed_captions() is not None and not cfg.train_text_encoder:
-            self._release("text_encoder", "text_encoder_2")
+        if self.texts.enabled and self.data.fixed_captions() is not None:
+            self._release(*(self.spec.text_encoders if not cfg.train_text_encoder
+                            else self.spec.frozen_text_encoders))
 
     def _build_training(self, device) -> None:
         cfg, acc = self.cfg, self.acc
         pipe = self.model.pipe
-        unet = _cast(pipe.unet.requires_grad_(False), device, self.weight_dtype)
-        if not cfg.sdpa:
+        unet = _cast(self.model.unet.requires_grad_(False), device, self.weight_dtype)
+        if not cfg.sdpa and self.spec.classic_attention:
             from diffusers.models.attention_processor import AttnProcessor
 
             unet.set_attn_processor(AttnProcessor())
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        tes = [getattr(pipe, n, None) for n in (("text_encoder", "text_encoder_2") if self.family == "sdxl"
-                                               else ("text_encoder",))]
+        # encoders that never train (SD3's T5) get no LoRA; None keeps the others' kohya prefixes
+        tes = [None if name in self.spec.frozen_text_encoders else getattr(pipe, name, None)
+               for name in self.spec.text_encoders]
         for te in tes:
             if te is not None:
                 _cast(te, device, self.weight_dtype)
@@ -349,18 +356,24 @@ class Trainer:
                                     betas=cfg.betas, eps=cfg.eps)
         scheduler = build_scheduler(cfg.scheduler, optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                                     cycles=cfg.scheduler_cycles, power=cfg.scheduler_power)
-        denoiser = Denoiser(self.network, unet, self.conditioner, self.family, self.weight_dtype)
+        denoiser = Denoiser(self.network, unet, self.conditioner, self.spec, self.weight_dtype)
         self.model_wrapped, self.optimizer, self.scheduler = acc.prepare(denoiser, optimizer, scheduler)
         self.params = [p for g in groups for p in g["params"]]
         # Giving freed pages back to the OS costs their page faults on the next step (see memory.py): worth it
         # only where the user asked for memory over speed (checkpointing) on a real model in host memory.
         self.trim_memory = (acc.device.type == "cpu" and cfg.gradient_checkpointing
                             and sum(p.numel() for p in unet.parameters()) > 100_000_000)
-        from diffusers import DDPMScheduler
+        self.flow = None
+        if self.objective == "flow_matching":
+            from .flow_matching import FlowMatching
 
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config,
-                                                         prediction_type=self.prediction_type)
-        self.num_timesteps = self.noise_scheduler.config.num_train_timesteps
+            self.flow = FlowMatching.from_config(pipe.scheduler.config, scheme=cfg.weighting_scheme)
+        else:
+            from diffusers import DDPMScheduler
+
+            self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config,
+                                                             prediction_type=self.prediction_type)
+            self.num_timesteps = self.noise_scheduler.config.num_train_timesteps
         if self.resume_dir is not None:
             acc.load_state(str(self.resume_dir))
             self.step = state.read_state(self.resume_dir)["step"]
@@ -423,10 +436,7 @@ class Trainer:
             fresh = dict(zip(missing, self._encode_text(missing)))
             entries = [e if e is not None else fresh[c] for c, e in zip(captions, entries)]
         dev = self.acc.device
-        out = {"hidden": torch.stack([e["hidden"] for e in entries]).to(dev)}
-        if "pooled" in entries[0]:
-            out["pooled"] = torch.stack([e["pooled"] for e in entries]).to(dev)
-        return out
+        return {k: torch.stack([e[k] for e in entries]).to(dev) for k in entries[0]}
 
     def _latents(self, samples: list[Sample]) -> torch.Tensor:
         if self.latents.enabled:
@@ -442,19 +452,27 @@ class Trainer:
         latents = self._latents(samples).float()
         g = torch.Generator("cpu").manual_seed(mix_seed(cfg.seed, micro, self.rank, salt, 0x7015E))
         noise = losses.noise_like(latents, g, cfg.noise_offset)
-        t = torch.randint(0, self.num_timesteps, (len(samples),), generator=g).to(latents.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        tgt = losses.target(self.noise_scheduler, self.prediction_type, latents, noise, t)
+        weights = None
+        if self.flow is not None:
+            t, sigmas = self.flow.sample(len(samples), g)
+            t = t.to(latents.device)
+            noisy = self.flow.noisy(latents, noise, sigmas)
+            tgt = self.flow.target(latents, noise)
+            weights = self.flow.weights(sigmas).to(latents.device)
+        else:
+            t = torch.randint(0, self.num_timesteps, (len(samples),), generator=g).to(latents.device)
+            noisy = self.noise_scheduler.add_noise(latents, noise, t)
+            tgt = losses.target(self.noise_scheduler, self.prediction_type, latents, noise, t)
         job = {"noisy": noisy, "t": t}
         captions = [s.caption for s in samples]
         if cfg.train_text_encoder:
             job["ids"] = self.conditioner.tokenize(captions)
+            if self.spec.frozen_text_encoders:  # their part of the conditioning comes from the cache
+                cached = self._text(captions)
+                job["cond"] = {k: cached[k] for k in self.spec.frozen_outputs}
         else:
             job["cond"] = self._text(captions)
-        if self.family == "sdxl":
-            job["time_ids"] = torch.stack([time_ids(s.placement.original, s.crop, s.placement.bucket)
-                                           for s in samples]).to(latents.device)
-        weights = None
+        job.update({k: v.to(latents.device) for k, v in self.spec.extra_inputs(samples).items()})
         if cfg.min_snr_gamma:
             weights = losses.min_snr_weights(self.noise_scheduler, t, cfg.min_snr_gamma, self.prediction_type)
         return job, tgt, weights
@@ -502,7 +520,8 @@ class Trainer:
                                    step=step, epoch=epoch, num_processes=self.world, started_at=self.started_at,
                                    finished_at=time.time() if final else None, session_id=self.session_id)
         out = Path(self.cfg.out)
-        return build_metadata(self._unwrapped_network().kohya_modules(), family=self.family,
+        base = self.spec.model_lora_metadata(dict(self.model.unet.config))
+        return build_metadata(self._unwrapped_network().kohya_modules(), family=self.family, base=base,
                               v_prediction=self.prediction_type == "v_prediction",
                               output_name=self.cfg.output_name or out.stem, comment=self.cfg.comment,
                               tag_frequency=self.data.tag_frequency(), training=training,
@@ -518,7 +537,8 @@ class Trainer:
         md = self.metadata(step, final)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_lora(path, self._unwrapped_network().kohya_modules(), md, format="kohya",
+        fmt = self.cfg.save_format or self.spec.lora_formats[0]
+        save_lora(path, self._unwrapped_network().kohya_modules(), md, format=fmt,
                   dtype=SAVE_DTYPES[self.cfg.save_dtype], family=self.family)
         return md
 
