@@ -127,7 +127,7 @@ class Flux(Family):
         return 2  # latents are packed 2×2 into one token
 
     # --- objective --------------------------------------------------------------------------------
-    def shift_mu(self, scheduler_config: Mapping, height: int, width: int) -> float:
+    def timestep_shift(self, scheduler_config: Mapping, height: int, width: int) -> float:
         """The timestep shift for a latent of `height`×`width` (before packing): FluxPipeline's
         `calculate_shift` on the packed sequence length, as sd-scripts' `flux_shift` sampling does."""
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
@@ -165,11 +165,18 @@ class Flux(Family):
             raise ValueError("Flux needs T5's hidden states: neither the encoder nor a cached copy is at hand")
         return {"hidden": t5_states, "pooled": pooled, "t5": t5_states}
 
-    def predict(self, denoiser, noisy, t, cond: Mapping, extra: Mapping, dtype, guidance: float = TRAIN_GUIDANCE):
+    def extra_inputs(self, samples: Sequence) -> dict:
+        """`guidance`: what dev's guidance embedding is fed while training (`--guidance-scale`)."""
+        import torch
+
+        return {"guidance": torch.full((len(samples),), TRAIN_GUIDANCE)}
+
+    def predict(self, denoiser, noisy, t, cond: Mapping, extra: Mapping, dtype):
         """One transformer call on latents [B, C, H, W] → the velocity in the same shape.
 
         Packing and position ids are FluxPipeline's; the timestep goes in as σ (t / 1000) as the
-        pipeline and diffusers' trainer pass it; dev's guidance embedding gets `guidance`.
+        pipeline and diffusers' trainer pass it; dev's guidance embedding gets `extra["guidance"]`
+        (schnell has none and ignores it).
         """
         import torch
         from diffusers import FluxPipeline
@@ -181,7 +188,9 @@ class Flux(Family):
         txt_ids = torch.zeros(hidden.shape[1], 3, device=noisy.device, dtype=dtype)
         g = None
         if getattr(denoiser.config, "guidance_embeds", False):
-            g = torch.full((b,), float(guidance), device=noisy.device, dtype=torch.float32)
+            g = extra.get("guidance")
+            g = torch.full((b,), TRAIN_GUIDANCE) if g is None else g
+            g = g.to(noisy.device, torch.float32)
         out = denoiser(hidden_states=packed, timestep=(t.float() / 1000).to(noisy.device), guidance=g,
                        pooled_projections=cond["pooled"].to(noisy.device, dtype), encoder_hidden_states=hidden,
                        txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]

@@ -98,6 +98,8 @@ class TrainConfig:
     weighting_scheme: str = opt("logit_normal", "flow-matching models (SD 3.x): timestep density and loss weighting "
                                 "as diffusers' SD3 scripts: logit_normal, mode, uniform, sigma_sqrt, cosmap, none",
                                 "loss")
+    guidance_scale: Optional[float] = opt(None, "Flux.1 dev: the value fed to its guidance embedding while training "
+                                          "(default 3.5, as diffusers' and sd-scripts' Flux trainers)", "loss")
     noise_offset: float = opt(0.0, "noise offset (0.05–0.1 helps very dark/bright images)", "loss")
     l1_penalty: float = opt(0.0, "coefficient of Σ|w| over the LoRA weights", "loss")
     l2_penalty: float = opt(0.0, "coefficient of Σw² over the LoRA weights", "loss")
