@@ -33,9 +33,12 @@ SECTIONS = ("model", "data", "prior", "network", "optimizer", "loss", "run", "ou
 class TrainConfig:
     # model
     model: str = opt("toy", "base model: diffusers folder, single .safetensors, hub id, or 'toy'", "model")
-    text_encoders: Optional[Path] = opt(None, "SD 3.x single file without text encoders: a folder holding "
-                                        "text_encoder, text_encoder_2, text_encoder_3 and tokenizer_3", "model",
+    text_encoders: Optional[Path] = opt(None, "SD 3.x / Flux.1 single file without text encoders: a folder holding "
+                                        "them (SD3: text_encoder, text_encoder_2, text_encoder_3, tokenizer_3; "
+                                        "Flux: vae, text_encoder, text_encoder_2, tokenizer_2)", "model",
                                         resume_may_change=True)
+    config_dir: Optional[Path] = opt(None, "diffusers config folder for a single file whose architecture differs "
+                                     "from the shipped configs", "model", resume_may_change=True)
     prediction_type: Optional[str] = opt(None, "epsilon or v_prediction (default: from the model)", "model")
     # data
     data: Optional[Path] = opt(None, "image folder (captions alongside, N_name repeat folders) or dataset TOML", "data")

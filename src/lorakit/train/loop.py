@@ -191,7 +191,8 @@ class Trainer:
 
         dtype = torch.float32 if "unet" not in components else self.weight_dtype
         model = load_model(self.cfg.model, dtype=dtype, prediction_type=self.cfg.prediction_type,
-                           components=components, text_encoders=self.cfg.text_encoders)
+                           components=components, text_encoders=self.cfg.text_encoders,
+                           config_dir=self.cfg.config_dir)
         model.pipe.set_progress_bar_config(disable=True)
         return model
 
