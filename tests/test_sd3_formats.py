@@ -304,3 +304,14 @@ def test_errors_name_the_file(pipe, tmp_path):
     p = save_lora(tmp_path / "k.safetensors", net.kohya_modules(), family="sd3")
     with pytest.raises(LoraKitError, match="SD3|sd3"):
         load_network(parts_of(tiny_pipeline("sd1"), "sd1"), p)
+
+
+def test_default_layout_is_the_one_diffusers_and_comfyui_both_load(pipe, tmp_path):
+    net = random_net(sd3_parts(pipe))
+    p = save_lora(tmp_path / "d.safetensors", net.kohya_modules(), family="sd3")
+    assert load_lora(p).format == "diffusers"
+    from lorakit.models.tiny import tiny_pipeline
+    from conftest import parts_of
+
+    sd1 = LoRANetwork.create(parts_of(tiny_pipeline("sd1"), "sd1"), rank=2)
+    assert load_lora(save_lora(tmp_path / "k.safetensors", sd1.kohya_modules(), family="sd1")).format == "kohya"

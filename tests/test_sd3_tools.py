@@ -33,7 +33,8 @@ def world(tmp_path_factory):
         with torch.no_grad():
             for p in net.parameters():
                 p.normal_(0, 0.1)
-        loras.append(save_lora(root / f"l{seed}.safetensors", net.kohya_modules(), family="sd3", dtype=torch.float32))
+        loras.append(save_lora(root / f"l{seed}.safetensors", net.kohya_modules(), family="sd3", dtype=torch.float32,
+                               format="kohya"))
     return pipe, root, loras
 
 

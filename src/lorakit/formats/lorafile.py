@@ -18,7 +18,7 @@ from torch import Tensor
 from .. import families, naming
 from ..errors import LoraKitError
 from . import diffusers_fmt, flux_fmt, kohya, peft_fmt, sd3_fmt
-from .detect import detect_family, detect_format
+from .detect import detect_family, detect_format, format_of_modules
 from .hashes import precalculate_hashes
 from .metadata import build_metadata
 from .modules import Modules, alpha_of, rank_of
@@ -117,7 +117,7 @@ def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickl
 
 
 def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Mapping[str, str] | None = None, *,
-              format: str = "kohya", dtype: torch.dtype | None = torch.float16, family: str | None = None,
+              format: str | None = None, dtype: torch.dtype | None = torch.float16, family: str | None = None,
               parts=None, layout: naming.UNetLayout | None = None) -> Path:
     """Write kohya modules as a kohya/LyCORIS file, a diffusers file or a PEFT adapter folder.
 
@@ -125,20 +125,26 @@ def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Ma
     metadata (`metadata` is kept, tensor-describing fields recomputed) and the sshs hashes.
     `parts` (a ModelParts) gives module paths for diffusers/PEFT from the model itself; without
     it they come from kohya names by rule (`layout` = the UNet layout SAI names refer to).
-    `dtype=None` keeps the tensors' dtypes; alpha is always a 0-dim fp32.
+    `dtype=None` keeps the tensors' dtypes; alpha is always a 0-dim fp32. `format=None`: the
+    family's default layout (kohya; SD3's diffusers keys, which diffusers and ComfyUI both load),
+    kohya for LyCORIS kinds.
     """
     if isinstance(modules, LoRAFile):
         lf = modules
         modules = lf.modules
         metadata = lf.metadata if metadata is None else metadata
         family = family or lf.family
-    if format not in FORMATS:
+    if format is not None and format not in FORMATS:
         raise LoraKitError(f"unknown format {format!r}: choose from {', '.join(FORMATS)}")
     if not modules:
         raise LoraKitError("nothing to save: the LoRA has no modules", path)
     if family is None and parts is not None:
         family = parts.family
     family = family or detect_family(modules, metadata)
+    if format is None:
+        spec = families.find(family)
+        lyco = format_of_modules(modules) == "lycoris"
+        format = spec.lora_formats[0] if spec is not None and not lyco else "kohya"
     path = Path(path)
     name = None if "ss_output_name" in (metadata or {}) else (path.name if format == "peft" else path.stem)
     md = build_metadata(modules, family=family, base=metadata, output_name=name)
