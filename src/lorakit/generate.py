@@ -150,7 +150,8 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
         raise LoraKitError(f"--n and --steps must be ≥ 1 (got n={n}, steps={steps})")
     pipe = model.pipe
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    default = model.unet.config.sample_size * scale
+    sample = getattr(model.unet.config, "sample_size", None)  # Flux's transformer has none: its native size
+    default = sample * scale if sample else model.spec.resolution(False)
     width, height = width or default, height or default
     if width % 8 or height % 8 or width < 8 or height < 8:
         raise LoraKitError(f"--width and --height must be multiples of 8 (got {width}x{height})")

@@ -10,6 +10,7 @@ from typing import Callable, Mapping
 
 from ..errors import LoraKitError
 from .base import OBJECTIVES, Family
+from .flux import FAMILY as FLUX
 from .sd1 import FAMILY as SD1
 from .sd2 import FAMILY as SD2
 from .sd3 import FAMILY as SD3
@@ -25,7 +26,7 @@ def register(family: Family) -> Family:
     return family
 
 
-for _f in (SD1, SD2, SDXL, SD3):
+for _f in (SD1, SD2, SDXL, SD3, FLUX):
     register(_f)
 
 

@@ -208,6 +208,11 @@ class Family:
         `cached` holds what released `frozen_text_encoders` gave."""
         raise NotImplementedError
 
+    def timestep_shift(self, scheduler_config: Mapping, height: int, width: int) -> float | None:
+        """A flow-matching timestep shift μ for latents of this size (Flux's resolution-dependent one);
+        None: the scheduler's own sigmas."""
+        return None
+
     def extra_inputs(self, samples: Sequence) -> dict:
         """Per-sample denoiser inputs beyond text (SDXL's size time ids); samples are data.Sample."""
         return {}

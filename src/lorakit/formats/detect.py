@@ -17,8 +17,11 @@ def detect_format(keys: Iterable[str], metadata: Mapping[str, str] | None = None
     """kohya, lycoris, diffusers, peft, checkpoint (a model, not a LoRA) or None (unknown)."""
     keys = list(keys)
     md = metadata or {}
-    from . import sd3_fmt
+    from . import flux_fmt, sd3_fmt
 
+    flux_layout = flux_fmt.layout_of(keys, md)
+    if flux_layout not in (None, "kohya"):
+        return "flux-" + flux_layout
     sd3_layout = sd3_fmt.layout_of(keys)
     if sd3_layout not in (None, "kohya"):
         return "sd3-" + sd3_layout

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import families, naming
 from ..errors import LoraKitError
-from . import diffusers_fmt, kohya, peft_fmt, sd3_fmt
+from . import diffusers_fmt, flux_fmt, kohya, peft_fmt, sd3_fmt
 from .detect import detect_family, detect_format, format_of_modules
 from .hashes import precalculate_hashes
 from .metadata import build_metadata
@@ -88,6 +88,12 @@ def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickl
     else:
         state, metadata = read_safetensors(p)
     fmt = detect_format(state, metadata)
+    if fmt and fmt.startswith("flux-"):
+        fmt = fmt[len("flux-"):]
+        modules = flux_fmt.read(state, metadata, fmt, str(p))
+        if not modules:
+            raise _not_lora(state, fmt, p)
+        return LoRAFile(modules, metadata, fmt, "flux", str(p))
     if fmt and fmt.startswith("sd3-"):
         fmt = fmt[len("sd3-"):]
         modules = sd3_fmt.read(state, metadata, fmt, str(p))
@@ -97,6 +103,8 @@ def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickl
     if fmt in ("kohya", "lycoris"):
         modules = kohya.group(state, str(p))
         fam = family or detect_family(modules, metadata)
+        if fam == "flux":  # a misspelt Flux layer is an error, never a silent skip
+            flux_fmt.check_kohya_names(modules, str(p))
     elif fmt == "diffusers":
         modules, fam = diffusers_fmt.read(state, metadata, family, str(p))
     elif fmt == "peft":

@@ -1,4 +1,4 @@
-"""The layers of a diffusers SD3 transformer under the names SD3 LoRA files use (SAI's).
+"""The layers of a diffusers SD3 or Flux transformer under the names their LoRA files use (SAI's / BFL's).
 
 Each SAI layer becomes one Target: the diffusers layer itself, or, where diffusers splits it
 (q/k/v) or reorders its rows (adaLN halves), a weightless Target of the SAI shape whose
@@ -22,33 +22,37 @@ def _container(sai_path: str) -> str:
     return "MMDiT." + _KIND[sai_path.rsplit(".", 1)[1]]
 
 
-def transformer_targets(transformer: nn.Module) -> dict[str, Target]:
-    """{kohya name: Target} for every Linear/Conv2d of an SD3Transformer2DModel that SAI names."""
+def transformer_targets(transformer: nn.Module, naming=sd3_naming) -> dict[str, Target]:
+    """{kohya name: Target} for every Linear/Conv2d of the transformer that the original layout names.
+
+    `naming` is `sd3_naming` (SD3Transformer2DModel) or `flux_naming` (FluxTransformer2DModel).
+    """
+    container = getattr(naming, "container", _container)
     found: dict[str, dict[int, tuple[str, nn.Module]]] = {}
     for path, module in transformer.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Conv2d)) or not sd3_naming.is_diffusers_path(path):
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or not naming.is_diffusers_path(path):
             continue
-        sai, i, _ = sd3_naming.sai_of(path)
+        sai, i, _ = naming.sai_of(path)
         found.setdefault(sai, {})[i] = (path, module)
     index: dict[str, Target] = {}
     for sai, pieces in found.items():
         ordered = [pieces[i] for i in sorted(pieces)]
-        name = sd3_naming.kohya_name(sai)
+        name = naming.kohya_name(sai)
         first_path, first = ordered[0]
         if isinstance(first, nn.Conv2d):
-            index[name] = Target(name, first_path, "unet", first, _container(sai), (name,))
+            index[name] = Target(name, first_path, "unet", first, container(sai), (name,))
             continue
         rows = sum(m.out_features for _, m in ordered)
-        layout = sd3_naming.diffusers_rows(sai, rows, first.in_features)
+        layout = naming.diffusers_rows(sai, rows, first.in_features)
         if len(layout) != len(ordered):
             raise ValueError(f"{sai}: the model holds {len(ordered)} of its {len(layout)} pieces")
         identity = len(layout) == 1 and bool((layout[0][1] == _arange(rows)).all())
         if identity:
-            index[name] = Target(name, first_path, "unet", first, _container(sai), (name,))
+            index[name] = Target(name, first_path, "unet", first, container(sai), (name,))
             continue
         live = dict(ordered)
         virtual = nn.Linear(first.in_features, rows, bias=False, device="meta")
-        index[name] = Target(name, sai, "unet", virtual, _container(sai), (name,),
+        index[name] = Target(name, sai, "unet", virtual, container(sai), (name,),
                              pieces=tuple((live[p], r) for p, r in layout))
     return index
 

@@ -95,7 +95,7 @@ def _containers(root: nn.Module, classes: set[str]) -> dict[str, str]:
 def _te_container(cls: str) -> str:
     if "Attention" in cls:
         return "CLIPAttention"
-    if "MLP" in cls:
+    if "MLP" in cls or cls.startswith("T5Dense"):  # T5's gated MLP is T5DenseGatedActDense
         return "CLIPMLP"
     return cls
 
@@ -126,7 +126,7 @@ def build_index(parts: ModelParts) -> dict[str, Target]:
         prefix = spec.te_prefix(i)
         containers = {p: _te_container(c) for p, c in _containers(te, {
             type(m).__name__ for m in te.modules()
-            if "Attention" in type(m).__name__ or "MLP" in type(m).__name__}).items()}
+            if "Attention" in type(m).__name__ or _te_container(type(m).__name__) == "CLIPMLP"}).items()}
         for path, module in te.named_modules():
             if not isinstance(module, (nn.Linear, nn.Conv2d)):
                 continue

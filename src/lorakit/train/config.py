@@ -33,9 +33,12 @@ SECTIONS = ("model", "data", "prior", "network", "optimizer", "loss", "run", "ou
 class TrainConfig:
     # model
     model: str = opt("toy", "base model: diffusers folder, single .safetensors, hub id, or 'toy'", "model")
-    text_encoders: Optional[Path] = opt(None, "SD 3.x single file without text encoders: a folder holding "
-                                        "text_encoder, text_encoder_2, text_encoder_3 and tokenizer_3", "model",
+    text_encoders: Optional[Path] = opt(None, "SD 3.x / Flux.1 single file without text encoders: a folder holding "
+                                        "them (SD3: text_encoder, text_encoder_2, text_encoder_3, tokenizer_3; "
+                                        "Flux: vae, text_encoder, text_encoder_2, tokenizer_2)", "model",
                                         resume_may_change=True)
+    config_dir: Optional[Path] = opt(None, "diffusers config folder for a single file whose architecture differs "
+                                     "from the shipped configs", "model", resume_may_change=True)
     prediction_type: Optional[str] = opt(None, "epsilon or v_prediction (default: from the model)", "model")
     # data
     data: Optional[Path] = opt(None, "image folder (captions alongside, N_name repeat folders) or dataset TOML", "data")
@@ -98,6 +101,8 @@ class TrainConfig:
     weighting_scheme: str = opt("logit_normal", "flow-matching models (SD 3.x): timestep density and loss weighting "
                                 "as diffusers' SD3 scripts: logit_normal, mode, uniform, sigma_sqrt, cosmap, none",
                                 "loss")
+    guidance_scale: Optional[float] = opt(None, "Flux.1 dev: the value fed to its guidance embedding while training "
+                                          "(default 3.5, as diffusers' and sd-scripts' Flux trainers)", "loss")
     noise_offset: float = opt(0.0, "noise offset (0.05–0.1 helps very dark/bright images)", "loss")
     l1_penalty: float = opt(0.0, "coefficient of Σ|w| over the LoRA weights", "loss")
     l2_penalty: float = opt(0.0, "coefficient of Σw² over the LoRA weights", "loss")

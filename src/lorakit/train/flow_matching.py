@@ -43,15 +43,23 @@ class FlowMatching:
     def num_train_timesteps(self) -> int:
         return int(self.scheduler.config.num_train_timesteps)
 
-    def sample(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """(timesteps the transformer is given, sigmas) for a batch, from `generator` alone."""
+    def sample(self, batch: int, generator: torch.Generator, mu: float | None = None) -> tuple[Tensor, Tensor]:
+        """(timesteps the transformer is given, sigmas) for a batch, from `generator` alone.
+
+        `mu`: a resolution-dependent shift (Flux), applied with the scheduler's own `time_shift`
+        to the unshifted sigmas of a scheduler that shifts dynamically (as FluxPipeline samples).
+        """
         from diffusers.training_utils import compute_density_for_timestep_sampling
 
         u = compute_density_for_timestep_sampling(self.scheme, batch, logit_mean=self.logit_mean,
                                                   logit_std=self.logit_std, mode_scale=self.mode_scale,
                                                   generator=generator)
         idx = (u * self.num_train_timesteps).long().clamp(0, len(self.scheduler.timesteps) - 1)
-        return self.scheduler.timesteps[idx].float(), self.scheduler.sigmas[idx].float()
+        sigmas = self.scheduler.sigmas[idx].float()
+        if mu is None or not self.scheduler.config.get("use_dynamic_shifting", False):
+            return self.scheduler.timesteps[idx].float(), sigmas
+        sigmas = self.scheduler.time_shift(mu, 1.0, sigmas).float()
+        return sigmas * self.num_train_timesteps, sigmas
 
     @staticmethod
     def noisy(latents: Tensor, noise: Tensor, sigmas: Tensor) -> Tensor:

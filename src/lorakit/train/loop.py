@@ -197,7 +197,8 @@ class Trainer:
 
         dtype = torch.float32 if "unet" not in components else self.weight_dtype
         model = load_model(self.cfg.model, dtype=dtype, prediction_type=self.cfg.prediction_type,
-                           components=components, text_encoders=self.cfg.text_encoders)
+                           components=components, text_encoders=self.cfg.text_encoders,
+                           config_dir=self.cfg.config_dir)
         model.pipe.set_progress_bar_config(disable=True)
         return model
 
@@ -474,7 +475,8 @@ class Trainer:
         noise = losses.noise_like(latents, g, cfg.noise_offset)
         weights = None
         if self.flow is not None:
-            t, sigmas = self.flow.sample(len(samples), g)
+            mu = self.spec.timestep_shift(self.model.pipe.scheduler.config, *latents.shape[-2:])
+            t, sigmas = self.flow.sample(len(samples), g, mu)
             t = t.to(latents.device)
             noisy = self.flow.noisy(latents, noise, sigmas)
             tgt = self.flow.target(latents, noise)
@@ -493,6 +495,8 @@ class Trainer:
         else:
             job["cond"] = self._text(captions)
         job.update({k: v.to(latents.device) for k, v in self.spec.extra_inputs(samples).items()})
+        if cfg.guidance_scale is not None and "guidance" in job:
+            job["guidance"] = torch.full_like(job["guidance"], float(cfg.guidance_scale))
         if cfg.min_snr_gamma:
             weights = losses.min_snr_weights(self.noise_scheduler, t, cfg.min_snr_gamma, self.prediction_type)
         return job, tgt, weights
