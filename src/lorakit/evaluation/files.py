@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import LoraKitError
-from ..formats.st_io import write_bytes_atomic
+from ..atomic import write_bytes_atomic
 from ..generate import save_png
 from . import page
 
