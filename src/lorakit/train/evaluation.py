@@ -23,7 +23,7 @@ LOGGED = ("subject_dino", "subject_clip", "prompt_clip", "prompt_clip_other", "d
 def _components(trainer) -> None:
     """The VAE and text encoders back on the pipeline when the run let them go after caching."""
     pipe = trainer.model.pipe
-    names = [n for n in ("vae", "text_encoder", "text_encoder_2") if n in pipe.components]
+    names = [n for n in pipe.components if n == "vae" or n.startswith("text_encoder")]
     if all(getattr(pipe, n, None) is not None for n in names):
         return
     from torch import nn
