@@ -102,7 +102,7 @@ def _toy_verdict(image, prompt: str) -> bool | None:
 def evaluate(model, loras: Sequence[LoraSpec], prompts: Sequence[str], *, strengths: Sequence[float] = (0, 0.5, 1),
              trigger: str | None = None, n: int = 1, seed: int = 0, steps: int = 20, guidance: float = 7.0,
              sampler: str = "euler_a", negative: str = "", width: int | None = None, height: int | None = None,
-             score: bool | None = None, progress: bool = True) -> EvalReport:
+             score: bool | None = None, progress: bool = True, allow_pickle: bool = False) -> EvalReport:
     """Draw every prompt n times (seeds seed…seed+n−1) at every strength and measure the change."""
     prompts = [p.strip() for p in prompts if p and p.strip()]
     if not prompts:
@@ -126,7 +126,7 @@ def evaluate(model, loras: Sequence[LoraSpec], prompts: Sequence[str], *, streng
         for j, prompt in enumerate(prompts):
             images[(s, j)] = generate(model, prompt, negative=negative, loras=specs, n=n, steps=steps,
                                       guidance=guidance, seed=seed, width=width, height=height, sampler=sampler,
-                                      progress=False).images
+                                      progress=False, allow_pickle=allow_pickle).images
             bar.update(1)
     bar.close()
 

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from .options import ALLOW_PICKLE
+
 
 def merge(
     lora: List[str] = typer.Option(..., "--lora", "-l", help="FILE[:WEIGHT], repeatable"),
@@ -15,6 +17,7 @@ def merge(
     rank: Optional[int] = typer.Option(None, "--rank", help="LoRA+LoRA: project the result to this rank"),
     dtype: str = typer.Option("fp16", "--dtype", help="save dtype: fp16, bf16 or fp32"),
     prediction_type: Optional[str] = typer.Option(None, "--prediction-type"),
+    allow_pickle: bool = ALLOW_PICKLE,
 ) -> None:
     """Merge LoRAs into a base model, or combine LoRAs into one LoRA file."""
     from ..devices import parse_dtype
@@ -23,7 +26,7 @@ def merge(
     if model is None:
         from .algebra import merge_loras_cli
 
-        merge_loras_cli(lora, out, rank=rank, dtype=dtype)
+        merge_loras_cli(lora, out, rank=rank, dtype=dtype, allow_pickle=allow_pickle)
         return
     if rank is not None:
         from ..errors import LoraKitError
@@ -31,5 +34,6 @@ def merge(
         raise LoraKitError("--rank applies to LoRA+LoRA merges; a checkpoint merge keeps the full update")
     from ..checkpoint_merge import merge_into_checkpoint
 
-    written = merge_into_checkpoint(model, [x for x in lora], out, dtype=save_dtype, prediction_type=prediction_type)
+    written = merge_into_checkpoint(model, [x for x in lora], out, dtype=save_dtype, prediction_type=prediction_type,
+                                     allow_pickle=allow_pickle)
     typer.echo(str(written))

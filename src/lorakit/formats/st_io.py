@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from ..errors import LoraKitError
+from ..pickles import PICKLE_SUFFIXES
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -98,12 +98,25 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[s
     return tensors, {str(k): str(v) for k, v in meta.items()}
 
 
-def read_pickle(path: str | os.PathLike) -> dict[str, Tensor]:
-    """A torch pickle, loaded with weights_only (only when the caller allowed pickles)."""
+def refuse_pickle(path: str | os.PathLike, allow_pickle: bool) -> None:
+    """Pickles can run code when loaded: a LoraKitError unless the user opted in (`--allow-pickle`)."""
+    if not allow_pickle:
+        raise LoraKitError(f"{Path(path).suffix or 'this'} files are pickles that can run code when loaded: refused "
+                           "(convert it to .safetensors, or pass --allow-pickle if you trust its source)", path)
+
+
+def load_pickle(path: str | os.PathLike):
+    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary objects."""
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a bad pickle
-        raise LoraKitError(f"unreadable torch file ({exc.__class__.__name__}: {one_line(exc)})", path) from None
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a bad or non-weights pickle
+        raise LoraKitError(f"unreadable torch file, or one that holds more than weights "
+                           f"({exc.__class__.__name__}: {one_line(exc)[:160]})", path) from None
+
+
+def read_pickle(path: str | os.PathLike) -> dict[str, Tensor]:
+    """A torch pickle's flat tensor dict, loaded with weights_only (only when the caller allowed pickles)."""
+    obj = load_pickle(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):

@@ -192,7 +192,7 @@ class Trainer:
 
         dtype = torch.float32 if "unet" not in components else self.weight_dtype
         model = load_model(self.cfg.model, dtype=dtype, prediction_type=self.cfg.prediction_type,
-                           components=components)
+                           components=components, allow_pickle=self.cfg.allow_pickle)
         model.pipe.set_progress_bar_config(disable=True)
         return model
 

@@ -60,7 +60,9 @@ def train_config(model: str, data: str, trigger: str, out: str, preset: str, ran
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(prompts) + "\n", encoding="utf-8")
         cfg = cfg.override({"sample_prompts": path})
-    return cfg.validate()
+    from .actions import allow_pickle
+
+    return cfg.override({"allow_pickle": allow_pickle()}).validate()  # the server's policy, not the form's
 
 
 class _Stop(KeyboardInterrupt):
