@@ -24,6 +24,7 @@ def merge_into_checkpoint(model_spec: str, loras: Sequence[str], out: Path, *, d
         raise LoraKitError("the output must be a folder or a .safetensors file", out)
     base = load_model(model_spec, dtype=torch.float32, device="cpu", prediction_type=prediction_type,
                       allow_pickle=allow_pickle)
+    base.require_finite()
     attach_loras(base, specs, merge=True, allow_pickle=allow_pickle)
     save_model(base, out, dtype=dtype)
     return out

@@ -184,6 +184,8 @@ def extract(base, tuned, rank: int | None = None, dynamic: str | Dynamic | None 
     _check_options(rank, dyn, conv_rank, clamp_quantile, preset)
     base_model = _load_model(base, load_dtype, allow_pickle)
     tuned_model = _load_model(tuned, load_dtype, allow_pickle)
+    base_model.require_finite()
+    tuned_model.require_finite()
     if tuned_model.family != base_model.family:
         raise LoraKitError(f"the tuned model is {tuned_model.family} but the base is {base_model.family}: "
                            "extraction needs two models of one architecture", tuned)

@@ -60,8 +60,9 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
         raise LoraKitError("not a safetensors file (the header is not JSON)", path)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LoraKitError(f"corrupt safetensors header ({exc.__class__.__name__}: {exc})", path) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nesting bombs
+        raise LoraKitError(f"corrupt safetensors header ({exc.__class__.__name__}: {one_line(exc)[:120]})",
+                           path) from None
     if not isinstance(header, dict):
         raise LoraKitError("corrupt safetensors header (not a JSON object)", path)
     data_len = size - 8 - n
