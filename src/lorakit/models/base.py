@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 FAMILIES = ("sd1", "sd2", "sdxl")
@@ -17,6 +17,13 @@ class BaseModel:
     prediction_type: str  # epsilon | v_prediction
     source: str  # what the user gave: a path, a hub id, or "toy"
     kind: str  # diffusers | single_file | hub | toy
+    # the UNet's config when the UNet itself is not loaded (staged loading), for size estimates
+    unet_config_unloaded: dict | None = field(default=None, repr=False)
+
+    @property
+    def unet_config(self) -> dict | None:
+        unet = self.unet
+        return dict(unet.config) if unet is not None else self.unet_config_unloaded
 
     @property
     def unet(self):

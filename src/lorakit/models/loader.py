@@ -106,7 +106,14 @@ def _load_single_file(path: Path, dtype, prediction_type, config_dir, components
     folder = folder or shipped_config(family, pt)
     with quiet_loading():
         pipe = build_pipeline(ckpt, family, folder, dtype=dtype, prediction_type=pt, components=components)
-    return BaseModel(pipe, family, pt, str(path), "single_file")
+    return BaseModel(pipe, family, pt, str(path), "single_file", _config_file(folder / "unet" / "config.json"))
+
+
+def _config_file(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _scheduler_prediction(folder: Path | None) -> str | None:
@@ -213,4 +220,4 @@ def _finish(pipe, source: str, kind: str, prediction_type, missing_tokenizers, *
     pt = prediction_type or scheduler_pt or "epsilon"
     if pt != scheduler_pt and pipe.scheduler is not None:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=pt)
-    return BaseModel(pipe, family, pt, source, kind)
+    return BaseModel(pipe, family, pt, source, kind, unet_config)

@@ -224,6 +224,18 @@ class Trainer:
         return BucketSettings(cfg.resolution, step, cfg.bucket, cfg.min_bucket_side, cfg.max_bucket_side,
                               cfg.max_upscale)
 
+    def _require_fits(self) -> None:
+        """A batch whose activations cannot fit is refused before any caching or training."""
+        from ..memory import require_fits, training_bytes
+
+        cfg, config = self.cfg, self.model.unet_config
+        if config is None or "block_out_channels" not in config:
+            return
+        scale = 2 ** (len(self.vae_config["block_out_channels"]) - 1) if self.vae_config else 8
+        need = training_bytes(config, scale, cfg.resolution, cfg.batch_size, cfg.gradient_checkpointing, self.weight_dtype)
+        require_fits(need, self.acc.device, f"a training batch of {cfg.batch_size} at {cfg.resolution} px",
+                     "lower --batch-size or --resolution, or add --gradient-checkpointing")
+
     def _check_divisible(self, unet) -> None:
         """Every bucket side must survive the VAE's and the UNet's downsampling."""
         vae_factor = 2 ** (len(self.vae_config["block_out_channels"]) - 1) if self.vae_config else 1
@@ -267,6 +279,7 @@ class Trainer:
         self.model = self._load(("vae", "text_encoders") if staged else ("unet", "vae", "text_encoders"))
         self.family, self.prediction_type = self.model.family, self.model.prediction_type
         self.vae_config = dict(self.model.vae.config) if self.model.vae is not None else None
+        self._require_fits()
         device = acc.device
         if need_generation:
             self.model.pipe.to(device)
