@@ -75,6 +75,13 @@ def _check_rank(name: str, value: int | None) -> None:
         raise LoraKitError(f"{name} must be at least 1, got {value}")
 
 
+def _writable(out: PathLike | None, fmt: str = "kohya") -> None:
+    if out is not None:
+        from .writable import require_writable
+
+        require_writable(out, folder=fmt == "peft")
+
+
 def _save(result: AlgebraResult, out: PathLike | None, dtype: torch.dtype | None, fmt: str) -> AlgebraResult:
     if out is not None:
         from .formats import save_lora
@@ -103,6 +110,7 @@ def resize(lora: PathLike, rank: int | None = None, dynamic: str | Dynamic | Non
     _check_rank("conv rank", conv_rank)
     if rank is None and dyn is None:
         raise LoraKitError("give --rank, --dynamic, or both (the rank then caps the dynamic pick)")
+    _writable(out, format)
     lf = _load(lora, allow_pickle)
     path = lf.path
     fs = {}
@@ -171,6 +179,7 @@ def merge_loras(loras: Sequence[tuple[PathLike, float]], rank: int | None = None
     _check_rank("conv rank", conv_rank)
     if not loras:
         raise LoraKitError("nothing to merge: give at least one --lora FILE[:WEIGHT]")
+    _writable(out, format)
     files = [(_load(p, allow_pickle), float(w)) for p, w in loras]
     families = {lf.family for lf, _ in files if lf.family}
     if len(families) > 1:

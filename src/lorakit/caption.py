@@ -69,6 +69,10 @@ def caption_folder(folder: Path, *, prefix: str = "", ext: str = ".txt", overwri
                 im.verify()
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise LoraKitError(f"cannot read this image ({exc.__class__.__name__})", p) from None
+    from .writable import require_writable
+
+    for parent in sorted({p.parent for p in todo}):
+        require_writable(parent, folder=True)  # before the model loads: captions go next to the images
     processor, net = captioner or load_captioner(model, device)
     for start in tqdm(range(0, len(todo), batch_size), desc="caption", disable=not progress, unit="batch"):
         batch = todo[start:start + batch_size]

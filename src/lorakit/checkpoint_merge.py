@@ -22,6 +22,9 @@ def merge_into_checkpoint(model_spec: str, loras: Sequence[str], out: Path, *, d
     out = Path(out)
     if out.exists() and out.is_file() and out.suffix != ".safetensors":
         raise LoraKitError("the output must be a folder or a .safetensors file", out)
+    from .writable import require_writable
+
+    require_writable(out, folder=out.suffix != ".safetensors")
     base = load_model(model_spec, dtype=torch.float32, device="cpu", prediction_type=prediction_type,
                       allow_pickle=allow_pickle)
     base.require_finite()

@@ -1,7 +1,8 @@
 """The `lorakit` command: a typer app whose commands live in lorakit/commands/, one module per area.
 
 Every LoraKitError becomes one line on stderr and exit code 2 (`lorakit --debug …` adds its
-traceback); nothing else is caught, so a real bug still shows its traceback.
+traceback), and so does an OSError about a path (a read-only folder, a full disk) or a MemoryError;
+nothing else is caught, so a real bug still shows its traceback.
 """
 
 from __future__ import annotations
@@ -85,6 +86,25 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         typer.echo(f"error: {' '.join(str(exc).split())}", err=True)  # one line, whatever the message holds
+        return 2
+    except OSError as exc:
+        # a path the user gave that cannot be read or written (read-only folder, full disk, a file
+        # where a folder should be): theirs to fix, so one line; an OSError without a path is a bug
+        if exc.filename is None:
+            raise
+        if _STATE["debug"]:
+            import traceback
+
+            traceback.print_exc()
+        typer.echo(f"error: {exc.filename}: {exc.strerror or exc.__class__.__name__}", err=True)
+        return 2
+    except MemoryError:
+        if _STATE["debug"]:
+            import traceback
+
+            traceback.print_exc()
+        typer.echo("error: out of memory: lower the size (--width/--height, --n, --batch-size, --resolution)",
+                   err=True)
         return 2
     except usage_errors as exc:  # a mistyped or missing option: click's usage message
         exc.show()

@@ -182,6 +182,10 @@ def extract(base, tuned, rank: int | None = None, dynamic: str | Dynamic | None 
     """
     dyn = Dynamic.parse(dynamic) if isinstance(dynamic, str) else dynamic
     _check_options(rank, dyn, conv_rank, clamp_quantile, preset)
+    if out is not None:
+        from .writable import require_writable
+
+        require_writable(out)
     base_model = _load_model(base, load_dtype, allow_pickle)
     tuned_model = _load_model(tuned, load_dtype, allow_pickle)
     base_model.require_finite()

@@ -243,10 +243,17 @@ def save_png(image, path: Path, info: str | None = None) -> None:
     if info:
         meta.add_text("parameters", info)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="PNG", pnginfo=meta)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(tmp, format="PNG", pnginfo=meta)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise LoraKitError(f"cannot write here ({exc.strerror or exc.__class__.__name__})", path) from None
 
 
 def write_outputs(result: GenerateResult, out: Path) -> list[Path]:

@@ -46,6 +46,10 @@ def evaluate(
         raise LoraKitError(f"--strengths must be numbers separated by commas (got {strengths!r})") from None
     texts = list(prompt) + (read_prompt_file(prompts) if prompts else [])
     specs = [parse_lora_arg(x) for x in lora]
+    if out is not None:
+        from ..writable import require_writable
+
+        require_writable(out)
     dev, dt = resolve_device_dtype(device, dtype)
     base = load_model(model, dtype=dt, device=dev, allow_pickle=allow_pickle)
     report = run(base, specs, texts, strengths=levels, trigger=trigger, n=n, seed=seed, steps=steps,

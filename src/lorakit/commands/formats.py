@@ -81,6 +81,9 @@ def convert(
 
     if to not in FORMATS:
         raise LoraKitError(f"--to {to!r}: choose from {', '.join(FORMATS)}")
+    from ..writable import require_writable
+
+    require_writable(out, folder=to == "peft")
     lf = load_lora(file, family, allow_pickle=allow_pickle)
     if Path(out).resolve() == Path(file).resolve():
         raise LoraKitError("output would overwrite the input; choose another --out", out)

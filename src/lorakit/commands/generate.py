@@ -35,6 +35,9 @@ def generate(
     from ..generate import generate as run, parse_lora_arg, write_outputs
     from ..models import load_model
 
+    from ..writable import require_writable
+
+    require_writable(out, folder=out.suffix.lower() != ".png")
     dev, dt = resolve_device_dtype(device, dtype)
     base = load_model(model, dtype=dt, device=dev, prediction_type=prediction_type, allow_pickle=allow_pickle)
     result = run(base, prompt, negative=negative, loras=[parse_lora_arg(x) for x in lora], n=n, steps=steps,

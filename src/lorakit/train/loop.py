@@ -27,6 +27,7 @@ from ..data import (BucketSettings, Sample, Subset, TensorStore, TrainingData, c
                     mix_seed, pixels, scan, subsets_in)
 from ..errors import LoraKitError
 from ..lora.network import LoRANetwork
+from ..writable import require_writable
 from . import losses, state
 from .conditioning import Conditioner, encode_pixels, time_ids
 from .config import TrainConfig
@@ -265,9 +266,8 @@ class Trainer:
         else:
             self.session_id, self.started_at = uuid.uuid4().hex[:12], time.time()
         class_subset = self._class_subset()
-        if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.toml").write_text(cfg.to_toml())
+        require_writable(cfg.out)
+        require_writable(self.run_dir, folder=True)
 
         # The VAE and text encoders are only needed to fill the caches, unless samples are drawn
         # or the text encoder trains: then load them with the UNet, else first and alone.
@@ -280,6 +280,9 @@ class Trainer:
         self.family, self.prediction_type = self.model.family, self.model.prediction_type
         self.vae_config = dict(self.model.vae.config) if self.model.vae is not None else None
         self._require_fits()
+        if self.main:  # only once the model loaded and the run fits: a refused run leaves nothing behind
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.toml").write_text(cfg.to_toml())
         device = acc.device
         if need_generation:
             self.model.pipe.to(device)
