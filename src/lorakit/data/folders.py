@@ -103,9 +103,11 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             w, h = im.size
-            if im.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS:
-                w, h = h, w
-            return w, h
+            try:
+                turned = im.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS
+            except (OSError, SyntaxError, ValueError):
+                turned = False  # a truncated file: decoding it (load_rgb) names the problem
+            return (h, w) if turned else (w, h)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise LoraKitError(f"cannot read image ({exc.__class__.__name__})", path) from None
 
