@@ -77,6 +77,14 @@ def files(tmp_path_factory):
     save_file(state, str(weights))
     f["nan_model"], f["nan_weight"] = poisoned, bad
 
+    pickled = root / "bin_model"  # the tiny model with its weights as pickles, as old diffusers saved them
+    shutil.copytree(f["model"], pickled)
+    for st in pickled.rglob("*.safetensors"):
+        name = "diffusion_pytorch_model.bin" if st.name.startswith("diffusion_") else "pytorch_model.bin"
+        torch.save(load_file(st), st.with_name(name))
+        st.unlink()
+    f["bin_model"] = pickled
+
     data = root / "data"
     data.mkdir()
     Image.new("RGB", (40, 40), (200, 30, 30)).save(data / "a.png")
@@ -258,6 +266,22 @@ def test_generate_pickled_lora_refused(capsys, files, tmp_path):
     out = _out(tmp_path, "x.png")
     _refused(capsys, _generate(files, out, "--lora", files["ckpt_lora"]), files["ckpt_lora"], "--allow-pickle",
              out=out)
+
+
+def test_generate_diffusers_folder_of_pickles_only_with_allow_pickle(capsys, files, tmp_path):
+    out = _out(tmp_path, "x.png")
+    argv = _generate(files, out)
+    argv[argv.index("--model") + 1] = files["bin_model"]
+    _refused(capsys, argv, files["bin_model"], ".bin", "--allow-pickle", out=out)
+    assert main([str(a) for a in argv] + ["--allow-pickle"]) == 0
+    assert out.is_file()
+
+
+@pytest.mark.parametrize("command", ["generate", "merge", "convert", "inspect", "resize", "extract", "evaluate",
+                                     "train", "ui"])
+def test_every_command_that_reads_weights_takes_allow_pickle(capsys, command):
+    assert main([command, "--help"]) == 0
+    assert "--allow-pickle" in capsys.readouterr().out
 
 
 def test_generate_absurd_width(capsys, files, tmp_path):

@@ -81,31 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=args, prog_name="lorakit", standalone_mode=False)
     except LoraKitError as exc:
-        if _STATE["debug"]:
-            import traceback
-
-            traceback.print_exc()
-        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)  # one line, whatever the message holds
-        return 2
+        return _fail(" ".join(str(exc).split()))  # one line, whatever the message holds
     except OSError as exc:
         # a path the user gave that cannot be read or written (read-only folder, full disk, a file
         # where a folder should be): theirs to fix, so one line; an OSError without a path is a bug
         if exc.filename is None:
             raise
-        if _STATE["debug"]:
-            import traceback
-
-            traceback.print_exc()
-        typer.echo(f"error: {exc.filename}: {exc.strerror or exc.__class__.__name__}", err=True)
-        return 2
+        return _fail(f"{exc.filename}: {exc.strerror or exc.__class__.__name__}")
     except MemoryError:
-        if _STATE["debug"]:
-            import traceback
-
-            traceback.print_exc()
-        typer.echo("error: out of memory: lower the size (--width/--height, --n, --batch-size, --resolution)",
-                   err=True)
-        return 2
+        return _fail("out of memory: lower the size (--width/--height, --n, --batch-size, --resolution)")
     except usage_errors as exc:  # a mistyped or missing option: click's usage message
         exc.show()
         return exc.exit_code
@@ -115,6 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def _fail(message: str) -> int:
+    """The error as one line and exit code 2; with --debug the traceback first."""
+    if _STATE["debug"]:
+        import traceback
+
+        traceback.print_exc()
+    typer.echo(f"error: {message}", err=True)
+    return 2
 
 
 # Packages whose warnings speak to their own developers (deprecations of arguments lorakit passes,

@@ -46,11 +46,11 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | t
     else:
         path = Path(spec).expanduser()
         if path.is_dir():
-            model = _load_folder(path, "diffusers", dtype, prediction_type, components)
+            model = _load_folder(path, "diffusers", dtype, prediction_type, components, allow_pickle)
         elif path.is_file():
             model = _load_single_file(path, dtype, prediction_type, config_dir, components, allow_pickle)
         elif _looks_like_hub_id(spec):
-            model = _load_hub(spec, dtype, prediction_type, components)
+            model = _load_hub(spec, dtype, prediction_type, components, allow_pickle)
         else:
             raise LoraKitError("no such file or folder (and not a hub id like org/name)", spec)
     if torch.device(device).type != "cpu":
@@ -130,7 +130,7 @@ def _scheduler_prediction(folder: Path | None) -> str | None:
 
 # --- diffusers folders and hub ids -------------------------------------------------------------
 
-def _load_folder(path: Path, kind: str, dtype, prediction_type, components) -> BaseModel:
+def _load_folder(path: Path, kind: str, dtype, prediction_type, components, allow_pickle: bool = False) -> BaseModel:
     index_file = path / "model_index.json"
     if not index_file.is_file():
         hint = ""
@@ -142,11 +142,18 @@ def _load_folder(path: Path, kind: str, dtype, prediction_type, components) -> B
     except ValueError as e:
         raise LoraKitError(f"model_index.json is not valid JSON: {e}", index_file) from e
     missing_tokenizers = [t for t in ("tokenizer", "tokenizer_2") if t in index and not (path / t).is_dir()]
-    pipe = _from_pretrained(str(path), index, dtype, components, local_only=True, skip=missing_tokenizers)
+    pickled = _pickled_parts(path, index, components)
+    if pickled:
+        from ..formats.st_io import refuse_pickle
+
+        refuse_pickle(pickled[0], allow_pickle)
+    # safetensors only, unless the folder holds pickles and the user allowed them (then read weights_only)
+    pipe = _from_pretrained(str(path), index, dtype, components, local_only=True, skip=missing_tokenizers,
+                            use_safetensors=not pickled)
     return _finish(pipe, str(path), kind, prediction_type, missing_tokenizers, local_only=True)
 
 
-def _load_hub(repo_id: str, dtype, prediction_type, components) -> BaseModel:
+def _load_hub(repo_id: str, dtype, prediction_type, components, allow_pickle: bool = False) -> BaseModel:
     from diffusers import DiffusionPipeline
 
     offline = _offline()
@@ -161,7 +168,8 @@ def _load_hub(repo_id: str, dtype, prediction_type, components) -> BaseModel:
                                repo_id) from e
         raise LoraKitError(f"cannot fetch from the Hugging Face hub: {e}", repo_id) from e
     try:
-        pipe = _from_pretrained(repo_id, dict(index), dtype, components, local_only=offline)
+        pipe = _from_pretrained(repo_id, dict(index), dtype, components, local_only=offline,
+                                use_safetensors=None if allow_pickle else True)
     except LoraKitError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -170,7 +178,22 @@ def _load_hub(repo_id: str, dtype, prediction_type, components) -> BaseModel:
     return _finish(pipe, repo_id, "hub", prediction_type, [], local_only=offline)
 
 
-def _from_pretrained(source: str, index: dict, dtype, components, *, local_only: bool, skip=()):
+def _pickled_parts(path: Path, index: dict, components) -> list[Path]:
+    """The weight files of component folders that hold pickles (.bin/.ckpt/.pt) and no safetensors."""
+    from ..pickles import PICKLE_SUFFIXES
+
+    wanted = {"unet": ("unet",), "vae": ("vae",), "text_encoders": ("text_encoder", "text_encoder_2")}
+    found = []
+    for part in (name for c in components for name in wanted[c] if name in index):
+        folder = path / part
+        files = [f for f in folder.iterdir() if f.is_file()] if folder.is_dir() else []
+        if not any(f.suffix == ".safetensors" for f in files):
+            found += sorted(f for f in files if f.suffix.lower() in PICKLE_SUFFIXES)
+    return found
+
+
+def _from_pretrained(source: str, index: dict, dtype, components, *, local_only: bool, skip=(),
+                     use_safetensors: bool | None = True):
     import diffusers
 
     class_name = index.get("_class_name", "")
@@ -189,7 +212,8 @@ def _from_pretrained(source: str, index: dict, dtype, components, *, local_only:
     cls = getattr(diffusers, class_name)
     try:
         with quiet_loading():
-            return cls.from_pretrained(source, torch_dtype=dtype, local_files_only=local_only, **kwargs)
+            return cls.from_pretrained(source, torch_dtype=dtype, local_files_only=local_only,
+                                       use_safetensors=use_safetensors, **kwargs)
     except LoraKitError:
         raise
     except Exception as e:  # noqa: BLE001 - missing or corrupt weight files come in many error types
