@@ -562,6 +562,21 @@ def test_debug_shows_the_traceback(capsys, files):
     assert "Traceback" in err and "LoraKitError" in err and err.strip().splitlines()[-1].startswith("error: ")
 
 
+def test_debug_lets_library_warnings_through(monkeypatch):
+    import warnings
+
+    from lorakit import cli
+
+    monkeypatch.setattr(warnings, "filters", list(warnings.filters))
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+    for argv, shown in ((["--debug", "generate"], ["from diffusers"]), (["generate", "--debug"], [])):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("default")
+            cli._silence_library_warnings(argv)  # only the global option (before the command) counts
+            warnings.warn_explicit("from diffusers", FutureWarning, "x.py", 1, module="diffusers.utils")
+        assert [str(w.message) for w in seen] == shown
+
+
 def test_the_installed_command_answers_in_one_line(files):
     run = subprocess.run([sys.executable, "-m", "lorakit", "merge", "--lora", str(files["nan_lora"]), "--out",
                           str(files["root"] / "never.safetensors")], capture_output=True, text=True, timeout=300)

@@ -246,7 +246,8 @@ def _denoiser_config(pipe, source: str, local_only: bool) -> dict | None:
 def _finish(pipe, source: str, kind: str, prediction_type, missing_tokenizers, *, local_only: bool) -> BaseModel:
     from .tokenizer import clip_tokenizer
 
-    family = detect_family(pipe, _denoiser_config(pipe, source, local_only))
+    denoiser_config = _denoiser_config(pipe, source, local_only)  # None when the denoiser is loaded
+    family = detect_family(pipe, denoiser_config)
     spec = families.get(family)
     for name in missing_tokenizers:  # folders saved without tokenizers get the shipped CLIP BPE one
         pad = spec.tokenizer_pads[spec.tokenizers.index(name)]
@@ -255,4 +256,4 @@ def _finish(pipe, source: str, kind: str, prediction_type, missing_tokenizers, *
     pt = prediction_type or scheduler_pt or "epsilon"
     if pt != scheduler_pt and pipe.scheduler is not None:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=pt)
-    return BaseModel(pipe, family, pt, source, kind, unet_config)
+    return BaseModel(pipe, family, pt, source, kind, denoiser_config)
