@@ -134,7 +134,7 @@ def lora_short_hash(path: Path) -> str:
     """A1111's LoRA short hash: the first 12 hex digits of the safetensors body hash (of the whole
     file for a pickle, as A1111 does)."""
     from .formats import file_hashes
-    from .formats.st_io import PICKLE_SUFFIXES
+    from .pickles import PICKLE_SUFFIXES
 
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return file_sha256(path)[:12]

@@ -128,6 +128,7 @@ def load_rgb(path: Path) -> Image.Image:
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
+    """Any decoded PIL image as 8-bit RGB, the way a viewer shows it."""
     if im.mode.startswith("I;16") or im.mode == "I":
         # PIL's own I;16 → RGB conversion clips at 255 (a 16-bit photo turns white); 65535 → 255
         import numpy as np
