@@ -9,7 +9,8 @@ import torch
 
 
 def merge_into_checkpoint(model_spec: str, loras: Sequence[str], out: Path, *, dtype: torch.dtype = torch.float16,
-                          prediction_type: str | None = None, allow_pickle: bool = False) -> Path:
+                          prediction_type: str | None = None, text_encoders: Path | None = None,
+                          allow_pickle: bool = False) -> Path:
     """Load in fp32, merge every LoRA at its strength (fp32 math), save in `dtype`."""
     from .errors import LoraKitError
     from .generate import attach_loras, parse_lora_arg
@@ -26,7 +27,7 @@ def merge_into_checkpoint(model_spec: str, loras: Sequence[str], out: Path, *, d
 
     require_writable(out, folder=out.suffix != ".safetensors")
     base = load_model(model_spec, dtype=torch.float32, device="cpu", prediction_type=prediction_type,
-                      allow_pickle=allow_pickle)
+                      text_encoders=text_encoders, allow_pickle=allow_pickle)
     base.require_finite()
     attach_loras(base, specs, merge=True, allow_pickle=allow_pickle)
     save_model(base, out, dtype=dtype)

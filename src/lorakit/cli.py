@@ -66,8 +66,14 @@ def _register() -> None:
             app.add_typer(group, name=name)
 
 
+# the command line of the running command, as the user typed it (a resume hint repeats it)
+invocation: list[str] = []
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .errors import LoraKitError
+    from .errors import Interrupted, LoraKitError
+
+    invocation[:] = ["lorakit", *(sys.argv[1:] if argv is None else [str(a) for a in argv])]
 
     # library chatter (optional-backend notices, "newly initialized" reports) is not for our users
     for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
@@ -90,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{exc.filename}: {exc.strerror or exc.__class__.__name__}")
     except MemoryError:
         return _fail("out of memory: lower the size (--width/--height, --n, --batch-size, --resolution)")
+    except Interrupted as exc:
+        typer.echo(str(exc), err=True)
+        return exc.exit_code
     except usage_errors as exc:  # a mistyped or missing option: click's usage message
         exc.show()
         return exc.exit_code

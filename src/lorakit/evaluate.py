@@ -104,7 +104,8 @@ def _require_fits(model, count: int, width: int | None, height: int | None) -> N
     from .memory import generation_bytes, require_fits
 
     pipe = model.pipe
-    default = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    sample = getattr(model.unet.config, "sample_size", None)  # as generate: Flux's native size when none
+    default = sample * 2 ** (len(pipe.vae.config.block_out_channels) - 1) if sample else model.spec.resolution(False)
     w, h = width or default, height or default
     require_fits(generation_bytes(pipe, w, h, count, grid=True), pipe.device,
                  f"a sweep of {count} image(s) of {w}x{h}", "fewer strengths, prompts or --n, or a smaller size")

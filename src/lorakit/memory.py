@@ -62,9 +62,10 @@ def decode_bytes(vae, width: int, height: int, dtype: torch.dtype) -> int:
 
 def generation_bytes(pipe, width: int, height: int, images_kept: int, grid: bool) -> int:
     """One image generated at a time (each decoded at full resolution), `images_kept` held, a grid made."""
-    dtype = pipe.unet.dtype if getattr(pipe, "unet", None) is not None else torch.float32
+    vae = getattr(pipe, "vae", None)
+    dtype = vae.dtype if vae is not None else torch.float32  # the decoder runs in the VAE's dtype
     held = image_bytes(width, height, images_kept) * (2 if grid and images_kept > 1 else 1)
-    return decode_bytes(getattr(pipe, "vae", None), width, height, dtype) + held
+    return decode_bytes(vae, width, height, dtype) + held
 
 
 def training_bytes(unet_config, vae_scale: int, resolution: int, batch_size: int, checkpointed: bool,

@@ -18,6 +18,8 @@ def merge(
     dtype: str = typer.Option("fp16", "--dtype", help="save dtype: fp16, bf16 or fp32"),
     prediction_type: Optional[str] = typer.Option(None, "--prediction-type"),
     allow_pickle: bool = ALLOW_PICKLE,
+    text_encoders: Optional[Path] = typer.Option(None, "--text-encoders", help="SD 3.x single file without "
+                                                 "text encoders: folder with text_encoder, _2, _3, tokenizer_3"),
 ) -> None:
     """Merge LoRAs into a base model, or combine LoRAs into one LoRA file."""
     from ..devices import parse_dtype
@@ -35,5 +37,5 @@ def merge(
     from ..checkpoint_merge import merge_into_checkpoint
 
     written = merge_into_checkpoint(model, [x for x in lora], out, dtype=save_dtype, prediction_type=prediction_type,
-                                     allow_pickle=allow_pickle)
+                                    text_encoders=text_encoders, allow_pickle=allow_pickle)
     typer.echo(str(written))

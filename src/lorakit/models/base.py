@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 from .. import families
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "flow_matching")
 KINDS = ("diffusers", "single_file", "hub", "toy")
 
 
@@ -18,13 +18,11 @@ class BaseModel:
     prediction_type: str  # epsilon | v_prediction
     source: str  # what the user gave: a path, a hub id, or "toy"
     kind: str  # diffusers | single_file | hub | toy
-    # the UNet's config when the UNet itself is not loaded (staged loading), for size estimates
-    unet_config_unloaded: dict | None = field(default=None, repr=False)
+    denoiser_config: dict | None = None  # the denoiser's config, also when the denoiser was not loaded
 
-    @property
-    def unet_config(self) -> dict | None:
-        unet = self.unet
-        return dict(unet.config) if unet is not None else self.unet_config_unloaded
+    def __post_init__(self):
+        if self.denoiser_config is None and self.unet is not None:
+            self.denoiser_config = dict(self.unet.config)
 
     @property
     def spec(self) -> families.Family:
