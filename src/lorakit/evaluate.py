@@ -169,7 +169,8 @@ def _load_images(paths: Sequence[Path]) -> list:
     return [load_rgb(p) for p in paths]
 
 
-def _draw(model, loras, network, prompts, strengths, n, seed, gen: dict, base_cache, progress) -> dict:
+def _draw(model, loras, network, prompts, strengths, n, seed, gen: dict, base_cache, progress,
+          allow_pickle: bool = False) -> dict:
     from tqdm.auto import tqdm
 
     images = {}
@@ -186,7 +187,7 @@ def _draw(model, loras, network, prompts, strengths, n, seed, gen: dict, base_ca
                     images[(s, j)] = base_cache[key]
                 else:
                     images[(s, j)] = generate(model, prompt, loras=specs, n=n, seed=seed, progress=False,
-                                              **gen).images
+                                              allow_pickle=allow_pickle, **gen).images
                     if s == 0 and base_cache is not None:
                         base_cache[key] = images[(s, j)]
                 bar.update(1)
@@ -197,12 +198,25 @@ def _draw(model, loras, network, prompts, strengths, n, seed, gen: dict, base_ca
     return images
 
 
+def _require_fits(model, count: int, width: int | None, height: int | None) -> None:
+    """Every image of the sweep is kept (and drawn once more in the grid): refuse what cannot fit."""
+    from .memory import generation_bytes, require_fits
+
+    pipe = model.pipe
+    sample = getattr(model.unet.config, "sample_size", None)  # as generate: Flux's native size when none
+    default = sample * 2 ** (len(pipe.vae.config.block_out_channels) - 1) if sample else model.spec.resolution(False)
+    w, h = width or default, height or default
+    require_fits(generation_bytes(pipe, w, h, count, grid=True), pipe.device,
+                 f"a sweep of {count} image(s) of {w}x{h}", "fewer strengths, prompts or --n, or a smaller size")
+
+
 def evaluate(model, loras: Sequence[LoraSpec], prompts: Sequence[str], *, strengths: Sequence[float] = (0, 0.5, 1),
              trigger: str | None = None, n: int = 1, seed: int = 0, steps: int = 20, guidance: float = 7.0,
              sampler: str = "euler_a", negative: str = "", width: int | None = None, height: int | None = None,
              score: bool | None = None, progress: bool = True, data=None, clip_model: str | None = DEFAULT_CLIP,
              dino_model: str | None = DEFAULT_DINO, class_word: str | None = None,
-             own: Sequence[bool] | None = None, network=None, base_cache: dict | None = None) -> EvalReport:
+             own: Sequence[bool] | None = None, network=None, base_cache: dict | None = None,
+             allow_pickle: bool = False) -> EvalReport:
     """Draw every prompt n times (seeds seed…seed+n−1) at every strength and measure the change.
 
     data: the training images (a folder, a dataset TOML, or a list of paths/PIL images) for
@@ -229,10 +243,11 @@ def evaluate(model, loras: Sequence[LoraSpec], prompts: Sequence[str], *, streng
         if not spec.path.is_file():
             raise LoraKitError("LoRA file not found", spec.path)
     strengths = sorted({float(s) for s in strengths} | {0.0})
+    _require_fits(model, len(strengths) * len(prompts) * n, width, height)
     if score is None:
         score = getattr(model, "kind", None) == "toy"
     gen = dict(negative=negative, steps=steps, guidance=guidance, width=width, height=height, sampler=sampler)
-    images = _draw(model, loras, network, prompts, strengths, n, seed, gen, base_cache, progress)
+    images = _draw(model, loras, network, prompts, strengths, n, seed, gen, base_cache, progress, allow_pickle)
 
     notes: dict[str, str] = {}
     device = getattr(model.pipe, "device", None)

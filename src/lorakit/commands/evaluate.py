@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from ..evaluation.encoders import DEFAULT_CLIP, DEFAULT_DINO
+from .options import ALLOW_PICKLE
 
 
 def evaluate(
@@ -41,6 +42,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     device: str = typer.Option("auto", "--device"),
     dtype: str = typer.Option("auto", "--dtype"),
+    allow_pickle: bool = ALLOW_PICKLE,
 ) -> None:
     """Draw the same prompts and seeds at several LoRA strengths and measure subject fidelity (DINO,
     CLIP-I against --data), prompt fidelity (CLIP-T), drift from the base (pixels, CLIP, DINO), the
@@ -62,13 +64,18 @@ def evaluate(
     specs = [parse_lora_arg(x) for x in lora]
     if data is not None and not data.exists():
         raise LoraKitError("training data (--data) does not exist", data)
+    if out is not None:
+        from ..writable import require_writable
+
+        require_writable(out, folder=out.suffix.lower() != ".png")
     dev, dt = resolve_device_dtype(device, dtype)
-    base = load_model(model, dtype=dt, device=dev)
+    base = load_model(model, dtype=dt, device=dev, allow_pickle=allow_pickle)
     if not texts and trigger:
         texts, own = default_prompts(trigger, toy=getattr(base, "kind", None) == "toy")
     report = run(base, specs, texts, strengths=levels, trigger=trigger, n=n, seed=seed, steps=steps,
                  guidance=guidance, sampler=sampler, negative=negative, width=width, height=height, data=data,
-                 clip_model=clip_model, dino_model=dino_model, class_word=class_word, own=own)
+                 clip_model=clip_model, dino_model=dino_model, class_word=class_word, own=own,
+                 allow_pickle=allow_pickle)
     written = {}
     if out is not None:
         if out.suffix.lower() == ".png":

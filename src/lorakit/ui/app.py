@@ -7,8 +7,11 @@ from . import actions as A
 SAMPLERS = ["euler_a", "euler", "ddim", "dpm++2m", "dpm++2m_karras", "dpm++sde", "unipc", "heun", "lms", "pndm"]
 
 
-def build_app(default_model: str = "toy"):
+def build_app(default_model: str = "toy", allow_pickle: bool = False):
+    """`allow_pickle` is the server's policy for every action (`lorakit ui --allow-pickle`)."""
     import gradio as gr
+
+    A.set_allow_pickle(allow_pickle)
 
     def progress_wrap(fn):
         guarded = A.guarded(fn)
