@@ -59,14 +59,15 @@ def test_bad_input_becomes_a_gradio_error(files):
         A.guarded(A.inspect_file)(str(files / "nope.safetensors"))
 
 
-def test_app_serves_on_loopback():
+def test_app_serves_on_loopback(tmp_path):
     from lorakit.ui.app import build_app
+    from lorakit.ui.studio import Studio
 
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = build_app("toy")
+    app = build_app(Studio(lora_dirs=[tmp_path], out_dir=tmp_path / "out"))
     app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
@@ -75,8 +76,9 @@ def test_app_serves_on_loopback():
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30) as r:
             config = json.loads(r.read())
         labels = {c.get("props", {}).get("label") for c in config["components"]}
-        assert {"Prompt", "LoRA file", "Image folder", "Training images (folder with captions, or dataset TOML)",
-                "Loss", "Latest samples", "Strength × prompt grid"} <= labels
+        assert {"Prompt", "LoRAs (click one to add it to Generate)", "Images and captions", "Caption",
+                "Training images (folder with captions, or dataset TOML)", "Loss", "Latest samples",
+                "Strength × prompt grid", "Tag frequency"} <= labels
     finally:
         app.close()
 

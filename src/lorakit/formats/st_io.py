@@ -34,8 +34,10 @@ def file_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
-def read_header(path: str | os.PathLike) -> tuple[dict, int]:
-    """The parsed JSON header (tensors + `__metadata__`) and its length in bytes, validated."""
+def read_header(path: str | os.PathLike, check_data: bool = True) -> tuple[dict, int]:
+    """The parsed JSON header (tensors + `__metadata__`) and its length in bytes, validated.
+    `check_data=False` skips comparing the tensors' offsets with the file size (a listing that
+    only shows the header's facts need not refuse a file whose data is cut short)."""
     path = Path(path)
     if not path.exists():
         raise LoraKitError("no such file", path)
@@ -64,6 +66,8 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
         raise LoraKitError(f"corrupt safetensors header ({exc.__class__.__name__}: {exc})", path) from None
     if not isinstance(header, dict):
         raise LoraKitError("corrupt safetensors header (not a JSON object)", path)
+    if not check_data:
+        return header, n
     data_len = size - 8 - n
     end = 0
     for key, info in header.items():

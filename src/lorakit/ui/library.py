@@ -1,0 +1,197 @@
+"""The LoRA library: every safetensors file under the library folders, as a card.
+
+A card is built from the file's JSON header alone (names, shapes, `__metadata__`), never from its
+tensors: a library of hundreds of LoRAs must list in a moment, and a file whose data is cut short
+still shows what it is. Cards are cached by (size, mtime), so a refresh re-reads only what changed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from ..errors import LoraKitError
+
+PREVIEW_SUFFIXES = (".preview.png", ".png", ".preview.jpg", ".jpg", ".preview.webp", ".webp")  # A1111's order
+FAMILIES = ("sd1", "sd2", "sdxl")
+_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+_DOWN = ("lora_down.weight", "lora_A.weight", "lora.down.weight", "hada_w1_b", "lokr_w2_b")
+
+
+@dataclass
+class LoraCard:
+    path: Path
+    name: str
+    family: str | None = None
+    format: str | None = None
+    rank: int | None = None
+    alpha: str | None = None
+    size: int = 0
+    triggers: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def preview(self) -> Path | None:
+        return next((p for p in (self.path.with_name(self.name + s) for s in PREVIEW_SUFFIXES) if p.is_file()), None)
+
+    def summary(self) -> str:
+        """The card's caption: what one needs to pick a LoRA."""
+        if self.error:
+            return f"{self.name} · unreadable"
+        facts = [self.family or "family ?", self.format or "format ?",
+                 f"r{self.rank if self.rank is not None else '?'}/α{self.alpha if self.alpha is not None else '?'}",
+                 human_size(self.size)]
+        line = f"{self.name} · " + " · ".join(facts)
+        return line + (f" · {', '.join(self.triggers)}" if self.triggers else "")
+
+    def details(self) -> str:
+        """Markdown for the selected card."""
+        if self.error:
+            return f"**{self.name}**: {self.error}\n\n`{self.path}`"
+        rows = [("Family", self.family or "unknown"), ("Format", self.format or "unknown"),
+                ("Rank / alpha", f"{self.rank if self.rank is not None else '?'} / "
+                                 f"{self.alpha if self.alpha is not None else '?'}"),
+                ("Size", human_size(self.size)), ("Trigger words", ", ".join(self.triggers) or "none recorded"),
+                ("Preview", str(self.preview) if self.preview else "none (Make preview draws one)"),
+                ("File", f"`{self.path}`")]
+        return f"### {self.name}\n" + "\n".join(f"- **{k}**: {v}" for k, v in rows)
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def trigger_words(md: dict[str, str], top: int = 5) -> list[str]:
+    """`modelspec.trigger_phrase` first, then the most frequent tags of `ss_tag_frequency`."""
+    words = [w.strip() for w in md.get("modelspec.trigger_phrase", "").split(",") if w.strip()]
+    try:
+        freq = json.loads(md.get("ss_tag_frequency") or "{}")
+    except json.JSONDecodeError:
+        freq = {}
+    counts: Counter = Counter()
+    if isinstance(freq, dict):
+        for tags in freq.values():
+            if isinstance(tags, dict):
+                counts.update({str(t).strip(): int(c) for t, c in tags.items() if isinstance(c, (int, float))})
+    words += [tag for tag, _ in counts.most_common(top) if tag and tag not in words]
+    return words
+
+
+def _family(header: dict, md: dict[str, str]) -> str | None:
+    from ..formats.detect import _family_from_metadata
+
+    family = _family_from_metadata(md)
+    if family:
+        return family
+    keys = [k for k in header if k != "__metadata__"]
+    if any(k.startswith(("lora_te1_", "lora_te2_")) for k in keys):
+        return "sdxl"
+    for k in keys:  # cross-attention context width, as detect_family reads it from the tensors
+        if k.startswith("lora_unet_") and re.search(r"attn2_to_[kv]\.lora_down\.weight$", k):
+            shape = header[k].get("shape") or []
+            if len(shape) >= 2 and shape[1] in _CONTEXT:
+                return _CONTEXT[shape[1]]
+    return None
+
+
+def _rank(header: dict, md: dict[str, str]) -> int | None:
+    if md.get("ss_network_dim", "").isdigit():
+        return int(md["ss_network_dim"])
+    ranks = Counter(int(v["shape"][0]) for k, v in header.items()
+                    if k != "__metadata__" and k.endswith(_DOWN) and v.get("shape"))
+    return ranks.most_common(1)[0][0] if ranks else None
+
+
+def _alpha(md: dict[str, str]) -> str | None:
+    value = md.get("ss_network_alpha")
+    if value is None:
+        return None
+    try:
+        return f"{float(value):g}"
+    except ValueError:
+        return value.lower()  # "Dynamic"
+
+
+def read_card(path: Path) -> LoraCard:
+    """A card from the safetensors header (a few KB read, whatever the file's size)."""
+    from ..formats.detect import detect_format
+    from ..formats.st_io import read_header
+
+    path = Path(path)
+    card = LoraCard(path=path, name=path.stem, size=path.stat().st_size if path.exists() else 0)
+    try:
+        header, _ = read_header(path, check_data=False)
+    except LoraKitError as exc:
+        card.error = exc.message
+        return card
+    md = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
+    card.format = detect_format([k for k in header if k != "__metadata__"], md)
+    card.family = _family(header, md)
+    card.rank = _rank(header, md)
+    card.alpha = _alpha(md)
+    card.triggers = trigger_words(md)
+    return card
+
+
+class Library:
+    """The cards of some folders, re-read only where a file changed."""
+
+    def __init__(self):
+        self._cache: dict[Path, tuple[tuple[int, int], LoraCard]] = {}
+
+    def scan(self, folders: Iterable[Path]) -> list[LoraCard]:
+        cards, seen = [], set()
+        for folder in folders:
+            for path in sorted(Path(folder).rglob("*.safetensors")):
+                if path in seen or not path.is_file():
+                    continue
+                seen.add(path)
+                st = path.stat()
+                stamp = (st.st_size, st.st_mtime_ns)
+                hit = self._cache.get(path)
+                if hit is None or hit[0] != stamp:
+                    hit = (stamp, read_card(path))
+                    self._cache[path] = hit
+                cards.append(hit[1])
+        return cards
+
+
+def search(cards: list[LoraCard], text: str = "", family: str = "all") -> list[LoraCard]:
+    """Cards whose name, file name or trigger words contain every word of TEXT, of FAMILY."""
+    words = (text or "").lower().split()
+    out = []
+    for c in cards:
+        if family not in ("", "all", None) and (c.family or "unknown") != family:
+            continue
+        hay = " ".join([c.name, c.path.name, *c.triggers]).lower()
+        if all(w in hay for w in words):
+            out.append(c)
+    return out
+
+
+def card_image(card: LoraCard, side: int = 192):
+    """The preview image, or a drawn placeholder with the name and family."""
+    from PIL import Image, ImageDraw
+
+    if card.preview is not None:
+        try:
+            with Image.open(card.preview) as im:
+                im = im.convert("RGB")
+                im.thumbnail((side, side))
+                return im
+        except OSError:
+            pass
+    colours = {"sd1": (70, 110, 170), "sd2": (90, 150, 90), "sdxl": (160, 90, 150)}
+    im = Image.new("RGB", (side, side), colours.get(card.family or "", (110, 110, 110)))
+    draw = ImageDraw.Draw(im)
+    draw.text((10, 10), card.name[:24], fill="white")
+    draw.text((10, side - 24), (card.family or "?").upper(), fill="white")
+    return im
