@@ -141,6 +141,9 @@ def test_library_rescans_only_changed_files_and_lists_broken_ones(tmp_path, monk
     (tmp_path / "sub").mkdir()
     kohya_file(tmp_path / "sub" / "b.safetensors", metadata={"ss_base_model_version": "sdxl_base_v1-0"})
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    (tmp_path / "a-run" / "state-000010").mkdir(parents=True)  # a training run's resume state: not a card
+    kohya_file(tmp_path / "a-run" / "state-000010" / "model.safetensors")
+    (tmp_path / "a-run" / "state-000010" / "lorakit_state.json").write_text("{}")
     lib = L.Library()
     reads = []
     original = L.read_card

@@ -58,13 +58,14 @@ def build(gr, studio, run):
         with gr.Row():
             folder = gr.Textbox(str(studio.first("data") or ""), label="Dataset folder (images with caption files, "
                                 "or N_name repeat folders)", scale=4, elem_id="ds-folder")
-            resolution = gr.Number(512, label="Training resolution (for the size check)", precision=0, scale=1)
+            resolution = gr.Number(512, label="Training resolution (for the size check)", precision=0, scale=1,
+                                   elem_id="ds-resolution")
             open_btn = gr.Button("Open", scale=1, elem_id="ds-open")
         report = gr.Markdown(elem_id="ds-report")
         with gr.Row():
             with gr.Column(scale=3):
-                gallery = gr.Gallery(label="Images and captions", columns=6, height="auto", allow_preview=False,
-                                     object_fit="contain", elem_id="ds-gallery")
+                gallery = gr.Gallery(label="Images and captions", columns=5, height="auto", allow_preview=False,
+                                     object_fit="contain", fit_columns=False, elem_id="ds-gallery")
             with gr.Column(scale=2):
                 image = gr.Textbox("", label="Selected image", interactive=False, elem_id="ds-image")
                 text = gr.Textbox("", label="Caption", lines=3, elem_id="ds-caption")

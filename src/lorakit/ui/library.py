@@ -148,11 +148,13 @@ class Library:
         self._cache: dict[Path, tuple[tuple[int, int], LoraCard]] = {}
 
     def scan(self, folders: Iterable[Path]) -> list[LoraCard]:
+        from ..train.state import STATE_FILE
+
         cards, seen = [], set()
         for folder in folders:
             for path in sorted(Path(folder).rglob("*.safetensors")):
-                if path in seen or not path.is_file():
-                    continue
+                if path in seen or not path.is_file() or (path.parent / STATE_FILE).is_file():
+                    continue  # a training run's resume state holds a model.safetensors that is not a LoRA
                 seen.add(path)
                 st = path.stat()
                 stamp = (st.st_size, st.st_mtime_ns)
@@ -179,7 +181,7 @@ def search(cards: list[LoraCard], text: str = "", family: str = "all") -> list[L
 
 def card_image(card: LoraCard, side: int = 192):
     """The preview image, or a drawn placeholder with the name and family."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     if card.preview is not None:
         try:
@@ -192,6 +194,7 @@ def card_image(card: LoraCard, side: int = 192):
     colours = {"sd1": (70, 110, 170), "sd2": (90, 150, 90), "sdxl": (160, 90, 150)}
     im = Image.new("RGB", (side, side), colours.get(card.family or "", (110, 110, 110)))
     draw = ImageDraw.Draw(im)
-    draw.text((10, 10), card.name[:24], fill="white")
-    draw.text((10, side - 24), (card.family or "?").upper(), fill="white")
+    big, small = ImageFont.load_default(size=side // 8), ImageFont.load_default(size=side // 12)
+    draw.text((side // 16, side // 16), card.name[:14], fill="white", font=big)
+    draw.text((side // 16, side - side // 6), (card.family or "?").upper(), fill="white", font=small)
     return im

@@ -66,11 +66,12 @@ def build(gr, studio, run, generate: dict):
         count = gr.Markdown(elem_id="lib-count")
         with gr.Row():
             with gr.Column(scale=3):
-                cards = gr.Gallery(label="LoRAs (click one to add it to Generate)", columns=5, height="auto",
-                                   allow_preview=False, object_fit="contain", elem_id="lib-cards")
+                cards = gr.Gallery(label="LoRAs (click one to add it to Generate)", columns=4, height="auto",
+                                   allow_preview=False, object_fit="contain", fit_columns=False,
+                                   elem_id="lib-cards")
             with gr.Column(scale=2):
                 details = gr.Markdown("Click a card to add it to Generate.", elem_id="lib-details")
-                preview = gr.Button("Make preview (draws NAME.preview.png with the Generate model)")
+                preview = gr.Button("Make preview (NAME.preview.png, drawn with the Generate model)", size="sm")
         shown = gr.State([])
         selected = gr.State("")
 
