@@ -106,6 +106,7 @@ def shot(page, name):
     with Image.open(path) as im:
         assert im.size == (1280, 800) and len(im.convert("L").getcolors(1 << 16)) > 8  # not blank
     if os.environ.get("LORAKIT_UPDATE_SCREENSHOTS") == "1":
+        DOCS.mkdir(exist_ok=True)
         Image.open(path).convert("RGB").quantize(64).save(DOCS / path.name, optimize=True)
 
 
@@ -140,7 +141,6 @@ def test_library_lists_the_loras_with_their_trigger_words(page):
     box(page, "lib-search").fill("")
     box(page, "lib-search").press("Enter")
     wait_text(page, "#lib-count", "2 of 2 LoRAs")
-    shot(page, "library")
 
 
 def test_card_to_generate_slider_images_and_png_info(page, folders):
@@ -167,6 +167,15 @@ def test_card_to_generate_slider_images_and_png_info(page, folders):
     page.wait_for_function("document.querySelector('#gen-prompt textarea').value.startsWith('zqx a red ring')")
     assert box(page, "gen-prompt").input_value() == "zqx a red ring <lora:ring:0.6>"
     assert "Sampler: Euler a" in box(page, "gen-info").input_value()
+
+    # the strength sweep: same seed, one image per strength
+    page.get_by_text("Strength sweep (same seed, one image per strength)").click()
+    box(page, "gen-strengths").fill("0, 1")
+    expect(box(page, "gen-strengths")).to_have_value("0, 1")
+    page.click("#gen-sweep")
+    page.wait_for_function("[...document.querySelectorAll('#gen-gallery .caption-label')].map(e => e.innerText)"
+                           ".join('|') === 'ring 0|ring 1'")
+    assert box(page, "gen-info").input_value().count("<lora:ring:") == 2
     shot(page, "generate")
 
     # a LoRA for another family is marked on its card and refused
@@ -176,6 +185,13 @@ def test_card_to_generate_slider_images_and_png_info(page, folders):
                            ".some(e => e.innerText.includes('not for the loaded sd1 model'))")
     page.locator("#lib-cards button.thumbnail-item").nth(1).click()
     assert "xlstyle is a LoRA for sdxl; the loaded model is sd1" in error_toast(page, "xlstyle")
+
+    # a preview drawn on request lands next to the file, where A1111 looks for it
+    page.locator("#lib-cards button.thumbnail-item").nth(0).click()
+    wait_text(page, "#lib-details", "already in the prompt")
+    page.click("#lib-preview")
+    wait_text(page, "#lib-details", "ring.preview.png")
+    assert (folders / "loras" / "ring.preview.png").is_file()
 
 
 def test_caption_edit_is_saved_to_the_file(page, folders):
@@ -236,8 +252,12 @@ def test_training_shows_the_loss_stops_resumes_and_lands_in_the_library(page, fo
     shot(page, "train")
     tab(page, "Library")
     wait_text(page, "#lib-count", "3 of 3 LoRAs")
-    assert any(c.startswith("studio-lora · sd1 · kohya · r4")
-               for c in page.locator("#lib-cards .caption-label").all_inner_texts())
+    captions = page.locator("#lib-cards .caption-label").all_inner_texts()
+    assert any(c.startswith("studio-lora · sd1 · kohya · r4") for c in captions)
+    page.locator("#lib-cards button.thumbnail-item").nth(captions.index(
+        next(c for c in captions if c.startswith("studio-lora")))).click()
+    wait_text(page, "#lib-details", "added to Generate")
+    shot(page, "library")
 
 
 def test_bad_paths_give_messages_and_the_server_keeps_serving(page, folders):

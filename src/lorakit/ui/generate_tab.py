@@ -172,7 +172,7 @@ def build(gr, studio, run):
                 with gr.Accordion("Strength sweep (same seed, one image per strength)", open=False):
                     with gr.Row():
                         which = gr.Dropdown([], label="LoRA to sweep", allow_custom_value=False)
-                        strengths = gr.Textbox("0, 0.5, 1", label="Strengths")
+                        strengths = gr.Textbox("0, 0.5, 1", label="Strengths", elem_id="gen-strengths")
                     sweep_go = gr.Button("Sweep", elem_id="gen-sweep")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(label="Images", columns=2, format="png", elem_id="gen-gallery")

@@ -71,7 +71,8 @@ def build(gr, studio, run, generate: dict):
                                    elem_id="lib-cards")
             with gr.Column(scale=2):
                 details = gr.Markdown("Click a card to add it to Generate.", elem_id="lib-details")
-                preview = gr.Button("Make preview (NAME.preview.png, drawn with the Generate model)", size="sm")
+                preview = gr.Button("Make preview (NAME.preview.png, drawn with the Generate model)", size="sm",
+                                    elem_id="lib-preview")
         shown = gr.State([])
         selected = gr.State("")
 
