@@ -301,3 +301,69 @@ def test_studio_settings_add_folders_unless_locked(tmp_path):
         s.add_folders(str(tmp_path / "nope"), "")
     s.remember_model("a/b")
     assert s.model_choices()[:2] == ["toy", "a/b"]
+
+
+# --- the tabs' handlers, guarded by the page's folders --------------------------------------------
+@pytest.fixture
+def studio(tmp_path):
+    from lorakit.ui.studio import Studio
+
+    for d in ("loras", "data", "elsewhere"):
+        (tmp_path / d).mkdir()
+    return Studio(lora_dirs=[tmp_path / "loras"], data_dirs=[tmp_path / "data"], out_dir=tmp_path / "out")
+
+
+def test_tools_pick_from_the_library_and_write_inside_it(studio, tmp_path):
+    from lorakit.ui import tools_tab as T
+
+    from conftest import tiny_model_with_lora
+
+    tiny_model_with_lora(tmp_path / "data")
+    shutil_copy(tmp_path / "data" / "a.safetensors", tmp_path / "loras" / "a.safetensors")
+    assert json.loads(T.inspect(studio, "a.safetensors"))["family"] == "sd1"
+    assert "wrote" in T.resize(studio, str(tmp_path / "loras" / "a.safetensors"), 4, "", "small/r4.safetensors")
+    assert json.loads(T.inspect(studio, "small/r4.safetensors"))["ranks"]["max"] == 4
+    assert "wrote" in T.convert(studio, "a.safetensors", "diffusers", "d.safetensors")
+    assert "2 LoRAs but 1 weights" in pytest.raises(LoraKitError, T.merge, studio, ["a.safetensors",
+                                                    "small/r4.safetensors"], "0.5", 0, "", "m.safetensors").value.message
+    assert "wrote" in T.merge(studio, ["a.safetensors", "small/r4.safetensors"], "0.5, 0.5", 0, "", "m.safetensors")
+    assert sorted(c.name for c in studio.cards()) == ["a", "d", "m", "r4"]
+    for call in (lambda: T.inspect(studio, "../elsewhere/a.safetensors"),
+                 lambda: T.convert(studio, "a.safetensors", "kohya", str(tmp_path / "elsewhere" / "x.safetensors")),
+                 lambda: T.merge(studio, ["a.safetensors"], "", 0, str(tmp_path / "elsewhere"), "m2.safetensors"),
+                 lambda: T.extract(studio, "toy", str(tmp_path / "elsewhere"), 4, 0, "e.safetensors")):
+        with pytest.raises(LoraKitError, match="outside the folders"):
+            call()
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
+def shutil_copy(a, b):
+    import shutil
+
+    shutil.copy(a, b)
+
+
+def test_dataset_handlers_open_edit_and_caption(studio, tmp_path):
+    from PIL import Image
+
+    from lorakit.ui import dataset_tab as T
+
+    for i in range(3):
+        Image.new("RGB", (64, 64), (40 * i, 0, 0)).save(tmp_path / "data" / f"im{i}.png")
+    (tmp_path / "data" / "im0.txt").write_text("zqx, ring")
+    items, paths, report, counts, folder = T.open_folder(studio, ".", 64)  # relative: from the first data folder
+    assert folder == str(tmp_path / "data") and len(items) == 3 and items[0][1] == "zqx, ring"
+    assert "2 without a caption file" in report and "No problems found" in report
+    assert counts == [["zqx", 1], ["ring", 1]]
+    assert T.caption_of(paths, 0) == (str(tmp_path / "data" / "im0.png"), "zqx, ring")
+    msg, items, *_ = T.save(studio, paths[1], "zqx, a red ring", folder, 64)
+    assert (tmp_path / "data" / "im1.txt").read_text() == "zqx, a red ring\n" and items[1][1] == "zqx, a red ring"
+    _, _, report, *_ = T.open_folder(studio, folder, 512)
+    assert "64×64 is too small" in report
+    (tmp_path / "elsewhere" / "x.png").write_bytes(b"")
+    with pytest.raises(LoraKitError, match="outside"):
+        T.save(studio, str(tmp_path / "elsewhere" / "x.png"), "pwned", folder, 64)
+    with pytest.raises(LoraKitError, match="outside"):
+        T.open_folder(studio, "../elsewhere", 64)
+    with pytest.raises(LoraKitError, match="outside"):
+        T.caption(studio, folder, "", False, str(tmp_path / "elsewhere"), 64)

@@ -6,53 +6,68 @@ writes), BLIP captioning with a progress bar, tag counts, and the images the tra
 from pathlib import Path
 
 from ..errors import LoraKitError
+from . import actions as A
 from . import dataset as D
 
 
-def build(gr, studio, run):
-    def folder_of(value):
-        return studio.guard.check(value, "dataset folder", base=studio.first("data"), exists=True, kind="dir")
+def folder_of(studio, value) -> Path:
+    return studio.guard.check(value, "dataset folder", base=studio.first("data"), exists=True, kind="dir")
 
-    def open_folder(value, resolution):
-        folder = folder_of(value)
-        entries = D.review(folder, int(resolution or 512))
-        items = [(D.thumbnail(e.image), (e.caption or "(no caption)") + (f" ⚠ {e.problem}" if e.problem else ""))
-                 for e in entries]
-        problems = [f"- `{e.image.name}`: {e.problem}" for e in entries if e.problem]
-        problems += [f"- `{p.name}`: caption file with no image of the same name" for p in D.orphan_captions(folder)]
-        missing = sum(1 for e in entries if not e.caption_path)
-        head = f"**{len(entries)} images** in `{folder}`"
-        if missing:
-            head += f" · {missing} without a caption file (they train on the folder's class words or the trigger)"
-        report = head + ("\n\n**The trainer would refuse:**\n" + "\n".join(problems) if problems
-                         else "\n\nNo problems found: every image is readable and large enough.")
-        counts = [[t, c] for t, c in D.tag_counts(entries)]
-        return items, [str(e.image) for e in entries], report, counts or [["(no tags)", 0]], str(folder)
+
+def open_folder(studio, value, resolution):
+    """The gallery items, their image paths, the report (problems), the tag counts, the folder."""
+    folder = folder_of(studio, value)
+    entries = D.review(folder, int(resolution or 512))
+    items = [(D.thumbnail(e.image), (e.caption or "(no caption)") + (f" ⚠ {e.problem}" if e.problem else ""))
+             for e in entries]
+    problems = [f"- `{e.image.name}`: {e.problem}" for e in entries if e.problem]
+    problems += [f"- `{p.name}`: caption file with no image of the same name" for p in D.orphan_captions(folder)]
+    missing = sum(1 for e in entries if not e.caption_path)
+    head = f"**{len(entries)} images** in `{folder}`"
+    if missing:
+        head += f" · {missing} without a caption file (they train on the folder's class words or the trigger)"
+    report = head + ("\n\n**The trainer would refuse:**\n" + "\n".join(problems) if problems
+                     else "\n\nNo problems found: every image is readable and large enough.")
+    counts = [[t, c] for t, c in D.tag_counts(entries)]
+    return items, [str(e.image) for e in entries], report, counts or [["(no tags)", 0]], str(folder)
+
+
+def caption_of(paths, index):
+    from ..data.captions import caption_file, read_caption
+
+    if index is None or index >= len(paths):
+        raise LoraKitError("that image is gone; open the folder again")
+    image = Path(paths[index])
+    cap = caption_file(image)
+    return str(image), read_caption(cap) if cap else ""
+
+
+def save(studio, image, text, folder, resolution):
+    if not image:
+        raise LoraKitError("click an image first")
+    path = studio.guard.check(image, "image", exists=True, kind="file")
+    target = D.save_caption(path, text)
+    return (f"saved `{target}`", *open_folder(studio, folder, resolution))
+
+
+def caption(studio, folder, prefix, overwrite, model, resolution):
+    from ..caption import caption_folder
+
+    path = folder_of(studio, folder)
+    model = studio.guard.model(model, "captioning model")
+    written = caption_folder(path, prefix=prefix or "", overwrite=bool(overwrite), model=model, progress=True)
+    return (f"{len(written)} caption(s) written", *open_folder(studio, folder, resolution))
+
+
+def build(gr, studio, run):
+    def bound(fn):
+        def call(*args):
+            return fn(studio, *args)
+        call.__name__ = fn.__name__
+        return call
 
     def select(paths, evt: gr.SelectData):
-        if evt.index is None or evt.index >= len(paths):
-            raise LoraKitError("that image is gone; open the folder again")
-        image = Path(paths[evt.index])
-        from ..data.captions import caption_file, read_caption
-
-        cap = caption_file(image)
-        return str(image), read_caption(cap) if cap else ""
-
-    def save(image, text, folder, resolution):
-        if not image:
-            raise LoraKitError("click an image first")
-        path = studio.guard.check(image, "image", exists=True, kind="file")
-        target = D.save_caption(path, text)
-        listing = open_folder(folder, resolution)
-        return (f"saved `{target}`", *listing)
-
-    def caption(folder, prefix, overwrite, model, resolution):
-        from ..caption import caption_folder
-
-        path = folder_of(folder)
-        model = studio.guard.model(model, "captioning model")
-        written = caption_folder(path, prefix=prefix or "", overwrite=bool(overwrite), model=model, progress=True)
-        return (f"{len(written)} caption(s) written", *open_folder(folder, resolution))
+        return caption_of(paths, evt.index)
 
     with gr.Tab("Dataset", id="dataset"):
         with gr.Row():
@@ -84,11 +99,9 @@ def build(gr, studio, run):
         opened = gr.State("")
 
     listing = [gallery, paths, report, tags, opened]
-    open_btn.click(run(open_folder), [folder, resolution], listing)
-    folder.submit(run(open_folder), [folder, resolution], listing)
-    from . import actions as A
-
+    open_btn.click(run(bound(open_folder)), [folder, resolution], listing)
+    folder.submit(run(bound(open_folder)), [folder, resolution], listing)
     gallery.select(A.guarded(select), paths, [image, text])
-    save_btn.click(run(save), [image, text, folder, resolution], [saved, *listing])
-    cap_btn.click(run(caption), [folder, prefix, overwrite, cap_model, resolution], [saved, *listing])
+    save_btn.click(run(bound(save)), [image, text, folder, resolution], [saved, *listing])
+    cap_btn.click(run(bound(caption)), [folder, prefix, overwrite, cap_model, resolution], [saved, *listing])
     return {"use": use, "opened": opened, "folder": folder}

@@ -8,43 +8,50 @@ from ..errors import LoraKitError
 from . import actions as A
 
 
-def build(gr, studio, run):
+def _lora(studio, value, what="LoRA file") -> str:
+    return str(studio.guard.check(value, what, base=studio.first("lora"), exists=True))
+
+
+def _out(studio, value, what="output file") -> str:
+    path = studio.guard.check(value, what, base=studio.first("lora"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def inspect(studio, path):
+    return A.inspect_file(_lora(studio, path))
+
+
+def convert(studio, path, to, dest):
+    return A.convert_file(_lora(studio, path), to, _out(studio, dest))
+
+
+def resize(studio, path, rank, dynamic, dest):
+    return A.resize_file(_lora(studio, path), rank, dynamic, _out(studio, dest))
+
+
+def merge(studio, files, weights, rank, model, dest):
+    files = [_lora(studio, f) for f in (files or [])]
+    if not files:
+        raise LoraKitError("choose the LoRAs to merge")
+    try:
+        ws = [float(w) for w in (weights or "").replace(" ", "").split(",") if w] or [1.0] * len(files)
+    except ValueError:
+        raise LoraKitError(f"weights must be numbers separated by commas (got {weights!r})") from None
+    if len(ws) != len(files):
+        raise LoraKitError(f"{len(files)} LoRAs but {len(ws)} weights")
+    base = studio.guard.model(model, "base model") if (model or "").strip() else ""
+    lines = "\n".join(f"{f}:{w}" for f, w in zip(files, ws))
+    return A.merge_files(lines, rank, base, _out(studio, dest))
+
+
+def extract(studio, base, tuned, rank, conv, dest):
     g = studio.guard
+    return A.extract_file(g.model(base, "base model"), g.model(tuned, "fine-tuned model"), rank, conv,
+                          _out(studio, dest))
 
-    def lora(value, what="LoRA file"):
-        return str(g.check(value, what, base=studio.first("lora"), exists=True))
 
-    def out(value, what="output file"):
-        path = g.check(value, what, base=studio.first("lora"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return str(path)
-
-    def inspect(path):
-        return A.inspect_file(lora(path))
-
-    def convert(path, to, dest):
-        return A.convert_file(lora(path), to, out(dest))
-
-    def resize(path, rank, dynamic, dest):
-        return A.resize_file(lora(path), rank, dynamic, out(dest))
-
-    def merge(files, weights, rank, model, dest):
-        files = [lora(f) for f in (files or [])]
-        if not files:
-            raise LoraKitError("choose the LoRAs to merge")
-        try:
-            ws = [float(w) for w in (weights or "").replace(" ", "").split(",") if w] or [1.0] * len(files)
-        except ValueError:
-            raise LoraKitError(f"weights must be numbers separated by commas (got {weights!r})") from None
-        if len(ws) != len(files):
-            raise LoraKitError(f"{len(files)} LoRAs but {len(ws)} weights")
-        base = g.model(model, "base model") if (model or "").strip() else ""
-        lines = "\n".join(f"{f}:{w}" for f, w in zip(files, ws))
-        return A.merge_files(lines, rank, base, out(dest))
-
-    def extract(base, tuned, rank, conv, dest):
-        return A.extract_file(g.model(base, "base model"), g.model(tuned, "fine-tuned model"), rank, conv, out(dest))
-
+def build(gr, studio, run):
     def choices():
         names = studio.lora_choices()
         return [gr.update(choices=names) for _ in range(4)]
@@ -89,8 +96,14 @@ def build(gr, studio, run):
             ex_btn = gr.Button("Extract")
 
     tab.select(choices, [], [ins_file, cv_file, rs_file, mg_files], queue=False)
-    ins_btn.click(A.guarded(inspect), ins_file, ins_out)
-    cv_btn.click(A.guarded(convert), [cv_file, cv_to, cv_out], cv_res)
-    rs_btn.click(run(resize), [rs_file, rs_rank, rs_dyn, rs_out], rs_res)
-    mg_btn.click(run(merge), [mg_files, mg_weights, mg_rank, mg_model, mg_out], mg_res)
-    ex_btn.click(run(extract), [ex_base, ex_tuned, ex_rank, ex_conv, ex_out], ex_res)
+    def bound(fn):
+        def call(*args):
+            return fn(studio, *args)
+        call.__name__ = fn.__name__
+        return call
+
+    ins_btn.click(A.guarded(bound(inspect)), ins_file, ins_out)
+    cv_btn.click(A.guarded(bound(convert)), [cv_file, cv_to, cv_out], cv_res)
+    rs_btn.click(run(bound(resize)), [rs_file, rs_rank, rs_dyn, rs_out], rs_res)
+    mg_btn.click(run(bound(merge)), [mg_files, mg_weights, mg_rank, mg_model, mg_out], mg_res)
+    ex_btn.click(run(bound(extract)), [ex_base, ex_tuned, ex_rank, ex_conv, ex_out], ex_res)
