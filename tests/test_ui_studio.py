@@ -13,6 +13,8 @@ from lorakit.errors import LoraKitError
 from lorakit.formats.st_io import write_safetensors
 from lorakit.ui.guard import PathGuard
 
+from test_caption import tiny_blip  # noqa: F401 - the fixture
+
 
 def kohya_file(path, rank=4, context=768, metadata=None, te2=False):
     """A small kohya LoRA: two cross-attention modules (and an SDXL-only text-encoder module)."""
@@ -367,3 +369,21 @@ def test_dataset_handlers_open_edit_and_caption(studio, tmp_path):
         T.open_folder(studio, "../elsewhere", 64)
     with pytest.raises(LoraKitError, match="outside"):
         T.caption(studio, folder, "", False, str(tmp_path / "elsewhere"), 64)
+
+
+def test_dataset_blip_captioning_from_the_page(studio, tmp_path, tiny_blip):
+    import shutil
+
+    from PIL import Image
+
+    from lorakit.ui import dataset_tab as T
+
+    shutil.copytree(tiny_blip, tmp_path / "data" / "blip")  # a model the page may use: under a data folder
+    for i in range(2):
+        Image.new("RGB", (64, 64), (200, 30 * i, 0)).save(tmp_path / "data" / f"im{i}.png")
+    (tmp_path / "data" / "im1.txt").write_text("hand written")
+    msg, items, *_ = T.caption(studio, ".", "zqx", False, "blip", 64)
+    assert msg == "1 caption(s) written"
+    assert (tmp_path / "data" / "im0.txt").read_text().startswith("zqx, ")
+    assert (tmp_path / "data" / "im1.txt").read_text() == "hand written"
+    assert items[0][1].startswith("zqx, ") and items[1][1] == "hand written"

@@ -78,10 +78,11 @@ class PathGuard:
         text = str(value or "").strip()
         if not text:
             raise LoraKitError(f"{what}: choose a model ('toy', a hub id, or a folder or file under your folders)")
-        local = any((f / text).exists() for f in self.folders) or Path(text).expanduser().exists()
-        if text == "toy" or (_HUB_ID.match(text) and ".." not in text and not local):
+        found = next((f / text for f in self.folders if (f / text).exists()), None)  # a name in one of the folders
+        if text == "toy" or (_HUB_ID.match(text) and ".." not in text and found is None
+                             and not Path(text).expanduser().exists()):
             return text
-        return str(self.check(text, what, exists=True))
+        return str(self.check(found or text, what, exists=True))
 
     def listing(self) -> str:
         return ", ".join(str(f) for f in self.folders) or "none"
