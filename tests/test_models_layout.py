@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lorakit import families
 from lorakit.models import original_layout
 from lorakit.models.checkpoint import Checkpoint, detect_file_family
 from lorakit.models.single_file import CONFIGS_DIR
@@ -140,9 +141,8 @@ def test_diffusers_reads_back_the_same_names_and_shapes(real):
     back = convert_ldm_vae_checkpoint(state, dict(vae.config))
     assert _shapes(back) == _shapes(vae.state_dict())
     for i, te in enumerate(tes):
-        open_clip = family == "sd2" or i == 1
-        if open_clip:
-            prefix = original_layout.OPEN_CLIP_PREFIX[family]
+        kind, prefix = families.get(family).checkpoint_text_encoders[i]
+        if kind == "open_clip":
             back = convert_open_clip_checkpoint(te, {k: v for k, v in state.items() if k.startswith(prefix)},
                                                 prefix=prefix)
         else:

@@ -387,3 +387,19 @@ def test_dataset_blip_captioning_from_the_page(studio, tmp_path, tiny_blip):
     assert (tmp_path / "data" / "im0.txt").read_text().startswith("zqx, ")
     assert (tmp_path / "data" / "im1.txt").read_text() == "hand written"
     assert items[0][1].startswith("zqx, ") and items[1][1] == "hand written"
+
+
+def test_family_from_widths_when_the_metadata_is_silent(tmp_path):
+    """Many modules (more than the shapes read) and no metadata: the families decide from widths."""
+    from lorakit.formats.st_io import write_safetensors
+    from lorakit.ui.library import read_card
+
+    for context, family in ((768, "sd1"), (1024, "sd2"), (2048, "sdxl")):
+        t = {}
+        for i in range(40):
+            name = f"lora_unet_up_blocks_1_attentions_{i}_transformer_blocks_0_attn2_to_k"
+            t[f"{name}.lora_down.weight"] = torch.zeros(2, context)
+            t[f"{name}.lora_up.weight"] = torch.zeros(8, 2)
+        write_safetensors(tmp_path / f"{family}.safetensors", t, {})
+        card = read_card(tmp_path / f"{family}.safetensors")
+        assert (card.family, card.rank, card.error) == (family, 2, None)

@@ -1,7 +1,7 @@
 """kohya module names: the key scheme A1111, ComfyUI and diffusers all read.
 
-NAME = prefix + "_" + module path with "." replaced by "_". SD1/SD2 UNets use diffusers
-paths; SDXL UNets use the original (SAI/LDM) paths, so a diffusers path is translated first.
+NAME = prefix + "_" + module path with "." replaced by "_". Which spelling a family writes (diffusers
+paths for SD1/SD2, the original SAI/LDM paths for SDXL) is the family's choice (lorakit.families).
 This is pure string work so that the LoRA math and the formats never need diffusers.
 """
 
@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping
 
 UNET_PREFIX = "lora_unet"
-TE_PREFIXES = {"sd1": ("lora_te",), "sd2": ("lora_te",), "sdxl": ("lora_te1", "lora_te2")}
-FAMILIES = ("sd1", "sd2", "sdxl")
 
 
 @dataclass(frozen=True)
@@ -112,20 +110,6 @@ def unet_kohya_names(path: str, layout: UNetLayout | None) -> list[str]:
     return names
 
 
-def preferred_unet_name(path: str, family: str, layout: UNetLayout | None) -> str:
-    """The name lorakit writes: SAI spelling for SDXL, diffusers spelling otherwise."""
-    if family == "sdxl" and layout is not None:
-        return kohya_name(UNET_PREFIX, diffusers_to_sai_unet_path(path, layout))
-    return kohya_name(UNET_PREFIX, path)
-
-
-def te_prefix(family: str, index: int) -> str:
-    prefixes = TE_PREFIXES[family]
-    if index >= len(prefixes):
-        raise ValueError(f"family {family} has {len(prefixes)} text encoder(s), not {index + 1}")
-    return prefixes[index]
-
-
 def split_module_key(key: str) -> tuple[str, str]:
     """`lora_unet_x_y.lora_down.weight` → (`lora_unet_x_y`, `lora_down.weight`)."""
     module, dot, sub = key.partition(".")
@@ -142,12 +126,9 @@ def part_of(name: str) -> str:
     return "unknown"
 
 
-def family_text_encoder_prefixes(family: str) -> Sequence[str]:
-    return TE_PREFIXES[family]
-
-
-# SDXL base: the layout kohya's SAI names refer to when no model is at hand.
+# The layouts kohya's SAI names refer to when no model is at hand: SDXL base, and SD 1.x/2.x base.
 SDXL_LAYOUT = UNetLayout(2, (False, True, True), (True, True, False))
+SD1_LAYOUT = UNetLayout(2, (True, True, True, False), (False, True, True, True))
 
 _SAI_TOP = {v: k for k, v in _TOP_SAI.items()}
 _SAI_RESNET = {v: k for k, v in _RESNET_SAI.items()}

@@ -1,11 +1,11 @@
-"""Which format a file is in and which model family (SD1, SD2, SDXL) a LoRA is for."""
+"""Which format a file is in and which model family a LoRA is for."""
 
 from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from .. import naming
-from .modules import Modules, in_features, is_lycoris
+from .. import families
+from .modules import Modules, is_lycoris
 
 _CHECKPOINT_MARKS = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.",
                      "encoder.down.", "decoder.up.", "text_model.embeddings.", "time_embedding.linear_1.")
@@ -35,49 +35,25 @@ def detect_format(keys: Iterable[str], metadata: Mapping[str, str] | None = None
     return None
 
 
-def _family_from_metadata(md: Mapping[str, str]) -> str | None:
-    version = md.get("ss_base_model_version", "")
-    if version.startswith("sdxl"):
-        return "sdxl"
-    if version.startswith("sd_v2"):
-        return "sd2"
-    if version.startswith("sd_v1"):
-        return "sd1"
-    arch = md.get("modelspec.architecture", "")
-    if arch.startswith("stable-diffusion-xl"):
-        return "sdxl"
-    if arch.startswith("stable-diffusion-v2"):
-        return "sd2"
-    if arch.startswith("stable-diffusion-v1"):
-        return "sd1"
-    if md.get("ss_v2") == "True":
-        return "sd2"
-    return None
-
-
-_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
-
-
 def detect_family(modules: Modules, metadata: Mapping[str, str] | None = None) -> str | None:
-    """sd1 / sd2 / sdxl from metadata first, then names (two text encoders → SDXL), then widths
-    (cross-attention context 768 / 1024 / 2048, text encoder 768 / 1024); None when undecidable."""
-    family = _family_from_metadata(metadata or {})
-    if family:
-        return family
-    parts = {naming.part_of(n) for n in modules}
-    if parts & {"te1", "te2"}:
-        return "sdxl"
-    for name, tensors in modules.items():
-        if name.startswith("lora_unet_") and name.endswith(("attn2_to_k", "attn2_to_v")):
-            family = _CONTEXT.get(in_features(tensors) or 0)
-            if family:
-                return family
-    for name, tensors in modules.items():
-        if name.startswith("lora_te_") and name.endswith(("self_attn_q_proj", "self_attn_k_proj")):
-            family = {768: "sd1", 1024: "sd2"}.get(in_features(tensors) or 0)
-            if family:
-                return family
-    return None
+    """The family name of a LoRA from its metadata first, then its names and widths (each family
+    says what it recognises: lorakit.families); None when undecidable (e.g. a tiny model's LoRA)."""
+    found = families.detect_lora(modules, metadata)
+    return found.name if found else None
+
+
+def family_of_parts(provisional: Mapping[tuple[str, str], Mapping], metadata: Mapping[str, str] | None) -> str | None:
+    """The family of a diffusers/PEFT LoRA given as {(part, path): tensors}, parts named by the
+    diffusers attributes (te = text_encoder, te2 = text_encoder_2): the text encoders present decide
+    when only one family has them all, else the kohya names and widths do."""
+    from .paths import DIFFUSERS_PREFIX, path_to_kohya
+
+    attributes = {DIFFUSERS_PREFIX[p] for p, _ in provisional if p != "unet"}
+    holders = [f for f in families.all() if attributes <= set(f.text_encoders)]
+    if len(holders) == 1 and len(holders) < len(families.all()):
+        return holders[0].name
+    probe = {path_to_kohya(p, path, None): t for (p, path), t in provisional.items()}
+    return detect_family(probe, metadata)
 
 
 def format_of_modules(modules: Modules) -> str:

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from ..errors import LoraKitError
-from .detect import detect_family
+from .detect import family_of_parts
 from .kohya import _listing, validate_module
-from .paths import DIFFUSERS_PREFIX, path_to_kohya
+from .paths import DIFFUSERS_PREFIX, kohya_part, path_to_kohya
 from .peft_common import Entry, kohya_alpha, lora_config
 
 METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
@@ -105,14 +105,10 @@ def read(state: Mapping[str, Tensor], metadata: Mapping[str, str], family: str |
         provisional[(part, path)] = t
     # the family decides the names: SAI spelling and lora_te1 for SDXL
     if family is None:
-        probe = {path_to_kohya(p, path, None): t for (p, path), t in provisional.items()}
-        has_te2 = any(p == "te2" for p, _ in provisional)
-        family = "sdxl" if has_te2 else detect_family(probe, metadata)
+        family = family_of_parts(provisional, metadata)
     modules: dict[str, dict[str, Tensor]] = {}
     for (part, path), t in provisional.items():
-        if part == "te" and family == "sdxl":
-            part = "te1"
-        name = path_to_kohya(part, path, family)
+        name = path_to_kohya(kohya_part(part, family), path, family)
         validate_module(name, t, source)
         modules[name] = t
     return modules, family

@@ -15,7 +15,7 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from .. import naming
+from .. import families, naming
 from ..errors import LoraKitError
 from . import diffusers_fmt, kohya, peft_fmt
 from .detect import detect_family, detect_format
@@ -72,8 +72,8 @@ def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickl
     `family` forces the naming (SAI names for an SDXL diffusers file) instead of detecting it.
     Pickled files (.ckpt/.pt/.bin) can run code when loaded: refused unless `allow_pickle`.
     """
-    if family is not None and family not in naming.FAMILIES:
-        raise LoraKitError(f"unknown family {family!r} (sd1, sd2 or sdxl)")
+    if family is not None:
+        families.get(family)  # an unknown name stops here, listing the known ones
     p = Path(path)
     if p.is_dir():
         if not peft_fmt.is_adapter_folder(p):
@@ -134,7 +134,7 @@ def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Ma
     if md.get("format") == "pt":
         del md["format"]
     if layout is None and parts is not None and parts.unet_config:
-        layout = naming.UNetLayout.from_config(parts.unet_config)
+        layout = parts.spec.denoiser_layout(parts.unet_config)
     if format == "kohya":
         for name, t in modules.items():
             if not kohya.is_kohya_key(f"{name}.alpha") or "." in name:

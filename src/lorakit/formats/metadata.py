@@ -8,12 +8,9 @@ import json
 import time
 from typing import Any, Mapping
 
+from .. import families
 from .modules import Modules, algo_of, alpha_of, is_conv_kxk, is_lycoris, most_common, rank_of
 
-BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
-ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}
-IMPL_SAI = "https://github.com/Stability-AI/generative-models"
-IMPL_DIFFUSERS = "diffusers"
 SPEC_VERSION = "1.0.0"
 HASH_KEYS = ("sshs_model_hash", "sshs_legacy_hash")
 _DERIVED_ARGS = ("conv_dim", "conv_alpha", "algo", "use_tucker", "dora_wd")
@@ -91,13 +88,10 @@ def build_metadata(modules: Modules, *, family: str | None = None, v_prediction:
     md.update(network_fields(modules, {**base_args, **(network_args or {})}))
     v = _is_v(md) if v_prediction is None else v_prediction
     if family is not None:
-        md["ss_base_model_version"] = "sd_v2_v" if family == "sd2" and v else BASE_VERSION[family]
-        md["ss_v2"] = str(family == "sd2")
-        arch = "stable-diffusion-v2-768-v" if family == "sd2" and v else ARCHITECTURE[family]
-        md["modelspec.architecture"] = arch + "/lora"
-        md["modelspec.implementation"] = IMPL_SAI if family == "sdxl" else IMPL_DIFFUSERS
+        spec = families.get(family)
+        md.update(spec.lora_metadata(v))
         if resolution is None and "modelspec.resolution" not in md:
-            resolution = 1024 if family == "sdxl" else 768 if family == "sd2" and v else 512
+            resolution = spec.resolution(v)
     if resolution is not None:
         w, h = (resolution, resolution) if isinstance(resolution, int) else resolution
         md["modelspec.resolution"] = f"{w}x{h}"

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 
+from .. import families
 from ..errors import LoraKitError
 from ..lora import LoRANetwork, ModelParts
 from .kohya import _listing
 from .lorafile import LoRAFile, load_lora
-
-_FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
 
 
 def load_network(parts: ModelParts, path_or_file: str | os.PathLike | LoRAFile,
@@ -21,8 +20,8 @@ def load_network(parts: ModelParts, path_or_file: str | os.PathLike | LoRAFile,
         lf = load_lora(lf.path, parts.family)  # names depend on the family (SAI spelling, lora_te1)
     source = lf.path or "LoRA"
     if lf.family and parts.family and lf.family != parts.family:
-        raise LoraKitError(f"this LoRA is for {_FAMILY_NAMES.get(lf.family, lf.family)}, the model is "
-                           f"{_FAMILY_NAMES.get(parts.family, parts.family)}", source)
+        raise LoraKitError(f"this LoRA is for {families.label(lf.family)}, the model is "
+                           f"{families.label(parts.family)}", source)
     index = parts.index()
     missing = [n for n in lf.modules if n not in index]
     if missing:

@@ -7,7 +7,7 @@ When a model is at hand its targets index gives the path directly (see `path_for
 
 from __future__ import annotations
 
-from .. import naming
+from .. import families, naming
 from ..errors import LoraKitError
 
 PARTS = ("unet", "te", "te1", "te2")
@@ -25,13 +25,22 @@ _VOCAB = {
 }
 _MAX_WORDS = max(len(w.split("_")) for w in _VOCAB)
 
-# SD 1.x/2.x base: the layout SAI-spelled names refer to in an SD1/SD2 file.
-SD1_LAYOUT = naming.UNetLayout(2, (True, True, True, False), (False, True, True, True))
+SD1_LAYOUT = naming.SD1_LAYOUT
 
 
 def layout_for(family: str | None) -> naming.UNetLayout:
-    """The UNet layout SAI names refer to: SDXL base unless the file is known to be SD1/SD2."""
-    return SD1_LAYOUT if family in ("sd1", "sd2") else naming.SDXL_LAYOUT
+    """The UNet layout SAI names refer to: the family's base model's, SDXL base's when the family is unknown."""
+    spec = families.find(family)
+    return (spec.reference_layout() if spec else None) or naming.SDXL_LAYOUT
+
+
+def kohya_part(part: str, family: str | None) -> str:
+    """The kohya part of a text encoder named by its diffusers attribute (te = text_encoder,
+    te2 = text_encoder_2): te becomes te1 in a family with several text encoders."""
+    spec = families.find(family)
+    if spec is None or part == "unet":
+        return part
+    return spec.te_part_of_attribute(DIFFUSERS_PREFIX[part]) or part
 
 
 def underscored_to_path(s: str) -> str:
@@ -70,10 +79,11 @@ def kohya_to_path(name: str, layout: naming.UNetLayout | None = None) -> tuple[s
 
 
 def path_to_kohya(part: str, path: str, family: str | None, layout: naming.UNetLayout | None = None) -> str:
-    """The kohya name lorakit writes for a module path (SAI spelling for SDXL UNets)."""
+    """The kohya name lorakit writes for a module path (the family's spelling: SAI for SDXL UNets)."""
     if part == "unet":
-        if family == "sdxl":
-            return naming.preferred_unet_name(path, "sdxl", layout or naming.SDXL_LAYOUT)
+        spec = families.find(family)
+        if spec is not None:
+            return spec.kohya_denoiser_names(path, layout or layout_for(family))[0]
         return naming.kohya_name(naming.UNET_PREFIX, path)
     if part not in PARTS:
         raise ValueError(f"unknown model part {part!r}")

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from ..errors import LoraKitError
-from .detect import detect_family
+from .detect import family_of_parts
 from .kohya import _listing, validate_module
-from .paths import DIFFUSERS_PREFIX, path_to_kohya
+from .paths import DIFFUSERS_PREFIX, kohya_part, path_to_kohya
 from .peft_common import Entry, check_config, kohya_alpha, lora_config
 from .st_io import file_mode, one_line, read_pickle, read_safetensors, serialize
 
@@ -108,11 +108,10 @@ def read(folder: str | os.PathLike, family: str | None = None,
                 t["dora_scale"] = mag.reshape(roles["up"].shape[0], *([1] * (down.dim() - 1)))  # PEFT conv: [1, out, 1, 1]
             provisional[(part, path)] = t
     if family is None:
-        probe = {path_to_kohya(p, path, None): t for (p, path), t in provisional.items()}
-        family = "sdxl" if any(p == "te2" for p, _ in provisional) else detect_family(probe, metadata)
+        family = family_of_parts(provisional, metadata)
     modules = {}
     for (part, path), t in provisional.items():
-        name = path_to_kohya("te1" if part == "te" and family == "sdxl" else part, path, family)
+        name = path_to_kohya(kohya_part(part, family), path, family)
         validate_module(name, t, str(folder))
         modules[name] = t
     return modules, metadata, family

@@ -1,8 +1,9 @@
 """Which layers of a model a network adapts, and every kohya name each layer answers to.
 
 Presets select layers by the class names of their containers (as kohya does), so this file
-needs no model library: `Transformer2DModel`, `ResnetBlock2D`, `Downsample2D`, `Upsample2D`
-in the UNet; `CLIPAttention` / `CLIPMLP` (and their SDPA/flash variants) in the text encoders.
+needs no model library: the family names the denoiser's containers and what each preset takes
+(`Transformer2DModel`, `ResnetBlock2D`... in SD UNets); in the text encoders `CLIPAttention` /
+`CLIPMLP` (and their SDPA/flash variants). The kohya names come from the family too.
 """
 
 from __future__ import annotations
@@ -12,12 +13,9 @@ from typing import Mapping, Sequence
 
 from torch import nn
 
-from .. import naming
+from .. import families, naming
 
 PRESETS = ("attn", "cross-attn", "transformer", "full")
-_TRANSFORMER = {"Transformer2DModel", "SpatialTransformer"}
-_RESNET = {"ResnetBlock2D"}
-_SAMPLERS = {"Downsample2D", "Upsample2D"}
 
 
 @dataclass
@@ -38,11 +36,15 @@ class Target:
 class ModelParts:
     """What a network attaches to: a UNet and zero or more text encoders of one family."""
 
-    family: str
+    family: str  # a registered family name (lorakit.families)
     unet: nn.Module | None
     text_encoders: Sequence[nn.Module] = ()
     unet_config: Mapping | None = None
     _index: dict | None = field(default=None, repr=False)
+
+    @property
+    def spec(self) -> families.Family:
+        return families.get(self.family)
 
     def index(self) -> dict[str, Target]:
         """Every adaptable layer under every name a file may use (built once per parts)."""
@@ -81,21 +83,21 @@ def _te_container(cls: str) -> str:
 
 def build_index(parts: ModelParts) -> dict[str, Target]:
     index: dict[str, Target] = {}
+    spec = parts.spec
     if parts.unet is not None:
-        layout = naming.UNetLayout.from_config(parts.unet_config) if parts.unet_config else None
-        containers = _containers(parts.unet, _TRANSFORMER | _RESNET | _SAMPLERS)
+        layout = spec.denoiser_layout(parts.unet_config)
+        containers = _containers(parts.unet, set(spec.denoiser_containers))
         for path, module in parts.unet.named_modules():
             if not isinstance(module, (nn.Linear, nn.Conv2d)):
                 continue
-            names = naming.unet_kohya_names(path, layout)
-            preferred = naming.preferred_unet_name(path, parts.family, layout)
-            t = Target(preferred, path, "unet", module, containers.get(path, ""), tuple(names))
+            names = spec.kohya_denoiser_names(path, layout)
+            t = Target(names[0], path, "unet", module, containers.get(path, ""), names)
             for n in names:
                 index[n] = t
     for i, te in enumerate(parts.text_encoders):
         if te is None:
             continue
-        prefix = naming.te_prefix(parts.family, i)
+        prefix = spec.te_prefix(i)
         containers = {p: _te_container(c) for p, c in _containers(te, {
             type(m).__name__ for m in te.modules()
             if "Attention" in type(m).__name__ or "MLP" in type(m).__name__}).items()}
@@ -107,19 +109,6 @@ def build_index(parts: ModelParts) -> dict[str, Target]:
     return index
 
 
-def _unet_selected(t: Target, preset: str) -> bool:
-    if t.container in _TRANSFORMER:
-        if preset == "cross-attn":
-            return ".attn2." in t.path and (".to_" in t.path)
-        if preset == "attn":
-            return (".attn1." in t.path or ".attn2." in t.path) and ".to_" in t.path
-        return True
-    if preset == "full":
-        if t.container in _RESNET or t.container in _SAMPLERS:
-            return True
-    return False
-
-
 def _te_selected(t: Target, preset: str) -> bool:
     if t.container == "CLIPAttention":
         return True
@@ -129,12 +118,13 @@ def _te_selected(t: Target, preset: str) -> bool:
 def select(parts: ModelParts, preset: str = "transformer", *, unet: bool = True,
            text_encoder: bool = True) -> list[Target]:
     """The layers a preset adapts, in model order. kohya's default is `transformer`."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown target preset {preset!r}: choose from {', '.join(PRESETS)}")
+    spec = parts.spec
+    if preset not in spec.presets:
+        raise ValueError(f"unknown target preset {preset!r}: choose from {', '.join(spec.presets)}")
     out = []
     for t in parts.targets():
         if t.part == "unet":
-            if unet and _unet_selected(t, preset):
+            if unet and spec.denoiser_selected(t.path, t.container, preset):
                 out.append(t)
         elif text_encoder and _te_selected(t, preset):
             out.append(t)

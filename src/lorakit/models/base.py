@@ -5,22 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-FAMILIES = ("sd1", "sd2", "sdxl")
+from .. import families
+
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 KINDS = ("diffusers", "single_file", "hub", "toy")
 
 
 @dataclass
 class BaseModel:
-    pipe: object  # StableDiffusionPipeline or StableDiffusionXLPipeline
-    family: str  # sd1 | sd2 | sdxl
+    pipe: object  # the family's diffusers pipeline
+    family: str  # a registered family name; ask `spec` what differs
     prediction_type: str  # epsilon | v_prediction
     source: str  # what the user gave: a path, a hub id, or "toy"
     kind: str  # diffusers | single_file | hub | toy
 
     @property
+    def spec(self) -> families.Family:
+        """The family: everything that differs between SD 1.x, 2.x, XL... (lorakit.families)."""
+        return families.get(self.family)
+
+    @property
     def unet(self):
-        return getattr(self.pipe, "unet", None)
+        """The denoiser (a UNet for SD 1.x/2.x/XL)."""
+        return getattr(self.pipe, self.spec.denoiser, None)
 
     @property
     def vae(self):
@@ -28,8 +35,7 @@ class BaseModel:
 
     @property
     def text_encoders(self) -> list:
-        names = ("text_encoder", "text_encoder_2") if self.family == "sdxl" else ("text_encoder",)
-        return [getattr(self.pipe, n, None) for n in names]
+        return [getattr(self.pipe, n, None) for n in self.spec.text_encoders]
 
     def parts(self):
         """What a LoRA network attaches to (lora.targets.ModelParts)."""
@@ -40,30 +46,14 @@ class BaseModel:
 
 
 def detect_family(pipe, unet_config: Mapping | None = None) -> str:
-    """sd1 / sd2 / sdxl of a diffusers pipeline (`unet_config` stands in for a UNet not loaded).
+    """The family name of a diffusers pipeline (`unet_config` stands in for a UNet not loaded).
 
-    Real models by width: SDXL by its pipeline class or second text encoder, then the UNet's
-    cross-attention width (768 → sd1, 1024 → sd2). Small or unusual models by structure: two
-    text encoders → sdxl; a linear proj_in (use_linear_projection) → sd2; otherwise sd1.
+    Each family weighs its own evidence (lorakit.families): the pipeline class, the text
+    encoders, the denoiser's cross-attention width, then structure for small or unusual models.
     """
-    if "XL" in type(pipe).__name__ or getattr(pipe, "text_encoder_2", None) is not None:
-        return "sdxl"
-    unet = getattr(pipe, "unet", None)
-    config = dict(unet.config) if unet is not None else dict(unet_config or {})
-    width = config.get("cross_attention_dim")
-    if width == 2048:
-        return "sdxl"
-    if width == 768:
-        return "sd1"
-    if width == 1024:
-        return "sd2"
-    if config.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    if config.get("use_linear_projection"):
-        return "sd2"
-    te = getattr(pipe, "text_encoder", None)
-    if not config and te is not None:
-        hidden = getattr(te.config, "hidden_size", None)
-        if hidden == 1024 or getattr(te.config, "hidden_act", "") == "gelu":
-            return "sd2"
-    return "sd1"
+    found = families.detect_pipeline(pipe, unet_config)
+    if found is None:
+        from ..errors import LoraKitError
+
+        raise LoraKitError(f"a {type(pipe).__name__} of no known family ({', '.join(families.names())})")
+    return found.name

@@ -7,13 +7,13 @@ Pickle (`.ckpt`) files can run code when unpickled: they are refused unless the 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
+from .. import families
 from ..errors import LoraKitError
 
 UNET = "model.diffusion_model."
@@ -100,44 +100,24 @@ def _open_pickle(path: Path, allow_pickle: bool) -> Checkpoint:
 
 
 def detect_file_family(ckpt: Checkpoint) -> str:
-    """sd1 / sd2 / sdxl from names and shapes; a LoraKitError when the file is no SD checkpoint."""
+    """The family name from names and shapes (each family weighs its own evidence: lorakit.families);
+    a LoraKitError when no family claims the file or the family cannot load this variant of it."""
     keys = ckpt.shapes
-    if not ckpt.has(UNET):
+    found = families.detect_checkpoint(keys, ckpt.metadata)
+    if found is None:
+        supported = ", ".join(f.label for f in families.all())
+        if any(k.startswith(UNET + "joint_blocks.") or k.startswith(UNET + "double_blocks.") for k in keys):
+            raise LoraKitError(f"an SD3/Flux-type checkpoint: only {supported} are supported", ckpt.path)
         hint = ""
         if any(h in k for k in keys for h in _LORA_HINTS):
             hint = " (it looks like a LoRA file, not a base model)"
         elif any(k.startswith(("down_blocks.", "unet.", "conv_in.")) for k in keys):
             hint = " (it looks like diffusers-layout weights: give the diffusers folder instead)"
+        if ckpt.has(UNET):
+            raise LoraKitError(f"a checkpoint of no known family: only {supported} are supported", ckpt.path)
         raise LoraKitError(f"not a Stable Diffusion checkpoint: no {UNET}* tensors{hint}", ckpt.path)
-    if any(k.startswith(UNET + "joint_blocks.") or k.startswith(UNET + "double_blocks.") for k in keys):
-        raise LoraKitError("an SD3/Flux-type checkpoint: only SD 1.x, 2.x and SDXL are supported", ckpt.path)
-    conv_in = keys.get(UNET + "input_blocks.0.0.weight")
-    if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
-        raise LoraKitError(f"a UNet with {conv_in[1]} input channels (inpainting or depth model): only "
-                           "text-to-image checkpoints (4 channels) are supported", ckpt.path)
-    if ckpt.has("conditioner.embedders.0.model."):
-        raise LoraKitError("an SDXL refiner checkpoint: only SDXL base-type checkpoints are supported", ckpt.path)
-    if ckpt.has("conditioner.embedders.1.") or UNET + "label_emb.0.0.weight" in keys:
-        return "sdxl"
-    context = _context_dim(keys)
-    if context == 768:
-        return "sd1"
-    if context == 1024:
-        return "sd2"
-    if ckpt.has("cond_stage_model.model."):
-        return "sd2"
-    if ckpt.has("cond_stage_model.transformer."):
-        return "sd1"
-    proj_in = next((v for k, v in keys.items() if k.startswith(UNET) and k.endswith(".proj_in.weight")), None)
-    return "sd2" if proj_in is not None and len(proj_in) == 2 else "sd1"
-
-
-def _context_dim(keys: dict[str, tuple[int, ...]]) -> int | None:
-    """Cross-attention context width, e.g. from input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight."""
-    for k, shape in keys.items():
-        if k.startswith(UNET) and re.search(r"\.attn2\.to_k\.weight$", k):
-            return shape[1]
-    return None
+    found.check_checkpoint(ckpt)
+    return found.name
 
 
 def declared_prediction_type(ckpt: Checkpoint) -> str | None:
@@ -156,13 +136,5 @@ def declared_prediction_type(ckpt: Checkpoint) -> str | None:
 
 
 def guessed_prediction_type(ckpt: Checkpoint, family: str) -> str | None:
-    """For an SD2 file that declares nothing, ComfyUI's weight test: the 768-v models end up with
-    a spread-out norm1 bias in the last output block (std > 0.09), the 512 epsilon models do not.
-    (A1111 decides with a test forward pass instead.) None for other families or small models."""
-    if family != "sd2":
-        return None
-    key = UNET + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
-    if key not in ckpt.shapes:
-        return None
-    bias = ckpt.read([key])[key].float()
-    return "v_prediction" if torch.std(bias, unbiased=False).item() > 0.09 else "epsilon"
+    """What the weights say when the file declares nothing (SD2: 768-v or 512 base); None when silent."""
+    return families.get(family).guess_prediction_type(ckpt)

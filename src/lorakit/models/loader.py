@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .. import families
 from ..errors import LoraKitError
 from .base import PREDICTION_TYPES, BaseModel, detect_family
 from .single_file import quiet_loading
@@ -23,7 +24,6 @@ from .single_file import quiet_loading
 COMPONENTS = ("unet", "text_encoders", "vae")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
 
 def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -93,19 +93,20 @@ def _offline() -> bool:
 # --- single files ------------------------------------------------------------------------------
 
 def _load_single_file(path: Path, dtype, prediction_type, config_dir, components, allow_pickle) -> BaseModel:
-    from .checkpoint import declared_prediction_type, detect_file_family, guessed_prediction_type, open_checkpoint
-    from .single_file import build_pipeline, read_index, shipped_config
+    from .checkpoint import declared_prediction_type, detect_file_family, open_checkpoint
+    from .single_file import read_index
 
     ckpt = open_checkpoint(path, allow_pickle=allow_pickle)
     family = detect_file_family(ckpt)
+    spec = families.get(family)
     folder = Path(config_dir) if config_dir is not None else None
     if folder is not None:
         read_index(folder)  # fails early, naming the folder
     pt = (prediction_type or declared_prediction_type(ckpt) or _scheduler_prediction(folder)
-          or guessed_prediction_type(ckpt, family) or "epsilon")
-    folder = folder or shipped_config(family, pt)
+          or spec.guess_prediction_type(ckpt) or spec.prediction_types[0])
+    folder = folder or spec.config_dir(pt)
     with quiet_loading():
-        pipe = build_pipeline(ckpt, family, folder, dtype=dtype, prediction_type=pt, components=components)
+        pipe = spec.pipeline_from_checkpoint(ckpt, folder, dtype=dtype, prediction_type=pt, components=components)
     return BaseModel(pipe, family, pt, str(path), "single_file")
 
 
@@ -134,7 +135,8 @@ def _load_folder(path: Path, kind: str, dtype, prediction_type, components) -> B
         index = json.loads(index_file.read_text())
     except ValueError as e:
         raise LoraKitError(f"model_index.json is not valid JSON: {e}", index_file) from e
-    missing_tokenizers = [t for t in ("tokenizer", "tokenizer_2") if t in index and not (path / t).is_dir()]
+    tokenizers = {t for f in families.by_pipeline(index.get("_class_name", "")) for t in f.tokenizers}
+    missing_tokenizers = [t for t in sorted(tokenizers) if t in index and not (path / t).is_dir()]
     pipe = _from_pretrained(str(path), index, dtype, components, local_only=True, skip=missing_tokenizers)
     return _finish(pipe, str(path), kind, prediction_type, missing_tokenizers, local_only=True)
 
@@ -167,18 +169,19 @@ def _from_pretrained(source: str, index: dict, dtype, components, *, local_only:
     import diffusers
 
     class_name = index.get("_class_name", "")
-    if class_name not in _PIPELINES:
-        raise LoraKitError(f"unsupported pipeline {class_name!r}: only {', '.join(_PIPELINES)} are supported",
-                           source)
+    candidates = families.by_pipeline(class_name)
+    if not candidates:
+        raise LoraKitError(f"unsupported pipeline {class_name!r}: only {', '.join(families.pipeline_classes())} "
+                           "are supported", source)
+    spec = candidates[0]  # families sharing a pipeline class share its component names
     kwargs: dict = {name: None for name in skip}
     if "unet" not in components:
-        kwargs["unet"] = None
+        kwargs[spec.denoiser] = None
     if "vae" not in components:
         kwargs["vae"] = None
     if "text_encoders" not in components:
-        kwargs.update({n: None for n in ("text_encoder", "text_encoder_2") if n in index})
-    if class_name == "StableDiffusionPipeline":
-        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        kwargs.update({n: None for n in spec.text_encoders if n in index})
+    kwargs.update(spec.pipeline_kwargs)
     cls = getattr(diffusers, class_name)
     try:
         with quiet_loading():
@@ -191,12 +194,17 @@ def _from_pretrained(source: str, index: dict, dtype, components, *, local_only:
         raise
 
 
-def _unet_config(source: str, local_only: bool) -> dict | None:
-    """The UNet config of a folder or hub model whose UNet was not loaded (for its family)."""
-    from diffusers import UNet2DConditionModel
+def _denoiser_config(pipe, source: str, local_only: bool) -> dict | None:
+    """The denoiser config of a folder or hub model whose denoiser was not loaded (for its family)."""
+    import diffusers
 
+    candidates = families.by_pipeline(type(pipe).__name__)
+    if not candidates or getattr(pipe, candidates[0].denoiser, None) is not None:
+        return None
+    spec = candidates[0]
     try:
-        return dict(UNet2DConditionModel.load_config(source, subfolder="unet", local_files_only=local_only))
+        return dict(getattr(diffusers, spec.denoiser_class).load_config(source, subfolder=spec.denoiser,
+                                                                        local_files_only=local_only))
     except Exception:  # noqa: BLE001 - then the family comes from the text encoders
         return None
 
@@ -204,10 +212,10 @@ def _unet_config(source: str, local_only: bool) -> dict | None:
 def _finish(pipe, source: str, kind: str, prediction_type, missing_tokenizers, *, local_only: bool) -> BaseModel:
     from .tokenizer import clip_tokenizer
 
-    unet_config = _unet_config(source, local_only) if getattr(pipe, "unet", None) is None else None
-    family = detect_family(pipe, unet_config)
+    family = detect_family(pipe, _denoiser_config(pipe, source, local_only))
+    spec = families.get(family)
     for name in missing_tokenizers:  # folders saved without tokenizers get the shipped CLIP BPE one
-        pad = "!" if name == "tokenizer_2" or family == "sd2" else "<|endoftext|>"
+        pad = spec.tokenizer_pads[spec.tokenizers.index(name)]
         pipe.register_modules(**{name: clip_tokenizer(pad)})
     scheduler_pt = getattr(getattr(pipe, "scheduler", None), "config", {}).get("prediction_type", "epsilon")
     pt = prediction_type or scheduler_pt or "epsilon"

@@ -3,7 +3,8 @@
 diffusers' package converts only original → diffusers (`loaders/single_file_utils.py`); the
 inverse lives in an unpackaged script. So the inverse is written here, key by key, as the exact
 mirror of diffusers' reader: a file written here and read back by diffusers gives the same
-tensors (the tests check that to the bit). Pure key and tensor work: no diffusers import.
+tensors (the tests check that to the bit). Pure key and tensor work: no diffusers import. Which
+text encoder goes where is the family's `checkpoint_text_encoders`:
 
     UNet           model.diffusion_model.*            (paths from naming.diffusers_to_sai_unet_path)
     VAE            first_stage_model.*                (mid attention: Linear → 1x1 Conv)
@@ -23,8 +24,6 @@ from .. import naming
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-CLIP_PREFIX = {"sd1": "cond_stage_model.transformer.", "sdxl": "conditioner.embedders.0.transformer."}
-OPEN_CLIP_PREFIX = {"sd2": "cond_stage_model.model.", "sdxl": "conditioner.embedders.1.model."}
 _UNET_ROOTS = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.", "label_emb.", "out.")
 
 
@@ -154,17 +153,18 @@ def open_clip_to_original(state: Mapping[str, torch.Tensor], prefix: str) -> dic
     return out
 
 
-def text_encoders_to_original(family: str, states: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    if family == "sd1":
-        return clip_to_original(states[0], CLIP_PREFIX["sd1"])
-    if family == "sd2":
-        return open_clip_to_original(states[0], OPEN_CLIP_PREFIX["sd2"])
-    if family == "sdxl":
-        if len(states) != 2:
-            raise LayoutError(f"an SDXL model has two text encoders, not {len(states)}")
-        return {**clip_to_original(states[0], CLIP_PREFIX["sdxl"]),
-                **open_clip_to_original(states[1], OPEN_CLIP_PREFIX["sdxl"])}
-    raise LayoutError(f"unknown family {family!r}")
+def text_encoders_to_original(family, states: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Each text encoder in the layout and under the prefix its family gives (checkpoint_text_encoders)."""
+    from .. import families
+
+    layouts = families.get(family).checkpoint_text_encoders
+    if len(states) != len(layouts):
+        raise LayoutError(f"an {family} model has {len(layouts)} text encoder(s), not {len(states)}")
+    writers = {"clip": clip_to_original, "open_clip": open_clip_to_original}
+    out: dict[str, torch.Tensor] = {}
+    for (kind, prefix), state in zip(layouts, states):
+        out.update(writers[kind](state, prefix))
+    return out
 
 
 def to_original(family: str, unet=None, unet_config=None, vae=None, vae_config=None,

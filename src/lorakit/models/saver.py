@@ -17,13 +17,6 @@ import torch
 from ..errors import LoraKitError
 from .base import BaseModel, detect_family
 
-ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
-                 "sd2-v": "stable-diffusion-v2-768-v", "sdxl": "stable-diffusion-xl-v1-base"}
-IMPLEMENTATIONS = {"sd1": "https://github.com/CompVis/stable-diffusion",
-                   "sd2": "https://github.com/Stability-AI/stablediffusion",
-                   "sdxl": "https://github.com/Stability-AI/generative-models"}
-RESOLUTIONS = {"sd1": "512x512", "sd2": "512x512", "sd2-v": "768x768", "sdxl": "1024x1024"}
-
 
 def _as_model(model_or_pipe) -> BaseModel:
     if isinstance(model_or_pipe, BaseModel):
@@ -62,8 +55,8 @@ def original_state_dict(model: BaseModel, dtype: torch.dtype | None = None) -> d
     if missing:
         raise LoraKitError(f"a single-file checkpoint needs every part; the model has no {', '.join(missing)}")
     try:
-        state = original_layout.to_original(
-            model.family, unet=unet.state_dict(), unet_config=dict(unet.config), vae=vae.state_dict(),
+        state = model.spec.to_original(
+            denoiser=unet.state_dict(), denoiser_config=dict(unet.config), vae=vae.state_dict(),
             vae_config=dict(vae.config), text_encoders=[te.state_dict() for te in tes])
     except original_layout.LayoutError as e:
         raise LoraKitError(f"cannot write the original layout: {e}") from e
@@ -80,14 +73,15 @@ def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 
 
 def header_metadata(model: BaseModel, title: str) -> dict[str, str]:
-    key = "sd2-v" if model.family == "sd2" and model.prediction_type == "v_prediction" else model.family
+    v = model.prediction_type == "v_prediction"
+    spec = model.spec.checkpoint_metadata(v)
     return {
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": ARCHITECTURES[key],
-        "modelspec.implementation": IMPLEMENTATIONS[model.family],
+        "modelspec.architecture": spec["modelspec.architecture"],
+        "modelspec.implementation": spec["modelspec.implementation"],
         "modelspec.title": title,
-        "modelspec.resolution": RESOLUTIONS[key],
-        "modelspec.prediction_type": "v" if model.prediction_type == "v_prediction" else "epsilon",
+        "modelspec.resolution": spec["modelspec.resolution"],
+        "modelspec.prediction_type": "v" if v else "epsilon",
     }
 
 

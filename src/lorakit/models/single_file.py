@@ -3,8 +3,8 @@
 No network: the configs come from a folder (the ones shipped in the package, or the caller's),
 the tokenizers are the shipped CLIP BPE files passed in explicitly. The UNet and VAE go through
 diffusers' own `from_single_file(state_dict, config=folder, local_files_only=True)`; the text
-encoders through diffusers' own key converters, but chosen by family rather than by diffusers'
-shape sniffing, which picks the wrong encoder when SDXL's two encoders have equal widths (as in
+encoders through diffusers' own key converters, but chosen by the family (its
+`checkpoint_text_encoders`) rather than by diffusers' shape sniffing, which picks the wrong encoder when SDXL's two encoders have equal widths (as in
 small test models). A tensor the model needs and the file lacks is an error, never left empty.
 """
 
@@ -16,18 +16,15 @@ from pathlib import Path
 
 import torch
 
+from .. import families
 from ..errors import LoraKitError
+from ..families.base import CONFIGS_DIR
 from .checkpoint import Checkpoint
-
-CONFIGS_DIR = Path(__file__).parent / "configs"
-SHIPPED = {"sd1": "sd15", "sd2": "sd21-base", "sd2-v": "sd21", "sdxl": "sdxl-base"}
-PIPELINES = {"StableDiffusionPipeline": ("sd1", "sd2"), "StableDiffusionXLPipeline": ("sdxl",)}
 
 
 def shipped_config(family: str, prediction_type: str) -> Path:
-    """The shipped config folder for a family: SD 2.1 768-v when an SD2 file is v-prediction."""
-    key = "sd2-v" if family == "sd2" and prediction_type == "v_prediction" else family
-    return CONFIGS_DIR / SHIPPED[key]
+    """The shipped config folder for a family (SD 2.1 768-v when an SD2 file is v-prediction)."""
+    return families.get(family).config_dir(prediction_type)
 
 
 def read_index(config_dir: Path) -> dict:
@@ -116,21 +113,22 @@ def _diagnose(cls, state: dict, config_dir: Path, part: str) -> str | None:
     return None
 
 
-def _text_encoder(cls, ckpt: Checkpoint, family: str, index: int, config_dir: Path, dtype):
+def _text_encoder(ckpt: Checkpoint, family: str, index: int, config_dir: Path, dtype):
+    import transformers
     from accelerate import init_empty_weights
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
     from transformers import CLIPTextConfig
 
-    from . import original_layout as layout
-
-    sub = "text_encoder" if index == 0 else "text_encoder_2"
+    spec = families.get(family)
+    sub = spec.text_encoders[index]
+    cls = getattr(transformers, spec.text_encoder_classes[index])
     if not (config_dir / sub / "config.json").is_file():
         raise LoraKitError(f"the config folder has no {sub}/config.json", config_dir)
     config = CLIPTextConfig.from_pretrained(str(config_dir / sub), local_files_only=True)
     with init_empty_weights():
         model = cls(config)
-    open_clip = family == "sd2" or (family == "sdxl" and index == 1)
-    prefix = (layout.OPEN_CLIP_PREFIX if open_clip else layout.CLIP_PREFIX)[family]
+    kind, prefix = spec.checkpoint_text_encoders[index]
+    open_clip = kind == "open_clip"
     raw = ckpt.read([prefix])
     if not raw:
         raise LoraKitError(f"the file has no text encoder {index + 1} ({prefix}* tensors)", ckpt.path)
@@ -181,20 +179,20 @@ def _scheduler(config_dir: Path, prediction_type: str):
 
 def build_pipeline(ckpt: Checkpoint, family: str, config_dir: Path, *, dtype=torch.float32,
                    prediction_type: str = "epsilon", components=("unet", "text_encoders", "vae")):
-    """A StableDiffusion(XL)Pipeline holding the file's tensors; parts not in `components` are None."""
+    """The family's pipeline holding the file's tensors; parts not in `components` are None."""
     import diffusers
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from .tokenizer import clip_tokenizer
 
+    spec = families.get(family)
     index = read_index(config_dir)
     class_name = index.get("_class_name", "")
-    if class_name not in PIPELINES:
+    if class_name not in families.pipeline_classes():
         raise LoraKitError(f"unsupported pipeline class {class_name!r} in model_index.json", config_dir)
-    if family not in PIPELINES[class_name]:
+    if class_name != spec.pipeline_class:
         raise LoraKitError(f"the file is an {family} checkpoint but the config folder describes a "
                            f"{class_name}", config_dir)
-    parts: dict = {"unet": None, "vae": None, "text_encoder": None}
+    parts: dict = {"unet": None, "vae": None, **{name: None for name in spec.text_encoders}}
     if "unet" in components:
         parts["unet"] = _load_diffusers_part(diffusers.UNet2DConditionModel, ckpt, "model.diffusion_model.",
                                              "unet", config_dir, dtype)
@@ -202,16 +200,9 @@ def build_pipeline(ckpt: Checkpoint, family: str, config_dir: Path, *, dtype=tor
         parts["vae"] = _load_diffusers_part(diffusers.AutoencoderKL, ckpt, "first_stage_model.", "vae",
                                             config_dir, dtype)
     if "text_encoders" in components:
-        parts["text_encoder"] = _text_encoder(CLIPTextModel, ckpt, family, 0, config_dir, dtype)
-        if family == "sdxl":
-            parts["text_encoder_2"] = _text_encoder(CLIPTextModelWithProjection, ckpt, family, 1, config_dir, dtype)
-    elif family == "sdxl":
-        parts["text_encoder_2"] = None
+        for i, name in enumerate(spec.text_encoders):
+            parts[name] = _text_encoder(ckpt, family, i, config_dir, dtype)
     parts["scheduler"] = _scheduler(config_dir, prediction_type)
-    cls = getattr(diffusers, class_name)
-    if family == "sdxl":
-        return cls(tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer("!"),
-                   force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True), **parts)
-    pad = "!" if family == "sd2" else "<|endoftext|>"  # SD2's OpenCLIP tokenizer pads with "!"
-    return cls(tokenizer=clip_tokenizer(pad), safety_checker=None, feature_extractor=None,
-               requires_safety_checker=False, **parts)
+    tokenizers = {name: clip_tokenizer(pad) for name, pad in zip(spec.tokenizers, spec.tokenizer_pads)}
+    options = {k: index.get(k, default) for k, default in spec.index_defaults.items()}
+    return getattr(diffusers, class_name)(**tokenizers, **spec.pipeline_kwargs, **options, **parts)

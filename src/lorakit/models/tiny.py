@@ -1,4 +1,4 @@
-"""Tiny SD1-, SD2- and SDXL-layout pipelines built from configs in code (random weights).
+"""Tiny pipelines of each family's layout built from configs in code (random weights).
 
 Same classes and module layout as the real models, widths shrunk so that tests and the first
 demo run in seconds on a CPU. Names, families and file formats behave exactly as on SD.
@@ -13,26 +13,15 @@ SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linea
 
 
 def unet_config(family: str) -> dict:
+    """The tiny UNet config of a family: the shared base plus what the family changes (`tiny_unet`)."""
+    from .. import families
+
     base = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64),
                 norm_num_groups=8)
-    if family == "sd1":
-        return dict(base, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                    attention_head_dim=8)
-    if family == "sd2":
-        return dict(base, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=48,
-                    attention_head_dim=(2, 4), use_linear_projection=True)
-    if family == "sdxl":
-        return dict(base, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
-                    attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2),
-                    addition_embed_type="text_time", addition_time_embed_dim=8,
-                    projection_class_embeddings_input_dim=8 * 6 + 32)
-    raise ValueError(f"unknown family {family!r}")
+    return dict(base, **families.get(family).tiny_unet)
 
 
-def text_config(hidden: int, **extra):
+def text_config(hidden: int = 32, **extra):
     from transformers import CLIPTextConfig
 
     options = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
@@ -47,29 +36,25 @@ def vae_config() -> dict:
                 layers_per_block=1, norm_num_groups=8, sample_size=32)
 
 
-def tiny_pipeline(family: str = "sd1", seed: int = 0):
-    """A StableDiffusion(XL)Pipeline of the family's layout with random, seeded weights."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, \
-        UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+def tiny_pipeline(family: str | None = None, seed: int = 0):
+    """The family's pipeline (the first registered one by default) with tiny widths and random, seeded weights."""
+    import diffusers
+    import transformers
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
+    from .. import families
     from .tokenizer import clip_tokenizer
 
+    spec = families.get(family) if family else families.all()[0]
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**unet_config(family))
     vae = AutoencoderKL(**vae_config())
     scheduler = DDIMScheduler(**SCHEDULER)
-    if family == "sdxl":
-        te1 = CLIPTextModel(text_config(32))
-        te2 = CLIPTextModelWithProjection(text_config(32, hidden_act="gelu"))
-        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=clip_tokenizer(),
-                                         tokenizer_2=clip_tokenizer("!"), unet=unet, scheduler=scheduler)
-    else:
-        te = CLIPTextModel(text_config(unet.config.cross_attention_dim))
-        pad = "!" if family == "sd2" else "<|endoftext|>"
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=clip_tokenizer(pad), unet=unet,
-                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+    encoders = {name: getattr(transformers, cls)(text_config(**options)) for name, cls, options in
+                zip(spec.text_encoders, spec.text_encoder_classes, spec.tiny_text_encoders)}
+    tokenizers = {name: clip_tokenizer(pad) for name, pad in zip(spec.tokenizers, spec.tokenizer_pads)}
+    pipe = getattr(diffusers, spec.pipeline_class)(vae=vae, unet=unet, scheduler=scheduler, **encoders, **tokenizers,
+                                                  **spec.pipeline_kwargs)
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval()

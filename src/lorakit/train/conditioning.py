@@ -1,10 +1,7 @@
-"""What the UNet is conditioned on, for SD1, SD2 and SDXL alike.
-
-SD1/SD2: the text encoder's last hidden state. SDXL: the penultimate hidden states of both
-encoders side by side, the second encoder's pooled projection, and `add_time_ids` = original
-size, crop top-left and target size, as StableDiffusionXLPipeline builds them. Kept apart from
-the pipeline's `encode_prompt` because training needs the token ids (to cache them) and the
-encoder call with gradients (text-encoder LoRA).
+"""What the denoiser is conditioned on: the family's text encoders turn token ids into its
+conditioning (`Family.encode_text`; SDXL adds size `time_ids`, built here). Kept apart from the
+pipeline's `encode_prompt` because training needs the token ids (to cache them) and the encoder
+call with gradients (text-encoder LoRA).
 """
 
 from __future__ import annotations
@@ -16,38 +13,31 @@ from torch import Tensor
 
 
 class Conditioner:
+    """The family's tokenizers and text encoders, read from the pipeline by the family's names."""
+
     def __init__(self, pipe, family: str):
+        from .. import families
+
         self.pipe, self.family = pipe, family
-        self._names = ("", "_2") if family == "sdxl" else ("",)
+        self.spec = families.get(family)
 
     @property
     def tokenizers(self) -> list:
-        return [getattr(self.pipe, "tokenizer" + n) for n in self._names]
+        return [getattr(self.pipe, n) for n in self.spec.tokenizers]
 
     @property
     def encoders(self) -> list:
         """Read from the pipeline each time, so releasing them there frees them."""
-        return [getattr(self.pipe, "text_encoder" + n, None) for n in self._names]
+        return [getattr(self.pipe, n, None) for n in self.spec.text_encoders]
 
     def tokenize(self, captions: Sequence[str]) -> list[Tensor]:
         return [tok(list(captions), padding="max_length", max_length=tok.model_max_length, truncation=True,
                     return_tensors="pt").input_ids for tok in self.tokenizers]
 
     def encode_ids(self, ids: Sequence[Tensor]) -> dict[str, Tensor]:
-        """{hidden: [B, 77, D], pooled: [B, P] (SDXL only)}; gradients flow when enabled."""
-        if self.family != "sdxl":
-            te = self.encoders[0]
-            mask = None
-            if getattr(te.config, "use_attention_mask", False):
-                mask = (ids[0] != self.tokenizers[0].pad_token_id).long().to(te.device)
-            return {"hidden": te(ids[0].to(te.device), attention_mask=mask)[0]}
-        hidden, pooled = [], None
-        for te, x in zip(self.encoders, ids):
-            out = te(x.to(te.device), output_hidden_states=True)
-            if out[0].ndim == 2:
-                pooled = out[0]
-            hidden.append(out.hidden_states[-2])
-        return {"hidden": torch.cat(hidden, dim=-1), "pooled": pooled}
+        """{hidden: [B, 77, D], pooled: [B, P] (SDXL)...}: what the family conditions on; gradients flow
+        when enabled."""
+        return self.spec.encode_text(self.encoders, self.tokenizers, ids)
 
     @torch.no_grad()
     def encode(self, captions: Sequence[str]) -> dict[str, Tensor]:

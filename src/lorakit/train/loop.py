@@ -28,7 +28,7 @@ from ..data import (BucketSettings, Sample, Subset, TensorStore, TrainingData, c
 from ..errors import LoraKitError
 from ..lora.network import LoRANetwork
 from . import losses, state
-from .conditioning import Conditioner, encode_pixels, time_ids
+from .conditioning import Conditioner, encode_pixels
 from .config import TrainConfig
 from .logs import LossHistory
 from .memory import release_free_memory
@@ -68,13 +68,13 @@ class Denoiser(nn.Module):
     """The module accelerate prepares: the LoRA network as its only child, the frozen UNet and
     text encoders held by plain reference so DDP neither broadcasts nor reduces them."""
 
-    def __init__(self, network: LoRANetwork, unet: nn.Module, conditioner: Conditioner, family: str,
-                 dtype: torch.dtype):
+    def __init__(self, network: LoRANetwork, unet: nn.Module, conditioner: Conditioner, spec, dtype: torch.dtype):
         super().__init__()
         self.network = network
         object.__setattr__(self, "unet", unet)
         object.__setattr__(self, "conditioner", conditioner)
-        self.family, self.dtype = family, dtype
+        object.__setattr__(self, "spec", spec)
+        self.dtype = dtype
 
     def forward(self, jobs: list[dict]) -> list[torch.Tensor]:
         """One prediction per job (instance batch, prior batch); same-sized jobs share one UNet call."""
@@ -84,17 +84,16 @@ class Denoiser(nn.Module):
         out = []
         for job in jobs:
             cond = self.conditioner.encode_ids(job["ids"]) if "ids" in job else job["cond"]
-            kwargs = {}
-            if self.family == "sdxl":
-                kwargs["added_cond_kwargs"] = {"text_embeds": cond["pooled"].to(self.dtype),
-                                               "time_ids": job["time_ids"].to(self.dtype)}
-            out.append(self.unet(job["noisy"].to(self.dtype), job["t"], cond["hidden"].to(self.dtype),
-                                 return_dict=False, **kwargs)[0])
+            extra = {k: v for k, v in job.items() if k not in _JOB_KEYS}  # the family's extra_inputs
+            out.append(self.spec.predict(self.unet, job["noisy"], job["t"], cond, extra, self.dtype))
         return out
 
 
+_JOB_KEYS = ("noisy", "t", "ids", "cond")  # a job's other keys are the family's extra_inputs
+
+
 def _concat(jobs: list[dict]) -> dict:
-    out = {k: torch.cat([j[k] for j in jobs]) for k in ("noisy", "t", "time_ids") if k in jobs[0]}
+    out = {k: torch.cat([j[k] for j in jobs]) for k in jobs[0] if k not in ("ids", "cond")}
     if "ids" in jobs[0]:
         out["ids"] = [torch.cat(parts) for parts in zip(*(j["ids"] for j in jobs))]
     else:
@@ -212,11 +211,11 @@ class Trainer:
         return str(self.cfg.model)
 
     def _bucket_settings(self) -> BucketSettings:
-        """Steps of 64 px (SDXL 32), smaller only when the resolution itself is that small."""
+        """The family's step (64 px, SDXL 32), smaller only when the resolution itself is that small."""
         cfg = self.cfg
         step = cfg.bucket_step
         if step is None:
-            step = 32 if self.family == "sdxl" else 64
+            step = self.spec.bucket_step
             while step > 8 and (cfg.resolution % step or cfg.resolution < 2 * step):
                 step //= 2
         if cfg.resolution % step:
@@ -227,7 +226,7 @@ class Trainer:
     def _check_divisible(self, unet) -> None:
         """Every bucket side must survive the VAE's and the UNet's downsampling."""
         vae_factor = 2 ** (len(self.vae_config["block_out_channels"]) - 1) if self.vae_config else 1
-        need = vae_factor * 2 ** (len(unet.config.down_block_types) - 1)
+        need = vae_factor * self.spec.denoiser_downsampling(unet.config)
         step = self.data.settings.step
         if step % need:
             raise LoraKitError(f"bucket step {step} px is not a multiple of {need} px, which this model's VAE and "
@@ -266,6 +265,10 @@ class Trainer:
                   and not cfg.sample_every and not need_generation and not varying_captions)
         self.model = self._load(("vae", "text_encoders") if staged else ("unet", "vae", "text_encoders"))
         self.family, self.prediction_type = self.model.family, self.model.prediction_type
+        self.spec = self.model.spec
+        self.objective = self.spec.objective(self.prediction_type)
+        if self.objective not in ("epsilon", "v_prediction"):
+            raise LoraKitError(f"{self.spec.label}: the {self.objective} objective is not trained by this loop")
         self.vae_config = dict(self.model.vae.config) if self.model.vae is not None else None
         device = acc.device
         if need_generation:
@@ -285,19 +288,19 @@ class Trainer:
         text_mode = "none" if cfg.train_text_encoder else cfg.cache_text
         self.texts = TensorStore(text_mode, cache_dir / "text", max_items=4096)
         self.tag = self._model_tag()
-        for name in ("vae", "text_encoder", "text_encoder_2"):
+        for name in ("vae", *self.spec.text_encoders):
             module = getattr(self.model.pipe, name, None)
             if module is not None:
                 _cast(module.requires_grad_(False), device)
         self._fill_caches()
         if staged:
-            self._release("vae", "text_encoder", "text_encoder_2")
+            self._release("vae", *self.spec.text_encoders)
             unet_model = self._load(("unet",))
-            self.model.pipe.register_modules(unet=unet_model.pipe.unet)
+            self.model.pipe.register_modules(**{self.spec.denoiser: unet_model.unet})
             del unet_model
         else:
             self._release_unneeded()
-        self._check_divisible(self.model.pipe.unet)
+        self._check_divisible(self.model.unet)
         self._build_training(device)
 
     def _release_unneeded(self) -> None:
@@ -308,20 +311,19 @@ class Trainer:
         if cfg.cache_latents != "none":
             self._release("vae")
         if self.texts.enabled and self.data.fixed_captions() is not None and not cfg.train_text_encoder:
-            self._release("text_encoder", "text_encoder_2")
+            self._release(*self.spec.text_encoders)
 
     def _build_training(self, device) -> None:
         cfg, acc = self.cfg, self.acc
         pipe = self.model.pipe
-        unet = _cast(pipe.unet.requires_grad_(False), device, self.weight_dtype)
+        unet = _cast(self.model.unet.requires_grad_(False), device, self.weight_dtype)
         if not cfg.sdpa:
             from diffusers.models.attention_processor import AttnProcessor
 
             unet.set_attn_processor(AttnProcessor())
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        tes = [getattr(pipe, n, None) for n in (("text_encoder", "text_encoder_2") if self.family == "sdxl"
-                                               else ("text_encoder",))]
+        tes = self.model.text_encoders
         for te in tes:
             if te is not None:
                 _cast(te, device, self.weight_dtype)
@@ -349,7 +351,7 @@ class Trainer:
                                     betas=cfg.betas, eps=cfg.eps)
         scheduler = build_scheduler(cfg.scheduler, optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                                     cycles=cfg.scheduler_cycles, power=cfg.scheduler_power)
-        denoiser = Denoiser(self.network, unet, self.conditioner, self.family, self.weight_dtype)
+        denoiser = Denoiser(self.network, unet, self.conditioner, self.spec, self.weight_dtype)
         self.model_wrapped, self.optimizer, self.scheduler = acc.prepare(denoiser, optimizer, scheduler)
         self.params = [p for g in groups for p in g["params"]]
         # Giving freed pages back to the OS costs their page faults on the next step (see memory.py): worth it
@@ -451,9 +453,7 @@ class Trainer:
             job["ids"] = self.conditioner.tokenize(captions)
         else:
             job["cond"] = self._text(captions)
-        if self.family == "sdxl":
-            job["time_ids"] = torch.stack([time_ids(s.placement.original, s.crop, s.placement.bucket)
-                                           for s in samples]).to(latents.device)
+        job.update({k: v.to(latents.device) for k, v in self.spec.extra_inputs(samples).items()})
         weights = None
         if cfg.min_snr_gamma:
             weights = losses.min_snr_weights(self.noise_scheduler, t, cfg.min_snr_gamma, self.prediction_type)

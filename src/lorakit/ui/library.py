@@ -8,7 +8,6 @@ still shows what it is. Cards are cached by (size, mtime), so a refresh re-reads
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +16,7 @@ from typing import Iterable
 from ..errors import LoraKitError
 
 PREVIEW_SUFFIXES = (".preview.png", ".png", ".preview.jpg", ".jpg", ".preview.webp", ".webp")  # A1111's order
-FAMILIES = ("sd1", "sd2", "sdxl")
-_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+_WIDTH_MODULES = ("attn2_to_k", "attn2_to_v", "self_attn_q_proj", "self_attn_k_proj")  # what families read
 _DOWN = ("lora_down.weight", "lora_A.weight", "lora.down.weight", "hada_w1_b", "lokr_w2_b")
 
 
@@ -111,30 +109,44 @@ class _Header:
 
     @staticmethod
     def _wanted(keys: list[str], md: dict[str, str]) -> list[str]:
-        """The keys whose shapes a card needs: some LoRA down weights (rank, context width), unless
-        the metadata already tells both."""
-        from ..formats.detect import _family_from_metadata
+        """The keys whose shapes a card needs, unless the metadata tells rank and family: some
+        LoRA down weights (the rank), and those the families read widths from (cross-attention
+        to_k/to_v, text-encoder q/k projections)."""
+        from .. import families
 
-        if md.get("ss_network_dim", "").isdigit() and _family_from_metadata(md):
+        if md.get("ss_network_dim", "").isdigit() and families.detect_lora({}, md):
             return []
         downs = [k for k in keys if k.endswith(_DOWN)]
-        return downs[:64] + [k for k in downs[64:] if "attn2_to_" in k][:4]
+        telling = [k for k in downs if k.split(".", 1)[0].endswith(_WIDTH_MODULES)]
+        return list(dict.fromkeys(downs[:64] + telling[:8]))
+
+
+class _Shaped:
+    """A tensor's stand-in that has only its shape: what the families' width checks read."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
 
 
 def _family(h: _Header) -> str | None:
-    from ..formats.detect import _family_from_metadata
+    """Asked of the families (lorakit.families), with shape-only stand-ins for the tensors."""
+    from .. import families
 
-    family = _family_from_metadata(h.metadata)
-    if family:
-        return family
-    if any(k.startswith(("lora_te1_", "lora_te2_")) for k in h.keys):
-        return "sdxl"
-    for k in h.keys:  # cross-attention context width, as detect_family reads it from the tensors
-        if k.startswith("lora_unet_") and re.search(r"attn2_to_[kv]\.lora_down\.weight$", k):
-            shape = h.shape(k)
-            if len(shape) >= 2 and shape[1] in _CONTEXT:
-                return _CONTEXT[shape[1]]
-    return None
+    found = families.detect_lora({}, h.metadata)  # the metadata alone, when it tells
+    if found:
+        return found.name
+    # names tell the text encoders (one name each is enough); widths come from the few modules
+    # whose shapes were read: building stand-ins for every key of an SDXL file would cost more
+    # than reading its header
+    modules: dict[str, dict[str, _Shaped]] = {k.split(".", 1)[0]: {} for k in h.keys if k.startswith("lora_te")}
+    telling = {k.split(".", 1)[0] for k in h.keys if k.endswith(_DOWN) and h.shape(k)
+               and k.split(".", 1)[0].endswith(_WIDTH_MODULES)}
+    for key in h.keys:
+        name, _, sub = key.partition(".")
+        if name in telling:
+            modules.setdefault(name, {})[sub] = _Shaped(h.shape(key))
+    found = families.detect_lora(modules, h.metadata)
+    return found.name if found else None
 
 
 def _rank(h: _Header) -> int | None:

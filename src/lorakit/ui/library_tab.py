@@ -10,7 +10,10 @@ from . import actions as A
 from .generate_tab import family_clash, loaded_family, prompt_tags, set_tag
 from .library import card_image, search
 
-FAMILY_FILTER = ["all", "sd1", "sd2", "sdxl", "unknown"]
+def family_filter() -> list[str]:
+    from .. import families
+
+    return ["all", *families.names(), "unknown"]
 
 
 def build(gr, studio, run, generate: dict):
@@ -61,7 +64,7 @@ def build(gr, studio, run, generate: dict):
     with gr.Tab("Library", id="library") as tab:
         with gr.Row():
             query = gr.Textbox("", label="Search (name or trigger word)", scale=3, elem_id="lib-search")
-            family = gr.Dropdown(FAMILY_FILTER, value="all", label="Family", scale=1)
+            family = gr.Dropdown(family_filter(), value="all", label="Family", scale=1)
             refresh = gr.Button("Refresh", scale=1, elem_id="lib-refresh")
         count = gr.Markdown(elem_id="lib-count")
         with gr.Row():
