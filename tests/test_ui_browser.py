@@ -180,6 +180,13 @@ def test_card_to_generate_slider_images_and_png_info(page, folders):
     assert box(page, "gen-info").input_value().count("<lora:ring:") == 2
     shot(page, "generate")
 
+    # tags typed by hand are checked too: another family's LoRA, a name not in the library
+    for tag, says in (("<lora:xlstyle:1>", "xlstyle is a LoRA for sdxl; the loaded model is sd1"),
+                      ("<lora:nope:1>", "no LoRA named 'nope' in the library")):
+        box(page, "gen-prompt").fill(f"a red circle {tag}")
+        page.click("#gen-go")
+        assert says in error_toast(page, says.split(";")[0])
+
     # a LoRA for another family is marked on its card and refused
     tab(page, "Library")
     page.click("#lib-refresh")
@@ -190,7 +197,7 @@ def test_card_to_generate_slider_images_and_png_info(page, folders):
 
     # a preview drawn on request lands next to the file, where A1111 looks for it
     page.locator("#lib-cards button.thumbnail-item").nth(0).click()
-    wait_text(page, "#lib-details", "already in the prompt")
+    wait_text(page, "#lib-details", "<lora:ring:")
     page.click("#lib-preview")
     wait_text(page, "#lib-details", "ring.preview.png")
     assert (folders / "loras" / "ring.preview.png").is_file()
@@ -238,7 +245,8 @@ def test_training_shows_the_loss_stops_resumes_and_lands_in_the_library(page, fo
                            "/failed|Error/.test(document.querySelector('#train-status textarea').value)"
                            " || document.querySelector('[data-testid=toast-text]')")
     toasts = page.locator("[data-testid=toast-text]").all_inner_texts()
-    assert not toasts and "failed" not in box(page, "train-status").input_value(), (toasts, box(page, "train-status").input_value())
+    status = box(page, "train-status").input_value()
+    assert not toasts and "failed" not in status, (toasts, status)
     page.click("#train-stop")
     wait_value(page, "train-status", "stopped at step")
     status = box(page, "train-status").input_value()

@@ -36,7 +36,8 @@ def test_guard_accepts_paths_inside_and_resolves_relative_ones_from_the_base(tmp
     (tmp_path / "loras" / "sub").mkdir(parents=True)
     (tmp_path / "data").mkdir()
     g = PathGuard([tmp_path / "loras", tmp_path / "data"])
-    assert g.check(str(tmp_path / "loras" / "sub" / "a.safetensors"), "f") == tmp_path / "loras" / "sub" / "a.safetensors"
+    inside = tmp_path / "loras" / "sub" / "a.safetensors"
+    assert g.check(str(inside), "f") == inside
     assert g.check("x.safetensors", "f") == tmp_path / "loras" / "x.safetensors"
     assert g.check("img", "f", base=tmp_path / "data") == tmp_path / "data" / "img"
     assert g.check(str(tmp_path / "loras" / "sub" / ".." / "b"), "f") == tmp_path / "loras" / "b"
@@ -326,8 +327,8 @@ def test_tools_pick_from_the_library_and_write_inside_it(studio, tmp_path):
     assert "wrote" in T.resize(studio, str(tmp_path / "loras" / "a.safetensors"), 4, "", "small/r4.safetensors")
     assert json.loads(T.inspect(studio, "small/r4.safetensors"))["ranks"]["max"] == 4
     assert "wrote" in T.convert(studio, "a.safetensors", "diffusers", "d.safetensors")
-    assert "2 LoRAs but 1 weights" in pytest.raises(LoraKitError, T.merge, studio, ["a.safetensors",
-                                                    "small/r4.safetensors"], "0.5", 0, "", "m.safetensors").value.message
+    with pytest.raises(LoraKitError, match="2 LoRAs but 1 weights"):
+        T.merge(studio, ["a.safetensors", "small/r4.safetensors"], "0.5", 0, "", "m.safetensors")
     assert "wrote" in T.merge(studio, ["a.safetensors", "small/r4.safetensors"], "0.5, 0.5", 0, "", "m.safetensors")
     assert sorted(c.name for c in studio.cards()) == ["a", "d", "m", "r4"]
     for call in (lambda: T.inspect(studio, "../elsewhere/a.safetensors"),
@@ -403,3 +404,38 @@ def test_family_from_widths_when_the_metadata_is_silent(tmp_path):
         write_safetensors(tmp_path / f"{family}.safetensors", t, {})
         card = read_card(tmp_path / f"{family}.safetensors")
         assert (card.family, card.rank, card.error) == (family, 2, None)
+
+
+def test_train_form_paths_are_guarded(studio, tmp_path):
+    from lorakit.ui.train_tab import guarded_form
+
+    form = ["toy", ".", "zqx", "my.safetensors", "attn", 4, 4, 0, 10, 1e-3, 1, 32, "adamw", "constant", False,
+            "", "", "", 0, 0, "", ""]
+    checked = guarded_form(studio, form)
+    assert checked[1] == str(tmp_path / "data") and checked[3] == str(tmp_path / "loras" / "my.safetensors")
+    for index, value in ((1, str(tmp_path / "elsewhere")), (3, "../elsewhere/x.safetensors"),
+                         (16, "/etc"), (0, str(tmp_path / "elsewhere"))):
+        bad = list(form)
+        bad[index] = value
+        with pytest.raises(LoraKitError, match="outside the folders"):
+            guarded_form(studio, bad)
+    bad = list(form)
+    bad[21] = "no-such-run"
+    with pytest.raises(LoraKitError, match="resume folder: no such file"):
+        guarded_form(studio, bad)
+
+
+@pytest.mark.parametrize("toml", ['out = "{x}/x.safetensors"', 'run_dir = "{x}/run"', 'cache_dir = "{x}"',
+                                  'data = "{x}"', 'model = "{x}"'])
+def test_train_options_in_the_toml_box_are_guarded_too(studio, tmp_path, toml):
+    from lorakit.ui.train_tab import guard_config, guarded_form, train_config
+
+    form = guarded_form(studio, ["toy", ".", "zqx", "my.safetensors", "attn", 4, 4, 0, 10, 1e-3, 1, 32, "adamw",
+                                 "constant", False, "", "", "zqx a ring", 0, 0, "", ""])
+    form[20] = toml.format(x=tmp_path / "elsewhere")
+    with pytest.raises(LoraKitError, match="outside the folders"):
+        train_config(*form, check=lambda c: guard_config(studio, c))
+    assert not any((tmp_path / "elsewhere").iterdir())  # nothing written before the check
+    form[20] = ""
+    cfg = train_config(*form, check=lambda c: guard_config(studio, c))
+    assert cfg.sample_prompts == tmp_path / "loras" / "my-run" / "sample_prompts.txt"

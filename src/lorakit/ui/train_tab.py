@@ -25,9 +25,10 @@ def train_config(model: str, data: str, trigger: str, out: str, preset: str, ran
                  conv_rank: int, steps: int, lr: float, batch_size: int, resolution: int, optimizer: str,
                  scheduler: str, train_text_encoder: bool, class_prompt: str, class_data: str,
                  sample_prompts: str, sample_every: int, save_every: int, extra_toml: str = "",
-                 resume: str = ""):
+                 resume: str = "", check=None):
     """The form as a TrainConfig. `extra_toml` takes any other option by its config name (the keys
-    of `lorakit train --print-config`, with or without their [section] tables), applied last."""
+    of `lorakit train --print-config`, with or without their [section] tables), applied last.
+    `check(cfg)` sees the config before anything is written (the page's path guard)."""
     from ..train.config import TrainConfig
 
     def text(value) -> str | None:
@@ -54,6 +55,8 @@ def train_config(model: str, data: str, trigger: str, out: str, preset: str, ran
         for key, value in doc.items():
             flat.update(value if isinstance(value, dict) else {key: value})
         cfg = cfg.override(flat, source="more options")
+    if check is not None:
+        check(cfg)
     prompts = [p.strip() for p in (sample_prompts or "").splitlines() if p.strip()]
     if prompts:
         path = cfg.resolved_run_dir() / "sample_prompts.txt"
@@ -184,6 +187,22 @@ def guarded_form(studio, values: list) -> list:
     return v
 
 
+PATH_OPTIONS = ("data", "out", "run_dir", "resume", "class_data", "cache_dir", "sample_prompts")
+
+
+def guard_config(studio, cfg) -> None:
+    """Every path the finished config names (the TOML box can set any option) under the page's folders."""
+    for name in PATH_OPTIONS:
+        value = getattr(cfg, name, None)
+        if value is not None:
+            studio.guard.check(value, f"training option {name}")
+    studio.guard.check(cfg.resolved_run_dir(), "training run folder")
+    prompt_file = Path(str(cfg.class_prompt or ""))
+    if str(cfg.class_prompt or "").endswith(".txt") and prompt_file.exists():
+        studio.guard.check(prompt_file, "class prompt file")
+    studio.guard.model(cfg.model)
+
+
 def build(gr, studio, progress_wrap) -> dict:
     from .actions import guarded
 
@@ -220,7 +239,8 @@ def build(gr, studio, progress_wrap) -> dict:
                     with gr.Row():
                         sample_every = gr.Number(100, label="Samples every N steps (0: off)", precision=0)
                         save_every = gr.Number(0, label="Save every N steps (0: at the end)", precision=0)
-                    extra = gr.Textbox("", elem_id="train-extra", label="More options (TOML, keys of --print-config)", lines=3,
+                    extra = gr.Textbox("", elem_id="train-extra", lines=3,
+                                       label="More options (TOML, keys of --print-config)",
                                        placeholder="min_snr_gamma = 5\nmixed_precision = \"bf16\"")
                     resume = gr.Textbox("", label="Resume from (a run folder)", elem_id="train-resume")
                 with gr.Row():
@@ -236,8 +256,11 @@ def build(gr, studio, progress_wrap) -> dict:
                   scheduler, train_te, class_prompt, class_data, sample_prompts, sample_every, save_every, extra,
                   resume]
 
+        def checked_config(values):
+            return train_config(*guarded_form(studio, values), check=lambda cfg: guard_config(studio, cfg))
+
         def train(*values, progress=gr.Progress()):
-            yield from watch(guarded(lambda *v: start_job(train_config(*guarded_form(studio, v))))(*values), progress)
+            yield from watch(guarded(lambda *v: start_job(checked_config(v)))(*values), progress)
 
         def resume_stopped(*values, progress=gr.Progress()):
             def start(*v):
@@ -245,7 +268,7 @@ def build(gr, studio, progress_wrap) -> dict:
                     raise LoraKitError("no stopped run to resume (Stop one first, or fill 'Resume from')")
                 v = list(v)
                 v[21] = str(_JOB.cfg.resolved_run_dir())
-                return start_job(train_config(*guarded_form(studio, v)))
+                return start_job(checked_config(v))
             yield from watch(guarded(start)(*values), progress)
 
         def watch(job, progress):
