@@ -439,3 +439,16 @@ def test_train_options_in_the_toml_box_are_guarded_too(studio, tmp_path, toml):
     form[20] = ""
     cfg = train_config(*form, check=lambda c: guard_config(studio, c))
     assert cfg.sample_prompts == tmp_path / "loras" / "my-run" / "sample_prompts.txt"
+
+
+def test_evaluate_tab_guards_its_files(studio, tmp_path):
+    from lorakit.ui import evaluate_tab as T
+
+    with pytest.raises(LoraKitError, match="choose the LoRA"):
+        T.sweep(studio, "toy", [], "a cat", "", "0,1", 1, 1, 5.0, 0, "ddim", "")
+    with pytest.raises(LoraKitError, match="LoRA file: outside"):
+        T.sweep(studio, "toy", [str(tmp_path / "elsewhere" / "a.safetensors")], "a cat", "", "0,1", 1, 1, 5.0, 0,
+                "ddim", "")
+    (tmp_path / "loras" / "a.safetensors").write_bytes(b"x")
+    with pytest.raises(LoraKitError, match="grid file: outside"):
+        T.sweep(studio, "toy", ["a.safetensors"], "a cat", "", "0,1", 1, 1, 5.0, 0, "ddim", "../elsewhere/g.png")

@@ -8,16 +8,20 @@ from . import actions as A
 from .generate_tab import SAMPLERS
 
 
+def sweep(studio, model, files, prompts, trigger, strengths, n, steps, cfg, seed, sampler, out):
+    files = [str(studio.guard.check(f, "LoRA file", base=studio.first("lora"), exists=True)) for f in files or []]
+    if not files:
+        raise LoraKitError("choose the LoRA(s) to sweep")
+    dest = ""
+    if (out or "").strip():
+        dest = str(studio.guard.check(out, "grid file", base=studio.out_dir or studio.first("lora")))
+    return A.evaluate_sweep(studio.guard.model(model), "\n".join(files), prompts, trigger, strengths, n, steps,
+                            cfg, seed, sampler, dest)
+
+
 def build(gr, studio, run):
-    def sweep(model, files, prompts, trigger, strengths, n, steps, cfg, seed, sampler, out):
-        files = [str(studio.guard.check(f, "LoRA file", base=studio.first("lora"), exists=True)) for f in files or []]
-        if not files:
-            raise LoraKitError("choose the LoRA(s) to sweep")
-        dest = ""
-        if (out or "").strip():
-            dest = str(studio.guard.check(out, "grid file", base=studio.out_dir or studio.first("lora")))
-        return A.evaluate_sweep(studio.guard.model(model), "\n".join(files), prompts, trigger, strengths, n, steps,
-                                cfg, seed, sampler, dest)
+    def evaluate(*args):
+        return sweep(studio, *args)
 
     with gr.Tab("Evaluate", id="evaluate") as tab:
         with gr.Row():
@@ -41,4 +45,4 @@ def build(gr, studio, run):
                 table = gr.Markdown(label="Drift and fidelity per strength")
                 grid = gr.Image(label="Strength × prompt grid", type="pil")
     tab.select(lambda: gr.update(choices=studio.lora_choices()), [], files, queue=False)
-    go.click(run(sweep), [model, files, prompts, trigger, strengths, n, steps, cfg, seed, sampler, out], [table, grid])
+    go.click(run(evaluate), [model, files, prompts, trigger, strengths, n, steps, cfg, seed, sampler, out], [table, grid])
