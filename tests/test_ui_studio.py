@@ -452,3 +452,13 @@ def test_evaluate_tab_guards_its_files(studio, tmp_path):
     (tmp_path / "loras" / "a.safetensors").write_bytes(b"x")
     with pytest.raises(LoraKitError, match="grid file: outside"):
         T.sweep(studio, "toy", ["a.safetensors"], "a cat", "", "0,1", 1, 1, 5.0, 0, "ddim", "../elsewhere/g.png")
+
+
+def test_a_dataset_toml_cannot_lead_out_of_the_folders(studio, tmp_path):
+    from lorakit.ui.train_tab import guard_config, guarded_form, train_config
+
+    (tmp_path / "data" / "set.toml").write_text(f'[[subsets]]\nimage_dir = "{tmp_path / "elsewhere"}"\n')
+    form = guarded_form(studio, ["toy", "set.toml", "zqx", "my.safetensors", "attn", 4, 4, 0, 10, 1e-3, 1, 32,
+                                 "adamw", "constant", False, "", "", "", 0, 0, "", ""])
+    with pytest.raises(LoraKitError, match="image folder of set.toml: outside"):
+        train_config(*form, check=lambda c: guard_config(studio, c))

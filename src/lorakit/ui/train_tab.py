@@ -197,6 +197,11 @@ def guard_config(studio, cfg) -> None:
         if value is not None:
             studio.guard.check(value, f"training option {name}")
     studio.guard.check(cfg.resolved_run_dir(), "training run folder")
+    if cfg.data is not None and Path(cfg.data).is_file():  # a dataset TOML: the folders it names, too
+        from ..data.config import load_dataset_config
+
+        for subset in load_dataset_config(Path(cfg.data)).subsets:
+            studio.guard.check(subset.dir, f"image folder of {Path(cfg.data).name}")
     prompt_file = Path(str(cfg.class_prompt or ""))
     if str(cfg.class_prompt or "").endswith(".txt") and prompt_file.exists():
         studio.guard.check(prompt_file, "class prompt file")
