@@ -232,7 +232,8 @@ def test_training_shows_the_loss_stops_resumes_and_lands_in_the_library(page, fo
     extra = box(page, "train-extra")
     extra.wait_for()
     settings = {"train-out": "studio-lora.safetensors",
-                "train-extra": "resolution = 32\nbucket_step = 16\nrank = 4\nlr = 0.001\nsample_every = 0\n"
+                "train-extra": "resolution = 32\nbucket_step = 16\nrank = 4\nlr = 0.001\nsample_every = 20\n"
+                               "sample_steps = 4\n"
                                "tensorboard = false\nprogress = false\nsave_dtype = 'fp32'"}
     page.fill("#train-steps input", "40")
     for elem_id, value in settings.items():
@@ -259,6 +260,8 @@ def test_training_shows_the_loss_stops_resumes_and_lands_in_the_library(page, fo
     status = box(page, "train-status").input_value()
     assert "step 40/40" in status and "in the library as studio-lora" in status
     assert (folders / "loras" / "studio-lora.safetensors").is_file()
+    page.wait_for_selector("#train-samples img")  # the latest sample grid (step 40), shown as a picture
+    assert (folders / "loras" / "studio-lora-run" / "samples" / "step-000040.png").is_file()
     shot(page, "train")
     tab(page, "Library")
     wait_text(page, "#lib-count", "3 of 3 LoRAs")

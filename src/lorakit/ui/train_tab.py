@@ -284,7 +284,7 @@ def build(gr, studio, progress_wrap) -> dict:
                 note = ""
                 if finished and job.result is not None:
                     note = _into_library(studio, Path(job.result.out))
-                yield job.status() + note, job.loss_plot(), job.latest_samples()
+                yield job.status() + note, job.loss_plot(), _picture(job.latest_samples())
                 if finished:
                     return
 
@@ -292,6 +292,19 @@ def build(gr, studio, progress_wrap) -> dict:
         again.click(resume_stopped, fields, [status, loss, samples])
         stop.click(stop_job, [], status)
     return {"data": data}
+
+
+def _picture(path: str | None):
+    """The image itself, not its path: the run folder lies under the user's folders, which gradio's
+    file route must not serve (it would refuse them anyway, being outside its own folders)."""
+    if path is None:
+        return None
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    scale = 256 // max(im.size)  # tiny sample grids (the toy model draws 32 px) shown at a visible size
+    return im.resize((im.width * scale, im.height * scale), Image.NEAREST) if scale > 1 else im
 
 
 def _into_library(studio, out: Path) -> str:
