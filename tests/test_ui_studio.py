@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -322,7 +323,7 @@ def test_tools_pick_from_the_library_and_write_inside_it(studio, tmp_path):
     from conftest import tiny_model_with_lora
 
     tiny_model_with_lora(tmp_path / "data")
-    shutil_copy(tmp_path / "data" / "a.safetensors", tmp_path / "loras" / "a.safetensors")
+    shutil.copy(tmp_path / "data" / "a.safetensors", tmp_path / "loras" / "a.safetensors")
     assert json.loads(T.inspect(studio, "a.safetensors"))["family"] == "sd1"
     assert "wrote" in T.resize(studio, str(tmp_path / "loras" / "a.safetensors"), 4, "", "small/r4.safetensors")
     assert json.loads(T.inspect(studio, "small/r4.safetensors"))["ranks"]["max"] == 4
@@ -338,12 +339,6 @@ def test_tools_pick_from_the_library_and_write_inside_it(studio, tmp_path):
         with pytest.raises(LoraKitError, match="outside the folders"):
             call()
     assert not any((tmp_path / "elsewhere").iterdir())
-
-
-def shutil_copy(a, b):
-    import shutil
-
-    shutil.copy(a, b)
 
 
 def test_dataset_handlers_open_edit_and_caption(studio, tmp_path):
@@ -373,8 +368,6 @@ def test_dataset_handlers_open_edit_and_caption(studio, tmp_path):
 
 
 def test_dataset_blip_captioning_from_the_page(studio, tmp_path, tiny_blip):
-    import shutil
-
     from PIL import Image
 
     from lorakit.ui import dataset_tab as T
