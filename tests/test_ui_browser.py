@@ -289,3 +289,21 @@ def test_bad_paths_give_messages_and_the_server_keeps_serving(page, folders):
     page.click("#tools-inspect")
     wait_text(page, "#tools-report", '"family": "sd1"')
     shot(page, "tools")
+
+
+def test_settings_add_a_library_folder(page, folders):
+    import shutil
+
+    more = folders / "more-loras"
+    more.mkdir()
+    shutil.copy(folders / "loras" / "ring.safetensors", more / "ring-copy.safetensors")
+    tab(page, "Settings")
+    box(page, "settings-lora").fill(str(folders / "nowhere"))
+    page.click("#settings-apply")
+    assert "not an existing folder" in error_toast(page, "not an existing folder")
+    box(page, "settings-lora").fill(str(more))
+    page.click("#settings-apply")
+    wait_text(page, "#settings-folders", str(more))
+    tab(page, "Library")
+    wait_text(page, "#lib-count", "4 of 4 LoRAs")
+    assert any(c.startswith("ring-copy · sd1") for c in page.locator("#lib-cards .caption-label").all_inner_texts())
