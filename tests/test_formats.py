@@ -243,17 +243,22 @@ def test_cli_convert_round_trip(tiny_sd1, tmp_path, capsys):
                  "--dtype", "bf16"]) == 0
     a, d, p, k = (load_lora(tmp_path / x) for x in ("a.safetensors", "d.safetensors", "p", "k.safetensors"))
     assert (d.format, p.format, k.format, k.dtype) == ("diffusers", "peft", "kohya", torch.bfloat16)
+    def folded_up(t):  # diffusers/PEFT carry alpha/r inside lora_up, alpha = rank (see peft_common.folded)
+        return t["lora_up.weight"] * (float(t["alpha"]) / t["lora_down.weight"].shape[0])
+
     for other in (d, p):
         assert set(other.modules) == set(a.modules)
         for name, t in a.modules.items():
-            for sub in t:
-                assert torch.equal(other.modules[name][sub].float(), t[sub]), (name, sub)
+            o = other.modules[name]
+            assert torch.equal(o["lora_down.weight"], t["lora_down.weight"]), name
+            assert torch.equal(o["lora_up.weight"], folded_up(t)), name  # scales 1/2: exact
+            assert float(o["alpha"]) == t["lora_down.weight"].shape[0]
     assert k.metadata["ss_learning_rate"] == "0.0002"  # metadata travels through the conversions
     assert "lora_adapter_metadata" in d.metadata and "lora_adapter_metadata" not in k.metadata
     assert main(["inspect", str(tmp_path / "p"), "--json"]) == 0
     capsys.readouterr()
     for name, t in a.modules.items():
-        assert torch.equal(k.modules[name]["lora_up.weight"], t["lora_up.weight"].bfloat16())
+        assert torch.equal(k.modules[name]["lora_up.weight"], folded_up(t).bfloat16())
 
 
 def _write_header(path, header: bytes, data: bytes = b""):
@@ -338,7 +343,7 @@ def test_unwritable_output_and_bad_options(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     for fmt in ("kohya", "diffusers", "peft"):
-        out = blocker / "sub.safetensors"
+        out = blocker / ("sub" if fmt == "peft" else "sub.safetensors")
         capsys.readouterr()
         assert main(["convert", str(src), "--to", fmt, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()

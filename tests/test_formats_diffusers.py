@@ -3,6 +3,7 @@
 diffusers and by PEFT), all give the weights lorakit's own merge gives, layer by layer."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -101,8 +102,12 @@ def test_diffusers_conversion(setup, with_model):
     lf = load_lora(out)
     assert (lf.format, lf.family) == ("diffusers", setup.family)
     assert lf.metadata["ss_network_dim"] == "4" and "lora_adapter_metadata" in lf.metadata
-    assert setup.lorakit_merge(out) == 0.0  # same tensors, same names: the same merge exactly
+    # alpha/r is folded into up (alpha 3 / rank 4 on the text encoders rounds once in fp32)
+    assert setup.lorakit_merge(out) <= 1e-6
     assert setup.diffusers_merge(out) <= TOL
+    cfg = json.loads(lf.metadata["lora_adapter_metadata"])
+    assert cfg["unet.lora_alpha"] == cfg["unet.r"] == 4 and cfg["text_encoder.lora_alpha"] == 4
+    assert cfg["unet.alpha_pattern"] == cfg["unet.rank_pattern"] and not cfg["text_encoder.alpha_pattern"]
 
 
 @pytest.mark.parametrize("with_model", [False, True], ids=["by-rule", "from-model"])
@@ -112,8 +117,37 @@ def test_peft_conversion(setup, with_model):
               parts=setup.parts() if with_model else None)
     lf = load_lora(out)
     assert (lf.format, lf.family) == ("peft", setup.family)
-    assert setup.lorakit_merge(out) == 0.0
+    assert setup.lorakit_merge(out) <= 1e-6  # alpha/r folded into up
     assert setup.peft_merge(out) <= TOL
+
+
+def test_diffusers_file_strength_does_not_depend_on_its_metadata(setup):
+    """ComfyUI reads `lora_A`/`lora_B` without `lora_adapter_metadata` (scale 1): lorakit's
+    diffusers file must give lorakit's ΔW as plain B·A."""
+    from safetensors.torch import load_file
+
+    out = setup.tmp / "diffusers-folded.safetensors"
+    save_lora(out, load_lora(setup.kohya), format="diffusers", dtype=torch.float32)
+    state = load_file(str(out))
+    index = setup.parts().index()
+    checked = 0
+    for key in state:
+        if not key.endswith(".lora_A.weight") or ".conv" in key or "proj_in" in key:
+            continue
+        b = state[key.replace(".lora_A.", ".lora_B.")]
+        a = state[key]
+        if a.dim() != 2:
+            continue
+        prefix, path = key[: -len(".lora_A.weight")].split(".", 1)
+        part = {"unet": "unet", "text_encoder": "te1" if setup.family == "sdxl" else "te",
+                "text_encoder_2": "te2"}[prefix]
+        name = next(n for n, t in index.items() if t.part == part and t.path in (path, path[len("text_model."):]))
+        delta = setup.delta.get(index[name].name)
+        if delta is None:
+            continue
+        assert torch.allclose(b @ a, delta, atol=1e-6, rtol=1e-5), key
+        checked += 1
+    assert checked > 50
 
 
 # ---------------------------------------------------------------------------------------------

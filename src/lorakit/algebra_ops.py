@@ -75,7 +75,7 @@ def _check_rank(name: str, value: int | None) -> None:
         raise LoraKitError(f"{name} must be at least 1, got {value}")
 
 
-def _save(result: AlgebraResult, out: PathLike | None, dtype: torch.dtype | None, fmt: str) -> AlgebraResult:
+def _save(result: AlgebraResult, out: PathLike | None, dtype: torch.dtype | None, fmt: str | None) -> AlgebraResult:
     if out is not None:
         from .formats import save_lora
         from .formats.st_io import read_metadata
@@ -90,7 +90,7 @@ def _save(result: AlgebraResult, out: PathLike | None, dtype: torch.dtype | None
 
 def resize(lora: PathLike, rank: int | None = None, dynamic: str | Dynamic | None = None, *,
            conv_rank: int | None = None, out: PathLike | None = None, dtype: torch.dtype | None = torch.float16,
-           format: str = "kohya", progress: Progress | None = None) -> AlgebraResult:
+           format: str | None = None, progress: Progress | None = None) -> AlgebraResult:
     """Each module at its best lower rank, same strength (alpha/rank kept), metadata and hashes new.
 
     `rank` fixes the rank of Linear and 1x1 modules (`conv_rank`, default `rank`, that of kxk
@@ -159,7 +159,7 @@ def parse_lora_specs(values: Sequence[str]) -> list[tuple[Path, float]]:
 
 def merge_loras(loras: Sequence[tuple[PathLike, float]], rank: int | None = None,
                 dynamic: str | Dynamic | None = None, *, conv_rank: int | None = None,
-                out: PathLike | None = None, dtype: torch.dtype | None = torch.float16, format: str = "kohya",
+                out: PathLike | None = None, dtype: torch.dtype | None = torch.float16, format: str | None = None,
                 progress: Progress | None = None) -> AlgebraResult:
     """Σ wᵢ·LoRAᵢ as one LoRA. Exact by default: factors concatenate, ranks add, alpha = rank
     (scale 1), nothing is lost. With `rank` (or `dynamic`) every module is projected onto its

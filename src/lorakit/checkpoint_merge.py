@@ -9,7 +9,7 @@ import torch
 
 
 def merge_into_checkpoint(model_spec: str, loras: Sequence[str], out: Path, *, dtype: torch.dtype = torch.float16,
-                          prediction_type: str | None = None) -> Path:
+                          prediction_type: str | None = None, text_encoders: Path | None = None) -> Path:
     """Load in fp32, merge every LoRA at its strength (fp32 math), save in `dtype`."""
     from .errors import LoraKitError
     from .generate import attach_loras, parse_lora_arg
@@ -22,7 +22,8 @@ def merge_into_checkpoint(model_spec: str, loras: Sequence[str], out: Path, *, d
     out = Path(out)
     if out.exists() and out.is_file() and out.suffix != ".safetensors":
         raise LoraKitError("the output must be a folder or a .safetensors file", out)
-    base = load_model(model_spec, dtype=torch.float32, device="cpu", prediction_type=prediction_type)
+    base = load_model(model_spec, dtype=torch.float32, device="cpu", prediction_type=prediction_type,
+                      text_encoders=text_encoders)
     attach_loras(base, specs, merge=True)
     save_model(base, out, dtype=dtype)
     return out

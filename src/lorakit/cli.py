@@ -56,8 +56,14 @@ def _register() -> None:
             app.add_typer(group, name=name)
 
 
+# the command line of the running command, as the user typed it (a resume hint repeats it)
+invocation: list[str] = []
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .errors import LoraKitError
+    from .errors import Interrupted, LoraKitError
+
+    invocation[:] = ["lorakit", *(sys.argv[1:] if argv is None else [str(a) for a in argv])]
 
     # library chatter (optional-backend notices, "newly initialized" reports) is not for our users
     for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
@@ -71,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except LoraKitError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
+    except Interrupted as exc:
+        typer.echo(str(exc), err=True)
+        return exc.exit_code
     except usage_errors as exc:  # a mistyped or missing option: click's usage message
         exc.show()
         return exc.exit_code

@@ -79,15 +79,15 @@ def _pairs(base: ModelParts, tuned: ModelParts, preset: str) -> list[tuple[Targe
         other = theirs.get(t.name)
         if other is None:
             raise LoraKitError(f"the tuned model has no layer {t.name}: it is another architecture than the base")
-        if tuple(other.module.weight.shape) != tuple(t.module.weight.shape):
-            raise LoraKitError(f"layer {t.name} is {tuple(other.module.weight.shape)} in the tuned model but "
-                               f"{tuple(t.module.weight.shape)} in the base: different architectures")
+        if tuple(other.weight().shape) != tuple(t.weight().shape):
+            raise LoraKitError(f"layer {t.name} is {tuple(other.weight().shape)} in the tuned model but "
+                               f"{tuple(t.weight().shape)} in the base: different architectures")
         pairs.append((t, other))
     return pairs
 
 
 def _diff(b: Target, t: Target) -> torch.Tensor:
-    return t.module.weight.detach().float() - b.module.weight.detach().float()
+    return t.weight().detach().float() - b.weight().detach().float()
 
 
 def _max_abs(x: torch.Tensor) -> float:

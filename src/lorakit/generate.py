@@ -112,7 +112,7 @@ def attach_loras(model, specs: Sequence[LoraSpec], merge: bool = True):
     try:
         for spec in specs:
             net = load_network(parts, spec.path, multiplier=spec.weight)
-            net.to(device=model.pipe.unet.device)
+            net.to(device=model.unet.device)
             net.merge() if merge else net.apply()
             networks.append(net)
     except Exception:
@@ -139,7 +139,7 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
              sampler: str = "euler_a", merge: bool = True, lora_dir: Path | None = None,
              progress: bool = True) -> GenerateResult:
     """n images, seeds seed, seed+1, … (A1111's batch seeds), LoRAs detached again afterwards."""
-    from .samplers import make_scheduler
+    from .samplers import effective_name, make_scheduler
 
     prompt, tagged = split_prompt_loras(prompt, lora_dir)
     specs = list(loras) + tagged
@@ -150,10 +150,12 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
         raise LoraKitError(f"--n and --steps must be ≥ 1 (got n={n}, steps={steps})")
     pipe = model.pipe
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    default = pipe.unet.config.sample_size * scale
+    sample = getattr(model.unet.config, "sample_size", None)  # Flux's transformer has none: its native size
+    default = sample * scale if sample else model.spec.resolution(False)
     width, height = width or default, height or default
     if width % 8 or height % 8 or width < 8 or height < 8:
         raise LoraKitError(f"--width and --height must be multiples of 8 (got {width}x{height})")
+    sampler = effective_name(sampler, pipe.scheduler.config)  # what PNG info records is what ran
     pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=not progress)
     networks = attach_loras(model, specs, merge=merge)
@@ -200,12 +202,11 @@ def file_sha256(path: Path) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
         cache[key] = h.hexdigest()
+        from .atomic import write_text_atomic
+
         try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cache))
-            os.replace(tmp, cache_file)
-        except OSError:
+            write_text_atomic(cache_file, json.dumps(cache))
+        except LoraKitError:  # a cache that cannot be written only costs a rehash next time
             pass
     return cache[key]
 
@@ -224,18 +225,15 @@ def image_grid(images: Sequence, cols: int | None = None):
 
 def save_png(image, path: Path, info: str | None = None) -> None:
     """Atomic PNG write (a hidden temporary name, then rename), with A1111's `parameters` text chunk."""
-    import os
-
     from PIL.PngImagePlugin import PngInfo
+
+    from .atomic import atomic_path
 
     meta = PngInfo()
     if info:
         meta.add_text("parameters", info)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="PNG", pnginfo=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=meta)
 
 
 def write_outputs(result: GenerateResult, out: Path) -> list[Path]:

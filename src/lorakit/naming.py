@@ -119,8 +119,8 @@ def split_module_key(key: str) -> tuple[str, str]:
 
 
 def part_of(name: str) -> str:
-    """Which model part a kohya module name belongs to: unet, te, te1 or te2."""
-    for part in ("unet", "te1", "te2", "te"):
+    """Which model part a kohya module name belongs to: unet, te, te1, te2 or te3."""
+    for part in ("unet", "te1", "te2", "te3", "te"):
         if name.startswith(f"lora_{part}_"):
             return part
     return "unknown"

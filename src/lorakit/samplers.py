@@ -20,11 +20,30 @@ SAMPLERS = {
 }
 
 
+# flow-matching models (SD 3.x): the samplers that integrate the velocity field; A1111's default
+# `euler_a` has no flow-matching form and means plain Euler there
+FLOW_SAMPLERS = {"euler": "FlowMatchEulerDiscreteScheduler", "euler_a": "FlowMatchEulerDiscreteScheduler",
+                 "heun": "FlowMatchHeunDiscreteScheduler"}
+
+
+def effective_name(name: str, base_config) -> str:
+    """The sampler that really runs: A1111's default `euler_a` is plain Euler on a flow-matching model."""
+    key = name.lower().replace(" ", "")
+    if str(base_config.get("_class_name", "")).startswith("FlowMatch") and key == "euler_a":
+        return "euler"
+    return name
+
+
 def make_scheduler(name: str, base_config):
     """A scheduler of the chosen kind that keeps the model's own schedule and prediction type."""
     import diffusers
 
     key = name.lower().replace(" ", "")
+    if str(base_config.get("_class_name", "")).startswith("FlowMatch"):
+        if key not in FLOW_SAMPLERS:
+            raise LoraKitError(f"sampler {name!r} does not apply to a flow-matching model (SD 3.x): choose "
+                               f"euler or heun")
+        return getattr(diffusers, FLOW_SAMPLERS[key]).from_config(base_config)
     if key not in SAMPLERS:
         raise LoraKitError(f"unknown sampler {name!r}: choose from {', '.join(SAMPLERS)}")
     cls_name, extra, _ = SAMPLERS[key]

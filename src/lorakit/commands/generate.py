@@ -26,6 +26,8 @@ def generate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp16, bf16, fp32"),
     prediction_type: Optional[str] = typer.Option(None, "--prediction-type", help="epsilon or v_prediction"),
+    text_encoders: Optional[Path] = typer.Option(None, "--text-encoders", help="SD 3.x single file without "
+                                                 "text encoders: folder with text_encoder, _2, _3, tokenizer_3"),
 ) -> None:
     """Generate images with one or several LoRAs at chosen strengths."""
     from ..devices import resolve_device_dtype
@@ -33,7 +35,7 @@ def generate(
     from ..models import load_model
 
     dev, dt = resolve_device_dtype(device, dtype)
-    base = load_model(model, dtype=dt, device=dev, prediction_type=prediction_type)
+    base = load_model(model, dtype=dt, device=dev, prediction_type=prediction_type, text_encoders=text_encoders)
     result = run(base, prompt, negative=negative, loras=[parse_lora_arg(x) for x in lora], n=n, steps=steps,
                  guidance=guidance, seed=seed, width=width, height=height, sampler=sampler, merge=not on_the_fly,
                  lora_dir=lora_dir)

@@ -15,6 +15,8 @@ def merge(
     rank: Optional[int] = typer.Option(None, "--rank", help="LoRA+LoRA: project the result to this rank"),
     dtype: str = typer.Option("fp16", "--dtype", help="save dtype: fp16, bf16 or fp32"),
     prediction_type: Optional[str] = typer.Option(None, "--prediction-type"),
+    text_encoders: Optional[Path] = typer.Option(None, "--text-encoders", help="SD 3.x single file without "
+                                                 "text encoders: folder with text_encoder, _2, _3, tokenizer_3"),
 ) -> None:
     """Merge LoRAs into a base model, or combine LoRAs into one LoRA file."""
     from ..devices import parse_dtype
@@ -31,5 +33,6 @@ def merge(
         raise LoraKitError("--rank applies to LoRA+LoRA merges; a checkpoint merge keeps the full update")
     from ..checkpoint_merge import merge_into_checkpoint
 
-    written = merge_into_checkpoint(model, [x for x in lora], out, dtype=save_dtype, prediction_type=prediction_type)
+    written = merge_into_checkpoint(model, [x for x in lora], out, dtype=save_dtype, prediction_type=prediction_type,
+                                    text_encoders=text_encoders)
     typer.echo(str(written))

@@ -24,11 +24,35 @@ def _train(config: Optional[Path] = None, print_config: bool = False, **flags) -
     if print_config:
         typer.echo(cfg.to_toml())
         return
+    from ..errors import Interrupted
     from ..train.loop import run
 
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except Interrupted as exc:
+        if exc.run_dir is not None:
+            raise Interrupted(f"{exc}\nresume with: {resume_command(exc.run_dir)}", exc.exit_code,
+                              run_dir=exc.run_dir, state=exc.state) from None
+        raise
     if result.metadata:
         typer.echo(str(result.out))
+
+
+def resume_command(run_dir) -> str:
+    """The command line that started this run, with `--resume RUN_DIR` in place of any earlier --resume."""
+    import shlex
+
+    from ..cli import invocation
+
+    args, skip = [], False
+    for a in invocation or ["lorakit", "train"]:
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = True
+        elif not a.startswith("--resume="):
+            args.append(a)
+    return shlex.join([*args, "--resume", str(run_dir)])
 
 
 def _cli_type(hint):

@@ -8,12 +8,13 @@ interrupted run leaves no half-written file behind.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..atomic import atomic_path
 
 MODES = ("memory", "disk", "none")
 
@@ -61,11 +62,8 @@ class TensorStore:
             if self.max_items and len(self._mem) > self.max_items:
                 self._mem.popitem(last=False)
         elif self.mode == "disk":
-            p = self._path(key)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-            save_file(tensors, tmp)
-            os.replace(tmp, p)
+            with atomic_path(self._path(key)) as tmp:
+                save_file(tensors, tmp)
 
     def __contains__(self, key: str) -> bool:
         return key in self._mem if self.mode == "memory" else (self.mode == "disk" and self._path(key).is_file())

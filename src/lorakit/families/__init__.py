@@ -1,4 +1,4 @@
-"""Model families (SD 1.x, 2.x, XL) behind one interface: `families.get("sdxl")` answers what
+"""Model families (SD 1.x, 2.x, XL, 3.x) behind one interface: `families.get("sdxl")` answers what
 differs between them. See `base.Family` for what a family must say; register a new one here.
 
 Detection asks every family for its evidence and takes the strongest (ties: first registered).
@@ -10,8 +10,10 @@ from typing import Callable, Mapping
 
 from ..errors import LoraKitError
 from .base import OBJECTIVES, Family
+from .flux import FAMILY as FLUX
 from .sd1 import FAMILY as SD1
 from .sd2 import FAMILY as SD2
+from .sd3 import FAMILY as SD3
 from .sdxl import FAMILY as SDXL
 
 _REGISTRY: dict[str, Family] = {}
@@ -24,7 +26,7 @@ def register(family: Family) -> Family:
     return family
 
 
-for _f in (SD1, SD2, SDXL):
+for _f in (SD1, SD2, SDXL, SD3, FLUX):
     register(_f)
 
 

@@ -31,7 +31,7 @@ class Family:
     denoiser_class: str = ""  # its diffusers class
     text_encoders: tuple[str, ...] = ()  # pipeline attributes, in kohya order (lora_te1 is the first)
     tokenizers: tuple[str, ...] = ()  # pipeline attributes, one per text encoder
-    tokenizer_pads: tuple[str, ...] = ()  # pad token of each shipped CLIP BPE tokenizer
+    tokenizer_pads: tuple[str | None, ...] = ()  # pad token of each shipped CLIP BPE tokenizer (None: none ships)
 
     # --- kohya names ----------------------------------------------------------------------------
     denoiser_prefix: str = "lora_unet"  # kohya prefix of the denoiser's modules (lora_unet for every family)
@@ -115,8 +115,13 @@ class Family:
         """The native training resolution (modelspec.resolution when none is given)."""
         raise NotImplementedError
 
-    def lora_metadata(self, v_prediction: bool) -> dict[str, str]:
-        """The family's keys in a LoRA file's metadata."""
+    def model_lora_metadata(self, denoiser_config: Mapping) -> dict[str, str]:
+        """Metadata a LoRA trained on this very model carries beyond the family's (SD3's variant)."""
+        return {}
+
+    def lora_metadata(self, v_prediction: bool, previous: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The family's keys in a LoRA file's metadata (`previous`: the metadata being rewritten, for
+        facts only it holds, such as the SD3 variant)."""
         return {"ss_base_model_version": self.base_model_version(v_prediction),
                 "ss_v2": str(self.is_v2),
                 "modelspec.architecture": self.architecture(v_prediction) + "/lora",
@@ -129,17 +134,28 @@ class Family:
                 "modelspec.implementation": self.checkpoint_implementation,
                 "modelspec.resolution": f"{r}x{r}"}
 
+    # --- LoRA files ------------------------------------------------------------------------------
+    lora_formats: tuple[str, ...] = ("kohya", "diffusers", "peft")  # layouts written; the first is the default
+
+    def write_lora(self, modules: Mapping, layout: str, dtype, source: str | None):
+        """(tensors, extra metadata) of kohya modules in one of the family's own layouts; None when
+        the shared writers (formats/kohya, diffusers_fmt, peft_fmt) do it."""
+        return None
+
     # --- models and files ------------------------------------------------------------------------
-    def config_dir(self, prediction_type: str) -> Path:
-        """The shipped diffusers config folder (models/configs/...) for a single file of this family."""
+    def config_dir(self, prediction_type: str, ckpt=None) -> Path:
+        """The shipped diffusers config folder (models/configs/...) for a single file of this family
+        (`ckpt`, the opened file, for families with several shipped variants)."""
         raise NotImplementedError
 
     def guess_prediction_type(self, ckpt) -> str | None:
         """A prediction type read from the weights when the file declares none."""
         return None
 
-    def pipeline_from_checkpoint(self, ckpt, config_dir: Path, *, dtype, prediction_type: str, components):
-        """A diffusers pipeline from an original-layout single file and a config folder."""
+    def pipeline_from_checkpoint(self, ckpt, config_dir: Path, *, dtype, prediction_type: str, components,
+                                 **options):
+        """A diffusers pipeline from an original-layout single file and a config folder (`options`:
+        family-specific sources, e.g. SD3's `text_encoders` folder)."""
         raise NotImplementedError
 
     def to_original(self, denoiser=None, denoiser_config=None, vae=None, vae_config=None,
@@ -164,6 +180,12 @@ class Family:
         """Every kohya name a file may use for the denoiser module at `path`; the first is the one written."""
         return (self.denoiser_prefix + "_" + path.replace(".", "_"),)
 
+    def denoiser_targets(self, denoiser) -> dict | None:
+        """{kohya name: lora.targets.Target} when the family names the denoiser's layers itself
+        (layers a file holds fused, rows in another order); None: one Target per Linear/Conv2d by
+        `kohya_denoiser_names`."""
+        return None
+
     # --- target presets ------------------------------------------------------------------------
     denoiser_containers: frozenset = frozenset()  # class names of the blocks presets choose from
 
@@ -172,9 +194,24 @@ class Family:
         return False
 
     # --- conditioning and the denoiser call --------------------------------------------------------
-    def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence) -> dict:
-        """Token ids (one tensor per tokenizer) → the conditioning tensors {hidden, pooled...}."""
+    frozen_text_encoders: tuple[str, ...] = ()  # encoders that never get a LoRA; cached, then released
+    frozen_outputs: tuple[str, ...] = ()  # the conditioning keys they give (kept in the text cache)
+    classic_attention: bool = True  # whether diffusers' classic AttnProcessor serves the denoiser (--no-sdpa)
+
+    def tokenize(self, tokenizers: Sequence, captions: Sequence[str]) -> list:
+        """Token ids, one tensor per tokenizer (padded to each tokenizer's length)."""
+        return [tok(list(captions), padding="max_length", max_length=tok.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids for tok in tokenizers]
+
+    def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence, cached=None) -> dict:
+        """Token ids (one tensor per tokenizer) → the conditioning tensors {hidden, pooled...};
+        `cached` holds what released `frozen_text_encoders` gave."""
         raise NotImplementedError
+
+    def timestep_shift(self, scheduler_config: Mapping, height: int, width: int) -> float | None:
+        """A flow-matching timestep shift μ for latents of this size (Flux's resolution-dependent one);
+        None: the scheduler's own sigmas."""
+        return None
 
     def extra_inputs(self, samples: Sequence) -> dict:
         """Per-sample denoiser inputs beyond text (SDXL's size time ids); samples are data.Sample."""

@@ -70,7 +70,7 @@ class SDXL(UNetFamily):
         return 4 if cfg.get("addition_embed_type") == "text_time" else 0
 
     # --- conditioning --------------------------------------------------------------------------
-    def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence) -> dict:
+    def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence, cached=None) -> dict:
         """The penultimate hidden states of both encoders side by side, and the second one's pooled
         projection, as StableDiffusionXLPipeline builds them."""
         import torch

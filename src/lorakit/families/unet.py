@@ -95,10 +95,11 @@ class UNetFamily(Family):
         return any(k.startswith(UNET + "input_blocks.") for k in shapes)
 
     # --- models and files ------------------------------------------------------------------------
-    def config_dir(self, prediction_type: str) -> Path:
+    def config_dir(self, prediction_type: str, ckpt=None) -> Path:
         return CONFIGS_DIR / self.shipped_configs.get(prediction_type, self.shipped_configs["epsilon"])
 
-    def pipeline_from_checkpoint(self, ckpt, config_dir: Path, *, dtype, prediction_type: str, components):
+    def pipeline_from_checkpoint(self, ckpt, config_dir: Path, *, dtype, prediction_type: str, components,
+                                 **options):
         from ..models.single_file import build_pipeline
 
         return build_pipeline(ckpt, self.name, config_dir, dtype=dtype, prediction_type=prediction_type,
@@ -136,7 +137,7 @@ class UNetFamily(Family):
         return preset == "full" and (container in _RESNET or container in _SAMPLERS)
 
     # --- conditioning --------------------------------------------------------------------------
-    def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence) -> dict:
+    def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence, cached=None) -> dict:
         """SD 1.x/2.x: the text encoder's last hidden state."""
         te = encoders[0]
         mask = None

@@ -17,7 +17,15 @@ def detect_format(keys: Iterable[str], metadata: Mapping[str, str] | None = None
     """kohya, lycoris, diffusers, peft, checkpoint (a model, not a LoRA) or None (unknown)."""
     keys = list(keys)
     md = metadata or {}
-    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
+    from . import flux_fmt, sd3_fmt
+
+    flux_layout = flux_fmt.layout_of(keys, md)
+    if flux_layout not in (None, "kohya"):
+        return "flux-" + flux_layout
+    sd3_layout = sd3_fmt.layout_of(keys)
+    if sd3_layout not in (None, "kohya"):
+        return "sd3-" + sd3_layout
+    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")) for k in keys):
         from . import kohya
 
         lyco_keys = any(".hada_" in k or ".lokr_" in k or k.endswith((".lora_mid.weight", ".dora_scale", ".diff"))

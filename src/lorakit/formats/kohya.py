@@ -17,7 +17,7 @@ from ..errors import LoraKitError
 from ..lora import functional as LF
 from .modules import Modules, kind_of
 
-_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")
 _ALL_SUBKEYS = set().union(*LF.KNOWN_SUBKEYS.values())
 _PARTNERS = {"lora_down.weight": "lora_up.weight", "lora_up.weight": "lora_down.weight",
              "hada_w1_a": "hada_w1_b", "hada_w1_b": "hada_w1_a", "hada_w2_a": "hada_w2_b",

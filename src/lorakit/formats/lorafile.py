@@ -17,15 +17,15 @@ from torch import Tensor
 
 from .. import families, naming
 from ..errors import LoraKitError
-from . import diffusers_fmt, kohya, peft_fmt
-from .detect import detect_family, detect_format
+from . import diffusers_fmt, flux_fmt, kohya, peft_fmt, sd3_fmt
+from .detect import detect_family, detect_format, format_of_modules
 from .hashes import precalculate_hashes
 from .metadata import build_metadata
 from .modules import Modules, alpha_of, rank_of
 from .peft_common import entries_from_modules
 from .st_io import PICKLE_SUFFIXES, read_pickle, read_safetensors, serialize, write_bytes_atomic
 
-FORMATS = ("kohya", "diffusers", "peft")
+FORMATS = ("kohya", "diffusers", "peft", "comfyui", "onetrainer")
 
 
 @dataclass
@@ -88,9 +88,23 @@ def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickl
     else:
         state, metadata = read_safetensors(p)
     fmt = detect_format(state, metadata)
+    if fmt and fmt.startswith("flux-"):
+        fmt = fmt[len("flux-"):]
+        modules = flux_fmt.read(state, metadata, fmt, str(p))
+        if not modules:
+            raise _not_lora(state, fmt, p)
+        return LoRAFile(modules, metadata, fmt, "flux", str(p))
+    if fmt and fmt.startswith("sd3-"):
+        fmt = fmt[len("sd3-"):]
+        modules = sd3_fmt.read(state, metadata, fmt, str(p))
+        if not modules:
+            raise _not_lora(state, fmt, p)
+        return LoRAFile(modules, metadata, fmt, family or detect_family(modules, metadata), str(p))
     if fmt in ("kohya", "lycoris"):
         modules = kohya.group(state, str(p))
         fam = family or detect_family(modules, metadata)
+        if fam == "flux":  # a misspelt Flux layer is an error, never a silent skip
+            flux_fmt.check_kohya_names(modules, str(p))
     elif fmt == "diffusers":
         modules, fam = diffusers_fmt.read(state, metadata, family, str(p))
     elif fmt == "peft":
@@ -102,8 +116,12 @@ def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickl
     return LoRAFile(modules, metadata, fmt, fam, str(p))
 
 
+# suffixes that name a file: a PEFT adapter (a folder) is never written under one
+FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".json", ".txt")
+
+
 def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Mapping[str, str] | None = None, *,
-              format: str = "kohya", dtype: torch.dtype | None = torch.float16, family: str | None = None,
+              format: str | None = None, dtype: torch.dtype | None = torch.float16, family: str | None = None,
               parts=None, layout: naming.UNetLayout | None = None) -> Path:
     """Write kohya modules as a kohya/LyCORIS file, a diffusers file or a PEFT adapter folder.
 
@@ -111,21 +129,31 @@ def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Ma
     metadata (`metadata` is kept, tensor-describing fields recomputed) and the sshs hashes.
     `parts` (a ModelParts) gives module paths for diffusers/PEFT from the model itself; without
     it they come from kohya names by rule (`layout` = the UNet layout SAI names refer to).
-    `dtype=None` keeps the tensors' dtypes; alpha is always a 0-dim fp32.
+    `dtype=None` keeps the tensors' dtypes; alpha is always a 0-dim fp32. `format=None`: the
+    family's default layout (kohya; SD3's diffusers keys, which diffusers and ComfyUI both load),
+    kohya for LyCORIS kinds.
     """
     if isinstance(modules, LoRAFile):
         lf = modules
         modules = lf.modules
         metadata = lf.metadata if metadata is None else metadata
         family = family or lf.family
-    if format not in FORMATS:
+    if format is not None and format not in FORMATS:
         raise LoraKitError(f"unknown format {format!r}: choose from {', '.join(FORMATS)}")
     if not modules:
         raise LoraKitError("nothing to save: the LoRA has no modules", path)
     if family is None and parts is not None:
         family = parts.family
     family = family or detect_family(modules, metadata)
+    if format is None:
+        spec = families.find(family)
+        lyco = format_of_modules(modules) == "lycoris"
+        format = spec.lora_formats[0] if spec is not None and not lyco else "kohya"
     path = Path(path)
+    if format == "peft" and path.suffix.lower() in FILE_SUFFIXES:
+        raise LoraKitError(f"a PEFT adapter is a folder (adapter_config.json + {peft_fmt.WEIGHTS} per model "
+                           f"part), but this path names a {path.suffix} file: give a folder such as "
+                           f"{path.with_suffix('').name}_peft/, or --to kohya/diffusers for one file", path)
     name = None if "ss_output_name" in (metadata or {}) else (path.name if format == "peft" else path.stem)
     md = build_metadata(modules, family=family, base=metadata, output_name=name)
     # a source file's diffusers config would contradict the new file (diffusers refuses kohya
@@ -133,6 +161,17 @@ def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Ma
     md.pop(diffusers_fmt.METADATA_KEY, None)
     if md.get("format") == "pt":
         del md["format"]
+    spec = families.find(family)
+    allowed = spec.lora_formats if spec is not None else ("kohya", "diffusers", "peft")
+    if format not in allowed:
+        raise LoraKitError(f"{families.label(family)} LoRAs are written as {', '.join(allowed)}, not {format}", path)
+    own = spec.write_lora(modules, format, dtype, str(path)) if spec is not None else None
+    if own is not None:  # a layout of the family's own (SD3's diffusers/ComfyUI/OneTrainer keys)
+        tensors, extra = own
+        md.update(extra)
+        md.update(precalculate_hashes(tensors, md))
+        write_bytes_atomic(path, serialize(tensors, md))
+        return path
     if layout is None and parts is not None and parts.unet_config:
         layout = parts.spec.denoiser_layout(parts.unet_config)
     if format == "kohya":

@@ -89,7 +89,7 @@ def build_metadata(modules: Modules, *, family: str | None = None, v_prediction:
     v = _is_v(md) if v_prediction is None else v_prediction
     if family is not None:
         spec = families.get(family)
-        md.update(spec.lora_metadata(v))
+        md.update(spec.lora_metadata(v, previous=md))
         if resolution is None and "modelspec.resolution" not in md:
             resolution = spec.resolution(v)
     if resolution is not None:

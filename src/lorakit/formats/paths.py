@@ -10,8 +10,9 @@ from __future__ import annotations
 from .. import families, naming
 from ..errors import LoraKitError
 
-PARTS = ("unet", "te", "te1", "te2")
-DIFFUSERS_PREFIX = {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}
+PARTS = ("unet", "te", "te1", "te2", "te3")
+DIFFUSERS_PREFIX = {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2",
+                    "te3": "text_encoder_3"}
 
 # Module names with underscores in diffusers UNets, the SAI/LDM UNet and transformers' CLIP.
 _VOCAB = {

@@ -51,10 +51,19 @@ def entries_from_modules(modules: Modules, *, parts=None, family: str | None = N
             raise LoraKitError(f"module {name} is {what}: {fmt} files hold plain LoRA only "
                                f"(keep this file in kohya format)", source)
         part, path = path_for(name, parts, layout or layout_for(family), source)
-        rank = rank_of(t)
-        alpha = alpha_of(t)
-        out.append(Entry(part, path, t["lora_down.weight"], t["lora_up.weight"], float(rank if alpha is None else alpha)))
+        out.append(folded(Entry(part, path, t["lora_down.weight"], t["lora_up.weight"],
+                                float(rank_of(t) if alpha_of(t) is None else alpha_of(t)))))
     return out
+
+
+def folded(e: Entry) -> Entry:
+    """The scale alpha/r moved into `up`, alpha = r. diffusers and PEFT keep alphas only in their
+    config (`lora_adapter_metadata` / adapter_config.json), which ComfyUI ignores: with the scale in
+    the weights every loader applies the same strength."""
+    scale = e.alpha / e.rank
+    if scale == 1.0:
+        return Entry(e.part, e.path, e.down, e.up, float(e.rank))
+    return Entry(e.part, e.path, e.down, (e.up.float() * scale).to(e.up.dtype), float(e.rank))
 
 
 def _number(x: float):

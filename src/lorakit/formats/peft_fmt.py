@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_dir
 from ..errors import LoraKitError
 from .detect import family_of_parts
 from .kohya import _listing, validate_module
 from .paths import DIFFUSERS_PREFIX, kohya_part, path_to_kohya
 from .peft_common import Entry, check_config, kohya_alpha, lora_config
-from .st_io import file_mode, one_line, read_pickle, read_safetensors, serialize
+from .st_io import one_line, read_pickle, read_safetensors, serialize
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -140,15 +139,10 @@ def write(folder: str | os.PathLike, entries: list[Entry], metadata: Mapping[str
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise LoraKitError("output path exists and is not a folder (PEFT output is a folder)", folder)
-    parent = folder.parent if str(folder.parent) else Path(".")
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
-    except OSError as exc:
-        raise LoraKitError(f"cannot write here ({exc.strerror or exc})", folder) from None
-    try:
-        by_part: dict[str, list[Entry]] = {}
-        for e in entries:
-            by_part.setdefault(DIFFUSERS_PREFIX[e.part], []).append(e)
+    by_part: dict[str, list[Entry]] = {}
+    for e in entries:
+        by_part.setdefault(DIFFUSERS_PREFIX[e.part], []).append(e)
+    with atomic_dir(folder) as tmp:
         for sub, es in by_part.items():
             out = tmp / sub
             out.mkdir()
@@ -163,18 +157,3 @@ def write(folder: str | os.PathLike, entries: list[Entry], metadata: Mapping[str
                         w = w.to(dtype)
                     tensors[f"{_PREFIX}{live_path(e, from_model)}.{role}.weight"] = w.contiguous()
             (out / WEIGHTS).write_bytes(serialize(tensors, {"format": "pt", **metadata}))
-        os.chmod(tmp, file_mode(directory=True))
-        old = None
-        if folder.exists():
-            old = parent / f".{folder.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise LoraKitError(f"cannot write here ({exc.strerror or exc})", folder) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

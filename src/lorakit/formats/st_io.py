@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import Tensor
 
+from ..atomic import file_mode, write_bytes_atomic  # noqa: F401 (re-exported)
 from ..errors import LoraKitError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -25,13 +25,6 @@ _MAX_HEADER = 100 * 1024 * 1024
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line (the CLI prints errors as one line)."""
     return " ".join(str(exc).split())[:300]
-
-
-def file_mode(directory: bool = False) -> int:
-    """The mode a plain open()/mkdir() would give under the current umask (mkstemp uses 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
 
 
 def read_header(path: str | os.PathLike, check_data: bool = True) -> tuple[dict, int]:
@@ -133,31 +126,6 @@ def serialize(tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None 
     from safetensors.torch import save
 
     return save(_prepare(tensors), metadata=None if metadata is None else dict(metadata))
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write through a temporary file in the same folder and os.replace it: no half-written file."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise LoraKitError("output path is a folder", path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    except OSError as exc:
-        raise LoraKitError(f"cannot write here ({exc.strerror or exc})", path) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise LoraKitError(f"cannot write here ({exc.strerror or exc})", path) from None
 
 
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, Tensor],

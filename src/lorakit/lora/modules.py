@@ -91,10 +91,23 @@ class LoRAModule(nn.Module):
         shape = (up.shape[0], *down.shape[1:])
         return LF.lora_delta(up, down, float(self.alpha), shape)
 
+    def forward_rows(self, x: Tensor, rows: Tensor) -> Tensor:
+        """The branch's output rows `rows` only: the part of a fused layer that one live layer holds."""
+        dtype = self.lora_down.weight.dtype
+        h = self.lora_down(x.to(dtype))
+        if self.training and self.dropout:
+            h = F.dropout(h, p=self.dropout)
+        up = self.lora_up.weight[rows.to(self.lora_up.weight.device)]
+        return (F.linear(h, up) * (self.multiplier * self.scale)).to(x.dtype)
+
     @torch.no_grad()
-    def add_delta_to(self, weight: Tensor, multiplier: float) -> None:
-        """weight += m·(alpha/r)·up·down as one in-place GEMM (no ΔW temporary) for fp32 weights."""
-        up = self.lora_up.weight.reshape(self.lora_up.weight.shape[0], -1).to(weight.device, torch.float32)
+    def add_delta_to(self, weight: Tensor, multiplier: float, rows: Tensor | None = None) -> None:
+        """weight += m·(alpha/r)·up·down as one in-place GEMM (no ΔW temporary) for fp32 weights;
+        with `rows`, only those rows of up (the weight is one piece of a fused layer)."""
+        up = self.lora_up.weight.reshape(self.lora_up.weight.shape[0], -1)
+        if rows is not None:
+            up = up[rows.to(up.device)]
+        up = up.to(weight.device, torch.float32)
         down = self.lora_down.weight.reshape(self.rank, -1).to(weight.device, torch.float32)
         weight.view(weight.shape[0], -1).addmm_(up, down, alpha=multiplier * self.scale)
 
@@ -169,6 +182,10 @@ class DeltaModule(nn.Module):
                 base_weight = self._base_ref[0].weight
             delta = LF.dora_delta(base_weight.float(), delta, dora)
         return delta
+
+    def forward_rows(self, x: Tensor, rows: Tensor) -> Tensor:
+        delta = (self.delta_weight()[rows.to(x.device)] * self.multiplier).to(x.dtype)
+        return F.linear(x, delta)
 
     def forward(self, x: Tensor) -> Tensor:
         delta = (self.delta_weight() * self.multiplier).to(x.dtype)

@@ -29,7 +29,8 @@ class _MergeState:
 
     def __init__(self):
         self.original: Tensor | None = None
-        self.merged: dict[int, tuple["LoRANetwork", str]] = {}
+        # (network id, adapter name) → (network, adapter name, rows of the adapter this layer holds)
+        self.merged: dict[tuple[int, str], tuple["LoRANetwork", str, Tensor | None]] = {}
 
     def base_weight(self, module: nn.Module) -> Tensor:
         return self.original if self.original is not None else module.weight
@@ -128,8 +129,8 @@ class LoRANetwork(nn.Module):
         if self._hooks or self.merged:
             return self
         for name, adapter in self.adapters.items():
-            module = self.targets[name].module
-            self._hooks.append(module.register_forward_hook(_make_hook(adapter)))
+            for module, rows in self.targets[name].sites():
+                self._hooks.append(module.register_forward_hook(_make_hook(adapter, rows)))
         return self
 
     def remove(self) -> None:
@@ -145,23 +146,8 @@ class LoRANetwork(nn.Module):
             return self
         self.remove()
         for name, adapter in self.adapters.items():
-            module = self.targets[name].module
-            state = _merge_state(module)
-            w = module.weight
-            if state.original is None and _needs_original(module, adapter):
-                if state.merged:  # fp32 layer merged before without a copy: rebuild the original first
-                    raise RuntimeError("merge DoRA networks before other networks on fp32 models")
-                state.original = w.detach().clone()
-            if w.dtype == torch.float32 and isinstance(adapter, LoRAModule):
-                adapter.add_delta_to(w, self._multiplier)
-                state.merged[id(self)] = (self, name)
-                continue
-            delta = adapter.delta_weight(state.base_weight(module)).to(w.device)
-            if w.dtype == torch.float32:
-                w.add_(delta, alpha=self._multiplier)
-            else:
-                w.copy_(w.float().add_(delta, alpha=self._multiplier))
-            state.merged[id(self)] = (self, name)
+            for module, rows in self.targets[name].sites():
+                self._merge_site(name, adapter, module, rows)
         self.merged = True
         return self
 
@@ -171,27 +157,47 @@ class LoRANetwork(nn.Module):
         if not self.merged:
             return self
         for name in self.adapters:
-            module = self.targets[name].module
-            state: _MergeState = module._lorakit_merge
-            state.merged.pop(id(self), None)
-            adapter = self.adapters[name]
-            if state.original is None and isinstance(adapter, LoRAModule):
-                adapter.add_delta_to(module.weight, -self._multiplier)
-            elif state.original is None:
-                delta = adapter.delta_weight(module.weight).to(module.weight.device)
-                module.weight.sub_(delta, alpha=self._multiplier)
-            elif not state.merged:
-                module.weight.copy_(state.original)
-            else:
-                w = state.original.to(torch.float32, copy=True)
-                for other, other_name in state.merged.values():
-                    delta = other.adapters[other_name].delta_weight(state.original).to(w.device)
-                    w.add_(delta, alpha=other.multiplier)
-                module.weight.copy_(w)
-            if not state.merged:
-                del module._lorakit_merge
+            for module, rows in self.targets[name].sites():
+                self._unmerge_site(name, module, rows)
         self.merged = False
         return self
+
+    def _merge_site(self, name: str, adapter: nn.Module, module: nn.Module, rows: Tensor | None) -> None:
+        state = _merge_state(module)
+        w = module.weight
+        if state.original is None and _needs_original(module, adapter):
+            if state.merged:  # fp32 layer merged before without a copy: rebuild the original first
+                raise RuntimeError("merge DoRA networks before other networks on fp32 models")
+            state.original = w.detach().clone()
+        if w.dtype == torch.float32 and isinstance(adapter, LoRAModule):
+            adapter.add_delta_to(w, self._multiplier, rows)
+        else:
+            delta = _site_delta(adapter, state.base_weight(module), rows).to(w.device)
+            if w.dtype == torch.float32:
+                w.add_(delta, alpha=self._multiplier)
+            else:
+                w.copy_(w.float().add_(delta, alpha=self._multiplier))
+        state.merged[(id(self), name)] = (self, name, rows)
+
+    def _unmerge_site(self, name: str, module: nn.Module, rows: Tensor | None) -> None:
+        state: _MergeState = module._lorakit_merge
+        state.merged.pop((id(self), name), None)
+        adapter = self.adapters[name]
+        if state.original is None and isinstance(adapter, LoRAModule):
+            adapter.add_delta_to(module.weight, -self._multiplier, rows)
+        elif state.original is None:
+            delta = _site_delta(adapter, module.weight, rows).to(module.weight.device)
+            module.weight.sub_(delta, alpha=self._multiplier)
+        elif not state.merged:
+            module.weight.copy_(state.original)
+        else:
+            w = state.original.to(torch.float32, copy=True)
+            for other, other_name, other_rows in state.merged.values():
+                delta = _site_delta(other.adapters[other_name], state.original, other_rows).to(w.device)
+                w.add_(delta, alpha=other.multiplier)
+            module.weight.copy_(w)
+        if not state.merged:
+            del module._lorakit_merge
 
     # export -----------------------------------------------------------------------------------
     def kohya_modules(self) -> dict[str, dict[str, Tensor]]:
@@ -219,10 +225,23 @@ class LoRANetwork(nn.Module):
         return len(self.adapters)
 
 
-def _make_hook(adapter: nn.Module):
-    def hook(module, args, output):
-        return output + adapter(args[0])
+def _make_hook(adapter: nn.Module, rows: Tensor | None = None):
+    if rows is None:
+        def hook(module, args, output):
+            return output + adapter(args[0])
+    else:
+        def hook(module, args, output):
+            return output + adapter.forward_rows(args[0], rows)
     return hook
+
+
+def _site_delta(adapter: nn.Module, base_weight: Tensor, rows: Tensor | None) -> Tensor:
+    """ΔW for one live layer: the adapter's, or its rows when the layer is a piece of a fused one."""
+    if rows is None:
+        return adapter.delta_weight(base_weight)
+    if "dora_scale" in getattr(adapter, "_names", {}):
+        raise ValueError("DoRA on a layer the model holds as several pieces is not supported")
+    return adapter.delta_weight()[rows.to(base_weight.device)]
 
 
 def _check_shapes(name: str, kind: str, w: Mapping[str, Tensor], module: nn.Module, alpha, source: str) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from .. import families, naming
 
-PRESETS = ("attn", "cross-attn", "transformer", "full")
+PRESETS = ("attn", "cross-attn", "attn-mlp", "transformer", "full")  # every family's, in the CLI's order
 
 
 @dataclass
@@ -26,10 +27,28 @@ class Target:
     module: nn.Module
     container: str  # class of the block it sits in ("" when none of the known ones)
     aliases: tuple[str, ...] = ()
+    # A layer the file names once but the live model holds as several (fused qkv) or with its rows
+    # in another order: (live layer, the rows of the named layer it holds). `module` is then a
+    # weightless (meta) Linear of the named layer's shape.
+    pieces: tuple[tuple[nn.Module, Tensor], ...] = ()
 
     @property
     def is_conv3(self) -> bool:
         return isinstance(self.module, nn.Conv2d) and tuple(self.module.kernel_size) != (1, 1)
+
+    def sites(self) -> list[tuple[nn.Module, Tensor | None]]:
+        """(live layer, rows of the named layer or None for all) for each layer a ΔW lands in."""
+        return list(self.pieces) if self.pieces else [(self.module, None)]
+
+    def weight(self) -> Tensor:
+        """The named layer's weight as the file sees it (gathered from its pieces when fused)."""
+        if not self.pieces:
+            return self.module.weight
+        first = self.pieces[0][0].weight
+        out = torch.empty(tuple(self.module.weight.shape), dtype=first.dtype, device=first.device)
+        for module, rows in self.pieces:
+            out[rows.to(out.device)] = module.weight
+        return out
 
 
 @dataclass
@@ -76,15 +95,22 @@ def _containers(root: nn.Module, classes: set[str]) -> dict[str, str]:
 def _te_container(cls: str) -> str:
     if "Attention" in cls:
         return "CLIPAttention"
-    if "MLP" in cls:
+    if "MLP" in cls or cls.startswith("T5Dense"):  # T5's gated MLP is T5DenseGatedActDense
         return "CLIPMLP"
     return cls
+
+
+def _is_clip(te: nn.Module) -> bool:
+    return str(getattr(getattr(te, "config", None), "model_type", "clip")).startswith("clip")
 
 
 def build_index(parts: ModelParts) -> dict[str, Target]:
     index: dict[str, Target] = {}
     spec = parts.spec
-    if parts.unet is not None:
+    custom = spec.denoiser_targets(parts.unet) if parts.unet is not None else None
+    if custom is not None:  # a denoiser whose file names are not its module paths (SD3's fused qkv)
+        index.update(custom)
+    elif parts.unet is not None:
         layout = spec.denoiser_layout(parts.unet_config)
         containers = _containers(parts.unet, set(spec.denoiser_containers))
         for path, module in parts.unet.named_modules():
@@ -100,11 +126,11 @@ def build_index(parts: ModelParts) -> dict[str, Target]:
         prefix = spec.te_prefix(i)
         containers = {p: _te_container(c) for p, c in _containers(te, {
             type(m).__name__ for m in te.modules()
-            if "Attention" in type(m).__name__ or "MLP" in type(m).__name__}).items()}
+            if "Attention" in type(m).__name__ or _te_container(type(m).__name__) == "CLIPMLP"}).items()}
         for path, module in te.named_modules():
             if not isinstance(module, (nn.Linear, nn.Conv2d)):
                 continue
-            name = naming.kohya_name(prefix, naming.te_path_for_name(path))
+            name = naming.kohya_name(prefix, naming.te_path_for_name(path) if _is_clip(te) else path)
             index[name] = Target(name, path, prefix[len("lora_"):], module, containers.get(path, ""), (name,))
     return index
 
@@ -112,7 +138,7 @@ def build_index(parts: ModelParts) -> dict[str, Target]:
 def _te_selected(t: Target, preset: str) -> bool:
     if t.container == "CLIPAttention":
         return True
-    return t.container == "CLIPMLP" and preset in ("transformer", "full")
+    return t.container == "CLIPMLP" and preset in ("attn-mlp", "transformer", "full")
 
 
 def select(parts: ModelParts, preset: str = "transformer", *, unet: bool = True,

@@ -7,7 +7,7 @@ from typing import Mapping
 
 from .. import families
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "flow_matching")
 KINDS = ("diffusers", "single_file", "hub", "toy")
 
 
@@ -18,6 +18,11 @@ class BaseModel:
     prediction_type: str  # epsilon | v_prediction
     source: str  # what the user gave: a path, a hub id, or "toy"
     kind: str  # diffusers | single_file | hub | toy
+    denoiser_config: dict | None = None  # the denoiser's config, also when the denoiser was not loaded
+
+    def __post_init__(self):
+        if self.denoiser_config is None and self.unet is not None:
+            self.denoiser_config = dict(self.unet.config)
 
     @property
     def spec(self) -> families.Family:

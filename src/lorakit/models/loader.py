@@ -28,11 +28,13 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                prediction_type: str | None = None, config_dir: str | os.PathLike | None = None,
-               components=COMPONENTS, allow_pickle: bool = False) -> BaseModel:
-    """Load a Stable Diffusion 1.x / 2.x / XL base model.
+               components=COMPONENTS, allow_pickle: bool = False,
+               text_encoders: str | os.PathLike | None = None) -> BaseModel:
+    """Load a Stable Diffusion 1.x / 2.x / XL / 3.x base model.
 
     `components` picks the parts to load (others are None in the pipeline); `config_dir` overrides
-    the shipped diffusers configs for single files; `.ckpt` files need `allow_pickle=True`.
+    the shipped diffusers configs for single files; `.ckpt` files need `allow_pickle=True`;
+    `text_encoders` is the folder SD3 single files without their text encoders take them from.
     """
     prediction_type = _normalise_prediction(prediction_type)
     components = tuple(components)
@@ -48,7 +50,8 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | t
         if path.is_dir():
             model = _load_folder(path, "diffusers", dtype, prediction_type, components)
         elif path.is_file():
-            model = _load_single_file(path, dtype, prediction_type, config_dir, components, allow_pickle)
+            model = _load_single_file(path, dtype, prediction_type, config_dir, components, allow_pickle,
+                                      text_encoders)
         elif _looks_like_hub_id(spec):
             model = _load_hub(spec, dtype, prediction_type, components)
         else:
@@ -92,7 +95,8 @@ def _offline() -> bool:
 
 # --- single files ------------------------------------------------------------------------------
 
-def _load_single_file(path: Path, dtype, prediction_type, config_dir, components, allow_pickle) -> BaseModel:
+def _load_single_file(path: Path, dtype, prediction_type, config_dir, components, allow_pickle,
+                      text_encoders=None) -> BaseModel:
     from .checkpoint import declared_prediction_type, detect_file_family, open_checkpoint
     from .single_file import read_index
 
@@ -102,12 +106,23 @@ def _load_single_file(path: Path, dtype, prediction_type, config_dir, components
     folder = Path(config_dir) if config_dir is not None else None
     if folder is not None:
         read_index(folder)  # fails early, naming the folder
-    pt = (prediction_type or declared_prediction_type(ckpt) or _scheduler_prediction(folder)
-          or spec.guess_prediction_type(ckpt) or spec.prediction_types[0])
-    folder = folder or spec.config_dir(pt)
+    declared = [p for p in (declared_prediction_type(ckpt), _scheduler_prediction(folder)) if p in spec.prediction_types]
+    pt = prediction_type or next(iter(declared), None) or spec.guess_prediction_type(ckpt) or spec.prediction_types[0]
+    _check_prediction(spec, pt)
+    folder = folder or spec.config_dir(pt, ckpt)
+    options = {"text_encoders": Path(text_encoders)} if text_encoders is not None else {}
     with quiet_loading():
-        pipe = spec.pipeline_from_checkpoint(ckpt, folder, dtype=dtype, prediction_type=pt, components=components)
-    return BaseModel(pipe, family, pt, str(path), "single_file")
+        pipe = spec.pipeline_from_checkpoint(ckpt, folder, dtype=dtype, prediction_type=pt, components=components,
+                                             **options)
+    config_file = folder / spec.denoiser / "config.json"
+    denoiser_config = (json.loads(config_file.read_text()) if "unet" not in components and config_file.is_file()
+                       else None)
+    return BaseModel(pipe, family, pt, str(path), "single_file", denoiser_config)
+
+
+def _check_prediction(spec, pt: str) -> None:
+    if pt not in spec.prediction_types:
+        raise LoraKitError(f"{spec.label} models predict {' or '.join(spec.prediction_types)}, not {pt}")
 
 
 def _scheduler_prediction(folder: Path | None) -> str | None:
@@ -212,13 +227,23 @@ def _denoiser_config(pipe, source: str, local_only: bool) -> dict | None:
 def _finish(pipe, source: str, kind: str, prediction_type, missing_tokenizers, *, local_only: bool) -> BaseModel:
     from .tokenizer import clip_tokenizer
 
-    family = detect_family(pipe, _denoiser_config(pipe, source, local_only))
+    denoiser_config = _denoiser_config(pipe, source, local_only)
+    family = detect_family(pipe, denoiser_config)
     spec = families.get(family)
     for name in missing_tokenizers:  # folders saved without tokenizers get the shipped CLIP BPE one
         pad = spec.tokenizer_pads[spec.tokenizers.index(name)]
-        pipe.register_modules(**{name: clip_tokenizer(pad)})
-    scheduler_pt = getattr(getattr(pipe, "scheduler", None), "config", {}).get("prediction_type", "epsilon")
-    pt = prediction_type or scheduler_pt or "epsilon"
+        if pad is not None:
+            pipe.register_modules(**{name: clip_tokenizer(pad)})
+    for te, tok in zip(spec.text_encoders, spec.tokenizers):
+        if getattr(pipe, te, None) is not None and getattr(pipe, tok, None) is None:
+            raise LoraKitError(f"the model has {te} but no {tok}, and lorakit ships no tokenizer for it (T5's "
+                               f"cannot ship): copy {tok} from the model's download", source)
+    scheduler_pt = getattr(getattr(pipe, "scheduler", None), "config", {}).get("prediction_type",
+                                                                              spec.prediction_types[0])
+    if scheduler_pt not in spec.prediction_types:
+        scheduler_pt = spec.prediction_types[0]
+    pt = prediction_type or scheduler_pt
+    _check_prediction(spec, pt)
     if pt != scheduler_pt and pipe.scheduler is not None:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=pt)
-    return BaseModel(pipe, family, pt, source, kind)
+    return BaseModel(pipe, family, pt, source, kind, denoiser_config)

@@ -8,12 +8,12 @@ model in memory keeps its own dtype.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .. import families
+from ..atomic import atomic_dir, atomic_path
 from ..errors import LoraKitError
 from .base import BaseModel, detect_family
 
@@ -23,7 +23,9 @@ def _as_model(model_or_pipe) -> BaseModel:
         return model_or_pipe
     pipe = model_or_pipe
     config = getattr(getattr(pipe, "scheduler", None), "config", {}) or {}
-    return BaseModel(pipe, detect_family(pipe), config.get("prediction_type", "epsilon"), "", "diffusers")
+    family = detect_family(pipe)
+    default = families.get(family).prediction_types[0]
+    return BaseModel(pipe, family, config.get("prediction_type", default), "", "diffusers")
 
 
 def save_model(model_or_pipe, out: str | os.PathLike, dtype: torch.dtype | None = torch.float16, *,
@@ -90,19 +92,8 @@ def save_single_file(model: BaseModel, out: Path, dtype=torch.float16, metadata:
 
     state = original_state_dict(model, dtype)
     header = {**header_metadata(model, out.stem), **{str(k): str(v) for k, v in (metadata or {}).items()}}
-    _atomic_file(out, lambda tmp: save_file(state, str(tmp), metadata=header))
-
-
-def _atomic_file(out: Path, write) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata=header)
 
 
 # --- diffusers folder --------------------------------------------------------------------------
@@ -113,23 +104,11 @@ def save_folder(model: BaseModel, out: Path, dtype=torch.float16) -> None:
         raise LoraKitError("exists and is not a folder", out)
     if out.is_dir() and any(out.iterdir()) and not (out / "model_index.json").is_file():
         raise LoraKitError("exists, is not empty and is not a diffusers model folder: refusing to replace it", out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.pipe.save_pretrained(str(tmp), safe_serialization=True)
         if dtype is not None:
             for f in tmp.rglob("*.safetensors"):
                 _recast_file(f, dtype)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _recast_file(path: Path, dtype: torch.dtype) -> None:

@@ -253,29 +253,26 @@ def save_pipeline(pipe, out: Path) -> Path:
 
     from safetensors.torch import load_file, save_file
 
+    from ..atomic import atomic_dir
     from ..models.tokenizer import TOKENIZER_DIR
 
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    for f in tmp.rglob("*.safetensors"):
-        tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(f).items()}
-        save_file(tensors, f, metadata={"format": "pt"})
-    tok = tmp / "tokenizer"
-    shutil.rmtree(tok)
-    tok.mkdir()
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copyfile(TOKENIZER_DIR / name, tok / name)
-    _write_json(tok / "tokenizer_config.json", _TOKENIZER_CONFIG)
-    for f in tmp.rglob("*.json"):  # where it was saved from is no business of the shipped folder
-        data = json.loads(f.read_text())
-        if isinstance(data, dict) and "_name_or_path" in data:
-            del data["_name_or_path"]
-            _write_json(f, data)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        for f in tmp.rglob("*.safetensors"):
+            tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(f).items()}
+            save_file(tensors, f, metadata={"format": "pt"})
+        tok = tmp / "tokenizer"
+        shutil.rmtree(tok)
+        tok.mkdir()
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(TOKENIZER_DIR / name, tok / name)
+        _write_json(tok / "tokenizer_config.json", _TOKENIZER_CONFIG)
+        for f in tmp.rglob("*.json"):  # where it was saved from is no business of the shipped folder
+            data = json.loads(f.read_text())
+            if isinstance(data, dict) and "_name_or_path" in data:
+                del data["_name_or_path"]
+                _write_json(f, data)
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..atomic import atomic_path, write_text_atomic
 from . import world
 
 TRIGGER = world.TRIGGER
@@ -43,8 +44,9 @@ def write_dataset(folder: Path, size: int = world.IMAGE_SIZE) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i, scene in enumerate(scenes()):
         stem = folder / f"{i:02d}_{scene.color}_{scene.background}"
-        world.render(scene, size).save(stem.with_suffix(".png"), optimize=True)
-        stem.with_suffix(".txt").write_text(world.caption(scene) + "\n")
+        with atomic_path(stem.with_suffix(".png")) as tmp:
+            world.render(scene, size).save(tmp, format="PNG", optimize=True)
+        write_text_atomic(stem.with_suffix(".txt"), world.caption(scene) + "\n")
     return folder
 
 

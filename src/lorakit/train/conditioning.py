@@ -31,13 +31,12 @@ class Conditioner:
         return [getattr(self.pipe, n, None) for n in self.spec.text_encoders]
 
     def tokenize(self, captions: Sequence[str]) -> list[Tensor]:
-        return [tok(list(captions), padding="max_length", max_length=tok.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids for tok in self.tokenizers]
+        return self.spec.tokenize(self.tokenizers, captions)
 
-    def encode_ids(self, ids: Sequence[Tensor]) -> dict[str, Tensor]:
+    def encode_ids(self, ids: Sequence[Tensor], cached: dict | None = None) -> dict[str, Tensor]:
         """{hidden: [B, 77, D], pooled: [B, P] (SDXL)...}: what the family conditions on; gradients flow
-        when enabled."""
-        return self.spec.encode_text(self.encoders, self.tokenizers, ids)
+        when enabled. `cached`: the outputs of encoders released after caching (SD3's T5)."""
+        return self.spec.encode_text(self.encoders, self.tokenizers, ids, cached)
 
     @torch.no_grad()
     def encode(self, captions: Sequence[str]) -> dict[str, Tensor]:

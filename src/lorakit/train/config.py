@@ -33,6 +33,12 @@ SECTIONS = ("model", "data", "prior", "network", "optimizer", "loss", "run", "ou
 class TrainConfig:
     # model
     model: str = opt("toy", "base model: diffusers folder, single .safetensors, hub id, or 'toy'", "model")
+    text_encoders: Optional[Path] = opt(None, "SD 3.x / Flux.1 single file without text encoders: a folder holding "
+                                        "them (SD3: text_encoder, text_encoder_2, text_encoder_3, tokenizer_3; "
+                                        "Flux: vae, text_encoder, text_encoder_2, tokenizer_2)", "model",
+                                        resume_may_change=True)
+    config_dir: Optional[Path] = opt(None, "diffusers config folder for a single file whose architecture differs "
+                                     "from the shipped configs", "model", resume_may_change=True)
     prediction_type: Optional[str] = opt(None, "epsilon or v_prediction (default: from the model)", "model")
     # data
     data: Optional[Path] = opt(None, "image folder (captions alongside, N_name repeat folders) or dataset TOML", "data")
@@ -67,7 +73,8 @@ class TrainConfig:
     # network
     rank: int = opt(16, "LoRA rank", "network")
     alpha: Optional[float] = opt(None, "LoRA alpha (default: rank, i.e. scale 1)", "network")
-    preset: str = opt("transformer", "target preset: attn, cross-attn, transformer, full", "network")
+    preset: str = opt("transformer", "target preset: attn, cross-attn, attn-mlp, transformer, full (SD 3.x: "
+                      "attn = attention, attn-mlp = + MLP, transformer = every linear of the blocks)", "network")
     conv_rank: Optional[int] = opt(None, "rank of 3×3 convolutions (preset full; default: none adapted)", "network")
     conv_alpha: Optional[float] = opt(None, "alpha of 3×3 convolutions (default: conv rank)", "network")
     train_unet: bool = opt(True, "train the UNet LoRA", "network")
@@ -91,9 +98,17 @@ class TrainConfig:
     scheduler_power: float = opt(1.0, "power of the polynomial schedule", "optimizer")
     # loss
     min_snr_gamma: Optional[float] = opt(None, "min-SNR loss weighting gamma (5 is usual; off by default)", "loss")
+    weighting_scheme: str = opt("logit_normal", "flow-matching models (SD 3.x): timestep density and loss weighting "
+                                "as diffusers' SD3 scripts: logit_normal, mode, uniform, sigma_sqrt, cosmap, none",
+                                "loss")
+    guidance_scale: Optional[float] = opt(None, "Flux.1 dev: the value fed to its guidance embedding while training "
+                                          "(default 3.5, as diffusers' and sd-scripts' Flux trainers)", "loss")
     noise_offset: float = opt(0.0, "noise offset (0.05–0.1 helps very dark/bright images)", "loss")
     l1_penalty: float = opt(0.0, "coefficient of Σ|w| over the LoRA weights", "loss")
     l2_penalty: float = opt(0.0, "coefficient of Σw² over the LoRA weights", "loss")
+    nan_policy: str = opt("stop", "on a NaN/Inf loss: stop (naming the step and the last good checkpoint) or skip "
+                          "that optimizer step (counted in the log and the LoRA metadata)", "loss",
+                          resume_may_change=True)
     # run
     steps: int = opt(1000, "optimizer steps", "run")
     grad_accum: int = opt(1, "gradient accumulation micro-steps per optimizer step", "run")
@@ -110,6 +125,9 @@ class TrainConfig:
                           resume_may_change=True)
     keep_states: int = opt(2, "resume states kept (older ones are deleted)", "output", resume_may_change=True)
     save_dtype: str = opt("fp16", "dtype of the saved LoRA: fp16, bf16 or fp32", "output", resume_may_change=True)
+    save_format: Optional[str] = opt(None, "LoRA file layout: kohya (default for SD 1.x/2.x/XL), diffusers (default "
+                                     "for SD 3.x: loads in diffusers and ComfyUI), comfyui, onetrainer", "output",
+                                     resume_may_change=True)
     output_name: Optional[str] = opt(None, "ss_output_name (default: OUT's stem)", "output", resume_may_change=True)
     comment: Optional[str] = opt(None, "ss_training_comment", "output", resume_may_change=True)
     sample_every: int = opt(0, "write sample images every N steps (0: off)", "output", resume_may_change=True)
@@ -135,12 +153,15 @@ class TrainConfig:
             raise LoraKitError(msg)
 
         choices = {"cache_latents": ("memory", "disk", "none"), "cache_text": ("memory", "disk", "none"),
-                   "preset": ("attn", "cross-attn", "transformer", "full"), "init": ("kaiming", "gaussian"),
+                   "preset": ("attn", "cross-attn", "attn-mlp", "transformer", "full"),
+                   "init": ("kaiming", "gaussian"),
+                   "weighting_scheme": ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap", "none"),
+                   "save_format": (None, "kohya", "diffusers", "comfyui", "onetrainer"),
                    "optimizer": ("adamw", "adamw8bit", "lion", "prodigy"),
                    "mixed_precision": ("no", "fp16", "bf16"), "save_dtype": ("fp16", "bf16", "fp32"),
                    "scheduler": ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                                  "polynomial"),
-                   "prediction_type": (None, "epsilon", "v_prediction")}
+                   "prediction_type": (None, "epsilon", "v_prediction"), "nan_policy": ("stop", "skip")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 bad(f"--{_flag(key)} must be one of {', '.join(a for a in allowed if a)}, not {getattr(self, key)!r}")

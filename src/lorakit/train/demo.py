@@ -12,10 +12,10 @@ and after.png show it, the scorer turns it into numbers (report.json):
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
+from ..atomic import atomic_path, write_bytes_atomic, write_text_atomic
 from .config import TrainConfig
 
 DEFAULT_STEPS = 600
@@ -39,10 +39,11 @@ def write_dataset(out: Path, n_reg: int = N_REG, seed: int = 0) -> Path:
     for i in range(n_reg):
         shape, color, background = combos[i % len(combos)]
         scene = world.sample_scene(rng, shapes=(shape,), colors=[color], backgrounds=[background])
-        world.render(scene).save(reg / f"reg_{i:04d}.png")
-        (reg / f"reg_{i:04d}.txt").write_text(world.caption(scene) + "\n")
+        with atomic_path(reg / f"reg_{i:04d}.png") as tmp:
+            world.render(scene).save(tmp, format="PNG")
+        write_text_atomic(reg / f"reg_{i:04d}.txt", world.caption(scene) + "\n")
     toml = Path(out) / "dataset.toml"
-    toml.write_text(f"""[[datasets]]
+    write_text_atomic(toml, f"""[[datasets]]
   [[datasets.subsets]]
   image_dir = {json.dumps(str(concept.dataset_path()))}
   flip_aug = true
@@ -106,7 +107,7 @@ def run_demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, n_concept: in
     cfg = demo_config(out, steps, seed, progress, model, prior, **overrides)
     result = run(cfg)
     train_s = time.perf_counter() - t0
-    shutil.copyfile(cfg.resolved_run_dir() / "loss.png", out / "loss.png")
+    write_bytes_atomic(out / "loss.png", (cfg.resolved_run_dir() / "loss.png").read_bytes())
 
     model = load_model(model)
     pipe = model.pipe
@@ -140,5 +141,5 @@ def run_demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, n_concept: in
         "seconds": {"train": round(train_s, 1), "total": round(time.perf_counter() - t0, 1)},
         "files": {"lora": "lora.safetensors", "loss": "loss.png", "before": "before.png", "after": "after.png"},
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     return report

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from ..atomic import atomic_path
 
 
 class LossHistory:
@@ -47,9 +48,8 @@ class LossHistory:
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right")
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-        fig.savefig(tmp)
-        plt.close(fig)
-        os.replace(tmp, path)
+        try:
+            with atomic_path(path, suffix=".png") as tmp:
+                fig.savefig(tmp)
+        finally:
+            plt.close(fig)

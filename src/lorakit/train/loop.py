@@ -25,10 +25,12 @@ from torch import nn
 
 from ..data import (BucketSettings, Sample, Subset, TensorStore, TrainingData, cache_key, load_dataset_config,
                     mix_seed, pixels, scan, subsets_in)
-from ..errors import LoraKitError
+from ..atomic import remove_stale_temporaries, write_text_atomic
+from ..errors import Interrupted, LoraKitError
 from ..lora.network import LoRANetwork
 from . import losses, state
 from .conditioning import Conditioner, encode_pixels
+from .interrupt import EXIT_CODES, StopRequests, signal_name
 from .config import TrainConfig
 from .logs import LossHistory
 from .memory import release_free_memory
@@ -83,7 +85,7 @@ class Denoiser(nn.Module):
             return list(merged.split([len(j["noisy"]) for j in jobs]))
         out = []
         for job in jobs:
-            cond = self.conditioner.encode_ids(job["ids"]) if "ids" in job else job["cond"]
+            cond = self.conditioner.encode_ids(job["ids"], job.get("cond")) if "ids" in job else job["cond"]
             extra = {k: v for k, v in job.items() if k not in _JOB_KEYS}  # the family's extra_inputs
             out.append(self.spec.predict(self.unet, job["noisy"], job["t"], cond, extra, self.dtype))
         return out
@@ -96,7 +98,7 @@ def _concat(jobs: list[dict]) -> dict:
     out = {k: torch.cat([j[k] for j in jobs]) for k in jobs[0] if k not in ("ids", "cond")}
     if "ids" in jobs[0]:
         out["ids"] = [torch.cat(parts) for parts in zip(*(j["ids"] for j in jobs))]
-    else:
+    if "cond" in jobs[0]:
         out["cond"] = {k: torch.cat([j["cond"][k] for j in jobs]) for k in jobs[0]["cond"]}
     return out
 
@@ -115,6 +117,10 @@ class Trainer:
         self.history = LossHistory()
         self.step = 0
         self.step_times: list[float] = []
+        self.skipped: list[int] = []  # optimizer steps skipped for a non-finite loss (--nan-policy skip)
+        self._bad_step = False
+        self._saved_step: int | None = None  # the step of the last resume state this process wrote
+        self.stops = StopRequests(self.last_state)
 
     # --- set-up ----------------------------------------------------------------------------------
     def _accelerator(self):
@@ -191,7 +197,8 @@ class Trainer:
 
         dtype = torch.float32 if "unet" not in components else self.weight_dtype
         model = load_model(self.cfg.model, dtype=dtype, prediction_type=self.cfg.prediction_type,
-                           components=components)
+                           components=components, text_encoders=self.cfg.text_encoders,
+                           config_dir=self.cfg.config_dir)
         model.pipe.set_progress_bar_config(disable=True)
         return model
 
@@ -210,23 +217,34 @@ class Trainer:
             return f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
         return str(self.cfg.model)
 
+    def _size_multiple(self) -> int:
+        """Pixels every image side must be a multiple of: the VAE's downscale × the denoiser's
+        downsampling (64 for SD 1.x/2.x, 32 for SDXL), read from the model's own configs."""
+        vae_factor = 2 ** (len(self.vae_config["block_out_channels"]) - 1) if self.vae_config else 1
+        config = self.model.denoiser_config
+        return vae_factor * (self.spec.denoiser_downsampling(config) if config else 1)
+
     def _bucket_settings(self) -> BucketSettings:
-        """The family's step (64 px, SDXL 32), smaller only when the resolution itself is that small."""
+        """The family's step (64 px, SDXL 32) made a multiple of the model's size multiple, smaller only
+        when the resolution itself is that small, never below the size multiple."""
         cfg = self.cfg
+        need = self._size_multiple()
         step = cfg.bucket_step
         if step is None:
-            step = self.spec.bucket_step
-            while step > 8 and (cfg.resolution % step or cfg.resolution < 2 * step):
+            step = max(self.spec.bucket_step, need)  # powers of two: a multiple of need
+            while step > need and (cfg.resolution % step or cfg.resolution < 2 * step):
                 step //= 2
+            if cfg.resolution % step:
+                raise LoraKitError(f"--resolution {cfg.resolution} must be a multiple of {step} px, which this "
+                                   f"model's VAE and UNet downsampling need")
         if cfg.resolution % step:
             raise LoraKitError(f"--resolution {cfg.resolution} must be a multiple of the bucket step {step}")
         return BucketSettings(cfg.resolution, step, cfg.bucket, cfg.min_bucket_side, cfg.max_bucket_side,
                               cfg.max_upscale)
 
-    def _check_divisible(self, unet) -> None:
+    def _check_divisible(self) -> None:
         """Every bucket side must survive the VAE's and the UNet's downsampling."""
-        vae_factor = 2 ** (len(self.vae_config["block_out_channels"]) - 1) if self.vae_config else 1
-        need = vae_factor * self.spec.denoiser_downsampling(unet.config)
+        need = self._size_multiple()
         step = self.data.settings.step
         if step % need:
             raise LoraKitError(f"bucket step {step} px is not a multiple of {need} px, which this model's VAE and "
@@ -247,6 +265,7 @@ class Trainer:
             state.check_compatible(info, self._fingerprint(), self.resume_dir,
                                    steps_may_grow=cfg.scheduler in ("constant", "constant_with_warmup"))
             self.history = LossHistory(**info.get("history", {}))
+            self.skipped = list(info.get("skipped_steps", []))
             self.session_id = info.get("session_id") or uuid.uuid4().hex[:12]
             self.started_at = info.get("started_at", time.time())
         else:
@@ -254,7 +273,9 @@ class Trainer:
         class_subset = self._class_subset()
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.toml").write_text(cfg.to_toml())
+            state.remove_partial(self.run_dir)  # what a killed run was writing
+            remove_stale_temporaries(Path(cfg.out).parent, Path(cfg.out).name)
+            write_text_atomic(self.run_dir / "config.toml", cfg.to_toml())
 
         # The VAE and text encoders are only needed to fill the caches, unless samples are drawn
         # or the text encoder trains: then load them with the UNet, else first and alone.
@@ -267,8 +288,9 @@ class Trainer:
         self.family, self.prediction_type = self.model.family, self.model.prediction_type
         self.spec = self.model.spec
         self.objective = self.spec.objective(self.prediction_type)
-        if self.objective not in ("epsilon", "v_prediction"):
-            raise LoraKitError(f"{self.spec.label}: the {self.objective} objective is not trained by this loop")
+        if self.objective == "flow_matching" and cfg.min_snr_gamma:
+            raise LoraKitError("--min-snr-gamma is for noise-prediction models; flow-matching models (SD 3.x) weigh "
+                               "their loss with --weighting-scheme")
         self.vae_config = dict(self.model.vae.config) if self.model.vae is not None else None
         device = acc.device
         if need_generation:
@@ -285,7 +307,8 @@ class Trainer:
         self.conditioner = Conditioner(self.model.pipe, self.family)
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.run_dir / "cache"
         self.latents = TensorStore(cfg.cache_latents, cache_dir / "latents")
-        text_mode = "none" if cfg.train_text_encoder else cfg.cache_text
+        # with a text-encoder LoRA the text cache still holds what encoders that never train give (SD3's T5)
+        text_mode = "none" if cfg.train_text_encoder and not self.spec.frozen_text_encoders else cfg.cache_text
         self.texts = TensorStore(text_mode, cache_dir / "text", max_items=4096)
         self.tag = self._model_tag()
         for name in ("vae", *self.spec.text_encoders):
@@ -300,7 +323,7 @@ class Trainer:
             del unet_model
         else:
             self._release_unneeded()
-        self._check_divisible(self.model.unet)
+        self._check_divisible()
         self._build_training(device)
 
     def _release_unneeded(self) -> None:
@@ -310,20 +333,23 @@ class Trainer:
             return
         if cfg.cache_latents != "none":
             self._release("vae")
-        if self.texts.enabled and self.data.fixed_captions() is not None and not cfg.train_text_encoder:
-            self._release(*self.spec.text_encoders)
+        if self.texts.enabled and self.data.fixed_captions() is not None:
+            self._release(*(self.spec.text_encoders if not cfg.train_text_encoder
+                            else self.spec.frozen_text_encoders))
 
     def _build_training(self, device) -> None:
         cfg, acc = self.cfg, self.acc
         pipe = self.model.pipe
         unet = _cast(self.model.unet.requires_grad_(False), device, self.weight_dtype)
-        if not cfg.sdpa:
+        if not cfg.sdpa and self.spec.classic_attention:
             from diffusers.models.attention_processor import AttnProcessor
 
             unet.set_attn_processor(AttnProcessor())
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        tes = self.model.text_encoders
+        # encoders that never train (SD3's T5) get no LoRA; None keeps the others' kohya prefixes
+        tes = [None if name in self.spec.frozen_text_encoders else getattr(pipe, name, None)
+               for name in self.spec.text_encoders]
         for te in tes:
             if te is not None:
                 _cast(te, device, self.weight_dtype)
@@ -358,11 +384,17 @@ class Trainer:
         # only where the user asked for memory over speed (checkpointing) on a real model in host memory.
         self.trim_memory = (acc.device.type == "cpu" and cfg.gradient_checkpointing
                             and sum(p.numel() for p in unet.parameters()) > 100_000_000)
-        from diffusers import DDPMScheduler
+        self.flow = None
+        if self.objective == "flow_matching":
+            from .flow_matching import FlowMatching
 
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config,
-                                                         prediction_type=self.prediction_type)
-        self.num_timesteps = self.noise_scheduler.config.num_train_timesteps
+            self.flow = FlowMatching.from_config(pipe.scheduler.config, scheme=cfg.weighting_scheme)
+        else:
+            from diffusers import DDPMScheduler
+
+            self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config,
+                                                             prediction_type=self.prediction_type)
+            self.num_timesteps = self.noise_scheduler.config.num_train_timesteps
         if self.resume_dir is not None:
             acc.load_state(str(self.resume_dir))
             self.step = state.read_state(self.resume_dir)["step"]
@@ -425,10 +457,7 @@ class Trainer:
             fresh = dict(zip(missing, self._encode_text(missing)))
             entries = [e if e is not None else fresh[c] for c, e in zip(captions, entries)]
         dev = self.acc.device
-        out = {"hidden": torch.stack([e["hidden"] for e in entries]).to(dev)}
-        if "pooled" in entries[0]:
-            out["pooled"] = torch.stack([e["pooled"] for e in entries]).to(dev)
-        return out
+        return {k: torch.stack([e[k] for e in entries]).to(dev) for k in entries[0]}
 
     def _latents(self, samples: list[Sample]) -> torch.Tensor:
         if self.latents.enabled:
@@ -444,17 +473,30 @@ class Trainer:
         latents = self._latents(samples).float()
         g = torch.Generator("cpu").manual_seed(mix_seed(cfg.seed, micro, self.rank, salt, 0x7015E))
         noise = losses.noise_like(latents, g, cfg.noise_offset)
-        t = torch.randint(0, self.num_timesteps, (len(samples),), generator=g).to(latents.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        tgt = losses.target(self.noise_scheduler, self.prediction_type, latents, noise, t)
+        weights = None
+        if self.flow is not None:
+            mu = self.spec.timestep_shift(self.model.pipe.scheduler.config, *latents.shape[-2:])
+            t, sigmas = self.flow.sample(len(samples), g, mu)
+            t = t.to(latents.device)
+            noisy = self.flow.noisy(latents, noise, sigmas)
+            tgt = self.flow.target(latents, noise)
+            weights = self.flow.weights(sigmas).to(latents.device)
+        else:
+            t = torch.randint(0, self.num_timesteps, (len(samples),), generator=g).to(latents.device)
+            noisy = self.noise_scheduler.add_noise(latents, noise, t)
+            tgt = losses.target(self.noise_scheduler, self.prediction_type, latents, noise, t)
         job = {"noisy": noisy, "t": t}
         captions = [s.caption for s in samples]
         if cfg.train_text_encoder:
             job["ids"] = self.conditioner.tokenize(captions)
+            if self.spec.frozen_text_encoders:  # their part of the conditioning comes from the cache
+                cached = self._text(captions)
+                job["cond"] = {k: cached[k] for k in self.spec.frozen_outputs}
         else:
             job["cond"] = self._text(captions)
         job.update({k: v.to(latents.device) for k, v in self.spec.extra_inputs(samples).items()})
-        weights = None
+        if cfg.guidance_scale is not None and "guidance" in job:
+            job["guidance"] = torch.full_like(job["guidance"], float(cfg.guidance_scale))
         if cfg.min_snr_gamma:
             weights = losses.min_snr_weights(self.noise_scheduler, t, cfg.min_snr_gamma, self.prediction_type)
         return job, tgt, weights
@@ -475,23 +517,46 @@ class Trainer:
             penalty = losses.weight_penalty(self.params, cfg.l1_penalty, cfg.l2_penalty)
             if penalty is not None:
                 loss = loss + penalty
-            value = acc.reduce(loss.detach().float(), "mean")
+            value = acc.reduce(loss.detach().float(), "mean")  # the same on every process
             if not torch.isfinite(value):
-                raise LoraKitError(
-                    f"the loss became {value.item()} at step {self.step + 1}; stopped without saving "
-                    f"(earlier files in {self.run_dir} are untouched): lower --lr, or use bf16/fp32")
+                if cfg.nan_policy == "stop":
+                    raise self._nan_error(value.item())
+                self._bad_step = True
             if self.trim_memory:
                 release_free_memory()
-            acc.backward(loss)
+            acc.backward(loss)  # also when skipping: DDP expects every forward's backward; the grads are dropped
             if acc.sync_gradients:
-                if cfg.max_grad_norm:
-                    acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
+                if not self._bad_step:
+                    if cfg.max_grad_norm:
+                        acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    self.optimizer.step()
+                self.scheduler.step()  # a skipped step still counts: the schedule follows the step number
                 self.optimizer.zero_grad(set_to_none=True)
         if self.trim_memory:
             release_free_memory()
         return float(value)
+
+    def _nan_error(self, value: float) -> LoraKitError:
+        last = self.last_state()
+        if last is None:
+            good = "no checkpoint was saved yet (--save-every N saves one every N steps)"
+        else:
+            lora = self.run_dir / f"lora-{int(last.name.split('-')[1][:6]):06d}.safetensors"
+            good = (f"the last good checkpoint is {last}" + (f" (LoRA {lora})" if lora.is_file() else "")
+                    + f": continue from it with --resume {self.run_dir} and a lower --lr")
+        return LoraKitError(f"the loss became {value} at step {self.step + 1}; stopped: {good}, or use "
+                            f"--nan-policy skip to skip such steps")
+
+    def last_state(self) -> Path | None:
+        found = state.list_states(self.run_dir)
+        return found[-1] if found else None
+
+    def _with_last_state(self, exc: LoraKitError) -> LoraKitError:
+        """A failed write, plus where the run can be continued from."""
+        last = self.last_state()
+        tail = (f"; the last good resume state {last} is intact: free some space, then continue with --resume "
+                f"{self.run_dir}") if last else "; no resume state was saved yet"
+        return LoraKitError(exc.message + tail, exc.path)
 
     # --- outputs -------------------------------------------------------------------------------
     def metadata(self, step: int, final: bool) -> dict[str, str]:
@@ -500,9 +565,11 @@ class Trainer:
         epoch = (step * self.cfg.grad_accum * self.world) // max(1, self.data.plan.batches_per_epoch)
         training = training_fields(self.cfg, self.data, family=self.family, prediction_type=self.prediction_type,
                                    step=step, epoch=epoch, num_processes=self.world, started_at=self.started_at,
-                                   finished_at=time.time() if final else None, session_id=self.session_id)
+                                   finished_at=time.time() if final else None, session_id=self.session_id,
+                                   skipped_steps=self.skipped)
         out = Path(self.cfg.out)
-        return build_metadata(self._unwrapped_network().kohya_modules(), family=self.family,
+        base = self.spec.model_lora_metadata(dict(self.model.unet.config))
+        return build_metadata(self._unwrapped_network().kohya_modules(), family=self.family, base=base,
                               v_prediction=self.prediction_type == "v_prediction",
                               output_name=self.cfg.output_name or out.stem, comment=self.cfg.comment,
                               tag_frequency=self.data.tag_frequency(), training=training,
@@ -518,22 +585,27 @@ class Trainer:
         md = self.metadata(step, final)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_lora(path, self._unwrapped_network().kohya_modules(), md, format="kohya",
+        fmt = self.cfg.save_format or self.spec.lora_formats[0]
+        save_lora(path, self._unwrapped_network().kohya_modules(), md, format=fmt,
                   dtype=SAVE_DTYPES[self.cfg.save_dtype], family=self.family)
         return md
 
     def _state_info(self) -> dict:
         return {"step": self.step, "config": self._fingerprint(), "history": self.history.state(),
-                "session_id": self.session_id, "started_at": self.started_at}
+                "session_id": self.session_id, "started_at": self.started_at, "skipped_steps": self.skipped}
 
     def checkpoint(self, with_lora: bool = True) -> None:
         """A resume state (all processes), the LoRA so far and the loss curve (main process)."""
-        state.save(self.acc, self.run_dir, self.step, self._state_info(), self.cfg.keep_states)
-        if self.main:
-            if with_lora:
-                self.save_lora(self.run_dir / f"lora-{self.step:06d}.safetensors", self.step, final=False)
-            if self.history.steps:
-                self.history.plot(self.run_dir / "loss.png")
+        try:
+            state.save(self.acc, self.run_dir, self.step, self._state_info(), self.cfg.keep_states)
+            self._saved_step = self.step
+            if self.main:
+                if with_lora:
+                    self.save_lora(self.run_dir / f"lora-{self.step:06d}.safetensors", self.step, final=False)
+                if self.history.steps:
+                    self.history.plot(self.run_dir / "loss.png")
+        except LoraKitError as exc:
+            raise self._with_last_state(exc) from None
 
     def samples(self) -> None:
         cfg = self.cfg
@@ -552,23 +624,35 @@ class Trainer:
 
     # --- the run -------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        with self.stops:
+            return self._run()
+
+    def _run(self) -> TrainResult:
         from tqdm.auto import tqdm
 
         self.setup()
         cfg, acc = self.cfg, self.acc
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True,
                    disable=not (cfg.progress and self.main))
+        self.stops.armed = True
         try:
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
                 micro0 = self.step * cfg.grad_accum
+                self._bad_step = False
                 loss = sum(self.micro_step(micro0 + k) for k in range(cfg.grad_accum)) / cfg.grad_accum
                 self.step += 1
                 self.step_times.append(time.perf_counter() - t0)
-                self.history.add(self.step, loss)
+                if self._bad_step:
+                    self.skipped.append(self.step)
+                    if self.main:
+                        bar.write(f"step {self.step}: the loss is {loss}, step skipped "
+                                  f"({len(self.skipped)} skipped so far)", file=sys.stderr)
+                else:
+                    self.history.add(self.step, loss)
                 lr = self.scheduler.get_last_lr()[0]
                 if cfg.tensorboard:
-                    acc.log({"loss": loss, "lr": lr}, step=self.step)
+                    acc.log({"loss": loss, "lr": lr, "skipped_steps": len(self.skipped)}, step=self.step)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
                 bar.update(1)
                 if self.on_step is not None:
@@ -576,20 +660,46 @@ class Trainer:
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.checkpoint()
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
-                    self.samples()
-        except KeyboardInterrupt:
+                    self._write(self.samples)
+                signum = self._stop_signal()
+                if signum:
+                    bar.close()
+                    self._stop_for_signal(signum)
+        except KeyboardInterrupt:  # raised by on_step (the web UI's Stop button): at a step boundary
             bar.close()
             if self.world == 1 and self.step > 0:
                 self.checkpoint(with_lora=False)
                 print(f"interrupted at step {self.step}; continue with --resume {self.run_dir}", file=sys.stderr)
             raise
         bar.close()
-        self.checkpoint(with_lora=False)
+        if self._saved_step != self.step:
+            self.checkpoint(with_lora=False)
         md = {}
         if self.main:
-            md = self.save_lora(Path(cfg.out), self.step, final=True)
+            md = self._write(self.save_lora, Path(cfg.out), self.step, final=True)
         if cfg.tensorboard:
             acc.end_training()
         acc.wait_for_everyone()
         return TrainResult(Path(cfg.out), self.run_dir, self.step, list(self.history.losses),
                            self._unwrapped_network(), self.model, md, self.step_times)
+
+    def _write(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LoraKitError as exc:
+            raise self._with_last_state(exc) from None
+
+    def _stop_signal(self) -> int:
+        """The signal that asked this run to stop (0: none); in DDP every process agrees on it."""
+        signum = self.stops.signum or 0
+        if self.world > 1:
+            flag = torch.tensor([signum], device=self.acc.device)
+            signum = int(self.acc.reduce(flag, "max").item())
+        return signum
+
+    def _stop_for_signal(self, signum: int) -> None:
+        if self._saved_step != self.step:
+            self.checkpoint(with_lora=False)
+        where = state.state_dir(self.run_dir, self.step)
+        raise Interrupted(f"{signal_name(signum)}: stopped at step {self.step} of {self.cfg.steps}; the resume "
+                          f"state is {where}", EXIT_CODES[signum], run_dir=self.run_dir, state=where)

@@ -12,7 +12,7 @@ from .config import TrainConfig
 
 def training_fields(cfg: TrainConfig, data: TrainingData, *, family: str, prediction_type: str, step: int,
                     epoch: int, num_processes: int, started_at: float, finished_at: float | None,
-                    session_id: str | None = None) -> dict[str, Any]:
+                    session_id: str | None = None, skipped_steps: list[int] = ()) -> dict[str, Any]:
     """Hyperparameters and dataset facts, keyed without the `ss_` prefix (build_metadata adds it)."""
     te_lr = cfg.text_encoder_lr if cfg.text_encoder_lr is not None else cfg.lr
     dirs = {s.name: {"n_repeats": s.repeats, "img_count": sum(1 for it in data.instance if it.subset is s)}
@@ -66,6 +66,9 @@ def training_fields(cfg: TrainConfig, data: TrainingData, *, family: str, predic
         "lorakit_l2_penalty": cfg.l2_penalty,
         "lorakit_trigger": cfg.trigger or "",
         "lorakit_class_prompt": cfg.class_prompt or "",
+        "lorakit_nan_policy": cfg.nan_policy,
+        "lorakit_skipped_steps": len(skipped_steps),  # optimizer steps skipped for a NaN/Inf loss
+        "lorakit_skipped_at": json.dumps(list(skipped_steps)),
     }
 
 

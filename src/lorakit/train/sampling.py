@@ -23,20 +23,22 @@ def render(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, gu
            height: int, batch: int = 8) -> list[Image.Image]:
     """One image per (prompt, seed), each from its own CPU generator so that batching changes nothing."""
     images = []
-    device = pipe.unet.device
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    device = denoiser.device
     for k in range(0, len(prompts), batch):
         chunk, chunk_seeds = list(prompts[k:k + batch]), seeds[k:k + batch]
         latents = torch.cat([torch.randn(_latent_shape(pipe, width, height),
                                          generator=torch.Generator("cpu").manual_seed(int(s))) for s in chunk_seeds])
         out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
-                   latents=latents.to(device, pipe.unet.dtype), output_type="pil")
+                   latents=latents.to(device, denoiser.dtype), output_type="pil")
         images.extend(out.images)
     return images
 
 
 def _latent_shape(pipe, width: int, height: int) -> tuple[int, ...]:
     factor = getattr(pipe, "vae_scale_factor", 8) if getattr(pipe, "vae", None) is not None else 1
-    return (1, pipe.unet.config.in_channels, height // factor, width // factor)
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    return (1, denoiser.config.in_channels, height // factor, width // factor)
 
 
 def count_images(folder: Path) -> int:

@@ -14,9 +14,10 @@ import time
 import tomllib
 from pathlib import Path
 
+from ..atomic import write_text_atomic
 from ..errors import LoraKitError
 
-PRESETS = ["transformer", "attn", "cross-attn", "full"]
+PRESETS = ["transformer", "attn", "cross-attn", "attn-mlp", "full"]
 OPTIMIZERS = ["adamw", "adamw8bit", "lion", "prodigy"]
 SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
 
@@ -60,8 +61,7 @@ def train_config(model: str, data: str, trigger: str, out: str, preset: str, ran
     prompts = [p.strip() for p in (sample_prompts or "").splitlines() if p.strip()]
     if prompts:
         path = cfg.resolved_run_dir() / "sample_prompts.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(prompts) + "\n", encoding="utf-8")
+        write_text_atomic(path, "\n".join(prompts) + "\n")
         cfg = cfg.override({"sample_prompts": path})
     return cfg.validate()
 

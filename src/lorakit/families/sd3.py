@@ -1,0 +1,168 @@
+"""SD 3.x (3.0 medium, 3.5 medium, 3.5 large): an MMDiT transformer trained by flow matching,
+CLIP-L + CLIP-G + T5-XXL, 16-channel latents, kohya names in SAI's spelling with fused `attn.qkv`.
+
+The pieces live where their kind lives: names and row maps in `sd3_naming`, the fused-layer targets
+in `lora/mmdit.py`, file layouts in `formats/sd3_fmt.py`, loading in `models/sd3_loading.py`, the
+objective in `train/flow_matching.py`; this module says which of them SD3 uses.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from .base import Family
+
+_IMPL = "https://github.com/Stability-AI/generative-models"
+VARIANTS = ("medium", "5-medium", "5-large")  # sd-scripts' ss_base_model_version values
+T5_TOKENS = 77  # diffusers' train_dreambooth_lora_sd3.py default (--max_sequence_length)
+_PRESET_KINDS = {"attn": {"attn"}, "attn-mlp": {"attn", "mlp"}, "transformer": {"attn", "mlp", "adaLN"},
+                 "full": {"attn", "mlp", "adaLN", "embed"}}
+
+
+class SD3(Family):
+    name, label = "sd3", "SD3"
+    pipeline_class = "StableDiffusion3Pipeline"
+    denoiser, denoiser_class = "transformer", "SD3Transformer2DModel"
+    text_encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    tokenizers = ("tokenizer", "tokenizer_2", "tokenizer_3")
+    tokenizer_pads = ("<|endoftext|>", "!", None)  # the shipped CLIP BPE ones; T5's tokenizer cannot ship
+    te_prefixes = ("lora_te1", "lora_te2", "lora_te3")
+    prediction_types = ("flow_matching",)
+    presets = ("transformer", "attn", "attn-mlp", "full")  # kohya's default (every block Linear) first
+    bucket_step = 64
+    checkpoint_implementation = "https://github.com/Stability-AI/sd3.5"
+    lora_implementation = _IMPL
+    frozen_text_encoders = ("text_encoder_3",)  # T5-XXL (4.7 B) is never trained here: cached, then released
+    frozen_outputs = ("t5",)
+    classic_attention = False  # joint attention has no classic processor
+    lora_formats = ("diffusers", "kohya", "comfyui", "onetrainer")  # diffusers first: diffusers and ComfyUI load it
+
+    # --- detection -----------------------------------------------------------------------------
+    def lora_metadata_evidence(self, metadata: Mapping[str, str]) -> int:
+        if metadata.get("ss_base_model_version") in VARIANTS + ("sd3",):
+            return 4
+        return 4 if metadata.get("modelspec.architecture", "").startswith("stable-diffusion-3") else 0
+
+    def lora_evidence(self, modules: Mapping[str, Mapping]) -> int:
+        from ..formats.sd3_fmt import is_sd3_modules
+
+        return 5 if is_sd3_modules(modules) else 0
+
+    def checkpoint_evidence(self, shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]) -> int:
+        from ..models.sd3_loading import is_sd3_checkpoint
+
+        return 5 if is_sd3_checkpoint(shapes) else 0
+
+    def pipeline_evidence(self, pipe, config: Mapping | None) -> int:
+        if type(pipe).__name__ == self.pipeline_class:
+            return 7
+        cfg = dict(getattr(getattr(pipe, "transformer", None), "config", None) or config or {})
+        return 6 if "joint_attention_dim" in cfg and "caption_projection_dim" in cfg else 0
+
+    # --- metadata ------------------------------------------------------------------------------
+    def base_model_version(self, v_prediction: bool) -> str:
+        return "sd3"
+
+    def architecture(self, v_prediction: bool) -> str:
+        return "stable-diffusion-3"
+
+    def resolution(self, v_prediction: bool) -> int:
+        return 1024
+
+    def model_lora_metadata(self, denoiser_config: Mapping) -> dict[str, str]:
+        from ..models.sd3_loading import variant_of_config
+
+        return {"ss_base_model_version": variant_of_config(denoiser_config)}
+
+    def lora_metadata(self, v_prediction: bool, previous: Mapping[str, str] | None = None) -> dict[str, str]:
+        """sd-scripts' values: the variant as `ss_base_model_version` and appended to the architecture
+        (`stable-diffusion-3-5-large/lora`) when known."""
+        md = super().lora_metadata(v_prediction)
+        variant = (previous or {}).get("ss_base_model_version")
+        if variant in VARIANTS:
+            md["ss_base_model_version"] = variant
+            md["modelspec.architecture"] = f"stable-diffusion-3-{variant}/lora"
+        return md
+
+    # --- models and files ----------------------------------------------------------------------
+    def config_dir(self, prediction_type: str, ckpt=None):
+        from ..models.sd3_loading import shipped_config, variant
+
+        return shipped_config(variant(ckpt.shapes) if ckpt is not None else "5-medium")
+
+    def pipeline_from_checkpoint(self, ckpt, config_dir, *, dtype, prediction_type: str, components, **options):
+        from ..models.sd3_loading import build_pipeline
+
+        return build_pipeline(ckpt, dtype=dtype, config_dir=config_dir, text_encoders=options.get("text_encoders"),
+                              components=components)
+
+    def to_original(self, denoiser=None, denoiser_config=None, vae=None, vae_config=None,
+                    text_encoders: list | None = None) -> dict:
+        from ..models.sd3_loading import original_state
+
+        return original_state(denoiser, vae, vae_config, text_encoders)
+
+    def denoiser_downsampling(self, config: Mapping) -> int:
+        return int(config.get("patch_size", 2))  # latents are cut into patch×patch tokens
+
+    # --- targets -------------------------------------------------------------------------------
+    def denoiser_targets(self, denoiser) -> dict:
+        from ..lora.mmdit import transformer_targets
+
+        return transformer_targets(denoiser)
+
+    def denoiser_selected(self, path: str, container: str, preset: str) -> bool:
+        return container.startswith("MMDiT.") and container[len("MMDiT."):] in _PRESET_KINDS.get(preset, ())
+
+    # --- LoRA files ----------------------------------------------------------------------------
+    def write_lora(self, modules: Mapping, layout: str, dtype, source: str | None):
+        if layout == "kohya":
+            return None
+        from ..formats.sd3_fmt import write_state
+
+        return write_state(modules, layout, dtype, source)
+
+    # --- conditioning and the denoiser call ------------------------------------------------------
+    def tokenize(self, tokenizers: Sequence, captions: Sequence[str]) -> list:
+        """CLIP ids padded to 77; T5 ids to 77 (`T5_TOKENS`), as diffusers' SD3 training script does."""
+        out = []
+        for i, tok in enumerate(tokenizers):
+            if tok is None:
+                out.append(None)
+                continue
+            length = T5_TOKENS if i == 2 else tok.model_max_length
+            out.append(tok(list(captions), padding="max_length", max_length=length, truncation=True,
+                           return_tensors="pt").input_ids)
+        return out
+
+    def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence, cached=None) -> dict:
+        """As StableDiffusion3Pipeline.encode_prompt: [CLIP-L ⊕ CLIP-G penultimate states, zero-padded
+        to T5's width ; T5's last state] and the two pooled projections side by side. T5 comes from
+        `cached["t5"]` once released; without T5 at all, zeros (the pipeline does the same)."""
+        import torch
+        import torch.nn.functional as F
+
+        clip_l, clip_g, t5 = (list(encoders) + [None, None, None])[:3]
+        hidden, pooled = [], []
+        for te, x in zip((clip_l, clip_g), ids):
+            out = te(x.to(te.device), output_hidden_states=True)
+            pooled.append(out[0])
+            hidden.append(out.hidden_states[-2])
+        clip = torch.cat(hidden, dim=-1)
+        if cached is not None and "t5" in cached:
+            t5_states = cached["t5"].to(clip.device, clip.dtype)
+        elif t5 is not None and len(ids) > 2 and ids[2] is not None:
+            t5_states = t5(ids[2].to(t5.device))[0].to(clip.dtype)
+        else:
+            width = getattr(getattr(t5, "config", None), "d_model", None) or clip.shape[-1]
+            t5_states = torch.zeros(clip.shape[0], T5_TOKENS, width, dtype=clip.dtype, device=clip.device)
+        clip = F.pad(clip, (0, t5_states.shape[-1] - clip.shape[-1]))
+        return {"hidden": torch.cat([clip, t5_states], dim=-2), "pooled": torch.cat(pooled, dim=-1),
+                "t5": t5_states}
+
+    def predict(self, denoiser, noisy, t, cond: Mapping, extra: Mapping, dtype):
+        return denoiser(hidden_states=noisy.to(dtype), timestep=t, encoder_hidden_states=cond["hidden"].to(dtype),
+                        pooled_projections=cond["pooled"].to(dtype), return_dict=False)[0]
+
+
+FAMILY = SD3()

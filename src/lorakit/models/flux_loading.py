@@ -1,0 +1,163 @@
+"""Load Flux.1 (dev, schnell) as a FluxPipeline.
+
+- A diffusers folder or hub id: `FluxPipeline.from_pretrained` (loader.py).
+- The transformer as BFL ships it (`flux1-dev.safetensors`: `double_blocks.*` … with or without
+  ComfyUI's `model.diffusion_model.` prefix): `FluxTransformer2DModel.from_single_file` with the
+  shipped dev/schnell config (no network). The VAE, CLIP-L, T5 and T5's tokenizer are not in that
+  file: they come from `text_encoders` (a diffusers-style folder with vae, text_encoder,
+  text_encoder_2, tokenizer_2: the FLUX.1 download will do) or the hub cache.
+
+diffusers' single-file converter fixes the width at Flux's 3072; a narrower transformer (tests,
+pruned models) goes through `flux_naming.bfl_state_to_diffusers`, checked row for row against it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import LoraKitError
+from ..families.flux import FAMILY, is_flux_checkpoint  # noqa: F401 - re-exported for the loader
+from .checkpoint import Checkpoint
+from .single_file import _check_complete, quiet_loading
+
+BFL = "model.diffusion_model."
+REAL_WIDTH = 3072
+HUB = {"dev": "black-forest-labs/FLUX.1-dev", "schnell": "black-forest-labs/FLUX.1-schnell"}
+PARTS = {"vae": ("diffusers", "AutoencoderKL", "the VAE (vae)"),
+         "text_encoder": ("transformers", "CLIPTextModel", "CLIP-L (text_encoder)"),
+         "text_encoder_2": ("transformers", "T5EncoderModel", "T5-XXL (text_encoder_2)"),
+         "tokenizer_2": ("transformers", "AutoTokenizer", "the T5 tokenizer (tokenizer_2)")}
+
+
+def variant(keys) -> str:
+    """dev carries the guidance embedding; schnell does not."""
+    return "dev" if any(".guidance_in." in f".{k}" for k in keys) else "schnell"
+
+
+def _transformer_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    prefixed = any(k.startswith(BFL) for k in ckpt.shapes)
+    if prefixed:
+        return {k[len(BFL):]: v for k, v in ckpt.read([BFL]).items()}
+    heads = ("double_blocks.", "single_blocks.", "img_in.", "txt_in.", "time_in.", "vector_in.", "guidance_in.",
+             "final_layer.")
+    return ckpt.read(list(heads))
+
+
+def load_transformer(ckpt: Checkpoint, config_dir: Path, dtype):
+    import diffusers
+
+    state = _transformer_state(ckpt)
+    if "img_in.weight" not in state:
+        raise LoraKitError("the file has no Flux transformer (img_in.weight missing)", ckpt.path)
+    cls = diffusers.FluxTransformer2DModel
+    width = state["img_in.weight"].shape[0]
+    with quiet_loading():
+        if width == REAL_WIDTH:
+            try:
+                model = cls.from_single_file(state, config=str(config_dir), subfolder="transformer",
+                                             local_files_only=True, torch_dtype=dtype)
+            except Exception as e:  # noqa: BLE001 - shape mismatches surface as several error types
+                raise LoraKitError(f"the transformer tensors do not fit the config in {config_dir / 'transformer'}: "
+                                   f"{e}", ckpt.path) from e
+        else:
+            from .. import flux_naming
+
+            config = cls.load_config(str(config_dir), subfolder="transformer", local_files_only=True)
+            model = cls.from_config(config)
+            try:
+                converted = flux_naming.bfl_state_to_diffusers(state)
+                model.load_state_dict(converted, strict=True)
+            except (KeyError, RuntimeError) as e:
+                raise LoraKitError(f"the transformer tensors do not fit the config in "
+                                   f"{config_dir / 'transformer'}: {e}", ckpt.path) from e
+            model = model.to(dtype)
+    _check_complete(model, "transformer", ckpt)
+    return model.eval()
+
+
+def _from_folder(folder: Path, sub: str, dtype):
+    import importlib
+
+    path = folder / sub
+    if not path.is_dir():
+        return None
+    lib, cls, _ = PARTS[sub]
+    kwargs = {} if sub.startswith("tokenizer") else {"torch_dtype": dtype}
+    try:
+        with quiet_loading():
+            return getattr(importlib.import_module(lib), cls).from_pretrained(str(path), local_files_only=True,
+                                                                               **kwargs)
+    except Exception as e:  # noqa: BLE001 - missing or corrupt files come in many error types
+        raise LoraKitError(f"cannot load {sub}: {e}", path) from e
+
+
+def _from_hub_cache(repo: str, sub: str, dtype):
+    import importlib
+
+    lib, cls, _ = PARTS[sub]
+    kwargs = {} if sub.startswith("tokenizer") else {"torch_dtype": dtype}
+    try:
+        with quiet_loading():
+            return getattr(importlib.import_module(lib), cls).from_pretrained(repo, subfolder=sub,
+                                                                               local_files_only=True, **kwargs)
+    except Exception:  # noqa: BLE001 - not in the cache
+        return None
+
+
+def build_pipeline(ckpt: Checkpoint, *, dtype=torch.float32, config_dir: Path | None = None,
+                   text_encoders: Path | None = None, components=("unet", "text_encoders", "vae")):
+    """A FluxPipeline from a BFL transformer file (see the module docstring for the other parts)."""
+    import diffusers
+
+    from .tokenizer import clip_tokenizer
+
+    name = variant(ckpt.shapes)
+    config_dir = Path(config_dir) if config_dir is not None else FAMILY.config_dir(variant=name)
+    te_dir = Path(text_encoders) if text_encoders is not None else None
+    if te_dir is not None and not te_dir.is_dir():
+        raise LoraKitError("--text-encoders must be a folder holding vae, text_encoder, text_encoder_2 and "
+                           "tokenizer_2 (a diffusers FLUX.1 folder will do)", te_dir)
+    parts: dict = {"transformer": load_transformer(ckpt, config_dir, dtype) if "unet" in components else None}
+    wanted = [s for s, on in (("vae", "vae" in components), ("text_encoder", "text_encoders" in components),
+                              ("text_encoder_2", "text_encoders" in components),
+                              ("tokenizer_2", "text_encoders" in components)) if on]
+    missing = []
+    for sub in PARTS:
+        if sub not in wanted:
+            parts[sub] = None
+            continue
+        model = _from_folder(te_dir, sub, dtype) if te_dir is not None else None
+        if model is None:
+            model = _from_hub_cache(HUB[name], sub, dtype)
+        if model is None:
+            missing.append(sub)
+        parts[sub] = model
+    if missing:
+        what = ", ".join(PARTS[m][2] for m in missing)
+        raise LoraKitError(f"a BFL Flux file holds the transformer only; {what} not found: pass --text-encoders "
+                           f"DIR, a folder with {', '.join(missing)} (e.g. the diffusers {HUB[name]} download), or "
+                           "put that repository in the Hugging Face cache", ckpt.path)
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(str(config_dir), subfolder="scheduler")
+    return diffusers.FluxPipeline(transformer=parts["transformer"], vae=parts["vae"], scheduler=scheduler,
+                                  text_encoder=parts["text_encoder"], tokenizer=clip_tokenizer(),
+                                  text_encoder_2=parts["text_encoder_2"], tokenizer_2=parts["tokenizer_2"])
+
+
+def save_single_file(pipe, path, *, dtype=None, metadata: dict | None = None) -> Path:
+    """The transformer as a BFL file (what ComfyUI, sd-scripts and diffusers' from_single_file load)."""
+    from .. import flux_naming
+    from ..formats.st_io import serialize, write_bytes_atomic
+
+    out = flux_naming.diffusers_state_to_bfl(pipe.transformer.state_dict())
+    if dtype is not None:
+        out = {k: v.to(dtype) if v.is_floating_point() else v for k, v in out.items()}
+    out = {k: v.detach().cpu().contiguous() for k, v in out.items()}
+    path = Path(path)
+    header = {"modelspec.sai_model_spec": "1.0.0",
+              "modelspec.architecture": FAMILY.architecture(variant=FAMILY.variant_of_config(pipe.transformer.config)),
+              "modelspec.implementation": FAMILY.checkpoint_implementation, "modelspec.title": path.stem,
+              **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    write_bytes_atomic(path, serialize(out, header))
+    return path
