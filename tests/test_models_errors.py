@@ -138,8 +138,8 @@ def test_corrupt_model_index(tmp_path):
     (tmp_path / "model_index.json").write_text("{not json")
     with pytest.raises(LoraKitError, match="not valid JSON"):
         load_model(tmp_path)
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(LoraKitError, match="unsupported pipeline 'FluxPipeline'"):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "AudioLDMPipeline"}))
+    with pytest.raises(LoraKitError, match="unsupported pipeline 'AudioLDMPipeline'"):
         load_model(tmp_path)
 
 

@@ -169,7 +169,7 @@ def test_ui_command_binds_loopback_and_locks_folders_beyond_it(tmp_path, monkeyp
 
     seen = {}
 
-    def fake_build(studio):
+    def fake_build(studio, **kw):
         seen["studio"] = studio
         return gr.Blocks()
 

@@ -53,7 +53,7 @@ def as_dynamic(value: str | Dynamic | None) -> Dynamic | None:
     return Dynamic.parse(value) if isinstance(value, str) else value
 
 
-def _load(source):
+def _load(source, allow_pickle: bool = False):
     from .formats import LoRAFile, load_lora
 
     if isinstance(source, LoRAFile):
@@ -61,7 +61,7 @@ def _load(source):
     p = Path(source)
     if not p.exists():
         raise LoraKitError("no such file", p)
-    return load_lora(p)
+    return load_lora(p, allow_pickle=allow_pickle)
 
 
 def _is_conv3(module) -> bool:
@@ -73,6 +73,13 @@ def _is_conv3(module) -> bool:
 def _check_rank(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise LoraKitError(f"{name} must be at least 1, got {value}")
+
+
+def _writable(out: PathLike | None, fmt: str = "kohya") -> None:
+    if out is not None:
+        from .writable import require_writable
+
+        require_writable(out, folder=fmt == "peft")
 
 
 def _save(result: AlgebraResult, out: PathLike | None, dtype: torch.dtype | None, fmt: str | None) -> AlgebraResult:
@@ -90,7 +97,8 @@ def _save(result: AlgebraResult, out: PathLike | None, dtype: torch.dtype | None
 
 def resize(lora: PathLike, rank: int | None = None, dynamic: str | Dynamic | None = None, *,
            conv_rank: int | None = None, out: PathLike | None = None, dtype: torch.dtype | None = torch.float16,
-           format: str | None = None, progress: Progress | None = None) -> AlgebraResult:
+           format: str | None = None, progress: Progress | None = None,
+           allow_pickle: bool = False) -> AlgebraResult:
     """Each module at its best lower rank, same strength (alpha/rank kept), metadata and hashes new.
 
     `rank` fixes the rank of Linear and 1x1 modules (`conv_rank`, default `rank`, that of kxk
@@ -103,7 +111,8 @@ def resize(lora: PathLike, rank: int | None = None, dynamic: str | Dynamic | Non
     _check_rank("conv rank", conv_rank)
     if rank is None and dyn is None:
         raise LoraKitError("give --rank, --dynamic, or both (the rank then caps the dynamic pick)")
-    lf = _load(lora)
+    _writable(out, format)
+    lf = _load(lora, allow_pickle)
     path = lf.path
     fs = {}
     for name, m in lf.modules.items():  # refuses LoHa/LoKr/DoRA before any work
@@ -160,7 +169,7 @@ def parse_lora_specs(values: Sequence[str]) -> list[tuple[Path, float]]:
 def merge_loras(loras: Sequence[tuple[PathLike, float]], rank: int | None = None,
                 dynamic: str | Dynamic | None = None, *, conv_rank: int | None = None,
                 out: PathLike | None = None, dtype: torch.dtype | None = torch.float16, format: str | None = None,
-                progress: Progress | None = None) -> AlgebraResult:
+                progress: Progress | None = None, allow_pickle: bool = False) -> AlgebraResult:
     """Σ wᵢ·LoRAᵢ as one LoRA. Exact by default: factors concatenate, ranks add, alpha = rank
     (scale 1), nothing is lost. With `rank` (or `dynamic`) every module is projected onto its
     best rank-`rank` approximation instead (kxk convs: `conv_rank`, default `rank`). A module
@@ -171,7 +180,8 @@ def merge_loras(loras: Sequence[tuple[PathLike, float]], rank: int | None = None
     _check_rank("conv rank", conv_rank)
     if not loras:
         raise LoraKitError("nothing to merge: give at least one --lora FILE[:WEIGHT]")
-    files = [(_load(p), float(w)) for p, w in loras]
+    _writable(out, format)
+    files = [(_load(p, allow_pickle), float(w)) for p, w in loras]
     families = {lf.family for lf, _ in files if lf.family}
     if len(families) > 1:
         desc = ", ".join(f"{Path(lf.path).name} is {lf.family or 'unknown'}" for lf, _ in files)

@@ -49,6 +49,8 @@ def caption_folder(folder: Path, *, prefix: str = "", ext: str = ".txt", overwri
     from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
+    from .data.folders import load_rgb
+
     folder = Path(folder)
     if not folder.is_dir():
         raise LoraKitError("not a folder", folder)
@@ -67,16 +69,14 @@ def caption_folder(folder: Path, *, prefix: str = "", ext: str = ".txt", overwri
                 im.verify()
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise LoraKitError(f"cannot read this image ({exc.__class__.__name__})", p) from None
+    from .writable import require_writable
+
+    for parent in sorted({p.parent for p in todo}):
+        require_writable(parent, folder=True)  # before the model loads: captions go next to the images
     processor, net = captioner or load_captioner(model, device)
     for start in tqdm(range(0, len(todo), batch_size), desc="caption", disable=not progress, unit="batch"):
         batch = todo[start:start + batch_size]
-        pics = []
-        for p in batch:
-            try:
-                with Image.open(p) as im:
-                    pics.append(im.convert("RGB"))
-            except (UnidentifiedImageError, OSError) as exc:
-                raise LoraKitError(f"cannot read this image ({exc.__class__.__name__})", p) from None
+        pics = [load_rgb(p) for p in batch]  # upright, alpha on white, 16-bit scaled: what training sees
         for path, text in zip(batch, caption_images(pics, processor, net, max_length=max_length)):
             target = path.with_suffix(ext)
             line = f"{prefix.strip()}, {text}" if prefix.strip() else text

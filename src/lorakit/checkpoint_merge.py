@@ -9,7 +9,8 @@ import torch
 
 
 def merge_into_checkpoint(model_spec: str, loras: Sequence[str], out: Path, *, dtype: torch.dtype = torch.float16,
-                          prediction_type: str | None = None, text_encoders: Path | None = None) -> Path:
+                          prediction_type: str | None = None, text_encoders: Path | None = None,
+                          allow_pickle: bool = False) -> Path:
     """Load in fp32, merge every LoRA at its strength (fp32 math), save in `dtype`."""
     from .errors import LoraKitError
     from .generate import attach_loras, parse_lora_arg
@@ -22,8 +23,12 @@ def merge_into_checkpoint(model_spec: str, loras: Sequence[str], out: Path, *, d
     out = Path(out)
     if out.exists() and out.is_file() and out.suffix != ".safetensors":
         raise LoraKitError("the output must be a folder or a .safetensors file", out)
+    from .writable import require_writable
+
+    require_writable(out, folder=out.suffix != ".safetensors")
     base = load_model(model_spec, dtype=torch.float32, device="cpu", prediction_type=prediction_type,
-                      text_encoders=text_encoders)
-    attach_loras(base, specs, merge=True)
+                      text_encoders=text_encoders, allow_pickle=allow_pickle)
+    base.require_finite()
+    attach_loras(base, specs, merge=True, allow_pickle=allow_pickle)
     save_model(base, out, dtype=dtype)
     return out

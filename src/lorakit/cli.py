@@ -1,7 +1,8 @@
 """The `lorakit` command: a typer app whose commands live in lorakit/commands/, one module per area.
 
-Every LoraKitError becomes one line on stderr and exit code 2; nothing else is caught, so a
-real bug still shows its traceback.
+Every LoraKitError becomes one line on stderr and exit code 2 (`lorakit --debug …` adds its
+traceback), and so does an OSError about a path (a read-only folder, a full disk) or a MemoryError;
+nothing else is caught, so a real bug still shows its traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +16,15 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, use, combine and convert LoRA adapters for Stable Diffusion.")
+
+_STATE = {"debug": False}
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error, and "
+                                                                  "other packages' warnings")) -> None:
+    _STATE["debug"] = debug
+
 
 # command name → (module in lorakit.commands, function); imported lazily so `lorakit --help` is fast
 _COMMANDS = {
@@ -68,15 +78,24 @@ def main(argv: list[str] | None = None) -> int:
     # library chatter (optional-backend notices, "newly initialized" reports) is not for our users
     for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
         os.environ.setdefault(var, "error")
-    _silence_library_warnings()
+    args = sys.argv[1:] if argv is None else list(argv)
+    _STATE["debug"] = _debug_requested(args)
+    _silence_library_warnings(args)
 
     _register()
     usage_errors, aborts = _click_exception_types()
     try:
-        app(args=argv, prog_name="lorakit", standalone_mode=False)
+        app(args=args, prog_name="lorakit", standalone_mode=False)
     except LoraKitError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        return 2
+        return _fail(" ".join(str(exc).split()))  # one line, whatever the message holds
+    except OSError as exc:
+        # a path the user gave that cannot be read or written (read-only folder, full disk, a file
+        # where a folder should be): theirs to fix, so one line; an OSError without a path is a bug
+        if exc.filename is None:
+            raise
+        return _fail(f"{exc.filename}: {exc.strerror or exc.__class__.__name__}")
+    except MemoryError:
+        return _fail("out of memory: lower the size (--width/--height, --n, --batch-size, --resolution)")
     except Interrupted as exc:
         typer.echo(str(exc), err=True)
         return exc.exit_code
@@ -91,14 +110,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _fail(message: str) -> int:
+    """The error as one line and exit code 2; with --debug the traceback first."""
+    if _STATE["debug"]:
+        import traceback
+
+        traceback.print_exc()
+    typer.echo(f"error: {message}", err=True)
+    return 2
+
+
 # Packages whose warnings speak to their own developers (deprecations of arguments lorakit passes,
 # internal notices): a lorakit user cannot act on them. lorakit's own warnings are not filtered.
 _LIBRARY_WARNINGS = r"(diffusers|transformers|accelerate|huggingface_hub|peft|torch|torchvision|gradio|tqdm)(\.|$)"
 
 
-def _silence_library_warnings() -> None:
+def _debug_requested(args: list[str]) -> bool:
+    """`--debug` before the command name (the global option), read before typer parses anything so
+    that warnings raised while commands import are already handled the right way."""
+    for arg in args:
+        if arg == "--debug":
+            return True
+        if not arg.startswith("-"):
+            return False
+    return False
+
+
+def _silence_library_warnings(args: list[str] | None = None) -> None:
     """Keep other packages' warnings off the user's terminal (`--debug` or PYTHONWARNINGS bring them back)."""
-    if os.environ.get("PYTHONWARNINGS") or "--debug" in sys.argv:
+    if os.environ.get("PYTHONWARNINGS") or _debug_requested(sys.argv[1:] if args is None else args):
         return
     warnings.filterwarnings("ignore", module=_LIBRARY_WARNINGS)
 

@@ -99,10 +99,22 @@ def _toy_verdict(image, prompt: str) -> bool | None:
     return got["shape"] == want["shape"] and got["color"] == want["color"]
 
 
+def _require_fits(model, count: int, width: int | None, height: int | None) -> None:
+    """Every image of the sweep is kept (and drawn once more in the grid): refuse what cannot fit."""
+    from .memory import generation_bytes, require_fits
+
+    pipe = model.pipe
+    sample = getattr(model.unet.config, "sample_size", None)  # as generate: Flux's native size when none
+    default = sample * 2 ** (len(pipe.vae.config.block_out_channels) - 1) if sample else model.spec.resolution(False)
+    w, h = width or default, height or default
+    require_fits(generation_bytes(pipe, w, h, count, grid=True), pipe.device,
+                 f"a sweep of {count} image(s) of {w}x{h}", "fewer strengths, prompts or --n, or a smaller size")
+
+
 def evaluate(model, loras: Sequence[LoraSpec], prompts: Sequence[str], *, strengths: Sequence[float] = (0, 0.5, 1),
              trigger: str | None = None, n: int = 1, seed: int = 0, steps: int = 20, guidance: float = 7.0,
              sampler: str = "euler_a", negative: str = "", width: int | None = None, height: int | None = None,
-             score: bool | None = None, progress: bool = True) -> EvalReport:
+             score: bool | None = None, progress: bool = True, allow_pickle: bool = False) -> EvalReport:
     """Draw every prompt n times (seeds seed…seed+n−1) at every strength and measure the change."""
     prompts = [p.strip() for p in prompts if p and p.strip()]
     if not prompts:
@@ -113,6 +125,7 @@ def evaluate(model, loras: Sequence[LoraSpec], prompts: Sequence[str], *, streng
         if not spec.path.is_file():
             raise LoraKitError("LoRA file not found", spec.path)
     strengths = sorted({float(s) for s in strengths} | {0.0})
+    _require_fits(model, len(strengths) * len(prompts) * n, width, height)
     if score is None:
         score = getattr(model, "kind", None) == "toy"
     has_trigger = [bool(trigger) and trigger.lower() in p.lower() for p in prompts]
@@ -126,7 +139,7 @@ def evaluate(model, loras: Sequence[LoraSpec], prompts: Sequence[str], *, streng
         for j, prompt in enumerate(prompts):
             images[(s, j)] = generate(model, prompt, negative=negative, loras=specs, n=n, steps=steps,
                                       guidance=guidance, seed=seed, width=width, height=height, sampler=sampler,
-                                      progress=False).images
+                                      progress=False, allow_pickle=allow_pickle).images
             bar.update(1)
     bar.close()
 

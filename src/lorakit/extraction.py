@@ -161,19 +161,19 @@ def _label(model) -> str:
     return Path(str(model.source)).name or str(model.source)
 
 
-def _load_model(spec, dtype: torch.dtype):
+def _load_model(spec, dtype: torch.dtype, allow_pickle: bool = False):
     from .models import BaseModel, load_model
 
     if isinstance(spec, BaseModel):
         return spec
-    return load_model(str(spec), dtype=dtype, components=("unet", "text_encoders"))
+    return load_model(str(spec), dtype=dtype, components=("unet", "text_encoders"), allow_pickle=allow_pickle)
 
 
 def extract(base, tuned, rank: int | None = None, dynamic: str | Dynamic | None = None, *,
             conv_rank: int | None = None, preset: str | None = None, clamp_quantile: float | None = None,
             min_diff: float = 0.01, out: str | os.PathLike | None = None, dtype: torch.dtype | None = torch.float16,
             load_dtype: torch.dtype = torch.float32, progress: Callable[[int, int, str], None] | None = None,
-            **options) -> Extraction:
+            allow_pickle: bool = False, **options) -> Extraction:
     """The LoRA of `tuned` − `base` (model paths, hub ids or loaded BaseModels), optionally saved.
 
     Both models are loaded in `load_dtype` (fp32 by default so that small fine-tuning updates
@@ -182,8 +182,14 @@ def extract(base, tuned, rank: int | None = None, dynamic: str | Dynamic | None 
     """
     dyn = Dynamic.parse(dynamic) if isinstance(dynamic, str) else dynamic
     _check_options(rank, dyn, conv_rank, clamp_quantile, preset)
-    base_model = _load_model(base, load_dtype)
-    tuned_model = _load_model(tuned, load_dtype)
+    if out is not None:
+        from .writable import require_writable
+
+        require_writable(out)
+    base_model = _load_model(base, load_dtype, allow_pickle)
+    tuned_model = _load_model(tuned, load_dtype, allow_pickle)
+    base_model.require_finite()
+    tuned_model.require_finite()
     if tuned_model.family != base_model.family:
         raise LoraKitError(f"the tuned model is {tuned_model.family} but the base is {base_model.family}: "
                            "extraction needs two models of one architecture", tuned)

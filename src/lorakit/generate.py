@@ -103,15 +103,18 @@ def infotext(prompt: str, negative: str, steps: int, sampler: str, guidance: flo
     return "\n".join(lines)
 
 
-def attach_loras(model, specs: Sequence[LoraSpec], merge: bool = True):
-    """Load each LoRA onto the model at its strength; returns the networks (detach with `detach_loras`)."""
+def attach_loras(model, specs: Sequence[LoraSpec], merge: bool = True, *, allow_pickle: bool = False):
+    """Load each LoRA onto the model at its strength; returns the networks (detach with `detach_loras`).
+
+    Pickled LoRAs (.ckpt/.pt/.bin) are refused unless `allow_pickle` (then read with weights_only).
+    """
     from .formats import load_network
 
     parts = model.parts()
     networks = []
     try:
         for spec in specs:
-            net = load_network(parts, spec.path, multiplier=spec.weight)
+            net = load_network(parts, spec.path, multiplier=spec.weight, allow_pickle=allow_pickle)
             net.to(device=model.unet.device)
             net.merge() if merge else net.apply()
             networks.append(net)
@@ -128,16 +131,20 @@ def detach_loras(networks) -> None:
 
 
 def lora_short_hash(path: Path) -> str:
-    """A1111's LoRA short hash: the first 12 hex digits of the safetensors body hash."""
+    """A1111's LoRA short hash: the first 12 hex digits of the safetensors body hash (of the whole
+    file for a pickle, as A1111 does)."""
     from .formats import file_hashes
+    from .pickles import PICKLE_SUFFIXES
 
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return file_sha256(path)[:12]
     return file_hashes(path)["sshs_model_hash"][:12]
 
 
 def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec] = (), n: int = 1, steps: int = 25,
              guidance: float = 7.0, seed: int = 0, width: int | None = None, height: int | None = None,
              sampler: str = "euler_a", merge: bool = True, lora_dir: Path | None = None,
-             progress: bool = True) -> GenerateResult:
+             progress: bool = True, allow_pickle: bool = False) -> GenerateResult:
     """n images, seeds seed, seed+1, … (A1111's batch seeds), LoRAs detached again afterwards."""
     from .samplers import effective_name, make_scheduler
 
@@ -155,10 +162,14 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
     width, height = width or default, height or default
     if width % 8 or height % 8 or width < 8 or height < 8:
         raise LoraKitError(f"--width and --height must be multiples of 8 (got {width}x{height})")
+    from .memory import generation_bytes, require_fits
+
+    require_fits(generation_bytes(pipe, width, height, n, grid=n > 1), pipe.device,
+                 f"{n} image(s) of {width}x{height}", "lower --width/--height or --n")
     sampler = effective_name(sampler, pipe.scheduler.config)  # what PNG info records is what ran
     pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=not progress)
-    networks = attach_loras(model, specs, merge=merge)
+    networks = attach_loras(model, specs, merge=merge, allow_pickle=allow_pickle)
     images, seeds = [], [seed + i for i in range(n)]
     try:
         for s in seeds:

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from .options import ALLOW_PICKLE
+
 DYNAMIC_HELP = "sv_ratio:X | sv_fro:X | sv_cumulative:X (kohya's rules; --rank then caps the rank)"
 
 
@@ -35,24 +37,27 @@ def resize(
     conv_rank: Optional[int] = typer.Option(None, "--conv-rank", help="new rank of kxk conv modules (default --rank)"),
     dtype: str = typer.Option("fp16", "--dtype", help="save dtype: fp16, bf16 or fp32"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="a line per module: rank, kept norm, σ ratio"),
+    allow_pickle: bool = ALLOW_PICKLE,
 ) -> None:
     """Lower a LoRA's rank: the best approximation of each module's update, same strength."""
     from ..algebra_ops import resize as do_resize
     from ..devices import parse_dtype
 
-    result = do_resize(file, rank, dynamic, conv_rank=conv_rank, out=out, dtype=parse_dtype(dtype))
+    result = do_resize(file, rank, dynamic, conv_rank=conv_rank, out=out, dtype=parse_dtype(dtype),
+                       allow_pickle=allow_pickle)
     _rank_lines(result, verbose)
     typer.echo(f"wrote {result.path} ({len(result.modules)} modules)")
 
 
 def merge_loras_cli(loras: List[str], out: Path, rank: Optional[int] = None, dtype: str = "fp16", *,
-                    dynamic: Optional[str] = None, conv_rank: Optional[int] = None, verbose: bool = False) -> None:
+                    dynamic: Optional[str] = None, conv_rank: Optional[int] = None, verbose: bool = False,
+                    allow_pickle: bool = False) -> None:
     """`lorakit merge --lora A:w --lora B:w --out F [--rank R]` without a --model."""
     from ..algebra_ops import merge_loras, parse_lora_specs
     from ..devices import parse_dtype
 
     result = merge_loras(parse_lora_specs(loras), rank, dynamic, conv_rank=conv_rank, out=out,
-                         dtype=parse_dtype(dtype))
+                         dtype=parse_dtype(dtype), allow_pickle=allow_pickle)
     if result.infos:
         _rank_lines(result, verbose)
     total = sorted(set(result.ranks().values()))
@@ -73,6 +78,7 @@ def extract(
     targets: Optional[str] = typer.Option(None, "--targets", help="attn | cross-attn | transformer | full"),
     dtype: str = typer.Option("fp16", "--dtype", help="save dtype: fp16, bf16 or fp32"),
     load_dtype: str = typer.Option("fp32", "--load-dtype", help="dtype the two models are loaded in"),
+    allow_pickle: bool = ALLOW_PICKLE,
 ) -> None:
     """Extract the LoRA whose merge best approximates tuned − base."""
     from ..devices import parse_dtype
@@ -80,7 +86,7 @@ def extract(
 
     result = do_extract(base, tuned, rank, dynamic, conv_rank=conv_rank, preset=targets,
                         clamp_quantile=clamp_quantile, min_diff=min_diff, out=out, dtype=parse_dtype(dtype),
-                        load_dtype=parse_dtype(load_dtype))
+                        load_dtype=parse_dtype(load_dtype), allow_pickle=allow_pickle)
     for line in result.report():
         typer.echo(line)
     typer.echo(f"wrote {result.path} ({len(result.modules)} modules)")

@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from .options import ALLOW_PICKLE
+
 
 def evaluate(
     model: str = typer.Option(..., "--model", "-m", help="diffusers folder, .safetensors checkpoint, hub id or 'toy'"),
@@ -28,6 +30,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     device: str = typer.Option("auto", "--device"),
     dtype: str = typer.Option("auto", "--dtype"),
+    allow_pickle: bool = ALLOW_PICKLE,
 ) -> None:
     """Draw the same prompts and seeds at several LoRA strengths: drift from the base per strength,
     the toy scorer's fidelity on the toy model, and a labelled grid."""
@@ -43,10 +46,15 @@ def evaluate(
         raise LoraKitError(f"--strengths must be numbers separated by commas (got {strengths!r})") from None
     texts = list(prompt) + (read_prompt_file(prompts) if prompts else [])
     specs = [parse_lora_arg(x) for x in lora]
+    if out is not None:
+        from ..writable import require_writable
+
+        require_writable(out)
     dev, dt = resolve_device_dtype(device, dtype)
-    base = load_model(model, dtype=dt, device=dev)
+    base = load_model(model, dtype=dt, device=dev, allow_pickle=allow_pickle)
     report = run(base, specs, texts, strengths=levels, trigger=trigger, n=n, seed=seed, steps=steps,
-                 guidance=guidance, sampler=sampler, negative=negative, width=width, height=height)
+                 guidance=guidance, sampler=sampler, negative=negative, width=width, height=height,
+                 allow_pickle=allow_pickle)
     if out is not None:
         save_png(report.grid(), out, None)
     if as_json:

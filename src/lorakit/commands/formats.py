@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from .options import ALLOW_PICKLE
+
 
 def _fmt_summary(s: dict) -> str:
     if not s["values"]:
@@ -52,11 +54,12 @@ def _table(report: dict) -> None:
 def inspect(
     file: Path = typer.Argument(..., help="LoRA file (.safetensors) or PEFT adapter folder"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    allow_pickle: bool = ALLOW_PICKLE,
 ) -> None:
     """Show what a LoRA file holds: family, format, modules, ranks, alphas, metadata, hashes."""
     from ..formats import inspect_lora
 
-    report = inspect_lora(file)
+    report = inspect_lora(file, allow_pickle=allow_pickle)
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
     else:
@@ -69,6 +72,7 @@ def convert(
     out: Path = typer.Option(..., "--out", "-o", help="output file (a folder for peft)"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: keep)"),
     family: Optional[str] = typer.Option(None, "--family", help="sd1, sd2 or sdxl when it cannot be detected"),
+    allow_pickle: bool = ALLOW_PICKLE,
 ) -> None:
     """Convert a LoRA between kohya (A1111/ComfyUI), diffusers and PEFT formats."""
     from ..devices import parse_dtype
@@ -77,7 +81,10 @@ def convert(
 
     if to not in FORMATS:
         raise LoraKitError(f"--to {to!r}: choose from {', '.join(FORMATS)}")
-    lf = load_lora(file, family)
+    from ..writable import require_writable
+
+    require_writable(out, folder=to == "peft")
+    lf = load_lora(file, family, allow_pickle=allow_pickle)
     if Path(out).resolve() == Path(file).resolve():
         raise LoraKitError("output would overwrite the input; choose another --out", out)
     written = save_lora(out, lf, format=to, dtype=None if dtype is None else parse_dtype(dtype))

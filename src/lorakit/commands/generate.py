@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from .options import ALLOW_PICKLE
+
 
 def generate(
     model: str = typer.Option(..., "--model", "-m", help="diffusers folder, .safetensors checkpoint, hub id or 'toy'"),
@@ -26,6 +28,7 @@ def generate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp16, bf16, fp32"),
     prediction_type: Optional[str] = typer.Option(None, "--prediction-type", help="epsilon or v_prediction"),
+    allow_pickle: bool = ALLOW_PICKLE,
     text_encoders: Optional[Path] = typer.Option(None, "--text-encoders", help="SD 3.x single file without "
                                                  "text encoders: folder with text_encoder, _2, _3, tokenizer_3"),
 ) -> None:
@@ -34,10 +37,14 @@ def generate(
     from ..generate import generate as run, parse_lora_arg, write_outputs
     from ..models import load_model
 
+    from ..writable import require_writable
+
+    require_writable(out, folder=out.suffix.lower() != ".png")
     dev, dt = resolve_device_dtype(device, dtype)
-    base = load_model(model, dtype=dt, device=dev, prediction_type=prediction_type, text_encoders=text_encoders)
+    base = load_model(model, dtype=dt, device=dev, prediction_type=prediction_type, text_encoders=text_encoders,
+                      allow_pickle=allow_pickle)
     result = run(base, prompt, negative=negative, loras=[parse_lora_arg(x) for x in lora], n=n, steps=steps,
                  guidance=guidance, seed=seed, width=width, height=height, sampler=sampler, merge=not on_the_fly,
-                 lora_dir=lora_dir)
+                 lora_dir=lora_dir, allow_pickle=allow_pickle)
     for path in write_outputs(result, out):
         typer.echo(str(path))

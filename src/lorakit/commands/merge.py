@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from .options import ALLOW_PICKLE
+
 
 def merge(
     lora: List[str] = typer.Option(..., "--lora", "-l", help="FILE[:WEIGHT], repeatable"),
@@ -15,6 +17,7 @@ def merge(
     rank: Optional[int] = typer.Option(None, "--rank", help="LoRA+LoRA: project the result to this rank"),
     dtype: str = typer.Option("fp16", "--dtype", help="save dtype: fp16, bf16 or fp32"),
     prediction_type: Optional[str] = typer.Option(None, "--prediction-type"),
+    allow_pickle: bool = ALLOW_PICKLE,
     text_encoders: Optional[Path] = typer.Option(None, "--text-encoders", help="SD 3.x single file without "
                                                  "text encoders: folder with text_encoder, _2, _3, tokenizer_3"),
 ) -> None:
@@ -25,7 +28,7 @@ def merge(
     if model is None:
         from .algebra import merge_loras_cli
 
-        merge_loras_cli(lora, out, rank=rank, dtype=dtype)
+        merge_loras_cli(lora, out, rank=rank, dtype=dtype, allow_pickle=allow_pickle)
         return
     if rank is not None:
         from ..errors import LoraKitError
@@ -34,5 +37,5 @@ def merge(
     from ..checkpoint_merge import merge_into_checkpoint
 
     written = merge_into_checkpoint(model, [x for x in lora], out, dtype=save_dtype, prediction_type=prediction_type,
-                                    text_encoders=text_encoders)
+                                    text_encoders=text_encoders, allow_pickle=allow_pickle)
     typer.echo(str(written))

@@ -93,23 +93,51 @@ def scan(subset: Subset) -> list[ImageItem]:
     return items
 
 
+# EXIF orientations that turn the picture a quarter: width and height swap once it is upright
+_QUARTER_TURNS = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
+
+
 def image_size(path: Path) -> tuple[int, int]:
+    """Width and height as the picture is meant to be seen (after its EXIF rotation)."""
     try:
         with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError) as exc:
+            w, h = im.size
+            try:
+                turned = im.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS
+            except (OSError, SyntaxError, ValueError):
+                turned = False  # a truncated file: decoding it (load_rgb) names the problem
+            return (h, w) if turned else (w, h)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise LoraKitError(f"cannot read image ({exc.__class__.__name__})", path) from None
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """The decoded image in RGB (alpha composited on white, as the captioner sees it)."""
+    """The decoded image in 8-bit RGB, upright: EXIF rotation applied, alpha composited on white,
+    CMYK and palettes converted, 16-bit samples scaled (not clipped) to 8 bits."""
+    from PIL import ImageOps
+
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(bg, rgba).convert("RGB")
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise LoraKitError(f"cannot read image ({exc.__class__.__name__}: {exc})", path) from None
+            im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise LoraKitError(f"cannot read image ({exc.__class__.__name__}: {' '.join(str(exc).split())[:120]})",
+                           path) from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any decoded PIL image as 8-bit RGB, the way a viewer shows it."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        # PIL's own I;16 → RGB conversion clips at 255 (a 16-bit photo turns white); 65535 → 255
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return im.convert("RGB")

@@ -68,12 +68,16 @@ def validate_module(name: str, t: Mapping[str, Tensor], source: str | None = Non
         extra.add("diff_b")  # bias updates are not applied by lorakit: refuse rather than drop
     if extra:
         raise LoraKitError(f"module {name} ({kind}) has keys that do not belong to it: {sorted(extra)}", source)
+    check_values(name, t, source)
     alpha = t.get("alpha")
     if alpha is not None and alpha.numel() != 1:
         raise LoraKitError(f"module {name}: alpha has shape {tuple(alpha.shape)}, expected a scalar", source)
     if kind == "lora":
         down, up, mid = t["lora_down.weight"], t["lora_up.weight"], t.get("lora_mid.weight")
         rank_up = up.reshape(up.shape[0], -1).shape[1] if up.dim() >= 2 else -1
+        if down.dim() not in (2, 4) or up.dim() not in (2, 4) or down.shape[0] < 1:
+            raise LoraKitError(f"module {name}: lora_down {tuple(down.shape)} / lora_up {tuple(up.shape)} are "
+                               "not the factors of a Linear or Conv2d update of rank ≥ 1", source)
         if mid is not None:
             ok = down.dim() >= 2 and mid.dim() == 4 and mid.shape[0] == rank_up and mid.shape[1] == down.shape[0]
         else:
@@ -92,6 +96,32 @@ def validate_module(name: str, t: Mapping[str, Tensor], source: str | None = Non
             if a in t and "lokr_t2" not in t and t[a].shape[1] != t[b].shape[0]:
                 raise LoraKitError(f"module {name}: {a} {tuple(t[a].shape)} does not match {b} "
                                    f"{tuple(t[b].shape)}", source)
+
+
+def check_values(name: str, t: Mapping[str, Tensor], source: str | None = None) -> None:
+    """Every tensor floating point, non-empty and finite: a NaN or Inf would poison every weight it
+    is merged into, and an integer or empty one is no adapter at all."""
+    for sub, v in t.items():
+        if not v.is_floating_point():
+            raise LoraKitError(f"module {name}: {sub} is {str(v.dtype).replace('torch.', '')}, not floating point",
+                               source)
+        if v.numel() == 0:
+            raise LoraKitError(f"module {name}: {sub} is empty (shape {tuple(v.shape)})", source)
+        bad = count_non_finite(v)
+        if bad:
+            raise LoraKitError(f"module {name}: {sub} holds {bad} NaN/Inf value(s): the file is corrupt "
+                               "(or training diverged)", source)
+
+
+def count_non_finite(v: Tensor) -> int:
+    """How many NaN/Inf values `v` holds. A sum first: NaN and Inf survive it, and it is a vectorized
+    pass (CPU isfinite is not: 30× slower on fp16). Only a non-finite sum, which large finite
+    values can also give, pays for the exact count."""
+    if v.element_size() == 1:
+        v = v.float()  # fp8 has no sum/isfinite kernels everywhere
+    if bool(torch.isfinite(v.sum())):
+        return 0
+    return int((~torch.isfinite(v)).sum())
 
 
 def flatten(modules: Modules, dtype: torch.dtype | None = None) -> dict[str, Tensor]:

@@ -23,7 +23,7 @@ from .hashes import precalculate_hashes
 from .metadata import build_metadata
 from .modules import Modules, alpha_of, rank_of
 from .peft_common import entries_from_modules
-from .st_io import PICKLE_SUFFIXES, read_pickle, read_safetensors, serialize, write_bytes_atomic
+from .st_io import PICKLE_SUFFIXES, read_pickle, read_safetensors, refuse_pickle, serialize, write_bytes_atomic
 
 FORMATS = ("kohya", "diffusers", "peft", "comfyui", "onetrainer")
 
@@ -81,9 +81,7 @@ def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickl
         modules, metadata, fam = peft_fmt.read(p, family, allow_pickle)
         return LoRAFile(modules, metadata, "peft", fam, str(p))
     if p.suffix.lower() in PICKLE_SUFFIXES and p.exists():
-        if not allow_pickle:
-            raise LoraKitError(f"{p.suffix} files are pickles that can run code when loaded: refused "
-                               "(convert it to .safetensors, or pass allow_pickle=True if you trust it)", p)
+        refuse_pickle(p, allow_pickle)
         state, metadata = read_pickle(p), {}
     else:
         state, metadata = read_safetensors(p)

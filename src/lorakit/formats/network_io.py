@@ -13,11 +13,11 @@ from .lorafile import LoRAFile, load_lora
 
 
 def load_network(parts: ModelParts, path_or_file: str | os.PathLike | LoRAFile,
-                 multiplier: float = 1.0) -> LoRANetwork:
+                 multiplier: float = 1.0, *, allow_pickle: bool = False) -> LoRANetwork:
     """Load (if a path), check family and module names against the model, build the network."""
-    lf = path_or_file if isinstance(path_or_file, LoRAFile) else load_lora(path_or_file)
+    lf = path_or_file if isinstance(path_or_file, LoRAFile) else load_lora(path_or_file, allow_pickle=allow_pickle)
     if lf.family is None and parts.family and lf.format in ("diffusers", "peft") and lf.path:
-        lf = load_lora(lf.path, parts.family)  # names depend on the family (SAI spelling, lora_te1)
+        lf = load_lora(lf.path, parts.family, allow_pickle=allow_pickle)  # names depend on the family (SAI spelling, lora_te1)
     source = lf.path or "LoRA"
     if lf.family and parts.family and lf.family != parts.family:
         raise LoraKitError(f"this LoRA is for {families.label(lf.family)}, the model is "

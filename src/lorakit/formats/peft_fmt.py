@@ -18,7 +18,7 @@ from .detect import family_of_parts
 from .kohya import _listing, validate_module
 from .paths import DIFFUSERS_PREFIX, kohya_part, path_to_kohya
 from .peft_common import Entry, check_config, kohya_alpha, lora_config
-from .st_io import one_line, read_pickle, read_safetensors, serialize
+from .st_io import one_line, read_pickle, read_safetensors, refuse_pickle, serialize
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -61,9 +61,7 @@ def _read_one(folder: Path, part: str | None, allow_pickle: bool) -> tuple[str, 
     if weights.is_file():
         state, metadata = read_safetensors(weights)
     elif (folder / "adapter_model.bin").is_file():
-        if not allow_pickle:
-            raise LoraKitError("adapter_model.bin is a pickle: refused (pass allow_pickle=True if you trust it)",
-                               folder)
+        refuse_pickle(folder / "adapter_model.bin", allow_pickle)
         state, metadata = read_pickle(folder / "adapter_model.bin"), {}
     else:
         raise LoraKitError(f"PEFT adapter folder without {WEIGHTS}", folder)

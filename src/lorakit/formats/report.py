@@ -26,10 +26,10 @@ def _size(p: Path) -> int:
     return p.stat().st_size
 
 
-def inspect_lora(path: str | os.PathLike, family: str | None = None) -> dict:
+def inspect_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickle: bool = False) -> dict:
     """Family, format, module counts per part and per kind, ranks/alphas, conv modules, dtype,
     size, metadata, and the sshs hashes: stored, recomputed from the file, and whether they match."""
-    lf = load_lora(path, family)
+    lf = load_lora(path, family, allow_pickle=allow_pickle)
     p = Path(path)
     kinds = Counter(algo_of(t) + ("+dora" if "dora_scale" in t else "") for t in lf.modules.values())
     conv = [n for n, t in lf.modules.items() if is_conv_kxk(t)]

@@ -17,8 +17,8 @@ from torch import Tensor
 
 from ..atomic import file_mode, write_bytes_atomic  # noqa: F401 (re-exported)
 from ..errors import LoraKitError
+from ..pickles import PICKLE_SUFFIXES
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -55,8 +55,9 @@ def read_header(path: str | os.PathLike, check_data: bool = True) -> tuple[dict,
         raise LoraKitError("not a safetensors file (the header is not JSON)", path)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LoraKitError(f"corrupt safetensors header ({exc.__class__.__name__}: {exc})", path) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nesting bombs
+        raise LoraKitError(f"corrupt safetensors header ({exc.__class__.__name__}: {one_line(exc)[:120]})",
+                           path) from None
     if not isinstance(header, dict):
         raise LoraKitError("corrupt safetensors header (not a JSON object)", path)
     if not check_data:
@@ -95,12 +96,25 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[s
     return tensors, {str(k): str(v) for k, v in meta.items()}
 
 
-def read_pickle(path: str | os.PathLike) -> dict[str, Tensor]:
-    """A torch pickle, loaded with weights_only (only when the caller allowed pickles)."""
+def refuse_pickle(path: str | os.PathLike, allow_pickle: bool) -> None:
+    """Pickles can run code when loaded: a LoraKitError unless the user opted in (`--allow-pickle`)."""
+    if not allow_pickle:
+        raise LoraKitError(f"{Path(path).suffix or 'this'} files are pickles that can run code when loaded: refused "
+                           "(convert it to .safetensors, or pass --allow-pickle if you trust its source)", path)
+
+
+def load_pickle(path: str | os.PathLike):
+    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary objects."""
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a bad pickle
-        raise LoraKitError(f"unreadable torch file ({exc.__class__.__name__}: {one_line(exc)})", path) from None
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a bad or non-weights pickle
+        raise LoraKitError(f"unreadable torch file, or one that holds more than weights "
+                           f"({exc.__class__.__name__}: {one_line(exc)[:160]})", path) from None
+
+
+def read_pickle(path: str | os.PathLike) -> dict[str, Tensor]:
+    """A torch pickle's flat tensor dict, loaded with weights_only (only when the caller allowed pickles)."""
+    obj = load_pickle(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):

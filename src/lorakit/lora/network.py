@@ -90,10 +90,15 @@ class LoRANetwork(nn.Module):
 
         index = parts.index()
         net = cls(multiplier)
+        spelled: dict[str, str] = {}
         for name, tensors in modules.items():
             target = index.get(name)
             if target is None:
                 raise LoraKitError(f"module {name} is not in the model", source)
+            if target.name in spelled:  # one layer under two spellings: applying one would drop the other
+                raise LoraKitError(f"modules {spelled[target.name]} and {name} are the same layer "
+                                   f"({target.name}) spelled two ways", source)
+            spelled[target.name] = name
             kind = LF.module_kind(tensors)
             alpha_t = tensors.get("alpha")
             alpha = None if alpha_t is None else float(alpha_t)

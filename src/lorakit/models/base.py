@@ -49,6 +49,22 @@ class BaseModel:
         unet = self.unet
         return ModelParts(self.family, unet, self.text_encoders, dict(unet.config) if unet is not None else None)
 
+    def require_finite(self) -> None:
+        """A LoraKitError naming the first weight that holds NaN or Inf: merged into, extracted
+        from or saved, it would poison everything downstream. One isfinite pass per tensor."""
+        from ..errors import LoraKitError
+        from ..formats.kohya import count_non_finite
+
+        for part in (self.spec.denoiser, *self.spec.text_encoders, "vae"):
+            module = getattr(self.pipe, part, None)
+            if module is None:
+                continue
+            for name, p in module.named_parameters():
+                bad = count_non_finite(p.detach()) if p.is_floating_point() and p.numel() else 0
+                if bad:
+                    raise LoraKitError(f"the base model's {part} weight {name} holds {bad} NaN/Inf value(s): "
+                                       "the checkpoint is corrupt", self.source)
+
 
 def detect_family(pipe, unet_config: Mapping | None = None) -> str:
     """The family name of a diffusers pipeline (`unet_config` stands in for a UNet not loaded).

@@ -15,6 +15,7 @@ import torch
 
 from .. import families
 from ..errors import LoraKitError
+from ..pickles import PICKLE_SUFFIXES
 
 UNET = "model.diffusion_model."
 PART_PREFIXES = {
@@ -60,10 +61,10 @@ def open_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Checkpoi
     if not path.is_file():
         raise LoraKitError("not a file", path)
     suffix = path.suffix.lower()
-    if suffix in (".ckpt", ".pt", ".pth", ".bin"):
+    if suffix in PICKLE_SUFFIXES:
         return _open_pickle(path, allow_pickle)
     if suffix != ".safetensors":
-        raise LoraKitError("not a checkpoint file: expected .safetensors (or .ckpt with allow_pickle)", path)
+        raise LoraKitError("not a checkpoint file: expected .safetensors (or .ckpt with --allow-pickle)", path)
     return _open_safetensors(path)
 
 
@@ -81,16 +82,12 @@ def _open_safetensors(path: Path) -> Checkpoint:
 
 
 def _open_pickle(path: Path, allow_pickle: bool) -> Checkpoint:
-    if not allow_pickle:
-        raise LoraKitError("pickle checkpoints can run code when loaded; convert it to .safetensors, "
-                           "or pass allow_pickle=True if you trust its source", path)
-    try:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - Lightning checkpoints hold more than tensors
-            data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        raise LoraKitError(f"cannot unpickle the checkpoint (truncated or corrupt?): {e}", path) from e
+    """Only with the user's consent, and even then weights_only: a pickle that needs arbitrary
+    classes to load (some Lightning checkpoints) is refused rather than executed."""
+    from ..formats.st_io import load_pickle, refuse_pickle
+
+    refuse_pickle(path, allow_pickle)
+    data = load_pickle(path)
     while isinstance(data, dict) and "state_dict" in data:
         data = data["state_dict"]
     if not isinstance(data, dict):

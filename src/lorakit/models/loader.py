@@ -48,12 +48,12 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | t
     else:
         path = Path(spec).expanduser()
         if path.is_dir():
-            model = _load_folder(path, "diffusers", dtype, prediction_type, components)
+            model = _load_folder(path, "diffusers", dtype, prediction_type, components, allow_pickle)
         elif path.is_file():
             model = _load_single_file(path, dtype, prediction_type, config_dir, components, allow_pickle,
                                       text_encoders)
         elif _looks_like_hub_id(spec):
-            model = _load_hub(spec, dtype, prediction_type, components)
+            model = _load_hub(spec, dtype, prediction_type, components, allow_pickle)
         else:
             raise LoraKitError("no such file or folder (and not a hub id like org/name)", spec)
     if torch.device(device).type != "cpu":
@@ -139,7 +139,7 @@ def _scheduler_prediction(folder: Path | None) -> str | None:
 
 # --- diffusers folders and hub ids -------------------------------------------------------------
 
-def _load_folder(path: Path, kind: str, dtype, prediction_type, components) -> BaseModel:
+def _load_folder(path: Path, kind: str, dtype, prediction_type, components, allow_pickle: bool = False) -> BaseModel:
     index_file = path / "model_index.json"
     if not index_file.is_file():
         hint = ""
@@ -152,11 +152,18 @@ def _load_folder(path: Path, kind: str, dtype, prediction_type, components) -> B
         raise LoraKitError(f"model_index.json is not valid JSON: {e}", index_file) from e
     tokenizers = {t for f in families.by_pipeline(index.get("_class_name", "")) for t in f.tokenizers}
     missing_tokenizers = [t for t in sorted(tokenizers) if t in index and not (path / t).is_dir()]
-    pipe = _from_pretrained(str(path), index, dtype, components, local_only=True, skip=missing_tokenizers)
+    pickled = _pickled_parts(path, index, components)
+    if pickled:
+        from ..formats.st_io import refuse_pickle
+
+        refuse_pickle(pickled[0], allow_pickle)
+    # safetensors only, unless the folder holds pickles and the user allowed them (then read weights_only)
+    pipe = _from_pretrained(str(path), index, dtype, components, local_only=True, skip=missing_tokenizers,
+                            use_safetensors=not pickled)
     return _finish(pipe, str(path), kind, prediction_type, missing_tokenizers, local_only=True)
 
 
-def _load_hub(repo_id: str, dtype, prediction_type, components) -> BaseModel:
+def _load_hub(repo_id: str, dtype, prediction_type, components, allow_pickle: bool = False) -> BaseModel:
     from diffusers import DiffusionPipeline
 
     offline = _offline()
@@ -171,7 +178,8 @@ def _load_hub(repo_id: str, dtype, prediction_type, components) -> BaseModel:
                                repo_id) from e
         raise LoraKitError(f"cannot fetch from the Hugging Face hub: {e}", repo_id) from e
     try:
-        pipe = _from_pretrained(repo_id, dict(index), dtype, components, local_only=offline)
+        pipe = _from_pretrained(repo_id, dict(index), dtype, components, local_only=offline,
+                                use_safetensors=None if allow_pickle else True)
     except LoraKitError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -180,7 +188,24 @@ def _load_hub(repo_id: str, dtype, prediction_type, components) -> BaseModel:
     return _finish(pipe, repo_id, "hub", prediction_type, [], local_only=offline)
 
 
-def _from_pretrained(source: str, index: dict, dtype, components, *, local_only: bool, skip=()):
+def _pickled_parts(path: Path, index: dict, components) -> list[Path]:
+    """The weight files of component folders that hold pickles (.bin/.ckpt/.pt) and no safetensors."""
+    from ..pickles import PICKLE_SUFFIXES
+
+    fams = families.by_pipeline(index.get("_class_name", ""))
+    wanted = {"unet": {f.denoiser for f in fams}, "vae": {"vae"},
+              "text_encoders": {t for f in fams for t in f.text_encoders}}
+    found = []
+    for part in sorted(name for c in components for name in wanted[c] if name in index):
+        folder = path / part
+        files = [f for f in folder.iterdir() if f.is_file()] if folder.is_dir() else []
+        if not any(f.suffix == ".safetensors" for f in files):
+            found += sorted(f for f in files if f.suffix.lower() in PICKLE_SUFFIXES)
+    return found
+
+
+def _from_pretrained(source: str, index: dict, dtype, components, *, local_only: bool, skip=(),
+                     use_safetensors: bool | None = True):
     import diffusers
 
     class_name = index.get("_class_name", "")
@@ -200,7 +225,8 @@ def _from_pretrained(source: str, index: dict, dtype, components, *, local_only:
     cls = getattr(diffusers, class_name)
     try:
         with quiet_loading():
-            return cls.from_pretrained(source, torch_dtype=dtype, local_files_only=local_only, **kwargs)
+            return cls.from_pretrained(source, torch_dtype=dtype, local_files_only=local_only,
+                                       use_safetensors=use_safetensors, **kwargs)
     except LoraKitError:
         raise
     except Exception as e:  # noqa: BLE001 - missing or corrupt weight files come in many error types

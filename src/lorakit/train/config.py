@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional, get_args, get_origin, get_type_hints
 
 from ..errors import LoraKitError
+from ..pickles import PICKLE_HELP
 
 try:
     import tomllib
@@ -40,6 +41,7 @@ class TrainConfig:
     config_dir: Optional[Path] = opt(None, "diffusers config folder for a single file whose architecture differs "
                                      "from the shipped configs", "model", resume_may_change=True)
     prediction_type: Optional[str] = opt(None, "epsilon or v_prediction (default: from the model)", "model")
+    allow_pickle: bool = opt(False, PICKLE_HELP, "model", resume_may_change=True)
     # data
     data: Optional[Path] = opt(None, "image folder (captions alongside, N_name repeat folders) or dataset TOML", "data")
     trigger: Optional[str] = opt(None, "trigger word prepended to every caption", "data")

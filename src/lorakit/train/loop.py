@@ -28,6 +28,7 @@ from ..data import (BucketSettings, Sample, Subset, TensorStore, TrainingData, c
 from ..atomic import remove_stale_temporaries, write_text_atomic
 from ..errors import Interrupted, LoraKitError
 from ..lora.network import LoRANetwork
+from ..writable import require_writable
 from . import losses, state
 from .conditioning import Conditioner, encode_pixels
 from .interrupt import EXIT_CODES, StopRequests, signal_name
@@ -198,6 +199,7 @@ class Trainer:
         dtype = torch.float32 if "unet" not in components else self.weight_dtype
         model = load_model(self.cfg.model, dtype=dtype, prediction_type=self.cfg.prediction_type,
                            components=components, text_encoders=self.cfg.text_encoders,
+                           allow_pickle=self.cfg.allow_pickle,
                            config_dir=self.cfg.config_dir)
         model.pipe.set_progress_bar_config(disable=True)
         return model
@@ -242,6 +244,18 @@ class Trainer:
         return BucketSettings(cfg.resolution, step, cfg.bucket, cfg.min_bucket_side, cfg.max_bucket_side,
                               cfg.max_upscale)
 
+    def _require_fits(self) -> None:
+        """A batch whose activations cannot fit is refused before any caching or training."""
+        from ..memory import require_fits, training_bytes
+
+        cfg, config = self.cfg, self.model.denoiser_config
+        if config is None or "block_out_channels" not in config:
+            return
+        scale = 2 ** (len(self.vae_config["block_out_channels"]) - 1) if self.vae_config else 8
+        need = training_bytes(config, scale, cfg.resolution, cfg.batch_size, cfg.gradient_checkpointing, self.weight_dtype)
+        require_fits(need, self.acc.device, f"a training batch of {cfg.batch_size} at {cfg.resolution} px",
+                     "lower --batch-size or --resolution, or add --gradient-checkpointing")
+
     def _check_divisible(self) -> None:
         """Every bucket side must survive the VAE's and the UNet's downsampling."""
         need = self._size_multiple()
@@ -271,11 +285,8 @@ class Trainer:
         else:
             self.session_id, self.started_at = uuid.uuid4().hex[:12], time.time()
         class_subset = self._class_subset()
-        if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            state.remove_partial(self.run_dir)  # what a killed run was writing
-            remove_stale_temporaries(Path(cfg.out).parent, Path(cfg.out).name)
-            write_text_atomic(self.run_dir / "config.toml", cfg.to_toml())
+        require_writable(cfg.out)
+        require_writable(self.run_dir, folder=True)
 
         # The VAE and text encoders are only needed to fill the caches, unless samples are drawn
         # or the text encoder trains: then load them with the UNet, else first and alone.
@@ -292,6 +303,12 @@ class Trainer:
             raise LoraKitError("--min-snr-gamma is for noise-prediction models; flow-matching models (SD 3.x) weigh "
                                "their loss with --weighting-scheme")
         self.vae_config = dict(self.model.vae.config) if self.model.vae is not None else None
+        self._require_fits()
+        if self.main:  # only once the model loaded and the run fits: a refused run leaves nothing behind
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            state.remove_partial(self.run_dir)  # what a killed run was writing
+            remove_stale_temporaries(Path(cfg.out).parent, Path(cfg.out).name)
+            write_text_atomic(self.run_dir / "config.toml", cfg.to_toml())
         device = acc.device
         if need_generation:
             self.model.pipe.to(device)

@@ -14,6 +14,16 @@ from ..errors import LoraKitError
 from ..formats.st_io import one_line
 
 _MODELS: dict[tuple, object] = {}
+# the server's pickle policy, set once by `lorakit ui [--allow-pickle]`: it holds for every action
+_POLICY = {"allow_pickle": False}
+
+
+def set_allow_pickle(allow: bool) -> None:
+    _POLICY["allow_pickle"] = bool(allow)
+
+
+def allow_pickle() -> bool:
+    return _POLICY["allow_pickle"]
 
 
 def cached_model(spec: str, device: str = "auto"):
@@ -25,10 +35,10 @@ def cached_model(spec: str, device: str = "auto"):
     if not spec:
         raise LoraKitError("choose a base model (a folder, a .safetensors file, a hub id or 'toy')")
     dev, dtype = resolve_device_dtype(device, "auto")
-    key = (spec, dev, str(dtype))
+    key = (spec, dev, str(dtype), allow_pickle())
     if key not in _MODELS:
         _MODELS.clear()
-        _MODELS[key] = load_model(spec, dtype=dtype, device=dev)
+        _MODELS[key] = load_model(spec, dtype=dtype, device=dev, allow_pickle=allow_pickle())
     return _MODELS[key]
 
 
@@ -48,7 +58,8 @@ def generate_images(model: str, prompt: str, negative: str, loras: str, n: int, 
     base = cached_model(model)
     result = generate(base, prompt, negative=negative, loras=parse_lora_lines(loras), n=int(n), steps=int(steps),
                       guidance=float(guidance), seed=int(seed), width=int(width) or None,
-                      height=int(height) or None, sampler=sampler, lora_dir=Path(lora_dir) if lora_dir else None)
+                      height=int(height) or None, sampler=sampler, lora_dir=Path(lora_dir) if lora_dir else None,
+                      allow_pickle=allow_pickle())
     if out_dir:
         write_outputs(result, Path(out_dir))
     return result.images, result.infotexts[0]
@@ -67,7 +78,7 @@ def evaluate_sweep(model: str, loras: str, prompts: str, trigger: str, strengths
         raise LoraKitError(f"strengths must be numbers separated by commas (got {strengths!r})") from None
     report = evaluate(cached_model(model), specs, (prompts or "").splitlines(), strengths=levels or (0, 0.5, 1),
                       trigger=(trigger or "").strip() or None, n=int(n), seed=int(seed), steps=int(steps),
-                      guidance=float(guidance), sampler=sampler)
+                      guidance=float(guidance), sampler=sampler, allow_pickle=allow_pickle())
     grid = report.grid()
     if (out or "").strip():
         save_png(grid, Path(out.strip()))
@@ -77,13 +88,13 @@ def evaluate_sweep(model: str, loras: str, prompts: str, trigger: str, strengths
 def inspect_file(path: str) -> str:
     from ..formats import inspect_lora
 
-    return json.dumps(inspect_lora(_existing(path)), indent=2, default=str)
+    return json.dumps(inspect_lora(_existing(path), allow_pickle=allow_pickle()), indent=2, default=str)
 
 
 def convert_file(path: str, to: str, out: str) -> str:
     from ..formats import load_lora, save_lora
 
-    lf = load_lora(_existing(path))
+    lf = load_lora(_existing(path), allow_pickle=allow_pickle())
     save_lora(_out(out), lf.modules, lf.metadata, format=to, family=lf.family)
     return f"wrote {out}"
 
@@ -91,7 +102,8 @@ def convert_file(path: str, to: str, out: str) -> str:
 def resize_file(path: str, rank: int, dynamic: str, out: str) -> str:
     from ..algebra_ops import resize
 
-    result = resize(_existing(path), rank=int(rank) if rank else None, dynamic=dynamic or None, out=_out(out))
+    result = resize(_existing(path), rank=int(rank) if rank else None, dynamic=dynamic or None, out=_out(out),
+                    allow_pickle=allow_pickle())
     ranks = sorted(set(result.ranks().values()))
     return f"wrote {out}: {len(result.modules)} modules, ranks {ranks[0]}–{ranks[-1]}"
 
@@ -103,18 +115,21 @@ def merge_files(loras: str, rank: int, model: str, out: str) -> str:
     if model.strip():
         from ..checkpoint_merge import merge_into_checkpoint
 
-        merge_into_checkpoint(model.strip(), [f"{s.path}:{s.weight}" for s in specs], Path(_out(out)))
+        merge_into_checkpoint(model.strip(), [f"{s.path}:{s.weight}" for s in specs], Path(_out(out)),
+                              allow_pickle=allow_pickle())
         return f"wrote checkpoint {out}"
     from ..algebra_ops import merge_loras
 
-    result = merge_loras([(s.path, s.weight) for s in specs], rank=int(rank) if rank else None, out=_out(out))
+    result = merge_loras([(s.path, s.weight) for s in specs], rank=int(rank) if rank else None, out=_out(out),
+                         allow_pickle=allow_pickle())
     return f"wrote {out}: {len(result.modules)} modules"
 
 
 def extract_file(base: str, tuned: str, rank: int, conv_rank: int, out: str) -> str:
     from ..extraction import extract
 
-    ex = extract(base.strip(), tuned.strip(), rank=int(rank), conv_rank=int(conv_rank) or None, out=_out(out))
+    ex = extract(base.strip(), tuned.strip(), rank=int(rank), conv_rank=int(conv_rank) or None, out=_out(out),
+                 allow_pickle=allow_pickle())
     return f"wrote {out}\n" + "\n".join(f"{k}: {v}" for k, v in getattr(ex, "reports", {}).items())
 
 

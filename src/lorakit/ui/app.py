@@ -7,11 +7,13 @@ from . import actions as A
 from .studio import Studio
 
 
-def build_app(studio: Studio | None = None):
+def build_app(studio: Studio | None = None, allow_pickle: bool = False):
+    """`allow_pickle` is the server's policy for every action (`lorakit ui --allow-pickle`)."""
     import gradio as gr
 
     from . import dataset_tab, evaluate_tab, generate_tab, library_tab, settings_tab, tools_tab
 
+    A.set_allow_pickle(allow_pickle)
     studio = studio or Studio()
 
     def progress_wrap(fn):

@@ -63,7 +63,9 @@ def train_config(model: str, data: str, trigger: str, out: str, preset: str, ran
         path = cfg.resolved_run_dir() / "sample_prompts.txt"
         write_text_atomic(path, "\n".join(prompts) + "\n")
         cfg = cfg.override({"sample_prompts": path})
-    return cfg.validate()
+    from .actions import allow_pickle
+
+    return cfg.override({"allow_pickle": allow_pickle()}).validate()  # the server's policy, not the form's
 
 
 class _Stop(KeyboardInterrupt):

@@ -1,0 +1,10 @@
+"""Options shared by several commands, defined once so their name and help never drift apart."""
+
+from __future__ import annotations
+
+import typer
+
+from ..pickles import PICKLE_HELP
+
+# every command that reads a model or a LoRA takes this; typer reads the default, never mutates it
+ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help=PICKLE_HELP)
