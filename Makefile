@@ -4,10 +4,25 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 
-.PHONY: setup lock demo test test-fast bench clean
+.PHONY: setup browser lock demo test test-fast bench clean
 
-# Installs exactly what the lock names (the versions the suite last passed with), then lorakit itself.
-setup: $(STAMP)
+# Installs exactly what the lock names (the versions the suite last passed with), then lorakit itself,
+# and the browser the web UI's tests drive.
+setup: $(STAMP) browser
+
+# Debian's chromium for the web UI's browser tests (Playwright drives it; it never downloads one).
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium (Debian package) for the web UI tests"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+	  echo "$(CHROMIUM) is missing: the web UI tests need it. As root run" >&2; \
+	  echo "  apt-get update && apt-get install -y chromium" >&2; \
+	  echo "(or 'sudo make browser'), then 'make setup' again." >&2; \
+	  exit 1; \
+	fi
 
 $(STAMP): $(LOCK) pyproject.toml
 	$(PY) -m venv $(VENV)

@@ -59,14 +59,15 @@ def test_bad_input_becomes_a_gradio_error(files):
         A.guarded(A.inspect_file)(str(files / "nope.safetensors"))
 
 
-def test_app_serves_on_loopback():
+def test_app_serves_on_loopback(tmp_path):
     from lorakit.ui.app import build_app
+    from lorakit.ui.studio import Studio
 
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = build_app("toy")
+    app = build_app(Studio(lora_dirs=[tmp_path], out_dir=tmp_path / "out"))
     app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
@@ -75,8 +76,9 @@ def test_app_serves_on_loopback():
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30) as r:
             config = json.loads(r.read())
         labels = {c.get("props", {}).get("label") for c in config["components"]}
-        assert {"Prompt", "LoRA file", "Image folder", "Training images (folder with captions, or dataset TOML)",
-                "Loss", "Latest samples", "Strength × prompt grid"} <= labels
+        assert {"Prompt", "LoRAs (click one to add it to Generate)", "Images and captions", "Caption",
+                "Training images (folder with captions, or dataset TOML)", "Loss", "Latest samples",
+                "Strength × prompt grid", "Tag frequency"} <= labels
     finally:
         app.close()
 
@@ -149,3 +151,37 @@ def test_train_form_errors_are_one_line(files, tmp_path):
         _form(files / "model", tmp_path, tmp_path / "x.safetensors", extra_toml="rank = = 3")
     with pytest.raises(LoraKitError, match="rankk"):
         _form(files / "model", tmp_path, tmp_path / "x.safetensors", extra_toml="rankk = 3")
+
+
+def test_ui_command_refuses_a_missing_library_folder(tmp_path, capsys):
+    from lorakit.cli import main
+
+    assert main(["ui", "--lora-dir", str(tmp_path / "nope"), "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'nope'}: not an existing folder" in err and "Traceback" not in err
+
+
+def test_ui_command_binds_loopback_and_locks_folders_beyond_it(tmp_path, monkeypatch):
+    """What `lorakit ui` hands to gradio: 127.0.0.1 by default; with --host the folder list is fixed."""
+    import gradio as gr
+
+    from lorakit.cli import main
+
+    seen = {}
+
+    def fake_build(studio, **kw):
+        seen["studio"] = studio
+        return gr.Blocks()
+
+    def fake_launch(self, **kw):
+        seen.update(kw)
+    monkeypatch.setenv("HOME", str(tmp_path))  # the recent-models list goes to ~/.cache/lorakit
+    monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
+    monkeypatch.setattr("lorakit.ui.app.build_app", fake_build)
+    assert main(["ui", "--lora-dir", str(tmp_path), "--out-dir", str(tmp_path / "out")]) == 0
+    assert seen["server_name"] == "127.0.0.1" and seen["share"] is False and not seen["studio"].locked
+    assert seen["studio"].lora_dirs == [tmp_path]
+    assert (tmp_path / ".cache" / "lorakit" / "ui-recent-models.json").read_text() == '["toy"]'
+    seen.clear()
+    assert main(["ui", "--host", "0.0.0.0", "--lora-dir", str(tmp_path), "--out-dir", str(tmp_path / "out")]) == 0
+    assert seen["server_name"] == "0.0.0.0" and seen["studio"].locked

@@ -27,8 +27,10 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
 
-def read_header(path: str | os.PathLike) -> tuple[dict, int]:
-    """The parsed JSON header (tensors + `__metadata__`) and its length in bytes, validated."""
+def read_header(path: str | os.PathLike, check_data: bool = True) -> tuple[dict, int]:
+    """The parsed JSON header (tensors + `__metadata__`) and its length in bytes, validated.
+    `check_data=False` skips comparing the tensors' offsets with the file size (a listing that
+    only shows the header's facts need not refuse a file whose data is cut short)."""
     path = Path(path)
     if not path.exists():
         raise LoraKitError("no such file", path)
@@ -58,6 +60,8 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
                            path) from None
     if not isinstance(header, dict):
         raise LoraKitError("corrupt safetensors header (not a JSON object)", path)
+    if not check_data:
+        return header, n
     data_len = size - 8 - n
     end = 0
     for key, info in header.items():

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import LoraKitError
+from ..formats.st_io import one_line
 
 _MODELS: dict[tuple, object] = {}
 # the server's pickle policy, set once by `lorakit ui [--allow-pickle]`: it holds for every action
@@ -156,15 +157,27 @@ def _out(path: str) -> str:
 
 
 def guarded(fn: Callable) -> Callable:
-    """LoraKitError → gradio's error toast (one line), instead of a stack trace in the page."""
+    """Any failure → gradio's error toast (one line), never a stack trace in the page; the server
+    keeps serving. Bugs (not LoraKitError) are also logged with their traceback for a report."""
     import functools
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        import gradio as gr
-
-        try:
-            return fn(*args, **kwargs)
-        except LoraKitError as exc:
-            raise gr.Error(str(exc)) from None
+        return _shielded(fn, *args, **kwargs)
     return run
+
+
+def _shielded(fn, *args, **kwargs):
+    import gradio as gr
+
+    try:
+        return fn(*args, **kwargs)
+    except gr.Error:
+        raise
+    except LoraKitError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    except Exception as exc:  # noqa: BLE001 - whatever breaks, the page gets one line and the server lives
+        import logging
+
+        logging.getLogger("lorakit.ui").exception("%s failed", getattr(fn, "__name__", "action"))
+        raise gr.Error(f"{exc.__class__.__name__}: {one_line(exc)}", print_exception=False) from None

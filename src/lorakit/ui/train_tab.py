@@ -26,9 +26,10 @@ def train_config(model: str, data: str, trigger: str, out: str, preset: str, ran
                  conv_rank: int, steps: int, lr: float, batch_size: int, resolution: int, optimizer: str,
                  scheduler: str, train_text_encoder: bool, class_prompt: str, class_data: str,
                  sample_prompts: str, sample_every: int, save_every: int, extra_toml: str = "",
-                 resume: str = ""):
+                 resume: str = "", check=None):
     """The form as a TrainConfig. `extra_toml` takes any other option by its config name (the keys
-    of `lorakit train --print-config`, with or without their [section] tables), applied last."""
+    of `lorakit train --print-config`, with or without their [section] tables), applied last.
+    `check(cfg)` sees the config before anything is written (the page's path guard)."""
     from ..train.config import TrainConfig
 
     def text(value) -> str | None:
@@ -55,6 +56,8 @@ def train_config(model: str, data: str, trigger: str, out: str, preset: str, ran
         for key, value in doc.items():
             flat.update(value if isinstance(value, dict) else {key: value})
         cfg = cfg.override(flat, source="more options")
+    if check is not None:
+        check(cfg)
     prompts = [p.strip() for p in (sample_prompts or "").splitlines() if p.strip()]
     if prompts:
         path = cfg.resolved_run_dir() / "sample_prompts.txt"
@@ -171,23 +174,63 @@ def stop_job() -> str:
     return "stopping after this step (a resume state is saved)…"
 
 
-def build(gr, progress_wrap, default_model: str) -> None:
+def guarded_form(studio, values: list) -> list:
+    """The form's path fields checked against the page's folders (model, data, out, class images,
+    resume); relative names are taken from the first data or library folder."""
+    v = list(values)
+    g = studio.guard
+    v[0] = g.model(v[0])
+    v[1] = str(g.check(v[1], "training images", base=studio.first("data"), exists=True))
+    v[3] = str(g.check(v[3], "LoRA output", base=studio.first("lora"), kind="file"))
+    if str(v[16] or "").strip():
+        v[16] = str(g.check(v[16], "class image folder", base=studio.first("data"), kind="dir"))
+    if str(v[21] or "").strip():
+        v[21] = str(g.check(v[21], "resume folder", base=studio.first("lora"), exists=True, kind="dir"))
+    return v
+
+
+PATH_OPTIONS = ("data", "out", "run_dir", "resume", "class_data", "cache_dir", "sample_prompts")
+
+
+def guard_config(studio, cfg) -> None:
+    """Every path the finished config names (the TOML box can set any option) under the page's folders."""
+    for name in PATH_OPTIONS:
+        value = getattr(cfg, name, None)
+        if value is not None:
+            studio.guard.check(value, f"training option {name}")
+    studio.guard.check(cfg.resolved_run_dir(), "training run folder")
+    if cfg.data is not None and Path(cfg.data).is_file():  # a dataset TOML: the folders it names, too
+        from ..data.config import load_dataset_config
+
+        for subset in load_dataset_config(Path(cfg.data)).subsets:
+            studio.guard.check(subset.dir, f"image folder of {Path(cfg.data).name}")
+    prompt_file = Path(str(cfg.class_prompt or ""))
+    if str(cfg.class_prompt or "").endswith(".txt") and prompt_file.exists():
+        studio.guard.check(prompt_file, "class prompt file")
+    studio.guard.model(cfg.model)
+
+
+def build(gr, studio, progress_wrap) -> dict:
     from .actions import guarded
 
-    with gr.Tab("Train"):
+    default_out = (studio.first("lora") / "my-lora.safetensors") if studio.first("lora") else "my-lora.safetensors"
+
+    with gr.Tab("Train", id="train"):
         with gr.Row():
             with gr.Column():
-                model = gr.Textbox(default_model, label="Base model (folder, .safetensors, hub id or toy)")
-                data = gr.Textbox("", label="Training images (folder with captions, or dataset TOML)")
+                model = gr.Dropdown(studio.model_choices(), value=studio.default_model, allow_custom_value=True,
+                                    label="Base model ('toy', a hub id, or a folder/file under your folders)")
+                data = gr.Textbox(str(studio.first("data") or ""), elem_id="train-data",
+                                  label="Training images (folder with captions, or dataset TOML)")
                 trigger = gr.Textbox("", label="Trigger word")
-                out = gr.Textbox("lora.safetensors", label="Write the LoRA to")
+                out = gr.Textbox(str(default_out), label="Write the LoRA to", elem_id="train-out")
                 with gr.Row():
                     preset = gr.Dropdown(PRESETS, value="transformer", label="Targets")
                     rank = gr.Number(16, label="Rank", precision=0)
                     alpha = gr.Number(16, label="Alpha", precision=None)
                     conv_rank = gr.Number(0, label="Conv rank (full)", precision=0)
                 with gr.Row():
-                    steps = gr.Number(1000, label="Steps", precision=0)
+                    steps = gr.Number(1000, label="Steps", precision=0, elem_id="train-steps")
                     lr = gr.Number(1e-4, label="Learning rate")
                     batch = gr.Number(1, label="Batch size", precision=0)
                     resolution = gr.Number(512, label="Resolution", precision=0)
@@ -203,30 +246,74 @@ def build(gr, progress_wrap, default_model: str) -> None:
                     with gr.Row():
                         sample_every = gr.Number(100, label="Samples every N steps (0: off)", precision=0)
                         save_every = gr.Number(0, label="Save every N steps (0: at the end)", precision=0)
-                    extra = gr.Textbox("", label="More options (TOML, keys of --print-config)", lines=3,
+                    extra = gr.Textbox("", elem_id="train-extra", lines=3,
+                                       label="More options (TOML, keys of --print-config)",
                                        placeholder="min_snr_gamma = 5\nmixed_precision = \"bf16\"")
-                    resume = gr.Textbox("", label="Resume from (a run folder)")
+                    resume = gr.Textbox("", label="Resume from (a run folder)", elem_id="train-resume")
                 with gr.Row():
-                    go = gr.Button("Train", variant="primary")
-                    stop = gr.Button("Stop")
+                    go = gr.Button("Train", variant="primary", elem_id="train-go")
+                    stop = gr.Button("Stop", elem_id="train-stop")
+                    again = gr.Button("Resume the stopped run", elem_id="train-resume-go")
             with gr.Column():
-                status = gr.Textbox(label="Status", lines=3)
-                loss = gr.Image(label="Loss", type="filepath")
-                samples = gr.Image(label="Latest samples", type="filepath")
+                status = gr.Textbox(label="Status", lines=3, elem_id="train-status")
+                loss = gr.Image(label="Loss", type="filepath", elem_id="train-loss")
+                samples = gr.Image(label="Latest samples", type="filepath", elem_id="train-samples")
 
         fields = [model, data, trigger, out, preset, rank, alpha, conv_rank, steps, lr, batch, resolution, optimizer,
                   scheduler, train_te, class_prompt, class_data, sample_prompts, sample_every, save_every, extra,
                   resume]
 
+        def checked_config(values):
+            return train_config(*guarded_form(studio, values), check=lambda cfg: guard_config(studio, cfg))
+
         def train(*values, progress=gr.Progress()):
-            job = guarded(lambda *v: start_job(train_config(*v)))(*values)
+            yield from watch(guarded(lambda *v: start_job(checked_config(v)))(*values), progress)
+
+        def resume_stopped(*values, progress=gr.Progress()):
+            def start(*v):
+                if _JOB is None or not _JOB.stopped:
+                    raise LoraKitError("no stopped run to resume (Stop one first, or fill 'Resume from')")
+                v = list(v)
+                v[21] = str(_JOB.cfg.resolved_run_dir())
+                return start_job(checked_config(v))
+            yield from watch(guarded(start)(*values), progress)
+
+        def watch(job, progress):
             while True:
-                finished = job.wait(timeout=2.0)
+                finished = job.wait(timeout=1.0)
                 done = job.steps[-1] if job.steps else 0
                 progress((done, job.cfg.steps), desc="train", unit="steps")
-                yield job.status(), job.loss_plot(), job.latest_samples()
+                note = ""
+                if finished and job.result is not None:
+                    note = _into_library(studio, Path(job.result.out))
+                yield job.status() + note, job.loss_plot(), _picture(job.latest_samples())
                 if finished:
                     return
 
         go.click(train, fields, [status, loss, samples])
+        again.click(resume_stopped, fields, [status, loss, samples])
         stop.click(stop_job, [], status)
+    return {"data": data}
+
+
+def _picture(path: str | None):
+    """The image itself, not its path: the run folder lies under the user's folders, which gradio's
+    file route must not serve (it would refuse them anyway, being outside its own folders)."""
+    if path is None:
+        return None
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    scale = 256 // max(im.size)  # tiny sample grids (the toy model draws 32 px) shown at a visible size
+    return im.resize((im.width * scale, im.height * scale), Image.NEAREST) if scale > 1 else im
+
+
+def _into_library(studio, out: Path) -> str:
+    """A finished LoRA joins the library (its folder is added when it is not a library folder yet)."""
+    try:
+        if not any(out.resolve().is_relative_to(d) for d in studio.lora_dirs):
+            studio.add_library_folder(out.resolve().parent)
+    except LoraKitError as exc:
+        return f"\nnot added to the library: {exc}"
+    return f"\nin the library as {out.stem}"
