@@ -44,8 +44,11 @@ def test_sd35_medium_single_file_two_steps(tmp_path, no_network):
     folder = shipped_config("5-medium")
     with torch.device("meta"):
         tr = SD3Transformer2DModel.from_config(SD3Transformer2DModel.load_config(folder, subfolder="transformer"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
-    tr, vae = _random(tr), _random(vae)
+    tr = _random(tr)
+    # The VAE keeps its own initialisation: N(0, 0.02) everywhere gives it posterior variances so wide
+    # that a latent drawn from them overflows bf16 in the MMDiT on some draws (a NaN loss, then a stop).
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae")).to(torch.bfloat16)
     assert sum(p.numel() for p in tr.parameters()) == pytest.approx(2.24e9, rel=0.02)
     state = original_state(tr.state_dict(), vae.state_dict(), dict(vae.config), None)
     ckpt = tmp_path / "sd3.5_medium-random.safetensors"

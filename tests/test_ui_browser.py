@@ -83,6 +83,16 @@ def box(page, elem_id):
                         f":not([type=range]):not([type=checkbox])").first
 
 
+def fill_settled(page, elem_id, text, tries=10):
+    """Fill a textbox that a panel being opened may re-render once more with its default value."""
+    for _ in range(tries):
+        box(page, elem_id).fill(text)
+        page.wait_for_timeout(300)
+        if box(page, elem_id).input_value() == text:
+            return
+    raise AssertionError(f"#{elem_id} would not keep {text!r}")
+
+
 def expect(locator):
     from playwright.sync_api import expect as pw_expect
 
@@ -170,8 +180,7 @@ def test_card_to_generate_slider_images_and_png_info(page, folders):
 
     # the strength sweep: same seed, one image per strength
     page.get_by_text("Strength sweep (same seed, one image per strength)").click()
-    box(page, "gen-strengths").fill("0, 1")
-    expect(box(page, "gen-strengths")).to_have_value("0, 1")
+    fill_settled(page, "gen-strengths", "0, 1")
     page.click("#gen-sweep")
     page.wait_for_function("[...document.querySelectorAll('#gen-gallery .caption-label')].map(e => e.innerText)"
                            ".join('|') === 'ring 0|ring 1'")
