@@ -17,8 +17,15 @@ def parse_dtype(name: str) -> torch.dtype:
         raise LoraKitError(f"unknown dtype {name!r}: choose fp16, bf16 or fp32") from None
 
 
-def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[str, torch.dtype]:
-    """auto: CUDA (fp16) when present, then MPS (fp16), else CPU (fp32: CPU half kernels are slow)."""
+def resolve_device_dtype(device: str = "auto", dtype: str = "auto", model: str | None = None) -> tuple[str, torch.dtype]:
+    """auto: CUDA (fp16) when present, then MPS (fp16), else CPU: bf16 where the CPU has bf16 arithmetic
+    and `model`'s denoiser is large enough for it to pay (lorakit.precision), else fp32."""
+    device, precision = _resolve(device, dtype, model)
+    return device, precision.dtype
+
+
+def _resolve(device: str, dtype: str, model: str | None, parameters: int | None = None):
+    from .precision import Precision, choose
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"
@@ -28,6 +35,35 @@ def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[str
             device = "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LoraKitError(f"--device {device}: no CUDA device is available")
-    if dtype == "auto":
-        return device, torch.float32 if device == "cpu" else torch.float16
-    return device, parse_dtype(dtype)
+    if dtype != "auto":
+        return device, Precision({torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[
+            parse_dtype(dtype)], "as asked")
+    if device != "cpu":
+        return device, Precision("fp16", f"{device} device")
+    if parameters is None and model is not None:
+        from .models.size import denoiser_parameters
+
+        parameters = denoiser_parameters(str(model))
+    if parameters is None and model is None:
+        return device, Precision("fp32", "CPU, model not named")
+    return device, choose(device, parameters, "auto")
+
+
+def load_model_for_inference(spec: str, device: str = "auto", dtype: str = "auto", *, announce: bool = True,
+                             **load_kwargs):
+    """load_model with `--device`/`--dtype` resolved (auto as resolve_device_dtype says), the choice
+    printed once. A model whose size only loading tells (single file, hub id) is loaded as bf16 would
+    be and loaded again in fp32 if it proves too small for bf16 to pay."""
+    from .models import load_model
+    from .precision import announce as say, count_parameters
+
+    dev, precision = _resolve(device, dtype, spec)
+    model = load_model(spec, dtype=precision.dtype, device=dev, **load_kwargs)
+    if not precision.final:
+        _, precision = _resolve(dev, dtype, spec, count_parameters(model.unet))
+        if precision.dtype != model.unet.dtype:
+            del model
+            model = load_model(spec, dtype=precision.dtype, device=dev, **load_kwargs)
+    if announce:
+        say(precision)
+    return model

@@ -115,8 +115,16 @@ def attach_loras(model, specs: Sequence[LoraSpec], merge: bool = True, *, allow_
     try:
         for spec in specs:
             net = load_network(parts, spec.path, multiplier=spec.weight, allow_pickle=allow_pickle)
-            net.to(device=model.unet.device)
-            net.merge() if merge else net.apply()
+            if merge:
+                net.to(device=model.unet.device)  # merged in fp32 whatever the file's dtype
+                net.merge()
+            else:
+                # on the fly the branch runs in the model's dtype: an fp16 file on a CPU model would
+                # otherwise compute every hook in fp16, which CPUs emulate slowly
+                net.to(device=model.unet.device)
+                for p in net.parameters():  # the LoRA factors only: alpha buffers keep their exact value
+                    p.data = p.data.to(model.unet.dtype)
+                net.apply()
             networks.append(net)
     except Exception:
         detach_loras(networks)

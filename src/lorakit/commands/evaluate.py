@@ -47,13 +47,12 @@ def evaluate(
     """Draw the same prompts and seeds at several LoRA strengths and measure subject fidelity (DINO,
     CLIP-I against --data), prompt fidelity (CLIP-T), drift from the base (pixels, CLIP, DINO), the
     toy scorer's fidelity on the toy model; write a report folder with an HTML page and the grid."""
-    from ..devices import resolve_device_dtype
+    from ..devices import load_model_for_inference
     from ..errors import LoraKitError
     from ..evaluate import evaluate as run
     from ..evaluation.files import write_report
     from ..evaluation.prompts import default_prompts
     from ..generate import parse_lora_arg, read_prompt_file, save_png
-    from ..models import load_model
 
     try:
         levels = [float(x) for x in strengths.split(",") if x.strip()]
@@ -68,8 +67,7 @@ def evaluate(
         from ..writable import require_writable
 
         require_writable(out, folder=out.suffix.lower() != ".png")
-    dev, dt = resolve_device_dtype(device, dtype)
-    base = load_model(model, dtype=dt, device=dev, allow_pickle=allow_pickle)
+    base = load_model_for_inference(model, device, dtype, allow_pickle=allow_pickle)
     if not texts and trigger:
         texts, own = default_prompts(trigger, toy=getattr(base, "kind", None) == "toy")
     report = run(base, specs, texts, strengths=levels, trigger=trigger, n=n, seed=seed, steps=steps,

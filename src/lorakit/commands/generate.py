@@ -26,23 +26,22 @@ def generate(
     on_the_fly: bool = typer.Option(False, "--on-the-fly", help="keep LoRAs unmerged (forward hooks)"),
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="a .png file or a folder"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps"),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp16, bf16, fp32"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU; on CPU bf16 where it has AVX512-BF16 or "
+                              "AMX and the model is large enough for bf16 to pay, else fp32), fp16, bf16, fp32"),
     prediction_type: Optional[str] = typer.Option(None, "--prediction-type", help="epsilon or v_prediction"),
     allow_pickle: bool = ALLOW_PICKLE,
     text_encoders: Optional[Path] = typer.Option(None, "--text-encoders", help="SD 3.x single file without "
                                                  "text encoders: folder with text_encoder, _2, _3, tokenizer_3"),
 ) -> None:
     """Generate images with one or several LoRAs at chosen strengths."""
-    from ..devices import resolve_device_dtype
+    from ..devices import load_model_for_inference
     from ..generate import generate as run, parse_lora_arg, write_outputs
-    from ..models import load_model
 
     from ..writable import require_writable
 
     require_writable(out, folder=out.suffix.lower() != ".png")
-    dev, dt = resolve_device_dtype(device, dtype)
-    base = load_model(model, dtype=dt, device=dev, prediction_type=prediction_type, text_encoders=text_encoders,
-                      allow_pickle=allow_pickle)
+    base = load_model_for_inference(model, device, dtype, prediction_type=prediction_type,
+                                    text_encoders=text_encoders, allow_pickle=allow_pickle)
     result = run(base, prompt, negative=negative, loras=[parse_lora_arg(x) for x in lora], n=n, steps=steps,
                  guidance=guidance, seed=seed, width=width, height=height, sampler=sampler, merge=not on_the_fly,
                  lora_dir=lora_dir, allow_pickle=allow_pickle)

@@ -114,7 +114,9 @@ class TrainConfig:
     # run
     steps: int = opt(1000, "optimizer steps", "run")
     grad_accum: int = opt(1, "gradient accumulation micro-steps per optimizer step", "run")
-    mixed_precision: str = opt("no", "no, fp16 or bf16 (frozen base weights in that dtype, LoRA in fp32)", "run")
+    mixed_precision: str = opt("auto", "auto, no, fp16 or bf16 (frozen base weights in that dtype, LoRA and optimizer "
+                               "in fp32); auto: bf16 on GPUs that have it (else fp16), bf16 on CPUs with AVX512-BF16 "
+                               "or AMX when the model is large enough for it to pay, else fp32", "run")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward: less memory, more time", "run")
     sdpa: bool = opt(True, "scaled-dot-product attention (off: the classic attention processor)", "run")
     seed: int = opt(0, "seed of everything random (data order, noise, augmentation)", "run")
@@ -171,7 +173,7 @@ class TrainConfig:
                    "weighting_scheme": ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap", "none"),
                    "save_format": (None, "kohya", "diffusers", "comfyui", "onetrainer"),
                    "optimizer": ("adamw", "adamw8bit", "lion", "prodigy"),
-                   "mixed_precision": ("no", "fp16", "bf16"), "save_dtype": ("fp16", "bf16", "fp32"),
+                   "mixed_precision": ("auto", "no", "fp16", "bf16"), "save_dtype": ("fp16", "bf16", "fp32"),
                    "scheduler": ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                                  "polynomial"),
                    "prediction_type": (None, "epsilon", "v_prediction"), "nan_policy": ("stop", "skip")}

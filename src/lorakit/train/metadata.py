@@ -12,7 +12,8 @@ from .config import TrainConfig
 
 def training_fields(cfg: TrainConfig, data: TrainingData, *, family: str, prediction_type: str, step: int,
                     epoch: int, num_processes: int, started_at: float, finished_at: float | None,
-                    session_id: str | None = None, skipped_steps: list[int] = ()) -> dict[str, Any]:
+                    session_id: str | None = None, skipped_steps: list[int] = (),
+                    mixed_precision: str | None = None) -> dict[str, Any]:
     """Hyperparameters and dataset facts, keyed without the `ss_` prefix (build_metadata adds it)."""
     te_lr = cfg.text_encoder_lr if cfg.text_encoder_lr is not None else cfg.lr
     dirs = {s.name: {"n_repeats": s.repeats, "img_count": sum(1 for it in data.instance if it.subset is s)}
@@ -44,7 +45,7 @@ def training_fields(cfg: TrainConfig, data: TrainingData, *, family: str, predic
         "total_batch_size": cfg.batch_size * cfg.grad_accum * num_processes,
         "gradient_accumulation_steps": cfg.grad_accum,
         "gradient_checkpointing": cfg.gradient_checkpointing,
-        "mixed_precision": cfg.mixed_precision,
+        "mixed_precision": mixed_precision or cfg.mixed_precision,  # what ran: auto resolved
         "seed": cfg.seed,
         "resolution": f"({cfg.resolution}, {cfg.resolution})",
         "enable_bucket": cfg.bucket,

@@ -28,17 +28,15 @@ def allow_pickle() -> bool:
 
 def cached_model(spec: str, device: str = "auto"):
     """Keep the last base model loaded: switching LoRAs must not reload GBs of weights."""
-    from ..devices import resolve_device_dtype
-    from ..models import load_model
+    from ..devices import load_model_for_inference
 
     spec = (spec or "").strip()
     if not spec:
         raise LoraKitError("choose a base model (a folder, a .safetensors file, a hub id or 'toy')")
-    dev, dtype = resolve_device_dtype(device, "auto")
-    key = (spec, dev, str(dtype), allow_pickle())
+    key = (spec, device, allow_pickle())
     if key not in _MODELS:
         _MODELS.clear()
-        _MODELS[key] = load_model(spec, dtype=dtype, device=dev, allow_pickle=allow_pickle())
+        _MODELS[key] = load_model_for_inference(spec, device, "auto", allow_pickle=allow_pickle())
     return _MODELS[key]
 
 

@@ -1,0 +1,97 @@
+"""Which number format a run uses, chosen per machine and model, and why.
+
+On CUDA lorakit picks what a kohya or diffusers user would (bf16 where the GPU has it, else
+fp16). On a CPU, bf16 pays only where the CPU has bf16 arithmetic (AVX512-BF16 or AMX) and the
+denoiser is large enough that its matrix products, not per-call overhead, dominate: small models
+(the toy) run slower in bf16 and stay in fp32, so their results are unchanged.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+
+# Denoiser size from which bf16 pays on a CPU with AVX512-BF16 (benchmarks/precision_crossover.py,
+# forward + backward of the frozen UNet, one run on this project's 2-core Xeon with avx512_bf16):
+# the toy UNet (2.2 M parameters, batch 8, 8×8 latents) takes 41 ms in fp32 and 60 ms in bf16
+# (0.7×); SD 1.5's UNet (860 M, 256 px) 2.6 s in fp32 and 1.36 s with bf16 weights (1.9×). The
+# scaled-width SD 1.5 UNets in between cross over between 35 M and 140 M parameters; 200 M keeps
+# a margin so that nothing near the crossover is made slower.
+BF16_MIN_PARAMETERS_CPU = 200_000_000
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The chosen format: `name` (fp32, bf16, fp16), its torch dtype and the reason, in words."""
+
+    name: str
+    reason: str
+    final: bool = True  # False: a CPU guess that waits for the model's size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
+
+    @property
+    def mixed_precision(self) -> str:
+        """accelerate's and kohya's spelling (ss_mixed_precision): no, fp16, bf16."""
+        return "no" if self.name == "fp32" else self.name
+
+    def line(self) -> str:
+        return f"precision: {self.name} ({self.reason})"
+
+
+def cpu_bf16_kind() -> str | None:
+    """'AMX' or 'AVX512-BF16' when this CPU computes in bf16 natively (checked at run time), else None."""
+    cpu = getattr(torch, "cpu", None)
+    for kind, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported")):
+        check = getattr(cpu, probe, None)
+        try:
+            if check is not None and check():
+                return kind
+        except RuntimeError:  # a torch build without the probe's backend
+            continue
+    return None
+
+
+def count_parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e9:.1f} B" if n >= 1e9 else f"{n / 1e6:.0f} M" if n >= 1e7 else f"{n / 1e6:.1f} M"
+
+
+def choose(device: str | torch.device, parameters: int | None, requested: str = "auto",
+           label: str = "UNet") -> Precision:
+    """The format for a run on `device` with a denoiser of `parameters` (None: not known yet).
+
+    `requested` is what the user asked: auto, or no/fp32, fp16, bf16 (taken as given)."""
+    requested = {"no": "fp32", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(requested, requested)
+    if requested != "auto":
+        return Precision(requested, "as asked")
+    kind = torch.device(device).type
+    if kind == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Precision("bf16", "CUDA device with bf16")
+        return Precision("fp16", "CUDA device without bf16")
+    if kind != "cpu":
+        return Precision("fp16", f"{kind} device")
+    fast = cpu_bf16_kind()
+    if fast is None:
+        return Precision("fp32", "CPU without AVX512-BF16 or AMX: bf16 would be emulated")
+    if parameters is None:
+        return Precision("bf16", f"CPU with {fast}, model size not known yet", final=False)
+    threshold = _millions(BF16_MIN_PARAMETERS_CPU)
+    if parameters >= BF16_MIN_PARAMETERS_CPU:
+        return Precision("bf16", f"CPU with {fast}, {label} {_millions(parameters)} parameters ≥ {threshold}")
+    return Precision("fp32", f"{label} {_millions(parameters)} parameters: bf16 is slower below {threshold} "
+                             f"on this CPU")
+
+
+def announce(precision: Precision, main: bool = True) -> None:
+    """Print the choice once, on stderr, from the main process only."""
+    if main:
+        print(precision.line(), file=sys.stderr, flush=True)
