@@ -70,8 +70,7 @@ def worker_lorakit(work: Path, lora: Path, mode: str, steps: int, size: int, ima
     from lorakit.devices import load_model_for_inference
     from lorakit.generate import LoraSpec, generate
 
-    model = load_model_for_inference(str(work / "sd15"), "cpu", "auto", announce=False)
-    from lorakit.precision import choose
+    model = load_model_for_inference(str(work / "sd15"), "cpu", "auto")
 
     spec = [LoraSpec(lora, 1.0)]
     kw = dict(loras=spec, guidance=GUIDANCE, width=size, height=size, merge=mode == "merged", progress=False,
@@ -83,7 +82,7 @@ def worker_lorakit(work: Path, lora: Path, mode: str, steps: int, size: int, ima
         generate(model, PROMPT, steps=steps, seed=i, **kw)
         times.append(time.perf_counter() - t0)
     return {"times": times, "peak_rss": _peak_rss(), "dtype": str(model.unet.dtype),
-            "precision": choose("cpu", sum(p.numel() for p in model.unet.parameters())).line()}
+            "precision": model.precision.line()}
 
 
 def worker_diffusers(work: Path, lora: Path, mode: str, steps: int, size: int, images: int) -> dict:
@@ -91,7 +90,7 @@ def worker_diffusers(work: Path, lora: Path, mode: str, steps: int, size: int, i
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[mode]
-    pipe = StableDiffusionPipeline.from_pretrained(work / "sd15", torch_dtype=dtype, safety_checker=None,
+    pipe = StableDiffusionPipeline.from_pretrained(work / "sd15", dtype=dtype, safety_checker=None,
                                                    requires_safety_checker=False)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -134,7 +133,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
+        import torch
+
         args.steps, args.size, args.images, args.rounds = 3, 64, 1, 1
+        torch.set_num_threads(args.threads or 1)  # tiny models: one thread beats two contended ones
         args.work = args.work.with_name(args.work.name + "-quick")
     lora = args.work / f"lora-r{RANK}.safetensors"
     if args.worker:

@@ -188,6 +188,10 @@ def plan(models: list[str]) -> list[tuple[str, str, str, bool]]:
 
 def _spawn(args, model, impl, prec, gc) -> dict:
     if args.quick:  # a smoke run: in this process (the subprocess round trip is what takes the time)
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state()  # each worker builds its own Accelerator, as in its own process
+        GradientState._reset_state()
         size = TINY_SIZE if args.tiny else MODELS[model][2]
         return WORKERS[impl](build_model(args.work, model, args.tiny), args.work, size, prec, gc, args.steps,
                              args.device)
@@ -210,9 +214,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "lorakit-bench-gpu")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    import torch
+
     if args.quick:
         args.tiny, args.device, args.steps, args.models = True, "cpu", 2, "sd15"
-    import torch
+        torch.set_num_threads(1)  # tiny models: one thread beats two contended ones
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("benchmarks/gpu.py: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU "

@@ -105,7 +105,10 @@ def main(argv=None) -> dict:
         print(json.dumps(worker(size, mode, args.steps)))
         return {}
     if args.quick:
+        import torch
+
         args.sizes, args.steps = "toy,w32", 2
+        torch.set_num_threads(args.threads or 1)  # tiny models: one thread beats two contended ones
     sizes = args.sizes.split(",")
     runs: dict[tuple, list] = {}
     params: dict[str, int] = {}

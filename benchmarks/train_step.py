@@ -178,7 +178,7 @@ def worker_floor(work: Path, steps: int, resolution: int, precision: str) -> dic
     from diffusers import UNet2DConditionModel
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-    unet = UNet2DConditionModel.from_pretrained(work / "sd15", subfolder="unet", torch_dtype=dtype)
+    unet = UNet2DConditionModel.from_pretrained(work / "sd15", subfolder="unet", dtype=dtype)
     unet.requires_grad_(False)
     latent_shape, hidden_shape = _shapes(work, resolution)
     hidden, times = torch.randn(hidden_shape, dtype=dtype), []
@@ -287,6 +287,10 @@ STEP_ROWS = [("lorakit (default: auto)", "lorakit_step", "auto"),
 # --- driver ------------------------------------------------------------------------------------------
 def _spawn(name: str, work: Path, steps: int, threads: int, resolution: int, precision: str) -> dict:
     if QUICK:  # a smoke run: in this process (the subprocess round trip is what takes the time)
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state()  # each worker builds its own Accelerator, as in its own process
+        GradientState._reset_state()
         return json.loads(json.dumps(WORKERS[name](work, steps, resolution, precision)))
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, __file__, "--worker", name, "--work", str(work), "--steps", str(steps),
@@ -334,6 +338,7 @@ def main(argv=None) -> dict:
     QUICK = args.quick
     if args.quick:
         args.steps, args.rounds, args.rounds_512, args.e2e_steps, args.resolutions = 3, 1, 1, 3, "64"
+        torch.set_num_threads(args.threads or 1)  # tiny models: one thread beats two contended ones
         args.work = args.work.with_name(args.work.name + "-quick")
     resolutions = [int(r) for r in args.resolutions.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)

@@ -49,13 +49,13 @@ def _resolve(device: str, dtype: str, model: str | None, parameters: int | None 
     return device, choose(device, parameters, "auto")
 
 
-def load_model_for_inference(spec: str, device: str = "auto", dtype: str = "auto", *, announce: bool = True,
-                             **load_kwargs):
-    """load_model with `--device`/`--dtype` resolved (auto as resolve_device_dtype says), the choice
-    printed once. A model whose size only loading tells (single file, hub id) is loaded as bf16 would
-    be and loaded again in fp32 if it proves too small for bf16 to pay."""
+def load_model_for_inference(spec: str, device: str = "auto", dtype: str = "auto", **load_kwargs):
+    """load_model with `--device`/`--dtype` resolved (auto as resolve_device_dtype says); the choice is
+    kept as `model.precision` and printed by the first generation (after its input is checked, so a
+    bad argument still ends in one line). A model whose size only loading tells (single file, hub id)
+    is loaded as bf16 would be and loaded again in fp32 if it proves too small for bf16 to pay."""
     from .models import load_model
-    from .precision import announce as say, count_parameters
+    from .precision import count_parameters
 
     dev, precision = _resolve(device, dtype, spec)
     model = load_model(spec, dtype=precision.dtype, device=dev, **load_kwargs)
@@ -64,6 +64,5 @@ def load_model_for_inference(spec: str, device: str = "auto", dtype: str = "auto
         if precision.dtype != model.unet.dtype:
             del model
             model = load_model(spec, dtype=precision.dtype, device=dev, **load_kwargs)
-    if announce:
-        say(precision)
+    model.precision = precision
     return model

@@ -178,6 +178,7 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
     pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=not progress)
     networks = attach_loras(model, specs, merge=merge, allow_pickle=allow_pickle)
+    _announce_precision(model)
     images, seeds = [], [seed + i for i in range(n)]
     try:
         for s in seeds:
@@ -192,6 +193,16 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
     infos = [infotext(prompt, negative, steps, sampler, guidance, s, width, height, name, model_hash, lora_info)
              for s in seeds]
     return GenerateResult(images, seeds, infos)
+
+
+def _announce_precision(model) -> None:
+    """Say once per loaded model which number format it runs in (set by load_model_for_inference)."""
+    precision = getattr(model, "precision", None)
+    if precision is not None and not getattr(model, "_precision_said", False):
+        from .precision import announce
+
+        announce(precision)
+        model._precision_said = True
 
 
 def model_label(model) -> tuple[str, str | None]:

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
-# Denoiser size from which bf16 pays on a CPU with AVX512-BF16 (benchmarks/precision_crossover.py,
-# forward + backward of the frozen UNet, one run on this project's 2-core Xeon with avx512_bf16):
-# the toy UNet (2.2 M parameters, batch 8, 8×8 latents) takes 41 ms in fp32 and 60 ms in bf16
-# (0.7×); SD 1.5's UNet (860 M, 256 px) 2.6 s in fp32 and 1.36 s with bf16 weights (1.9×). The
-# scaled-width SD 1.5 UNets in between cross over between 35 M and 140 M parameters; 200 M keeps
-# a margin so that nothing near the crossover is made slower.
+# Denoiser size from which bf16 pays on a CPU with AVX512-BF16. Measured forward + backward of the
+# frozen UNet (benchmarks/precision_crossover.py) on this project's quiet 2-core Xeon (avx512_bf16):
+# the toy UNet (2.2 M parameters, batch 8, 8×8 latents, one thread) 41 ms in fp32 against 60 ms in
+# bf16 (bf16 0.7× as fast); SD 1.5's UNet (860 M, 256 px, batch 1) 2.6 s in fp32 against 1.36 s with
+# bf16 weights (1.9×) and 1.78 s under autocast (1.5×). Every real denoiser lorakit loads is ≥ 860 M
+# (SD 1.x/2.x 0.86 B, SDXL 2.6 B, SD 3.x ≥ 2 B, Flux 12 B), every tiny test model ≤ a few M; 200 M
+# lies between with a wide margin on both sides (the probe's scaled SD 1.5 UNets of 35–550 M place
+# the crossover itself).
 BF16_MIN_PARAMETERS_CPU = 200_000_000
 
 

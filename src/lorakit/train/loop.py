@@ -179,7 +179,8 @@ class Trainer:
 
     def _choose_precision(self, device: str, unet: nn.Module | None = None) -> bool:
         """Pick the format from the device and the denoiser's size (read from its config, or counted on
-        the loaded `unet`); True when it changed the weight dtype. Printed once it is final."""
+        the loaded `unet`); True when it changed the weight dtype. Printed when training starts (after
+        every check of the input, so that a refused run still ends in one line)."""
         from ..models.size import denoiser_parameters
         from ..precision import choose, count_parameters
 
@@ -191,17 +192,7 @@ class Trainer:
         # a CPU choice that waits for the model's size is printed once the model is counted
         self._precision_final = self.precision.final
         before, self.weight_dtype = self.weight_dtype, self.precision.dtype
-        if self._precision_final:
-            from ..precision import announce
-
-            announce(self.precision, self._is_main())
         return before != self.weight_dtype
-
-    @staticmethod
-    def _is_main() -> bool:
-        from accelerate.state import PartialState
-
-        return PartialState().is_main_process
 
     def _subsets(self) -> list[Subset]:
         cfg = self.cfg
@@ -397,6 +388,9 @@ class Trainer:
             self._release_unneeded()
         self._check_divisible()
         self._build_training(device)
+        from ..precision import announce
+
+        announce(self.precision, self.main)
 
     def _release_unneeded(self) -> None:
         """Free the VAE / text encoders once the caches make them useless for the rest of the run."""
