@@ -20,7 +20,7 @@ Every measurement runs in its own process, so its peak RSS is its own. The per-s
 alternate (and reverse their order every other round) so that load from other programs hits all of
 them alike; per-step figures are medians over the rounds, the first step of each worker dropped.
 
-    python benchmarks/train_step.py [--steps 5] [--rounds 2] [--resolutions 256,512] [--e2e-steps 40]
+    python benchmarks/train_step.py [--steps 4] [--rounds 2] [--resolutions 256,512] [--e2e-steps 40]
     python benchmarks/train_step.py --quick      # tiny model, seconds: a smoke run
 
 Prints a markdown table and writes benchmarks/results/train_step.json.
@@ -311,7 +311,7 @@ def _ratio(a: float, b: float) -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=5, help="steps per per-step worker (the first is dropped)")
+    ap.add_argument("--steps", type=int, default=4, help="steps per per-step worker (the first is dropped)")
     ap.add_argument("--e2e-steps", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of the per-step workers")
     ap.add_argument("--resolutions", default="256,512", help="per-step resolutions, px")
@@ -337,7 +337,7 @@ def main(argv=None) -> dict:
     global QUICK
     QUICK = args.quick
     if args.quick:
-        args.steps, args.rounds, args.rounds_512, args.e2e_steps, args.resolutions = 3, 1, 1, 3, "64"
+        args.steps, args.rounds, args.rounds_512, args.e2e_steps, args.resolutions = 2, 1, 1, 2, "64"
         torch.set_num_threads(args.threads or 1)  # tiny models: one thread beats two contended ones
         args.work = args.work.with_name(args.work.name + "-quick")
     resolutions = [int(r) for r in args.resolutions.split(",")]

@@ -19,7 +19,7 @@ import torch
 # bf16 (bf16 0.7× as fast); SD 1.5's UNet (860 M, 256 px, batch 1) 2.6 s in fp32 against 1.36 s with
 # bf16 weights (1.9×) and 1.78 s under autocast (1.5×). Every real denoiser lorakit loads is ≥ 860 M
 # (SD 1.x/2.x 0.86 B, SDXL 2.6 B, SD 3.x ≥ 2 B, Flux 12 B), every tiny test model ≤ a few M; 200 M
-# lies between with a wide margin on both sides (the probe's scaled SD 1.5 UNets of 35–550 M place
+# lies between with a wide margin on both sides (the probe's scaled SD 1.5 UNets of 38–553 M place
 # the crossover itself).
 BF16_MIN_PARAMETERS_CPU = 200_000_000
 
