@@ -145,6 +145,19 @@ def test_auto_on_a_large_enough_model_trains_bf16_with_fp32_lora(root, images, t
     assert err.count("precision:") == 1 and "precision: bf16 (CPU with AVX512-BF16, UNet " in err
 
 
+def test_size_known_only_after_loading_trains_like_fp32(root, images, tmp_path, fast_bf16, monkeypatch, capsys):
+    import lorakit.models.size as size
+
+    model = tiny_model_dir(root, "sd1")
+    want = run(config(model, images, tmp_path / "want", steps=2, mixed_precision="no"))
+    monkeypatch.setattr(size, "denoiser_parameters", lambda spec: None)  # as for a single file or a hub id
+    trainer = Trainer(config(model, images, tmp_path / "got", steps=2))
+    got = trainer.run()
+    assert trainer.precision.name == "fp32" and got.model.unet.dtype == torch.float32
+    assert got.losses == want.losses  # loaded again in fp32, not cast up from bf16
+    assert capsys.readouterr().err.count("precision: fp32 (UNet") == 1
+
+
 def test_cpu_without_bf16_trains_fp32(root, images, tmp_path, no_bf16, capsys):
     r = run(config(tiny_model_dir(root, "sd1"), images, tmp_path, steps=1))
     assert r.model.unet.dtype == torch.float32 and _md(r.out)["ss_mixed_precision"] == "no"
@@ -211,3 +224,42 @@ def test_bf16_on_the_fly_equals_merged_within_bf16():
     merged = base(x)
     ref = x.float() @ (base.weight.float()).T + base.bias.float()
     assert (fly.float() - merged.float()).abs().max() <= 0.02 * ref.abs().max()
+
+
+# --- loading in bf16 without a full fp32 copy ---------------------------------------------------------
+@pytest.mark.parametrize("shard", [None, "200KB"])
+def test_streamed_bf16_denoiser_equals_diffusers_cast(tmp_path, tiny_sd1, shard):
+    from diffusers import UNet2DConditionModel
+
+    from lorakit.models import load_model
+    from lorakit.models.streamed import load_denoiser
+
+    folder = tmp_path / "m"
+    kw = {"max_shard_size": shard} if shard else {}
+    tiny_sd1.save_pretrained(folder, **kw)
+    if shard:
+        assert (folder / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    got = load_denoiser(folder / "unet", "UNet2DConditionModel", torch.bfloat16)
+    want = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.bfloat16)
+    a, b = got.state_dict(), want.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert dict(got.config) == dict(want.config) and not got.training
+    model = load_model(str(folder), dtype=torch.bfloat16)  # the loader takes this path for half dtypes
+    assert all(torch.equal(v, b[k]) for k, v in model.unet.state_dict().items())
+
+
+def test_streamed_reader_declines_what_it_does_not_cover(tmp_path, tiny_sd1):
+    from safetensors.torch import load_file, save_file
+
+    from lorakit.models.streamed import load_denoiser
+
+    folder = tmp_path / "m"
+    tiny_sd1.save_pretrained(folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(str(weights))
+    save_file({k: v for k, v in list(sd.items())[1:]}, str(weights))  # a tensor missing
+    assert load_denoiser(folder / "unet", "UNet2DConditionModel", torch.bfloat16) is None
+    save_file({**sd, "extra.weight": torch.zeros(2)}, str(weights))  # a tensor the class does not have
+    assert load_denoiser(folder / "unet", "UNet2DConditionModel", torch.bfloat16) is None
+    weights.unlink()
+    assert load_denoiser(folder / "unet", "UNet2DConditionModel", torch.bfloat16) is None

@@ -14,7 +14,7 @@ CONFIG = "src/lorakit/models/configs/sd15/unet/config.json"
 STEPS, SIDE, RANK, LR = 6, 16, 16, 2e-3  # 128 px: 16×16 latents
 
 
-def _curve(unet, dtype, batch) -> list[float]:
+def _curve(unet, dtype, batch) -> tuple[list[float], torch.Tensor]:
     from lorakit import families
 
     spec = families.get("sd1")
@@ -33,9 +33,10 @@ def _curve(unet, dtype, batch) -> list[float]:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     net.remove()
-    return losses
+    update = torch.cat([a.delta_weight().flatten() for a in net.adapters.values()])  # the learnt ΔW
+    return losses, update
 
 
 @pytest.mark.slow
@@ -53,12 +54,15 @@ def test_bf16_lora_training_follows_the_fp32_loss_curve():
     a = 0.5  # a mid timestep: x_t = sqrt(a)·x0 + sqrt(1-a)·noise
     batch = (a ** 0.5 * latents + (1 - a) ** 0.5 * noise, torch.tensor([500]), torch.randn(1, 77, 768, generator=g),
              noise)
-    fp32 = _curve(unet, torch.float32, batch)
-    bf16 = _curve(unet, torch.bfloat16, batch)  # the same UNet, its weights rounded to bf16
+    fp32, w32 = _curve(unet, torch.float32, batch)
+    bf16, w16 = _curve(unet, torch.bfloat16, batch)  # the same UNet, its weights rounded to bf16
     rel = [abs(x - y) / abs(x) for x, y in zip(fp32, bf16)]
+    cos = float(torch.nn.functional.cosine_similarity(w32, w16, dim=0))
+    size = float((w16.norm() - w32.norm()).abs() / w32.norm())
     print(f"\nfp32 {[round(x, 5) for x in fp32]}\nbf16 {[round(x, 5) for x in bf16]}\n"
-          f"max relative difference per step {max(rel):.4f}")
-    assert fp32[-1] < fp32[0] and bf16[-1] < bf16[0]  # both learn
-    assert max(rel) <= 0.02
+          f"max relative difference per step {max(rel):.2e}; learnt ΔW: cosine {cos:.4f}, norms differ by {size:.2e}")
+    assert fp32[-1] < 0.9 * fp32[0] and bf16[-1] < 0.9 * bf16[0]  # both learn
+    assert max(rel) <= 5e-3  # measured: 2e-4
     drop32, drop16 = fp32[0] - fp32[-1], bf16[0] - bf16[-1]
-    assert abs(drop16 - drop32) <= 0.25 * drop32
+    assert abs(drop16 - drop32) <= 0.05 * drop32
+    assert cos >= 0.95 and size <= 0.05  # the LoRA learns the same update

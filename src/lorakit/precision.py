@@ -79,8 +79,8 @@ def choose(device: str | torch.device, parameters: int | None, requested: str = 
         if torch.cuda.is_bf16_supported():
             return Precision("bf16", "CUDA device with bf16")
         return Precision("fp16", "CUDA device without bf16")
-    if kind != "cpu":
-        return Precision("fp16", f"{kind} device")
+    if kind != "cpu":  # MPS, XPU: fp32 as before; their half-precision training is the user's call
+        return Precision("fp32", f"{kind} device")
     fast = cpu_bf16_kind()
     if fast is None:
         return Precision("fp32", "CPU without AVX512-BF16 or AMX: bf16 would be emulated")

@@ -217,6 +217,14 @@ def _from_pretrained(source: str, index: dict, dtype, components, *, local_only:
     kwargs: dict = {name: None for name in skip}
     if "unet" not in components:
         kwargs[spec.denoiser] = None
+    elif dtype in (torch.bfloat16, torch.float16) and Path(source).is_dir() and use_safetensors \
+            and isinstance(index.get(spec.denoiser), list):
+        from .streamed import load_denoiser
+
+        with quiet_loading():  # cast while reading: no full fp32 copy of the denoiser in memory
+            denoiser = load_denoiser(Path(source) / spec.denoiser, str(index[spec.denoiser][1]), dtype)
+        if denoiser is not None:
+            kwargs[spec.denoiser] = denoiser
     if "vae" not in components:
         kwargs["vae"] = None
     if "text_encoders" not in components:

@@ -189,7 +189,6 @@ class Trainer:
         if params is None and cfg.mixed_precision == "auto" and torch.device(device).type == "cpu":
             params = denoiser_parameters(str(cfg.model))
         self.precision = choose(device, params, cfg.mixed_precision)
-        # a CPU choice that waits for the model's size is printed once the model is counted
         self._precision_final = self.precision.final
         before, self.weight_dtype = self.weight_dtype, self.precision.dtype
         return before != self.weight_dtype

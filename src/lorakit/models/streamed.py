@@ -1,0 +1,85 @@
+"""A diffusers folder's denoiser read tensor by tensor into a half-precision dtype.
+
+diffusers' `from_pretrained(torch_dtype=bf16)` reads a component's whole fp32 state dict before
+casting it: for SD 1.5's UNet 3.4 GB of fp32 on top of the 1.7 GB bf16 result, which sets the
+peak memory of a bf16 training run. Here each group of tensors is read, cast and placed in a model
+built on the meta device, and the file is opened anew per group so that the pages read so far are
+unmapped (mapped file pages count in a process's resident memory): the peak is the result plus
+one group. Written by hand because neither diffusers nor safetensors casts while reading.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+GROUP_BYTES = 256 << 20  # fp32 bytes read per opening of the file
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def _weight_files(folder: Path) -> list[Path] | None:
+    single = folder / WEIGHTS
+    if single.is_file():
+        return [single]
+    index = folder / (WEIGHTS + ".index.json")
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError):
+            return None
+        files = [folder / n for n in names]
+        return files if all(f.is_file() for f in files) else None
+    return None
+
+
+def load_denoiser(folder: Path, class_name: str, dtype: torch.dtype):
+    """The denoiser in `folder` (a component folder of a diffusers model) in `dtype`, or None where it
+    is not a plain safetensors component that this reader fully covers (the caller then uses diffusers)."""
+    import diffusers
+    from accelerate import init_empty_weights
+    from safetensors import safe_open
+
+    files = _weight_files(folder)
+    cls = getattr(diffusers, class_name, None)
+    if files is None or cls is None or not (folder / "config.json").is_file():
+        return None
+    config = cls.load_config(folder)
+    with init_empty_weights():
+        model = cls.from_config(config)
+    expected = set(model.state_dict())
+    seen: set[str] = set()
+    for path in files:
+        with safe_open(str(path), "pt") as f:
+            sizes = []
+            for key in f.keys():
+                sl = f.get_slice(key)
+                sizes.append((key, sl.get_shape(), sl.get_dtype()))
+        groups, group, size = [], [], 0
+        for key, shape, _ in sizes:
+            n = 4 * max(1, int(torch.tensor(shape).prod()) if shape else 1)
+            if group and size + n > GROUP_BYTES:
+                groups.append(group)
+                group, size = [], 0
+            group.append(key)
+            size += n
+        if group:
+            groups.append(group)
+        for keys in groups:
+            with safe_open(str(path), "pt") as f:  # reopened per group: closing unmaps the pages read
+                part = {}
+                for key in keys:
+                    t = f.get_tensor(key)
+                    part[key] = t.to(dtype) if t.is_floating_point() else t
+            unknown = set(part) - expected
+            if unknown:
+                return None
+            model.load_state_dict(part, strict=False, assign=True)
+            seen |= set(part)
+            del part
+    if seen != expected or any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
+        return None
+    model.register_to_config(_name_or_path=str(folder.parent))
+    return model.eval()
