@@ -66,4 +66,4 @@ def test_bf16_lora_training_follows_the_fp32_loss_curve():
     assert max(rel) <= 5e-3  # measured: 2e-4
     drop32, drop16 = fp32[0] - fp32[-1], bf16[0] - bf16[-1]
     assert abs(drop16 - drop32) <= 0.05 * drop32
-    assert cos >= 0.95 and size <= 0.05  # the LoRA learns the same update
+    assert cos >= 0.98 and size <= 0.01  # the LoRA learns the same update (measured: 0.997, 1.1e-4)
