@@ -137,6 +137,7 @@ def resize(lora: PathLike, rank: int | None = None, dynamic: str | Dynamic | Non
             if progress is not None:
                 progress(i, len(names), name)
             cap = (conv_rank or rank) if _is_conv3(lf.modules[name]) else rank
+            # fp32, never bf16: QR/SVD in bf16 would lose the small singular values a resize keeps
             modules[name], infos[name] = resize_factors(fs[name], cap, dyn, torch.float32)
     old = max(ranks.values()) if ranks else 0
     what = f"dynamic {dyn}" + (f" (at most {rank})" if rank else "") if dyn else f"rank {rank}"

@@ -26,6 +26,7 @@ def merge_into_checkpoint(model_spec: str, loras: Sequence[str], out: Path, *, d
     from .writable import require_writable
 
     require_writable(out, folder=out.suffix != ".safetensors")
+    # fp32 whatever the machine prefers: a merged checkpoint is W + ΔW in fp32, rounded once to the save dtype
     base = load_model(model_spec, dtype=torch.float32, device="cpu", prediction_type=prediction_type,
                       text_encoders=text_encoders, allow_pickle=allow_pickle)
     base.require_finite()

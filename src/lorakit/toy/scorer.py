@@ -36,7 +36,7 @@ def _as_array(image) -> np.ndarray:
     image = image.convert("RGB")
     if image.size != (world.IMAGE_SIZE, world.IMAGE_SIZE):
         image = image.resize((world.IMAGE_SIZE, world.IMAGE_SIZE), Image.BOX)
-    return np.asarray(image, dtype=np.float32) / 255
+    return np.asarray(image, dtype=np.float32) / 255  # fp32: the scorer's figures are compared bit for bit
 
 
 def _nearest(rgb: np.ndarray, palette: dict) -> str:
