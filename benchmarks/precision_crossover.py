@@ -7,7 +7,7 @@ bf16 path on CPU), "bf16 autocast" keeps fp32 weights under torch.autocast.
 
 Sizes: the toy UNet (2.2 M parameters, batch 8, 8×8 latents: how the toy trains) and SD 1.5's
 UNet with its widths scaled (batch 1, 32×32 latents = 256 px) up to the real one (860 M).
-lorakit's threshold (`lorakit.precision.BF16_MIN_PARAMETERS_CPU`) is read from this table.
+lorakit's threshold (`lorakit.precision.BF16_MIN_PARAMETERS_CPU`) is checked against this table.
 
     python benchmarks/precision_crossover.py [--steps 3] [--rounds 1] [--quick]
 
