@@ -175,12 +175,12 @@ def same_files(a: Path, b: Path) -> bool:
 
 # --- the run -------------------------------------------------------------------------------------------
 
-def _tiny_configs(work: Path) -> dict[str, Path]:
+def _tiny_configs(work: Path, wanted) -> dict[str, Path]:
     """Config folders of the tiny SD1 and SDXL layouts (lorakit.models.tiny), for --quick."""
     from lorakit.models.tiny import tiny_pipeline
 
     folders = {}
-    for family in SHIPPED:
+    for family in wanted:
         folder = work / f"{family}-config"
         if not (folder / "model_index.json").is_file():
             tiny_pipeline(family).save_pretrained(folder)
@@ -198,8 +198,8 @@ def whole_model_gb(family: str, config_dir: Path) -> float:
 
 def run(args) -> dict:
     work = Path(args.work)
-    configs = _tiny_configs(work) if args.quick else {f: CONFIGS / d for f, d in SHIPPED.items()}
     families = [f for f in ("sdxl", "sd1") if not (args.skip_sdxl and f == "sdxl")]
+    configs = _tiny_configs(work, families) if args.quick else {f: CONFIGS / d for f, d in SHIPPED.items()}
     results = {"machine": machine(), "quick": args.quick, "rank": RANK, "runs": {}}
     free = _available_gb()
     for family in families:

@@ -199,7 +199,7 @@ def _open(spec, dtype: torch.dtype, allow_pickle: bool, config_dir):
 
     if isinstance(spec, BaseModel):
         return _Loaded(spec)
-    streamed = open_streamed(str(spec), allow_pickle=allow_pickle, config_dir=config_dir)
+    streamed = open_streamed(str(spec), config_dir=config_dir)
     if streamed is not None:
         return streamed
     return _Loaded(load_model(str(spec), dtype=dtype, components=("unet", "text_encoders"), allow_pickle=allow_pickle,

@@ -25,6 +25,7 @@ import torch
 
 from .. import families
 from ..errors import LoraKitError
+from ..formats.kohya import count_non_finite
 from ..lora.targets import ModelParts, Target
 
 # safe_open maps the whole file by default, and every page read stays resident (counted in the
@@ -131,18 +132,14 @@ class StreamedModel:
     def require_finite(self, skip: set[tuple[str, str]] = frozenset()) -> None:
         """Every tensor of the denoiser and text encoders but `skip` (those are checked as read),
         one at a time: the same refusal as `BaseModel.require_finite` on a loaded model."""
-        from ..formats.kohya import count_non_finite
-
         for part, files in self.files.items():
             for key, file in files.items():
                 if (part, key) in skip or not file.dtypes[key].startswith(("F", "BF")):
                     continue
-                self._require_finite(part, key, file.get(key), count_non_finite)
+                self._require_finite(part, key, file.get(key))
 
-    def _require_finite(self, part: str, key: str, tensor: torch.Tensor, count=None) -> None:
-        if count is None:
-            from ..formats.kohya import count_non_finite as count
-        bad = count(tensor) if tensor.is_floating_point() and tensor.numel() else 0
+    def _require_finite(self, part: str, key: str, tensor: torch.Tensor) -> None:
+        bad = count_non_finite(tensor) if tensor.is_floating_point() and tensor.numel() else 0
         if bad:
             raise LoraKitError(f"the base model's {self.attributes.get(part, part)} weight {key} holds {bad} "
                                "NaN/Inf value(s): the checkpoint is corrupt", self.source)
@@ -156,8 +153,7 @@ class StreamedModel:
 
 # --- opening -------------------------------------------------------------------------------------------
 
-def open_streamed(spec: str, *, allow_pickle: bool = False, config_dir=None,
-                  prediction_type: str | None = None) -> StreamedModel | None:
+def open_streamed(spec: str, *, config_dir=None, prediction_type: str | None = None) -> StreamedModel | None:
     """The model at `spec` opened for reading layer by layer; None when it cannot be (the caller
     loads it whole: hub ids, pickles, folders without safetensors, families with fused layers)."""
     spec = str(spec)
