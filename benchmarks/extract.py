@@ -7,7 +7,8 @@ a base (N(0, 0.02) weights) and a tuned one = base + a planted rank-48 update (Ï
 encoders included). They are written to --work (default /tmp/lorakit-bench-extract) and reused
 when present.
 
-Measured, each in its own process (peak RSS is that process's getrusage maximum): `lorakit
+Measured, each in its own process (peak RSS: that process's own high-water mark, VmHWM, which
+getrusage also gives when the parent is small; see own_peak_rss_gb): `lorakit
 extract --rank 32` with the CLI's defaults otherwise (weights taken in fp32, saved in fp16),
 which reads both files one layer at a time; and, where it fits in memory, the previous way
 (`load_model` both models whole in fp32, then extract; what kohya's extract_lora_from_models.py
@@ -15,7 +16,8 @@ also does). The two give the same file, tensor for tensor; the script checks tha
 kohya's figures on SD 1.5 (234 s, 12.6 GB on this machine) are quoted, not run.
 
 Usage: python benchmarks/extract.py [--quick] [--work DIR] [--skip-sdxl] [--skip-whole]
-`--quick` runs the same steps on tiny SD 1.5 / SDXL layouts in seconds (the test suite runs it).
+`--quick` runs the same steps on tiny SD 1.5 / SDXL layouts in seconds, in one process (the test
+suite runs it; its memory figures mean nothing).
 """
 
 from __future__ import annotations
@@ -130,6 +132,15 @@ def make_pair(family: str, config_dir: Path, work: Path) -> tuple[Path, Path]:
     return base, tuned
 
 
+def _make_pair_apart(family: str, config_dir: Path, work: Path) -> tuple[Path, Path]:
+    """make_pair in a process of its own: the 7 GB it holds for SDXL go back to the system at once."""
+    base, tuned = work / f"{family}-base.safetensors", work / f"{family}-tuned.safetensors"
+    if not (base.is_file() and tuned.is_file()):
+        subprocess.run([sys.executable, __file__, "--make", family, "--config-dir", str(config_dir), "--work",
+                        str(work)], check=True)
+    return base, tuned
+
+
 # --- one measurement, in its own process ------------------------------------------------------------
 
 def child(way: str, base: str, tuned: str, out: str, config_dir: str | None) -> dict:
@@ -151,10 +162,37 @@ def child(way: str, base: str, tuned: str, out: str, config_dir: str | None) -> 
         res = extract(models[0], models[1], RANK, out=out)
         for line in res.report():
             print(line)
-    return {"seconds": time.perf_counter() - t, "peak_rss_gb": peak_rss_gb()}
+    return {"seconds": time.perf_counter() - t, "peak_rss_gb": own_peak_rss_gb(), "getrusage_gb": peak_rss_gb()}
 
 
-def measure(way: str, base: Path, tuned: Path, out: Path, config_dir: Path | None) -> dict:
+def own_peak_rss_gb() -> float:
+    """This process's own peak RSS. getrusage's ru_maxrss is the right figure in a process started
+    from a small parent only: Linux keeps, across fork and exec, the larger of the parent's
+    high-water mark and the new one (a parent that built a 7 GB checkpoint made every child read
+    7+ GB). VmHWM is the high-water mark of this process's memory alone; where /proc has none,
+    getrusage."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return peak_rss_gb()
+
+
+def _measure_here(way: str, base: Path, tuned: Path, out: Path, config_dir: Path | None) -> dict:
+    """--quick: the same steps in this process (seconds; its memory figures mean nothing)."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = child(way, str(base), str(tuned), str(out), str(config_dir) if config_dir else None)
+    result["report"] = [ln for ln in printed.getvalue().splitlines() if ln.startswith(("unet", "te"))]
+    return result
+
+
+def _measure_apart(way: str, base: Path, tuned: Path, out: Path, config_dir: Path | None) -> dict:
     cmd = [sys.executable, __file__, "--child", way, "--base", str(base), "--tuned", str(tuned), "--out", str(out)]
     if config_dir is not None:
         cmd += ["--config-dir", str(config_dir)]
@@ -212,12 +250,13 @@ def run(args) -> dict:
     for family in families:
         cfg = configs[family]
         t = time.perf_counter()
-        base, tuned = make_pair(family, cfg, work)
+        base, tuned = make_pair(family, cfg, work) if args.quick else _make_pair_apart(family, cfg, work)
         made = time.perf_counter() - t
         row = {"file_gb": base.stat().st_size / GB, "make_seconds": made, "whole_needs_gb": whole_model_gb(family, cfg)}
         if family == "sdxl":
             row["kohya_needs_gb"] = kohya_sdxl_gb(cfg)
         explicit = cfg if args.quick else None
+        measure = _measure_here if args.quick else _measure_apart
         row["streamed"] = measure("streamed", base, tuned, work / f"{family}-streamed.safetensors", explicit)
         fits = row["whole_needs_gb"] * 1.15 < free  # the models plus the runtime and the per-layer work
         if args.skip_whole or not fits:
@@ -272,6 +311,7 @@ def main() -> None:
     p.add_argument("--skip-whole", action="store_true", help="measure only the layer-by-layer way")
     p.add_argument("--clean", action="store_true", help="delete the work folder afterwards")
     p.add_argument("--child", choices=("streamed", "whole"), help=argparse.SUPPRESS)
+    p.add_argument("--make", choices=tuple(SHIPPED), help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
     p.add_argument("--tuned", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -279,6 +319,9 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.base, args.tuned, args.out, args.config_dir)))
+        return
+    if args.make:
+        make_pair(args.make, Path(args.config_dir), Path(args.work))
         return
     if args.quick and args.work == p.get_default("work"):
         args.work = "/tmp/lorakit-bench-extract-quick"
