@@ -120,12 +120,23 @@ def extract_parts(base: ModelParts, tuned: ModelParts, rank: int | None = None, 
     `conv_rank` is given; kxk convs get `conv_rank` (else `rank`), everything else `rank`.
     """
     preset = _check_options(rank, dynamic, conv_rank, clamp_quantile, preset)
-    pairs = _pairs(base, tuned, preset)
+    return _extract_pairs(_pairs(base, tuned, preset), _diff, rank, dynamic, conv_rank=conv_rank,
+                          clamp_quantile=clamp_quantile, min_diff=min_diff, oversample=oversample, n_iter=n_iter,
+                          exact=exact, progress=progress, family=base.family)
+
+
+def _extract_pairs(pairs: list[tuple[Target, Target]], diff: Callable[[Target, Target], torch.Tensor],
+                   rank: int | None, dynamic: Dynamic | None, *, conv_rank: int | None, clamp_quantile: float | None,
+                   min_diff: float, oversample: int, n_iter: int, exact: bool | None,
+                   progress: Callable[[int, int, str], None] | None, family: str) -> Extraction:
+    """One layer at a time: `diff` gives its ΔW (fp32), which is extracted and dropped, so only
+    one layer's update is ever held (the models themselves may be files read layer by layer)."""
     reports: dict[str, PartReport] = {}
-    for b, t in pairs:  # kohya's rule: a text encoder is extracted only if it changed by more than min_diff
-        rep = reports.setdefault(b.part, PartReport(b.part))
-        if b.part != "unet":
-            rep.max_diff = max(rep.max_diff, _max_abs(_diff(b, t)))
+    with torch.no_grad():
+        for b, t in pairs:  # kohya's rule: a text encoder is extracted only if it changed by more than min_diff
+            rep = reports.setdefault(b.part, PartReport(b.part))
+            if b.part != "unet":
+                rep.max_diff = max(rep.max_diff, _max_abs(diff(b, t)))
     for rep in reports.values():
         rep.extracted = rep.part == "unet" or rep.max_diff > min_diff
     modules, infos = {}, {}
@@ -134,7 +145,7 @@ def extract_parts(base: ModelParts, tuned: ModelParts, rank: int | None = None, 
             if progress is not None:
                 progress(i, len(pairs), b.name)
             rep = reports[b.part]
-            delta = _diff(b, t)
+            delta = diff(b, t)
             biggest = _max_abs(delta)
             rep.max_diff = max(rep.max_diff, biggest)
             if not rep.extracted or biggest <= ZERO_DIFF:  # left out: its whole ΔW is error
@@ -154,50 +165,77 @@ def extract_parts(base: ModelParts, tuned: ModelParts, rank: int | None = None, 
         progress(len(pairs), len(pairs), "")
     if not modules:
         raise LoraKitError("the tuned model does not differ from the base on any targeted layer")
-    return Extraction(modules, reports, infos, base.family, min_diff=min_diff)
+    return Extraction(modules, reports, infos, family, min_diff=min_diff)
 
 
 def _label(model) -> str:
     return Path(str(model.source)).name or str(model.source)
 
 
-def _load_model(spec, dtype: torch.dtype, allow_pickle: bool = False):
+class _Loaded:
+    """A model loaded whole (hub ids, pickles, a BaseModel given), read as a streamed one is."""
+
+    def __init__(self, model):
+        self.family, self.prediction_type, self.source = model.family, model.prediction_type, model.source
+        self.model, self.parts = model, model.parts()
+
+    def read(self, target: Target, dtype: torch.dtype) -> torch.Tensor:
+        return target.weight().detach()
+
+    def locate(self, target: Target) -> None:
+        return None
+
+    def require_finite(self, skip=()) -> None:
+        self.model.require_finite()
+
+    def close(self) -> None:
+        pass
+
+
+def _open(spec, dtype: torch.dtype, allow_pickle: bool, config_dir):
+    """The model read layer by layer from its files when it can be (models.streaming), else loaded whole."""
     from .models import BaseModel, load_model
+    from .models.streaming import open_streamed
 
     if isinstance(spec, BaseModel):
-        return spec
-    return load_model(str(spec), dtype=dtype, components=("unet", "text_encoders"), allow_pickle=allow_pickle)
+        return _Loaded(spec)
+    streamed = open_streamed(str(spec), config_dir=config_dir)
+    if streamed is not None:
+        return streamed
+    return _Loaded(load_model(str(spec), dtype=dtype, components=("unet", "text_encoders"), allow_pickle=allow_pickle,
+                              config_dir=config_dir))
 
 
 def extract(base, tuned, rank: int | None = None, dynamic: str | Dynamic | None = None, *,
             conv_rank: int | None = None, preset: str | None = None, clamp_quantile: float | None = None,
             min_diff: float = 0.01, out: str | os.PathLike | None = None, dtype: torch.dtype | None = torch.float16,
             load_dtype: torch.dtype = torch.float32, progress: Callable[[int, int, str], None] | None = None,
-            allow_pickle: bool = False, **options) -> Extraction:
+            allow_pickle: bool = False, config_dir: str | os.PathLike | None = None, **options) -> Extraction:
     """The LoRA of `tuned` − `base` (model paths, hub ids or loaded BaseModels), optionally saved.
 
-    Both models are loaded in `load_dtype` (fp32 by default so that small fine-tuning updates
-    are not lost to rounding; two SDXL models need about 26 GB so, fp16 half that). See
-    `extract_parts` for the options.
+    Weights are taken in `load_dtype` (fp32 by default, so that small fine-tuning updates are not
+    lost to rounding). Single .safetensors files and diffusers folders with safetensors weights are
+    read one targeted layer at a time (peak memory: a few layers, not two models); anything else
+    is loaded whole (two SDXL models need about 26 GB so in fp32). `config_dir` is the diffusers
+    config folder for single files that are not the shipped architectures. See `extract_parts`.
     """
     dyn = Dynamic.parse(dynamic) if isinstance(dynamic, str) else dynamic
-    _check_options(rank, dyn, conv_rank, clamp_quantile, preset)
+    preset = _check_options(rank, dyn, conv_rank, clamp_quantile, preset)
     if out is not None:
         from .writable import require_writable
 
         require_writable(out)
-    base_model = _load_model(base, load_dtype, allow_pickle)
-    tuned_model = _load_model(tuned, load_dtype, allow_pickle)
-    base_model.require_finite()
-    tuned_model.require_finite()
-    if tuned_model.family != base_model.family:
-        raise LoraKitError(f"the tuned model is {tuned_model.family} but the base is {base_model.family}: "
-                           "extraction needs two models of one architecture", tuned)
+    base_model = tuned_model = None
     try:
-        res = extract_parts(base_model.parts(), tuned_model.parts(), rank, dyn, conv_rank=conv_rank, preset=preset,
-                            clamp_quantile=clamp_quantile, min_diff=min_diff, progress=progress, **options)
-    except LoraKitError as exc:
-        raise LoraKitError(exc.message, exc.path or tuned) from None
+        base_model = _open(base, load_dtype, allow_pickle, config_dir)
+        tuned_model = _open(tuned, load_dtype, allow_pickle, config_dir)
+        res = _extract_models(base_model, tuned_model, tuned, rank, dyn, conv_rank=conv_rank, preset=preset,
+                              clamp_quantile=clamp_quantile, min_diff=min_diff, load_dtype=load_dtype,
+                              progress=progress, **options)
+    finally:
+        for model in (base_model, tuned_model):
+            if model is not None:
+                model.close()
     what = f"dynamic {dyn}" + (f" (at most {rank})" if rank else "") if dyn else f"rank {rank}"
     if conv_rank:
         what += f", conv rank {conv_rank}"
@@ -213,3 +251,29 @@ def extract(base, tuned, rank: int | None = None, dynamic: str | Dynamic | None 
         res.path = save_lora(out, res.modules, res.metadata, dtype=dtype, family=res.family)
         res.metadata = read_metadata(res.path)
     return res
+
+
+def _extract_models(base, tuned, tuned_spec, rank, dyn, *, conv_rank, preset, clamp_quantile, min_diff, load_dtype,
+                    progress, **options) -> Extraction:
+    """Both models' NaN/Inf check (the targeted layers as they are read, the rest up front), then
+    the layers in pairs."""
+    if tuned.family != base.family:
+        raise LoraKitError(f"the tuned model is {tuned.family} but the base is {base.family}: "
+                           "extraction needs two models of one architecture", tuned_spec)
+    try:
+        pairs = _pairs(base.parts, tuned.parts, preset)
+    except LoraKitError as exc:
+        raise LoraKitError(exc.message, exc.path or tuned_spec) from None
+    for model, side in ((base, 0), (tuned, 1)):
+        located = (model.locate(pair[side]) for pair in pairs)
+        model.require_finite({(pair[side].part, loc[0]) for pair, loc in zip(pairs, located) if loc is not None})
+
+    def diff(b: Target, t: Target) -> torch.Tensor:
+        return tuned.read(t, load_dtype).float() - base.read(b, load_dtype).float()
+
+    try:
+        return _extract_pairs(pairs, diff, rank, dyn, conv_rank=conv_rank, clamp_quantile=clamp_quantile,
+                              min_diff=min_diff, progress=progress, family=base.family,
+                              **{"oversample": 8, "n_iter": 2, "exact": None, **options})
+    except LoraKitError as exc:
+        raise LoraKitError(exc.message, exc.path or tuned_spec) from None

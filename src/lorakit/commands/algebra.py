@@ -77,16 +77,20 @@ def extract(
     min_diff: float = typer.Option(0.01, "--min-diff", help="text encoder extracted only if it changed more"),
     targets: Optional[str] = typer.Option(None, "--targets", help="attn | cross-attn | transformer | full"),
     dtype: str = typer.Option("fp16", "--dtype", help="save dtype: fp16, bf16 or fp32"),
-    load_dtype: str = typer.Option("fp32", "--load-dtype", help="dtype the two models are loaded in"),
+    load_dtype: str = typer.Option("fp32", "--load-dtype", help="dtype the two models' weights are taken in"),
+    config_dir: Optional[Path] = typer.Option(None, "--config-dir",
+                                              help="diffusers config folder for single files of other sizes "
+                                                   "than the shipped ones"),
     allow_pickle: bool = ALLOW_PICKLE,
 ) -> None:
-    """Extract the LoRA whose merge best approximates tuned − base."""
+    """Extract the LoRA whose merge best approximates tuned − base (single files and diffusers
+    folders are read one layer at a time)."""
     from ..devices import parse_dtype
     from ..extraction import extract as do_extract
 
     result = do_extract(base, tuned, rank, dynamic, conv_rank=conv_rank, preset=targets,
                         clamp_quantile=clamp_quantile, min_diff=min_diff, out=out, dtype=parse_dtype(dtype),
-                        load_dtype=parse_dtype(load_dtype), allow_pickle=allow_pickle)
+                        load_dtype=parse_dtype(load_dtype), allow_pickle=allow_pickle, config_dir=config_dir)
     for line in result.report():
         typer.echo(line)
     typer.echo(f"wrote {result.path} ({len(result.modules)} modules)")

@@ -163,6 +163,18 @@ class Family:
         """diffusers/transformers state dicts → one state dict in the original single-file layout."""
         raise NotImplementedError
 
+    # Whether each targeted layer is one tensor in the family's files (diffusers folders and the
+    # original single file), so that `lorakit extract` can read the layers one at a time instead of
+    # loading two whole models (families with fused or row-permuted layers load them whole).
+    streams_weights: bool = False
+
+    def original_weight_keys(self, part: str, path: str, layout) -> tuple[tuple[str, ...], int | None]:
+        """Where the weight of the layer at module `path` of model part `part` (unet, te, te1...)
+        lies in an original-layout single file: (tensor names it may have, first found wins; which
+        third of a fused q/k/v tensor it is, or None for the whole tensor). Only for
+        `streams_weights` families."""
+        raise NotImplementedError
+
     def denoiser_downsampling(self, config: Mapping) -> int:
         """How many latent pixels one denoiser cell spans: bucket sides must be multiples of it (× VAE)."""
         return 1

@@ -112,6 +112,16 @@ class UNetFamily(Family):
         return original_layout.to_original(self.name, unet=denoiser, unet_config=denoiser_config, vae=vae,
                                            vae_config=vae_config, text_encoders=text_encoders)
 
+    streams_weights = True
+
+    def original_weight_keys(self, part: str, path: str, layout) -> tuple[tuple[str, ...], int | None]:
+        if part == "unet":
+            return (UNET + naming.diffusers_to_sai_unet_path(path, layout) + ".weight",), None
+        from ..models.original_layout import te_weight_key
+
+        kind, prefix = self.checkpoint_text_encoders[self.te_parts.index(part)]
+        return te_weight_key(kind, prefix, path)
+
     def denoiser_downsampling(self, config: Mapping) -> int:
         return 2 ** (len(config["down_block_types"]) - 1)
 

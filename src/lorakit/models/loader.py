@@ -97,19 +97,11 @@ def _offline() -> bool:
 
 def _load_single_file(path: Path, dtype, prediction_type, config_dir, components, allow_pickle,
                       text_encoders=None) -> BaseModel:
-    from .checkpoint import declared_prediction_type, detect_file_family, open_checkpoint
-    from .single_file import read_index
+    from .checkpoint import open_checkpoint
 
     ckpt = open_checkpoint(path, allow_pickle=allow_pickle)
-    family = detect_file_family(ckpt)
+    family, pt, folder = single_file_setup(ckpt, prediction_type, config_dir)
     spec = families.get(family)
-    folder = Path(config_dir) if config_dir is not None else None
-    if folder is not None:
-        read_index(folder)  # fails early, naming the folder
-    declared = [p for p in (declared_prediction_type(ckpt), _scheduler_prediction(folder)) if p in spec.prediction_types]
-    pt = prediction_type or next(iter(declared), None) or spec.guess_prediction_type(ckpt) or spec.prediction_types[0]
-    _check_prediction(spec, pt)
-    folder = folder or spec.config_dir(pt, ckpt)
     options = {"text_encoders": Path(text_encoders)} if text_encoders is not None else {}
     with quiet_loading():
         pipe = spec.pipeline_from_checkpoint(ckpt, folder, dtype=dtype, prediction_type=pt, components=components,
@@ -118,6 +110,22 @@ def _load_single_file(path: Path, dtype, prediction_type, config_dir, components
     denoiser_config = (json.loads(config_file.read_text()) if "unet" not in components and config_file.is_file()
                        else None)
     return BaseModel(pipe, family, pt, str(path), "single_file", denoiser_config)
+
+
+def single_file_setup(ckpt, prediction_type: str | None, config_dir) -> tuple[str, str, Path]:
+    """An opened single file's family, prediction type and diffusers config folder."""
+    from .checkpoint import declared_prediction_type, detect_file_family
+    from .single_file import read_index
+
+    family = detect_file_family(ckpt)
+    spec = families.get(family)
+    folder = Path(config_dir) if config_dir is not None else None
+    if folder is not None:
+        read_index(folder)  # fails early, naming the folder
+    declared = [p for p in (declared_prediction_type(ckpt), _scheduler_prediction(folder)) if p in spec.prediction_types]
+    pt = prediction_type or next(iter(declared), None) or spec.guess_prediction_type(ckpt) or spec.prediction_types[0]
+    _check_prediction(spec, pt)
+    return family, pt, folder or spec.config_dir(pt, ckpt)
 
 
 def _check_prediction(spec, pt: str) -> None:

@@ -153,6 +153,29 @@ def open_clip_to_original(state: Mapping[str, torch.Tensor], prefix: str) -> dic
     return out
 
 
+_OPEN_CLIP_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")  # in_proj's thirds, in order
+
+
+def te_weight_key(kind: str, prefix: str, path: str) -> tuple[tuple[str, ...], int | None]:
+    """Where the weight of one text-encoder Linear (transformers module `path`) lies in the original
+    layout, for reading it alone: (the tensor names it may have, first found wins; which third of
+    a fused OpenCLIP q/k/v `in_proj_weight` it is, or None for the whole tensor). The same maps
+    as the writers above, read backwards."""
+    path = naming.te_path_for_name(path)
+    if kind == "clip":  # some SD1 files spell the CLIP keys without `text_model.` (_with_text_model)
+        return (f"{prefix}{path}.weight", f"{prefix}{path.removeprefix('text_model.')}.weight"), None
+    m = re.match(r"text_model\.encoder\.layers\.(\d+)\.(.+)$", path)
+    if not m:
+        raise LayoutError(f"text encoder layer {path} has no place in the OpenCLIP original layout")
+    layer, module = int(m[1]), m[2]
+    block = f"{prefix}transformer.resblocks.{layer}."
+    if module in _OPEN_CLIP_QKV:
+        return (block + "attn.in_proj_weight",), _OPEN_CLIP_QKV.index(module)
+    if module not in _OPEN_CLIP_LAYER:
+        raise LayoutError(f"text encoder layer {path} has no place in the OpenCLIP original layout")
+    return (f"{block}{_OPEN_CLIP_LAYER[module]}.weight",), None
+
+
 def text_encoders_to_original(family, states: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Each text encoder in the layout and under the prefix its family gives (checkpoint_text_encoders)."""
     from .. import families
