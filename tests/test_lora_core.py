@@ -149,6 +149,26 @@ def test_two_networks_strengths_and_partial_unmerge(tiny_sd1):
     assert not hasattr(layer, "_lorakit_merge")
 
 
+def test_bypassed_gives_the_base_and_then_the_adapters_back(tiny_sd1):
+    pipe = copy.deepcopy(tiny_sd1)
+    net = LoRANetwork.create(parts_of(pipe, "sd1"), rank=4, preset="attn")
+    _randomize(net, 3)
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    layer = net.targets[name].module
+    x = torch.randn(2, 5, layer.in_features)
+    base = layer(x)
+    net.apply()
+    with_lora = layer(x)
+    hand = base + x @ net.adapters[name].delta_weight().T
+    assert torch.allclose(with_lora, hand, atol=1e-5) and not torch.allclose(with_lora, base, atol=1e-3)
+    with net.bypassed():
+        assert torch.equal(layer(x), base)
+    assert torch.equal(layer(x), with_lora)
+    net.merge()
+    with pytest.raises(RuntimeError, match="merged"), net.bypassed():
+        pass
+
+
 def test_fp16_model_merges_in_fp32_and_unmerges_bit_exact():
     torch.manual_seed(3)
     base = nn.Linear(64, 64).half()

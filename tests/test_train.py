@@ -289,6 +289,22 @@ def test_prior_preservation_generates_class_images(sd1, images, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in class_dir.iterdir()} == stamp
 
 
+def test_prior_target_base_is_zero_until_the_lora_changes_the_base(sd1, images, tmp_path):
+    """prior_target base: the prior term is the LoRA's change of the base's own prediction on the
+    class images, so at step 1 (up = 0: the LoRA is the base) it adds nothing to the loss and
+    nothing to the gradient; from step 2 it is positive. The image target is positive from step 1."""
+    class_dir = tmp_path / "class"
+    common = dict(steps=2, trigger="sks", class_prompt="a square", class_data=class_dir, num_class_images=4,
+                  class_steps=2, class_guidance=2.0, lr=1e-2, batch_size=2)
+    base = run(config(sd1, images, tmp_path / "base", prior_target="base", prior_weight=0.5, **common))
+    off = run(config(sd1, images, tmp_path / "off", prior_target="base", prior_weight=0.0, **common))
+    image = run(config(sd1, images, tmp_path / "image", prior_target="image", prior_weight=0.5, **common))
+    assert base.losses[0] == off.losses[0]  # the same instance batch and noise; the prior term is exactly 0
+    assert base.losses[1] > off.losses[1]  # the same weights after step 1; now the LoRA moves the base
+    assert image.losses[0] > off.losses[0] + 1e-3
+    assert _metadata(base.out)["ss_lorakit_prior_target"] == "base"
+
+
 # --- exact resume ----------------------------------------------------------------------------------------
 def test_resume_equals_uninterrupted(sd1, images, tmp_path):
     common = dict(steps=4, grad_accum=2, scheduler="cosine", warmup_steps=1, shuffle_caption=True, flip=True,

@@ -202,6 +202,12 @@ batch_size = 2
     cfg.write_text("[[subsets]]\nimage_dir = 'photos'\nbogus = 1\n")
     with pytest.raises(LoraKitError, match="unknown subset option 'bogus'"):
         load_dataset_config(cfg)
+    cfg.write_text("[[datasets.subsets]]\nimage_dir = 'photos'\n[[datasets.subsets]]\nimage_dir = 'dogs'\n"
+                   "is_reg = true\n")  # no [[datasets]] header: one dataset
+    assert [(s.dir.name, s.is_reg) for s in load_dataset_config(cfg).subsets] == [("photos", False), ("dogs", True)]
+    cfg.write_text("datasets = 3\n")
+    with pytest.raises(LoraKitError, match=r"data.toml.*\[\[datasets\]\] tables"):
+        load_dataset_config(cfg)
 
 
 # --- batch order ---------------------------------------------------------------------------------------

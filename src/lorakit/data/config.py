@@ -62,6 +62,11 @@ def load_dataset_config(path: Path, defaults: Subset | None = None) -> DatasetCo
     datasets = doc.get("datasets")
     if datasets is None:
         datasets = [{"subsets": doc.get("subsets", [])}]
+    elif isinstance(datasets, dict):  # `[[datasets.subsets]]` with no `[[datasets]]` above it: one dataset
+        datasets = [datasets]
+    if not (isinstance(datasets, list) and all(isinstance(ds, dict) for ds in datasets)
+            and all(isinstance(ds.get("subsets", []), list) for ds in datasets)):
+        raise LoraKitError("'datasets' must be [[datasets]] tables, each with [[datasets.subsets]] tables", path)
     unknown = set(doc) - {"general", "datasets", "subsets"}
     if unknown:
         raise LoraKitError(f"unknown table(s) {sorted(unknown)} (expected general, datasets, subsets)", path)

@@ -9,6 +9,7 @@ is given back exactly on unmerge (see _MergeState).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterable, Mapping
 
 import torch
@@ -137,6 +138,20 @@ class LoRANetwork(nn.Module):
             for module, rows in self.targets[name].sites():
                 self._hooks.append(module.register_forward_hook(_make_hook(adapter, rows)))
         return self
+
+    @contextmanager
+    def bypassed(self):
+        """The base model alone for a while (on-the-fly adapters unhooked, nothing recomputed), e.g.
+        for the frozen base's own prediction as a training target."""
+        if self.merged:
+            raise RuntimeError("bypassed() needs the adapters on the fly, not merged")
+        hooked = bool(self._hooks)
+        self.remove()
+        try:
+            yield self
+        finally:
+            if hooked:
+                self.apply()
 
     def remove(self) -> None:
         for h in self._hooks:

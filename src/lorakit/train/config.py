@@ -68,6 +68,9 @@ class TrainConfig:
                                        "(enables prior preservation)", "prior")
     class_data: Optional[Path] = opt(None, "folder of class images (missing ones are generated)", "prior")
     prior_weight: float = opt(1.0, "weight of the prior-preservation loss", "prior")
+    prior_target: str = opt("base", "what the prior loss pulls regularisation/class images toward: base (the frozen "
+                            "base model's own prediction on the same noisy latent: 'change nothing here') or image "
+                            "(DreamBooth's and kohya's: the image's own noise)", "prior")
     num_class_images: int = opt(0, "class images wanted (0: as many as training images); missing ones are generated",
                                 "prior")
     class_steps: int = opt(25, "sampling steps when generating class images", "prior")
@@ -173,6 +176,7 @@ class TrainConfig:
                    "weighting_scheme": ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap", "none"),
                    "save_format": (None, "kohya", "diffusers", "comfyui", "onetrainer"),
                    "optimizer": ("adamw", "adamw8bit", "lion", "prodigy"),
+                   "prior_target": ("base", "image"),
                    "mixed_precision": ("auto", "no", "fp16", "bf16"), "save_dtype": ("fp16", "bf16", "fp32"),
                    "scheduler": ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                                  "polynomial"),

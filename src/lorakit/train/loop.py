@@ -443,6 +443,7 @@ class Trainer:
         scheduler = build_scheduler(cfg.scheduler, optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                                     cycles=cfg.scheduler_cycles, power=cfg.scheduler_power)
         denoiser = Denoiser(self.network, unet, self.conditioner, self.spec, self.weight_dtype)
+        self.denoiser = denoiser  # unwrapped, for the base's own predictions (prior_target base)
         self.model_wrapped, self.optimizer, self.scheduler = acc.prepare(denoiser, optimizer, scheduler)
         self.params = [p for g in groups for p in g["params"]]
         # Giving freed pages back to the OS costs their page faults on the next step (see memory.py): worth it
@@ -573,6 +574,8 @@ class Trainer:
         jobs = [self._job(inst, micro, 0)]
         if reg:
             jobs.append(self._job(reg, micro, 1))
+            if cfg.prior_target == "base":
+                jobs[1] = (jobs[1][0], self._base_prediction(jobs[1][0]), jobs[1][2])
         torch.manual_seed(mix_seed(cfg.seed, micro, self.rank, 0xD0))  # LoRA dropout draws
         with acc.accumulate(self.model_wrapped):
             preds = self.model_wrapped([j for j, _, _ in jobs])
@@ -600,6 +603,24 @@ class Trainer:
         if self.trim_memory:
             release_free_memory()
         return float(value)
+
+    @torch.no_grad()
+    def _base_prediction(self, job: dict) -> torch.Tensor:
+        """The frozen base's prediction for a regularisation job: the prior loss's target when
+        prior_target is base.
+
+        DreamBooth's prior loss asks the LoRA to denoise class images back to their own noise, a
+        target the base itself misses by its full denoising error, so the signal that says "do
+        not change these prompts" is a small difference under a large, noisy loss. Measured on
+        the toy world (benchmarks/demo_seeds.py), that let the concept leak into the base shape
+        whose prompt embedding is nearest the trigger's (crosses drawn as rings) on some seeds.
+        With the base's own prediction as the target (ai-toolkit's "differential output
+        preservation" does the same for the class word), the prior loss is exactly zero until the
+        LoRA changes what the base does on those prompts, and every gradient it gives is against
+        such a change. It costs one forward of the regularisation half of the batch, no backward.
+        """
+        with self.network.bypassed(), self.acc.autocast():
+            return self.denoiser([job])[0].float()
 
     def _nan_error(self, value: float) -> LoraKitError:
         last = self.last_state()

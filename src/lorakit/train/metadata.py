@@ -59,6 +59,7 @@ def training_fields(cfg: TrainConfig, data: TrainingData, *, family: str, predic
         "noise_offset": cfg.noise_offset,
         "min_snr_gamma": cfg.min_snr_gamma,
         "prior_loss_weight": cfg.prior_weight,
+        "lorakit_prior_target": cfg.prior_target,
         "v_parameterization": prediction_type == "v_prediction",
         "cache_latents": cfg.cache_latents != "none",
         "dataset_dirs": json.dumps(dirs),
