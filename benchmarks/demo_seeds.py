@@ -6,7 +6,7 @@ torch thread (the toy model is fastest on one), `--jobs` at a time. Prints per s
 fidelity, the base accuracy kept and the seconds, then the minimum and the mean, and writes
 benchmarks/results/demo_seeds.json (with every seed's report and which base prompts failed).
 
-    python benchmarks/demo_seeds.py [--seeds 0-9] [--jobs 2] [--steps 600] [--set key=value ...]
+    python benchmarks/demo_seeds.py [--seeds 0-9] [--jobs 2] [--steps N] [--set key=value ...]
 
 `--set` overrides a training option of the demo's recipe (a TrainConfig field, e.g.
 `--set min_snr_gamma=0`), to compare recipes on the same seeds. With `--jobs 2` two seeds share
@@ -26,6 +26,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[0] / "src"))
+
+from lorakit.train.demo import DEFAULT_STEPS  # noqa: E402
 
 WORKER = """
 import json, sys, torch
@@ -60,7 +62,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=seeds_arg, default=list(range(10)))
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default: the demo's, {DEFAULT_STEPS})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--work", type=Path, default=Path("/tmp/lorakit-demo-seeds"))
     p.add_argument("--name", default="demo_seeds", help="name of the JSON file under benchmarks/results/")
