@@ -59,6 +59,10 @@ bench: setup
 	$(BIN)/python benchmarks/load_fuse.py
 	$(BIN)/python benchmarks/algebra.py
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/generate.py
+	$(BIN)/python benchmarks/precision_crossover.py
+	$(BIN)/python benchmarks/extract.py
+	$(BIN)/python benchmarks/demo_seeds.py
 
 clean:
 	rm -rf $(VENV) .lockenv out build dist src/*.egg-info

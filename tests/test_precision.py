@@ -35,10 +35,10 @@ def no_bf16(monkeypatch):
 def test_cpu_choice_follows_the_denoiser_size(fast_bf16):
     big = precision.choose("cpu", 860_000_000)
     assert (big.name, big.dtype, big.mixed_precision) == ("bf16", torch.bfloat16, "bf16")
-    assert big.line() == "precision: bf16 (CPU with AVX512-BF16, UNet 860 M parameters ≥ 200 M)"
+    assert big.line() == "precision: bf16 (CPU with AVX512-BF16, UNet 860 M parameters ≥ 20 M)"
     small = precision.choose("cpu", 2_181_252)
     assert (small.name, small.dtype, small.mixed_precision) == ("fp32", torch.float32, "no")
-    assert small.line() == "precision: fp32 (UNet 2.2 M parameters: bf16 is slower below 200 M on this CPU)"
+    assert small.line() == "precision: fp32 (UNet 2.2 M parameters: bf16 is slower below 20 M on this CPU)"
     edge = precision.BF16_MIN_PARAMETERS_CPU
     assert precision.choose("cpu", edge).name == "bf16" and precision.choose("cpu", edge - 1).name == "fp32"
     unknown = precision.choose("cpu", None)
@@ -77,7 +77,7 @@ def test_generate_auto_dtype_on_cpu(fast_bf16, monkeypatch, capsys):
     assert resolve_device_dtype("cpu", "bf16", "toy") == ("cpu", torch.bfloat16)
     model = load_model_for_inference("toy", "cpu", "auto")
     assert model.unet.dtype == torch.float32
-    assert model.precision.line() == "precision: fp32 (UNet 2.2 M parameters: bf16 is slower below 200 M on this CPU)"
+    assert model.precision.line() == "precision: fp32 (UNet 2.2 M parameters: bf16 is slower below 20 M on this CPU)"
     assert "precision:" not in capsys.readouterr().err  # said by the first image, after the input is checked
     for seed in (0, 1):
         generate(model, "a red circle", steps=1, seed=seed, progress=False)
@@ -121,7 +121,7 @@ def test_auto_on_a_small_model_trains_in_fp32(root, images, tmp_path, fast_bf16,
     assert r.model.unet.dtype == torch.float32
     assert _md(r.out)["ss_mixed_precision"] == "no"
     err = capsys.readouterr().err
-    assert err.count("precision:") == 1 and "precision: fp32 (UNet " in err and "bf16 is slower below 200 M" in err
+    assert err.count("precision:") == 1 and "precision: fp32 (UNet " in err and "bf16 is slower below 20 M" in err
     explicit = run(config(model, images, tmp_path / "no", steps=2, mixed_precision="no"))
     assert explicit.losses == r.losses  # auto chose exactly the fp32 path
 

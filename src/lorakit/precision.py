@@ -13,15 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
-# Denoiser size from which bf16 pays on a CPU with AVX512-BF16. Measured forward + backward of the
-# frozen UNet (benchmarks/precision_crossover.py) on this project's quiet 2-core Xeon (avx512_bf16):
-# the toy UNet (2.2 M parameters, batch 8, 8×8 latents, one thread) 41 ms in fp32 against 60 ms in
-# bf16 (bf16 0.7× as fast); SD 1.5's UNet (860 M, 256 px, batch 1) 2.6 s in fp32 against 1.36 s with
-# bf16 weights (1.9×) and 1.78 s under autocast (1.5×). Every real denoiser lorakit loads is ≥ 860 M
-# (SD 1.x/2.x 0.86 B, SDXL 2.6 B, SD 3.x ≥ 2 B, Flux 12 B), every tiny test model ≤ a few M; 200 M
-# lies between with a wide margin on both sides (the probe's scaled SD 1.5 UNets of 38–553 M place
-# the crossover itself).
-BF16_MIN_PARAMETERS_CPU = 200_000_000
+# Denoiser size from which bf16 pays on a CPU with AVX512-BF16, from benchmarks/precision_crossover.py
+# on this project's quiet 2-core Xeon (avx512_bf16): forward + backward of the frozen UNet, fp32 time
+# over bf16-weights time: the toy UNet (2.2 M parameters, batch 8, 8×8 latents) 0.85× (bf16 loses: per-
+# call overhead dominates), SD 1.5's UNet scaled to width 64 (38 M, 256 px, batch 1) 1.28×, width
+# 128 (142 M) 1.87×, SD 1.5 itself (860 M) 1.97×. The crossover lies between 2.2 M and 38 M; 20 M
+# sits between them. Every real denoiser lorakit loads is ≥ 860 M (SD 1.x/2.x 0.86 B, SDXL 2.6 B,
+# SD 3.x ≥ 2 B, Flux 12 B); the tiny test models are ≤ a few M and stay in fp32.
+BF16_MIN_PARAMETERS_CPU = 20_000_000
 
 
 @dataclass(frozen=True)
