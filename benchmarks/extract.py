@@ -37,7 +37,7 @@ from _common import CONFIGS, machine, peak_rss_gb, table, write_results  # noqa:
 
 RANK, PLANTED_RANK, NOISE = 32, 48, 0.05
 GB = 2**30  # as peak_rss_gb counts
-KOHYA_SD15 = {"seconds": 234, "peak_rss_gb": 12.6}  # measured on this machine (issue 11)
+KOHYA_SD15 = {"seconds": 234, "peak_rss_gb": 12.6}  # measured on this machine earlier (same models)
 SHIPPED = {"sd1": "sd15", "sdxl": "sdxl-base"}
 LABEL = {"sd1": "SD 1.5", "sdxl": "SDXL"}
 
@@ -295,7 +295,7 @@ def report(results: dict) -> str:
                          f"does not fit: {results['available_gb_at_start']:.1f} GB available"])
         if family == "sd1" and not results["quick"]:
             rows.append(["SD 1.5: kohya extract_lora_from_models.py (quoted)", KOHYA_SD15["seconds"],
-                         KOHYA_SD15["peak_rss_gb"], "measured on this machine, issue 11"])
+                         KOHYA_SD15["peak_rss_gb"], "measured earlier on this machine"])
         if family == "sdxl" and not results["quick"]:
             rows.append(["SDXL: kohya extract_lora_from_models.py --sdxl (not run)", "—",
                          f"≥ {row['kohya_needs_gb']:.1f}",
