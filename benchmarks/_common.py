@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import resource
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,3 +58,13 @@ def table(rows: list[list], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def run_worker(script: str, args: list[str], label: str) -> dict:
+    """Run `script --worker ...` in its own process (its peak RSS is its own) and return the JSON
+    dict it prints on its last line; a failed worker stops the benchmark with its stderr's tail."""
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore"))
+    if proc.returncode != 0:
+        raise SystemExit(f"worker {label} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

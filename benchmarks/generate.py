@@ -23,14 +23,13 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import machine, table, write_results  # noqa: E402
+from _common import machine, run_worker, table, write_results  # noqa: E402
 
 PROMPT, GUIDANCE, RANK = "a photo of a red cube on a wooden table", 7.5, 32
 ROWS = [("lorakit (default: auto), LoRA merged", "lorakit", "merged"),
@@ -112,13 +111,9 @@ WORKERS = {"lorakit": worker_lorakit, "diffusers": worker_diffusers}
 def _spawn(name, mode, args, lora) -> dict:
     if args.quick:  # a smoke run: in this process (the subprocess round trip is what takes the time)
         return WORKERS[name](args.work, lora, mode, args.steps, args.size, args.images)
-    cmd = [sys.executable, __file__, "--worker", f"{name}:{mode}", "--work", str(args.work), "--steps",
-           str(args.steps), "--size", str(args.size), "--images", str(args.images), "--threads", str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True,
-                          env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore"))
-    if proc.returncode != 0:
-        raise SystemExit(f"worker {name}:{mode} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, ["--worker", f"{name}:{mode}", "--work", str(args.work), "--steps", str(args.steps),
+                                 "--size", str(args.size), "--images", str(args.images), "--threads",
+                                 str(args.threads)], f"{name}:{mode}")
 
 
 def main(argv=None) -> dict:

@@ -23,14 +23,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import machine, peak_rss_gb, table, write_results  # noqa: E402
+from _common import machine, peak_rss_gb, run_worker, table, write_results  # noqa: E402
 
 RANK, LR = 16, 1e-4
 TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
@@ -195,13 +194,9 @@ def _spawn(args, model, impl, prec, gc) -> dict:
         size = TINY_SIZE if args.tiny else MODELS[model][2]
         return WORKERS[impl](build_model(args.work, model, args.tiny), args.work, size, prec, gc, args.steps,
                              args.device)
-    cmd = [sys.executable, __file__, "--worker", f"{model}:{impl}:{prec}:{int(gc)}", "--work", str(args.work),
-           "--steps", str(args.steps), "--device", args.device] + (["--tiny"] if args.tiny else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True,
-                          env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore"))
-    if proc.returncode != 0:
-        raise SystemExit(f"worker {model} {impl} {prec} gc={gc} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, ["--worker", f"{model}:{impl}:{prec}:{int(gc)}", "--work", str(args.work),
+                                 "--steps", str(args.steps), "--device", args.device] + (["--tiny"] if args.tiny else []),
+                      f"{model} {impl} {prec} gc={gc}")
 
 
 def main(argv=None) -> dict:

@@ -20,14 +20,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import CONFIGS, machine, table, write_results  # noqa: E402
+from _common import CONFIGS, machine, run_worker, table, write_results  # noqa: E402
 
 TOY = HERE.parent / "src" / "lorakit" / "toy" / "assets" / "base" / "unet" / "config.json"
 # SD 1.5's block widths scaled down; the last is SD 1.5 itself
@@ -80,11 +79,8 @@ def worker(size: str, mode: str, steps: int) -> dict:
 
 
 def _spawn(size: str, mode: str, steps: int, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", f"{size}:{mode}", "--steps", str(steps), "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
-    if proc.returncode != 0:
-        raise SystemExit(f"worker {size}:{mode} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, ["--worker", f"{size}:{mode}", "--steps", str(steps), "--threads", str(threads)],
+                      f"{size}:{mode}")
 
 
 def main(argv=None) -> dict:
