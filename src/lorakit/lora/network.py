@@ -3,8 +3,9 @@
 Written by hand rather than with PEFT: PEFT replaces each layer with a wrapper (slow to inject
 and to remove: the cost behind diffusers' multi-second load/fuse), does its unmerge by
 subtracting in the model's dtype (inexact in fp16) and has no LoHa/LoKr/DoRA-from-file path
-shared with LoRA. Here an adapter is a forward hook or an in-place ΔW, and the original weight
-is given back exactly on unmerge (see _MergeState).
+shared with LoRA. Here an adapter runs on the fly (live.py: its layer's forward adds the branch or
+uses W + ΔW, whichever is cheaper per call) or as an in-place ΔW, and the original weight is given
+back exactly on unmerge (see _MergeState).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as LF
+from . import live
 from .modules import DeltaModule, LoRAModule
 from .targets import ModelParts, Target, select
 
@@ -57,7 +59,7 @@ class LoRANetwork(nn.Module):
         self.adapters = nn.ModuleDict()
         self.targets: dict[str, Target] = {}
         self._multiplier = float(multiplier)
-        self._hooks: list = []
+        self._live: list[nn.Module] = []  # the layers this network runs on the fly
         self.merged = False
 
     # building -----------------------------------------------------------------------------
@@ -131,32 +133,33 @@ class LoRANetwork(nn.Module):
 
     # on the fly ------------------------------------------------------------------------------
     def apply(self) -> "LoRANetwork":
-        """Add every adapter's output to its layer's output through a forward hook."""
-        if self._hooks or self.merged:
+        """Run every adapter on the fly: its layer adds the adapter's output (see live.py)."""
+        if self._live or self.merged:
             return self
         for name, adapter in self.adapters.items():
             for module, rows in self.targets[name].sites():
-                self._hooks.append(module.register_forward_hook(_make_hook(adapter, rows)))
+                live.attach(module, id(self), adapter, rows)
+                self._live.append(module)
         return self
 
     @contextmanager
     def bypassed(self):
-        """The base model alone for a while (on-the-fly adapters unhooked, nothing recomputed), e.g.
+        """The base model alone for a while (on-the-fly adapters detached, nothing recomputed), e.g.
         for the frozen base's own prediction as a training target."""
         if self.merged:
             raise RuntimeError("bypassed() needs the adapters on the fly, not merged")
-        hooked = bool(self._hooks)
+        attached = bool(self._live)
         self.remove()
         try:
             yield self
         finally:
-            if hooked:
+            if attached:
                 self.apply()
 
     def remove(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
+        for module in self._live:
+            live.detach(module, id(self))
+        self._live.clear()
 
     # merged ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -189,14 +192,10 @@ class LoRANetwork(nn.Module):
             if state.merged:  # fp32 layer merged before without a copy: rebuild the original first
                 raise RuntimeError("merge DoRA networks before other networks on fp32 models")
             state.original = w.detach().clone()
-        if w.dtype == torch.float32 and isinstance(adapter, LoRAModule):
-            adapter.add_delta_to(w, self._multiplier, rows)
+        if w.dtype == torch.float32:
+            add_site_delta(w, adapter, state.base_weight(module), rows, self._multiplier)
         else:
-            delta = _site_delta(adapter, state.base_weight(module), rows).to(w.device)
-            if w.dtype == torch.float32:
-                w.add_(delta, alpha=self._multiplier)
-            else:
-                w.copy_(w.float().add_(delta, alpha=self._multiplier))
+            w.copy_(add_site_delta(w.float(), adapter, state.base_weight(module), rows, self._multiplier))
         state.merged[(id(self), name)] = (self, name, rows)
 
     def _unmerge_site(self, name: str, module: nn.Module, rows: Tensor | None) -> None:
@@ -213,8 +212,7 @@ class LoRANetwork(nn.Module):
         else:
             w = state.original.to(torch.float32, copy=True)
             for other, other_name, other_rows in state.merged.values():
-                delta = _site_delta(other.adapters[other_name], state.original, other_rows).to(w.device)
-                w.add_(delta, alpha=other.multiplier)
+                add_site_delta(w, other.adapters[other_name], state.original, other_rows, other.multiplier)
             module.weight.copy_(w)
         if not state.merged:
             del module._lorakit_merge
@@ -245,14 +243,16 @@ class LoRANetwork(nn.Module):
         return len(self.adapters)
 
 
-def _make_hook(adapter: nn.Module, rows: Tensor | None = None):
-    if rows is None:
-        def hook(module, args, output):
-            return output + adapter(args[0])
+def add_site_delta(weight: Tensor, adapter: nn.Module, base_weight: Tensor, rows: Tensor | None,
+                   multiplier: float) -> Tensor:
+    """weight (fp32) += m·ΔW of one live layer, in place and returned: a LoRA as one GEMM into the
+    weight (no ΔW temporary), any other kind through its full ΔW. Merging and the on-the-fly
+    effective weight both come here, so they round alike."""
+    if isinstance(adapter, LoRAModule):
+        adapter.add_delta_to(weight, multiplier, rows)
     else:
-        def hook(module, args, output):
-            return output + adapter.forward_rows(args[0], rows)
-    return hook
+        weight.add_(_site_delta(adapter, base_weight, rows).to(weight.device), alpha=multiplier)
+    return weight
 
 
 def _site_delta(adapter: nn.Module, base_weight: Tensor, rows: Tensor | None) -> Tensor:
