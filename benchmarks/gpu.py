@@ -115,6 +115,7 @@ def worker_lorakit(folder: Path, work: Path, size: int, precision: str, gc: bool
     cfg = TrainConfig(model=str(folder), data=_image_dir(work, size), out=work / "lk-gpu.safetensors",
                       resolution=size, steps=steps, rank=RANK, alpha=float(RANK), preset="attn", init="gaussian",
                       optimizer="adamw", lr=LR, weight_decay=1e-2, max_grad_norm=1.0, progress=False,
+                      train_text_encoder=False,  # the reference trains the UNet only
                       tensorboard=False, cache_latents="memory", cache_text="memory", save_dtype="fp16",
                       mixed_precision=precision, gradient_checkpointing=gc, device=device)
     result = run(cfg)

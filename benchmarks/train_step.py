@@ -196,6 +196,7 @@ def _lorakit_config(work: Path, data: str, steps: int, out: str, resolution: int
 
     return TrainConfig(model=str(work / "sd15"), data=work / data, out=work / out, resolution=resolution,
                        steps=steps, rank=RANK, alpha=float(RANK), preset="attn", init="gaussian", optimizer="adamw",
+                       train_text_encoder=False,  # the reference trains the UNet only
                        lr=LR, weight_decay=1e-2, max_grad_norm=1.0, progress=False, tensorboard=False,
                        cache_latents="memory", cache_text="memory", save_dtype="fp32", **extra)
 

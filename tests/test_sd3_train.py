@@ -138,6 +138,9 @@ def test_training_lowers_the_loss_on_a_fixed_batch(sd3_dir, tmp_path):
     assert lf.metadata["ss_base_model_version"] == "5-medium"  # qk-norm + a second attention, as 3.5 medium
     assert lf.metadata["modelspec.architecture"] == "stable-diffusion-3-5-medium/lora"
     assert len([n for n in lf.modules if n.startswith("lora_unet_")]) == 3 * 10 - 3 + 2
+    # SD 3.x trains no CLIP LoRA unless asked (the family's default; SD 1.x/2.x/XL train one)
+    assert not any(n.startswith("lora_te") for n in lf.modules)
+    assert lf.metadata["ss_network_train_unet_only"] == "True"
 
 
 def test_presets_and_clip_lora_in_kohya_layout(sd3_dir, images, tmp_path):

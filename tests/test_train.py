@@ -98,6 +98,7 @@ alpha = 2.0
 preset = "full"
 conv_rank = 2
 conv_alpha = 1.0
+train_text_encoder = false
 init = "gaussian"
 dropout = 0.1
 rank_dropout = 0.1
@@ -203,6 +204,22 @@ def _lorakit_vs_diffusers(model_dir, lora_file, family):
     assert delta > 0
     assert (a - b).abs().max() <= 1e-4 * max(1.0, float(delta)) + 1e-5
     assert torch.allclose(te_a, te_b, atol=1e-4)
+
+
+def test_text_encoder_lora_by_default_for_sd1_and_kept_on_resume(sd1, images, tmp_path):
+    """SD 1.x/2.x/XL train a text-encoder LoRA unless told not to (kohya's default); a resumed run
+    keeps what the run it continues resolved, and --no-train-text-encoder still stages the load."""
+    cfg = config(sd1, images, tmp_path / "a", steps=2, save_every=1)
+    assert cfg.train_text_encoder is None
+    r = run(cfg)
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj") for k in _keys(r.out))
+    assert _metadata(r.out)["ss_network_train_unet_only"] == "False"
+    assert "train_text_encoder = true" in (cfg.resolved_run_dir() / "config.toml").read_text()
+    resumed = run(cfg.override({"resume": cfg.resolved_run_dir(), "steps": 3}))
+    assert resumed.step == 3 and any(k.startswith("lora_te_") for k in _keys(resumed.out))
+    off = run(config(sd1, images, tmp_path / "b", steps=1, train_text_encoder=False))
+    assert not any(k.startswith("lora_te") for k in _keys(off.out))
+    assert _metadata(off.out)["ss_network_train_unet_only"] == "True"
 
 
 def test_sd2_v_prediction_text_encoder_bf16(root, images, tmp_path):

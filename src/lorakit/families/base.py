@@ -207,6 +207,10 @@ class Family:
 
     # --- conditioning and the denoiser call --------------------------------------------------------
     frozen_text_encoders: tuple[str, ...] = ()  # encoders that never get a LoRA; cached, then released
+    # whether `train` adds a text-encoder LoRA when the user does not say: kohya's train_network and
+    # sdxl_train_network do (unless --network_train_unet_only), and on the toy world a UNet-only LoRA
+    # let the trigger leak into the shape whose prompts sit nearest it (benchmarks/demo_seeds.py)
+    trains_text_encoder_by_default: bool = True
     frozen_outputs: tuple[str, ...] = ()  # the conditioning keys they give (kept in the text cache)
     classic_attention: bool = True  # whether diffusers' classic AttnProcessor serves the denoiser (--no-sdpa)
 

@@ -37,6 +37,8 @@ class Flux(Family):
     bucket_step = 64  # multiples of 16 px are needed (VAE 8 × packing 2); 64 as for the others
     checkpoint_implementation = lora_implementation = _IMPL
     frozen_text_encoders = ("text_encoder_2",)  # T5-XXL (4.7 B) is never trained here: cached, then released
+    # a prompt's meaning comes mostly from the T5, which never trains here; a CLIP LoRA is opt-in
+    trains_text_encoder_by_default = False
     frozen_outputs = ("t5",)
     classic_attention = False  # joint attention has no classic processor
     lora_formats = ("kohya", "diffusers", "comfyui", "onetrainer")  # kohya first: sd-scripts, ComfyUI and diffusers load it

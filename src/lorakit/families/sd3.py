@@ -33,6 +33,8 @@ class SD3(Family):
     checkpoint_implementation = "https://github.com/Stability-AI/sd3.5"
     lora_implementation = _IMPL
     frozen_text_encoders = ("text_encoder_3",)  # T5-XXL (4.7 B) is never trained here: cached, then released
+    # a prompt's meaning comes mostly from the T5, which never trains here; a CLIP LoRA is opt-in
+    trains_text_encoder_by_default = False
     frozen_outputs = ("t5",)
     classic_attention = False  # joint attention has no classic processor
     lora_formats = ("diffusers", "kohya", "comfyui", "onetrainer")  # diffusers first: diffusers and ComfyUI load it

@@ -83,7 +83,8 @@ class TrainConfig:
     conv_rank: Optional[int] = opt(None, "rank of 3×3 convolutions (preset full; default: none adapted)", "network")
     conv_alpha: Optional[float] = opt(None, "alpha of 3×3 convolutions (default: conv rank)", "network")
     train_unet: bool = opt(True, "train the UNet LoRA", "network")
-    train_text_encoder: bool = opt(False, "train a text-encoder LoRA too", "network")
+    train_text_encoder: Optional[bool] = opt(None, "train a text-encoder LoRA too (default: yes for SD 1.x, 2.x "
+                                             "and XL, as kohya does; no for SD 3.x and Flux.1)", "network")
     init: str = opt("kaiming", "LoRA down init: kaiming (kohya) or gaussian (PEFT)", "network")
     dropout: float = opt(0.0, "dropout on the LoRA hidden activations", "network")
     rank_dropout: float = opt(0.0, "drop whole ranks (kohya's rank_dropout)", "network")
@@ -198,7 +199,7 @@ class TrainConfig:
                 bad(f"--{_flag(key)} must be a finite number ≥ 0, not {v}")
         if self.data is None:
             bad("no training data: give --data DIR (or a dataset .toml), or `data = ...` in the config")
-        if not (self.train_unet or self.train_text_encoder):
+        if not self.train_unet and self.train_text_encoder is not True:
             bad("nothing to train: --no-train-unet needs --train-text-encoder")
         if self.class_data is not None and not self.class_prompt:
             bad("--class-data needs --class-prompt (the prompt the class images show)")

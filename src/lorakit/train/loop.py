@@ -320,6 +320,10 @@ class Trainer:
         cfg = self.cfg
         if self.resume_dir is not None:
             info = state.read_state(self.resume_dir)
+            if cfg.train_text_encoder is None:  # the run it continues resolved the family's default
+                saved = info.get("config", {}).get("train_text_encoder")
+                if isinstance(saved, bool):
+                    self.cfg = cfg = cfg.override({"train_text_encoder": saved})
             state.check_compatible(info, self._fingerprint(), self.resume_dir,
                                    steps_may_grow=cfg.scheduler in ("constant", "constant_with_warmup"))
             self.history = LossHistory(**info.get("history", {}))
@@ -337,12 +341,17 @@ class Trainer:
         wanted_class = (cfg.num_class_images or self.instance_count) if class_subset else 0
         need_generation = class_subset is not None and count_images(class_subset.dir) < wanted_class
         varying_captions = any(s.shuffle_caption or s.caption_dropout for s in subsets)
-        staged = (cfg.cache_latents != "none" and cfg.cache_text != "none" and not cfg.train_text_encoder
-                  and not cfg.sample_every and not cfg.evaluate_every and not need_generation
-                  and not varying_captions)
-        self.model = self._load(("vae", "text_encoders") if staged else ("unet", "vae", "text_encoders"))
+        stageable = (cfg.cache_latents != "none" and cfg.cache_text != "none" and cfg.train_text_encoder is not True
+                     and not cfg.sample_every and not cfg.evaluate_every and not need_generation
+                     and not varying_captions)
+        self.model = self._load(("vae", "text_encoders") if stageable else ("unet", "vae", "text_encoders"))
         self.family, self.prediction_type = self.model.family, self.model.prediction_type
         self.spec = self.model.spec
+        if cfg.train_text_encoder is None:  # the family's default, known now that its model is read
+            self.cfg = cfg = cfg.override({"train_text_encoder": self.spec.trains_text_encoder_by_default})
+        staged = stageable and not cfg.train_text_encoder
+        if stageable and not staged:  # the text encoder trains after all: the UNet joins them now
+            self._add_denoiser()
         self.objective = self.spec.objective(self.prediction_type)
         if self.objective == "flow_matching" and cfg.min_snr_gamma:
             raise LoraKitError("--min-snr-gamma is for noise-prediction models; flow-matching models (SD 3.x) weigh "
@@ -380,9 +389,7 @@ class Trainer:
         self._fill_caches()
         if staged:
             self._release("vae", *self.spec.text_encoders)
-            unet_model = self._load(("unet",))
-            self.model.pipe.register_modules(**{self.spec.denoiser: unet_model.unet})
-            del unet_model
+            self._add_denoiser()
         else:
             self._release_unneeded()
         self._check_divisible()
@@ -390,6 +397,10 @@ class Trainer:
         from ..precision import announce
 
         announce(self.precision, self.main)
+
+    def _add_denoiser(self) -> None:
+        unet_model = self._load(("unet",))
+        self.model.pipe.register_modules(**{self.spec.denoiser: unet_model.unet})
 
     def _release_unneeded(self) -> None:
         """Free the VAE / text encoders once the caches make them useless for the rest of the run."""

@@ -22,9 +22,16 @@ OPTIMIZERS = ["adamw", "adamw8bit", "lion", "prodigy"]
 SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
 
 
+TEXT_ENCODER_CHOICES = {"auto": None, "yes": True, "no": False}
+
+
+def _text_encoder_choice(value) -> bool | None:
+    return TEXT_ENCODER_CHOICES.get(value, value) if isinstance(value, str) else value
+
+
 def train_config(model: str, data: str, trigger: str, out: str, preset: str, rank: int, alpha: float,
                  conv_rank: int, steps: int, lr: float, batch_size: int, resolution: int, optimizer: str,
-                 scheduler: str, train_text_encoder: bool, class_prompt: str, class_data: str,
+                 scheduler: str, train_text_encoder, class_prompt: str, class_data: str,
                  sample_prompts: str, sample_every: int, save_every: int, extra_toml: str = "",
                  resume: str = "", check=None):
     """The form as a TrainConfig. `extra_toml` takes any other option by its config name (the keys
@@ -43,7 +50,7 @@ def train_config(model: str, data: str, trigger: str, out: str, preset: str, ran
     values = dict(model=text(model) or "toy", data=text(data), trigger=text(trigger), out=text(out), preset=preset,
                   rank=int(rank), alpha=float(alpha) if alpha else None, conv_rank=int(conv_rank) or None,
                   steps=int(steps), lr=float(lr), batch_size=int(batch_size), resolution=int(resolution),
-                  optimizer=optimizer, scheduler=scheduler, train_text_encoder=bool(train_text_encoder),
+                  optimizer=optimizer, scheduler=scheduler, train_text_encoder=_text_encoder_choice(train_text_encoder),
                   class_prompt=text(class_prompt), class_data=text(class_data), sample_every=int(sample_every),
                   save_every=int(save_every), resume=text(resume))
     cfg = TrainConfig().override(values, source="the form")
@@ -237,7 +244,9 @@ def build(gr, studio, progress_wrap) -> dict:
                 with gr.Row():
                     optimizer = gr.Dropdown(OPTIMIZERS, value="adamw", label="Optimizer")
                     scheduler = gr.Dropdown(SCHEDULERS, value="constant", label="LR schedule")
-                    train_te = gr.Checkbox(False, label="Train the text encoder too")
+                    train_te = gr.Radio(list(TEXT_ENCODER_CHOICES), value="auto", label="Text-encoder LoRA",
+                                        info="auto: the family's default (SD 1.x/2.x/XL yes, as kohya; "
+                                             "SD 3.x/Flux.1 no)")
                 with gr.Accordion("Prior preservation (DreamBooth)", open=False):
                     class_prompt = gr.Textbox("", label="Class prompt (e.g. 'a dog')")
                     class_data = gr.Textbox("", label="Class image folder (missing images are generated)")
