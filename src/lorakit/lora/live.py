@@ -76,10 +76,11 @@ def _live_forward(module: nn.Module, x: Tensor, *args, **kwargs) -> Tensor:
 
 
 def _needs_branch(adapter: nn.Module) -> bool:
-    """Training an adapter, or kohya's dropouts, need its branch."""
-    if adapter.training and (getattr(adapter, "dropout", 0) or getattr(adapter, "rank_dropout", 0)
-                             or getattr(adapter, "module_dropout", 0)):
-        return True
+    """Training an adapter, or kohya's dropouts, need its branch (checked on every call: kept cheap)."""
+    if isinstance(adapter, LoRAModule):
+        if torch.is_grad_enabled() and (adapter.lora_down.weight.requires_grad or adapter.lora_up.weight.requires_grad):
+            return True
+        return adapter.training and bool(adapter.dropout or adapter.rank_dropout or adapter.module_dropout)
     return torch.is_grad_enabled() and any(p.requires_grad for p in adapter.parameters())
 
 
