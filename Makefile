@@ -60,6 +60,7 @@ bench: setup
 	$(BIN)/python benchmarks/algebra.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/generate.py
+	$(BIN)/python benchmarks/live_layer.py
 	$(BIN)/python benchmarks/precision_crossover.py
 	$(BIN)/python benchmarks/extract.py
 	$(BIN)/python benchmarks/demo_seeds.py

@@ -49,6 +49,15 @@ def test_generate_quick(monkeypatch, tmp_path):
     assert "on the fly / merged" in data["table"]
 
 
+def test_live_layer_quick(monkeypatch, tmp_path):
+    data = _script("live_layer", monkeypatch, tmp_path).main(["--quick"])
+    res = data["results"]
+    assert [r["tokens"] for r in res.values()] == [2048, 512]
+    assert [r["chosen"] for r in res.values()] == ["effective weight", "branch"]  # the cost rule's two sides
+    assert all(r["base"] > 0 and r["branch"] > 0 and r["weight"] > 0 for r in res.values())
+    assert (tmp_path / "results" / "live_layer_quick.json").is_file()
+
+
 def test_precision_crossover_quick(monkeypatch, tmp_path):
     data = _script("precision_crossover", monkeypatch, tmp_path).main(["--quick"])
     assert [r["size"] for r in data["rows"]] == ["toy", "w32"]
