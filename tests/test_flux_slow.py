@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import init_empty_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
 from models_support import no_network  # noqa: E402,F401 - fixture
@@ -32,12 +33,20 @@ BLOCKS = dict(num_layers=1, num_single_layers=2)
 
 
 def _random(module, dtype, std=0.02):
-    """Real-size weights without first building them in fp32: meta → empty → normal."""
+    """Real-size weights without first building them in fp32: parameters made on the meta device
+    (`init_empty_weights(include_buffers=False)`), then empty, then normal. Buffers keep what their
+    constructors computed (position tables, ids): emptied, they would hold whatever memory was
+    there, which made a saved checkpoint's position embedding garbage on some runs (a NaN loss)."""
+    buffers = {name: b.clone() for name, b in module.named_buffers()}
+    if any(b.is_meta for b in buffers.values()):
+        raise ValueError("build the module under init_empty_weights(include_buffers=False)")
     module = module.to(dtype).to_empty(device="cpu")
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(dtype) * std)
+        for name, b in module.named_buffers():
+            b.copy_(buffers[name])
     return module.eval()
 
 
@@ -45,7 +54,7 @@ def _transformer(dtype):
     from diffusers import FluxTransformer2DModel
 
     cfg = FluxTransformer2DModel.load_config(FAMILY.config_dir(variant="dev"), subfolder="transformer")
-    with torch.device("meta"):
+    with init_empty_weights(include_buffers=False):
         tr = FluxTransformer2DModel.from_config({**cfg, **BLOCKS})
     return _random(tr, dtype)
 
@@ -119,7 +128,7 @@ def test_two_training_steps_real_width_bf16_from_a_bfl_file(tmp_path, no_network
     del tr
     gc.collect()
     encoders = tmp_path / "encoders"
-    with torch.device("meta"):
+    with init_empty_weights(include_buffers=False):
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
         clip = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
         t5 = T5EncoderModel(T5Config(**{**T5Config.from_pretrained(folder / "text_encoder_2").to_dict(),

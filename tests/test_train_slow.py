@@ -33,6 +33,10 @@ def test_sd15_single_file_two_steps(tmp_path, no_network):
     assert len(result.losses) == 2 and all(map(lambda x: x == x and x < 10, result.losses))
     with safe_open(str(result.out), "pt") as f:
         keys, md = list(f.keys()), f.metadata()
-    assert len({k.split(".")[0] for k in keys}) == 192  # kohya's default UNet targets on SD 1.5
+    modules = {k.split(".")[0] for k in keys}
+    # kohya's default targets on SD 1.5: 192 UNet modules and, trained by default, 72 text-encoder ones
+    assert len([m for m in modules if m.startswith("lora_unet_")]) == 192
+    assert len([m for m in modules if m.startswith("lora_te_")]) == 72 and len(modules) == 264
+    assert md["ss_network_train_unet_only"] == "False"
     assert md["ss_base_model_version"] == "sd_v1" and md["ss_network_dim"] == "8"
     assert json.loads(md["ss_bucket_info"])["buckets"] == {"256x256": 1, "320x192": 1}
