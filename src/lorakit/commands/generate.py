@@ -23,7 +23,7 @@ def generate(
     height: Optional[int] = typer.Option(None, "--height"),
     sampler: str = typer.Option("euler_a", "--sampler", help="euler_a, euler, ddim, dpm++2m, dpm++2m_karras, unipc, …"),
     lora_dir: Optional[Path] = typer.Option(None, "--lora-dir", help="where <lora:name> tags are looked up"),
-    on_the_fly: bool = typer.Option(False, "--on-the-fly", help="keep LoRAs unmerged (forward hooks)"),
+    on_the_fly: bool = typer.Option(False, "--on-the-fly", help="keep LoRAs unmerged: applied inside each layer, weights untouched"),
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="a .png file or a folder"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU; on CPU bf16 where it has AVX512-BF16 or "
