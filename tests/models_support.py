@@ -37,3 +37,23 @@ def write_config_dir(pipe, path):
     for tok in ("tokenizer", "tokenizer_2"):
         shutil.rmtree(path / tok, ignore_errors=True)
     return path
+
+
+def random_weights(module, dtype, std=0.02):
+    """Real-size weights without first building them in fp32: parameters made on the meta device
+    (`init_empty_weights(include_buffers=False)`), then empty, then normal. Buffers keep what their
+    constructors computed (position tables, ids): emptied, they would hold whatever memory was
+    there, which made a saved checkpoint's position embedding garbage on some runs (a NaN loss)."""
+    import torch
+
+    buffers = {name: b.clone() for name, b in module.named_buffers()}
+    if any(b.is_meta for b in buffers.values()):
+        raise ValueError("build the module under init_empty_weights(include_buffers=False)")
+    module = module.to(dtype).to_empty(device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(dtype) * std)
+        for name, b in module.named_buffers():
+            b.copy_(buffers[name])
+    return module.eval()

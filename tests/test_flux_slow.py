@@ -20,7 +20,7 @@ import torch
 from accelerate import init_empty_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models_support import no_network  # noqa: E402,F401 - fixture
+from models_support import no_network, random_weights  # noqa: E402,F401 - fixture
 from sd3_support import clip_config, t5_tokenizer  # noqa: E402
 from train_support import config, make_images  # noqa: E402
 
@@ -32,31 +32,13 @@ pytestmark = pytest.mark.slow
 BLOCKS = dict(num_layers=1, num_single_layers=2)
 
 
-def _random(module, dtype, std=0.02):
-    """Real-size weights without first building them in fp32: parameters made on the meta device
-    (`init_empty_weights(include_buffers=False)`), then empty, then normal. Buffers keep what their
-    constructors computed (position tables, ids): emptied, they would hold whatever memory was
-    there, which made a saved checkpoint's position embedding garbage on some runs (a NaN loss)."""
-    buffers = {name: b.clone() for name, b in module.named_buffers()}
-    if any(b.is_meta for b in buffers.values()):
-        raise ValueError("build the module under init_empty_weights(include_buffers=False)")
-    module = module.to(dtype).to_empty(device="cpu")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(dtype) * std)
-        for name, b in module.named_buffers():
-            b.copy_(buffers[name])
-    return module.eval()
-
-
 def _transformer(dtype):
     from diffusers import FluxTransformer2DModel
 
     cfg = FluxTransformer2DModel.load_config(FAMILY.config_dir(variant="dev"), subfolder="transformer")
     with init_empty_weights(include_buffers=False):
         tr = FluxTransformer2DModel.from_config({**cfg, **BLOCKS})
-    return _random(tr, dtype)
+    return random_weights(tr, dtype)
 
 
 def test_diffusers_converts_lorakit_sd_scripts_file_at_real_width(tmp_path):
@@ -134,7 +116,7 @@ def test_two_training_steps_real_width_bf16_from_a_bfl_file(tmp_path, no_network
         t5 = T5EncoderModel(T5Config(**{**T5Config.from_pretrained(folder / "text_encoder_2").to_dict(),
                                         "num_layers": 1, "d_ff": 256, "vocab_size": 64}))
     for name, model in (("vae", vae), ("text_encoder", clip), ("text_encoder_2", t5)):
-        _random(model, torch.float32).save_pretrained(encoders / name)
+        random_weights(model, torch.float32).save_pretrained(encoders / name)
     t5_tokenizer().save_pretrained(encoders / "tokenizer_2")
     del vae, clip, t5
     gc.collect()

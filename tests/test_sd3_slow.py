@@ -15,7 +15,7 @@ import torch
 from accelerate import init_empty_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models_support import no_network  # noqa: E402,F401 - fixture
+from models_support import no_network, random_weights  # noqa: E402,F401 - fixture
 from sd3_support import REAL, t5_tokenizer  # noqa: E402
 from train_support import config, make_images  # noqa: E402
 
@@ -23,24 +23,6 @@ from lorakit.formats import load_lora  # noqa: E402
 from lorakit.train.loop import run  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-def _random(module, dtype=torch.bfloat16, std=0.02):
-    """Real-size weights without first building them in fp32: parameters made on the meta device
-    (`init_empty_weights(include_buffers=False)`), then empty, then normal. Buffers keep what their
-    constructors computed (position tables, ids): emptied, they would hold whatever memory was
-    there, which made a saved checkpoint's position embedding garbage on some runs (a NaN loss)."""
-    buffers = {name: b.clone() for name, b in module.named_buffers()}
-    if any(b.is_meta for b in buffers.values()):
-        raise ValueError("build the module under init_empty_weights(include_buffers=False)")
-    module = module.to(dtype).to_empty(device="cpu")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(dtype) * std)
-        for name, b in module.named_buffers():
-            b.copy_(buffers[name])
-    return module
 
 
 def test_sd35_medium_single_file_two_steps(tmp_path, no_network):
@@ -53,7 +35,7 @@ def test_sd35_medium_single_file_two_steps(tmp_path, no_network):
     folder = shipped_config("5-medium")
     with init_empty_weights(include_buffers=False):
         tr = SD3Transformer2DModel.from_config(SD3Transformer2DModel.load_config(folder, subfolder="transformer"))
-    tr = _random(tr)
+    tr = random_weights(tr, torch.bfloat16)
     # The VAE keeps its own initialisation: N(0, 0.02) everywhere gives it posterior variances so wide
     # that a latent drawn from them overflows bf16 in the MMDiT on some draws (a NaN loss, then a stop).
     torch.manual_seed(0)
@@ -72,7 +54,7 @@ def test_sd35_medium_single_file_two_steps(tmp_path, no_network):
         t5 = T5EncoderModel(T5Config(**{**T5Config.from_pretrained(folder / "text_encoder_3").to_dict(),
                                         "num_layers": 1, "d_ff": 256, "vocab_size": 64}))
     for name, model in (("text_encoder", clip_l), ("text_encoder_2", clip_g), ("text_encoder_3", t5)):
-        _random(model, torch.float32).save_pretrained(encoders / name)
+        random_weights(model, torch.float32).save_pretrained(encoders / name)
     t5_tokenizer().save_pretrained(encoders / "tokenizer_3")
     del clip_l, clip_g, t5
     gc.collect()
