@@ -68,8 +68,10 @@ def _live_forward(module: nn.Module, x: Tensor, *args, **kwargs) -> Tensor:
         if isinstance(module, nn.Linear):
             return F.linear(x, weight, module.bias)
         return module._conv_forward(x, weight, module.bias)
-    base = live.previous if live.previous is not None else types.MethodType(type(module).forward, module)
-    out = base(x, *args, **kwargs)
+    if live.previous is not None:
+        out = live.previous(x, *args, **kwargs)
+    else:
+        out = type(module).forward(module, x, *args, **kwargs)
     for _, adapter, rows in live.entries:
         out = out + (adapter(x) if rows is None else adapter.forward_rows(x, rows))
     return out
@@ -102,15 +104,13 @@ def _weight_space_pays(module: nn.Module, x: Tensor, live: _Live) -> bool:
 
 
 @torch.no_grad()
-def effective_weight(module: nn.Module, adapters: list[tuple[nn.Module, Tensor | None]],
-                     multipliers: list[float] | None = None) -> Tensor:
+def effective_weight(module: nn.Module, adapters: list[tuple[nn.Module, Tensor | None]]) -> Tensor:
     """W + Σ m·ΔW in the weight's dtype, computed in fp32 as `LoRANetwork.merge` computes it (so a
     LoRA on the fly draws what the same LoRA merged draws)."""
     from .network import add_site_delta
 
     w = module.weight
     out = w.detach().to(torch.float32, copy=True)
-    for i, (adapter, rows) in enumerate(adapters):
-        m = adapter.multiplier if multipliers is None else multipliers[i]
-        add_site_delta(out, adapter, w, rows, m)
+    for adapter, rows in adapters:
+        add_site_delta(out, adapter, w, rows, adapter.multiplier)
     return out if w.dtype == torch.float32 else out.to(w.dtype)
