@@ -298,10 +298,11 @@ class Trainer:
         from ..memory import require_fits, training_bytes
 
         cfg, config = self.cfg, self.model.denoiser_config
-        if config is None or "block_out_channels" not in config:
+        if config is None:  # no denoiser config to estimate from
             return
         scale = 2 ** (len(self.vae_config["block_out_channels"]) - 1) if self.vae_config else 8
-        need = training_bytes(config, scale, cfg.resolution, cfg.batch_size, cfg.gradient_checkpointing, self.weight_dtype)
+        need = training_bytes(self.spec, config, scale, cfg.resolution, cfg.batch_size, cfg.gradient_checkpointing,
+                              self.weight_dtype)
         require_fits(need, self.acc.device, f"a training batch of {cfg.batch_size} at {cfg.resolution} px",
                      "lower --batch-size or --resolution, or add --gradient-checkpointing")
 
