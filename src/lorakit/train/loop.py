@@ -809,7 +809,12 @@ class Trainer:
         if self.main:
             md = self._write(self.save_lora, Path(cfg.out), self.step, final=True)
         if cfg.evaluate or cfg.evaluate_every:
+            self.stops.notice = "stopping the evaluation; the LoRA is saved"
             self._write(evaluate_run, self)
+            signum = self._stop_signal()
+            if signum:
+                raise Interrupted(f"{signal_name(signum)}: stopped during the evaluation at step {self.step}; the "
+                                  f"LoRA {cfg.out} is complete", EXIT_CODES[signum])
         if cfg.tensorboard:
             acc.end_training()
         acc.wait_for_everyone()
