@@ -182,5 +182,24 @@ def _install(kind: str, *args) -> None:
             fsync(tmp)
 
         atomic._fsync_file = patched
+    elif kind == "pause_at_evaluation_image":
+        # every image an evaluation draws is one generate() call, logged; at call args[0] it pauses until
+        # the run has seen a signal (the trainer is taken from the evaluation's own argument)
+        from lorakit import evaluate as ev
+
+        evaluate_run, generate, seen = loop.evaluate_run, ev.generate, {"calls": 0, "trainer": None}
+
+        def patched_run(trainer, *a, **kw):
+            seen["trainer"] = trainer
+            return evaluate_run(trainer, *a, **kw)
+
+        def patched_generate(*a, **kw):
+            seen["calls"] += 1
+            print(f"evaluation image {seen['calls']}", file=sys.stderr, flush=True)
+            if seen["calls"] == args[0]:
+                _pause(args[1], lambda: seen["trainer"].stops.signum is not None)
+            return generate(*a, **kw)
+
+        loop.evaluate_run, ev.generate = patched_run, patched_generate
     else:
         raise ValueError(kind)

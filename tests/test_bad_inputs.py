@@ -232,6 +232,63 @@ def test_train_batch_that_cannot_fit(capsys, files, tmp_path, small_machine):
              "needs at least", "--batch-size", out=tmp_path / "l.safetensors")
 
 
+@pytest.fixture(scope="module")
+def mmdit(files):
+    """Tiny SD 3.x and Flux.1 folders, each with a LoRA of its own: {family: (model, lora)}."""
+    from flux_support import tiny_flux_pipeline
+    from sd3_support import tiny_sd3_pipeline
+
+    from lorakit.formats import save_lora
+    from lorakit.lora import LoRANetwork, ModelParts
+
+    out = {}
+    for family, make in (("sd3", tiny_sd3_pipeline), ("flux", tiny_flux_pipeline)):
+        pipe = make()
+        model, lora = files["root"] / family, files["root"] / f"{family}.safetensors"
+        pipe.save_pretrained(model)
+        net = LoRANetwork.create(ModelParts(family, pipe.transformer, [], dict(pipe.transformer.config)), rank=2)
+        save_lora(lora, net.kohya_modules(), family=family, dtype=torch.float32)
+        out[family] = (model, lora)
+    return out
+
+
+def _on(argv, model, lora=None):
+    argv = list(argv)
+    argv[argv.index("--model") + 1] = model
+    if lora is not None:
+        argv[argv.index("--lora") + 1] = lora
+    return argv
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_train_batch_that_cannot_fit_sd3_flux(capsys, files, mmdit, tmp_path, small_machine, family):
+    _refused(capsys, _on(_train(files, tmp_path, "--batch-size", "100000000"), mmdit[family][0]),
+             "training batch of 100000000", "needs at least", "--batch-size", out=tmp_path / "l.safetensors")
+
+
+@pytest.mark.parametrize("family, checkpointing", [("sd3", False), ("flux", False), ("flux", True)])
+def test_train_batch_refused_exactly_beyond_its_lower_bound(capsys, files, mmdit, tmp_path, monkeypatch, family,
+                                                            checkpointing):
+    """The bound by hand, from the tiny transformer's config: a batch of 3 at 32 px (VAE ÷2: 16×16 latents,
+    2×2 latent pixels a token: 64 tokens), width heads × head dim, every block, 12 values per token, channel
+    and block (1 with gradient checkpointing), fp32. One byte less free memory is refused; that much trains."""
+    import json
+
+    import lorakit.memory
+
+    cfg = json.loads((mmdit[family][0] / "transformer" / "config.json").read_text())
+    blocks = cfg["num_layers"] + cfg.get("num_single_layers", 0)
+    per = 1 if checkpointing else 12
+    need = 3 * 64 * cfg["num_attention_heads"] * cfg["attention_head_dim"] * blocks * per * 4
+    free = {"bytes": need - 1}
+    monkeypatch.setattr(lorakit.memory, "available_bytes", lambda device="cpu": free["bytes"])
+    argv = _on(_train(files, tmp_path, "--batch-size", "3", *(["--gradient-checkpointing"] if checkpointing else [])),
+               mmdit[family][0])
+    _refused(capsys, argv, "training batch of 3 at 32 px needs at least", out=tmp_path / "l.safetensors")
+    free["bytes"] = need
+    assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+
+
 # --- generate ----------------------------------------------------------------------------------------
 
 def _generate(files, out, *extra):
@@ -288,6 +345,13 @@ def test_generate_absurd_width(capsys, files, tmp_path):
     out = _out(tmp_path, "x.png")
     _refused(capsys, _generate(files, out, "--width", "100000", "--height", "100000"), "100000x100000",
              "needs at least", out=out)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_generate_absurd_width_sd3_flux(capsys, files, mmdit, tmp_path, family):
+    out = _out(tmp_path, "x.png")
+    _refused(capsys, _on(_generate(files, out, "--width", "100000", "--height", "100000"), mmdit[family][0]),
+             "100000x100000", "needs at least", out=out)
 
 
 def test_generate_grid_that_cannot_fit(capsys, files, tmp_path, small_machine):
@@ -498,6 +562,13 @@ def test_evaluate_sweep_that_cannot_fit(capsys, files, tmp_path, small_machine):
     out = _out(tmp_path, "sweep.png")
     _refused(capsys, _evaluate(files, "--n", "20000", "--width", "512", "--height", "512", "--out", out),
              "needs at least", out=out)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_evaluate_sweep_that_cannot_fit_sd3_flux(capsys, files, mmdit, tmp_path, small_machine, family):
+    out = _out(tmp_path, "sweep.png")
+    _refused(capsys, _on(_evaluate(files, "--n", "20000", "--width", "512", "--height", "512", "--out", out),
+                         *mmdit[family]), "needs at least", out=out)
 
 
 # --- the web UI's actions (the same checks; gradio shows the one line) -------------------------------------

@@ -1,7 +1,8 @@
 """Crash safety of `lorakit train`: SIGKILL at six points (four inside saves) and `--resume`
 give the uninterrupted run's LoRA bit for bit (fp32, CPU); Ctrl-C and SIGTERM save a resume state,
-print the command that continues, and exit 130 / 143; a second Ctrl-C stops at once; a full disk
-is one line naming the file while the last good state stays loadable."""
+print the command that continues, and exit 130 / 143; in an evaluation, Ctrl-C stops it before the
+next image; a second Ctrl-C stops at once; a full disk is one line naming the file while the last
+good state stays loadable."""
 
 from __future__ import annotations
 
@@ -167,6 +168,40 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_last_good_state(root, argv):
     _assert_states_load(run_dir)
     assert (run_dir / "state-000003.tmp").is_dir()  # the save it cut short, never taken for a state
     assert not out.exists()
+
+
+@pytest.mark.parametrize("when", ["final", "during"])
+def test_ctrl_c_in_an_evaluation_stops_before_its_next_image(root, argv, reference, when):
+    """Evaluations at steps 4 and 8 and at the end, 2 prompts: 3 × 2 images at step 4, 2 × 2 at each later
+    one (the strength-0 images are kept). Ctrl-C while the final evaluation draws its 2nd image (the 12th
+    in all): no image after it, no report for step 12, the reports of steps 4 and 8 and the finished
+    LoRA (the uninterrupted run's) stay, exit 130. Ctrl-C in the evaluation at step 4: the run stops
+    there as between steps, with its resume state and command."""
+    prompts = root / "evaluate-prompts.txt"
+    prompts.write_text("sks, a square\na red house\n")
+    evaluating = [*argv, "--evaluate-every", 4, "--evaluate-prompts", prompts, "--evaluate-n", 1, "--sample-steps", 1,
+                  "--clip-model", "none", "--dino-model", "none"]
+    marker = root / f"eval-{when}.here"
+    pause_at = 12 if when == "final" else 2
+    code, log, out = _signalled(root, evaluating, f"eval-{when}", [("pause_at_evaluation_image", pause_at, str(marker))],
+                                [(marker, signal.SIGINT)])
+    run_dir = out.with_name("lora-run")
+    assert code == 130, log
+    assert "Traceback" not in log
+    drawn = [ln for ln in log.splitlines() if ln.startswith("evaluation image ")]
+    assert drawn[-1] == f"evaluation image {pause_at}", log
+    folders = list((run_dir / "evaluate").iterdir()) if (run_dir / "evaluate").is_dir() else []
+    reports = sorted(p.name for p in folders if (p / "report.json").is_file())
+    if when == "final":
+        assert f"SIGINT: stopped during the evaluation at step {STEPS}; the LoRA {out} is complete" in log, log
+        assert "resume with" not in log
+        assert reports == ["step-000004", "step-000008"]
+        _same_lora(load_file(out), reference[0])
+    else:
+        assert f"SIGINT: stopped at step 4 of {STEPS}; the resume state is {run_dir / 'state-000004'}" in log, log
+        assert "resume with: lorakit train" in log
+        assert reports == [] and _steps(run_dir) == [2, 4] and not out.exists()
+    assert len(reports) == len(folders)  # no half-written report
 
 
 @pytest.mark.parametrize("fault, failing, good", [

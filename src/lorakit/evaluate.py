@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .errors import LoraKitError
 from .evaluation import encoders as enc
@@ -30,6 +30,10 @@ from .evaluation.similarity import feature_distance, mean, mean_pairwise, paired
 from .generate import LoraSpec, generate
 
 DEFAULT_CLIP, DEFAULT_DINO = enc.DEFAULT_CLIP, enc.DEFAULT_DINO
+
+
+class Stopped(Exception):
+    """An evaluation whose `stop` asked it to end before it was done (a training run's Ctrl-C)."""
 
 
 @dataclass
@@ -170,7 +174,7 @@ def _load_images(paths: Sequence[Path]) -> list:
 
 
 def _draw(model, loras, network, prompts, strengths, n, seed, gen: dict, base_cache, progress,
-          allow_pickle: bool = False) -> dict:
+          allow_pickle: bool = False, stop: Callable[[], bool] | None = None) -> dict:
     from tqdm.auto import tqdm
 
     images = {}
@@ -186,6 +190,8 @@ def _draw(model, loras, network, prompts, strengths, n, seed, gen: dict, base_ca
                 if s == 0 and base_cache is not None and key in base_cache:
                     images[(s, j)] = base_cache[key]
                 else:
+                    if stop is not None and stop():
+                        raise Stopped
                     images[(s, j)] = generate(model, prompt, loras=specs, n=n, seed=seed, progress=False,
                                               allow_pickle=allow_pickle, **gen).images
                     if s == 0 and base_cache is not None:
@@ -216,7 +222,7 @@ def evaluate(model, loras: Sequence[LoraSpec], prompts: Sequence[str], *, streng
              score: bool | None = None, progress: bool = True, data=None, clip_model: str | None = DEFAULT_CLIP,
              dino_model: str | None = DEFAULT_DINO, class_word: str | None = None,
              own: Sequence[bool] | None = None, network=None, base_cache: dict | None = None,
-             allow_pickle: bool = False) -> EvalReport:
+             allow_pickle: bool = False, stop: Callable[[], bool] | None = None) -> EvalReport:
     """Draw every prompt n times (seeds seed…seed+n−1) at every strength and measure the change.
 
     data: the training images (a folder, a dataset TOML, or a list of paths/PIL images) for
@@ -226,7 +232,8 @@ def evaluate(model, loras: Sequence[LoraSpec], prompts: Sequence[str], *, streng
     own: which prompts are the LoRA's own (default: those containing the trigger).
     network: a LoRANetwork already applied to `model` (a run in progress), swept through its
     multiplier instead of loading `loras`. base_cache: a dict that keeps the strength-0 images
-    between calls (the base does not change during a run).
+    between calls (the base does not change during a run). stop: asked before each image and before
+    the scoring; True ends the evaluation with `Stopped`.
     """
     if own is not None:
         if len(own) != len(prompts):
@@ -247,7 +254,9 @@ def evaluate(model, loras: Sequence[LoraSpec], prompts: Sequence[str], *, streng
     if score is None:
         score = getattr(model, "kind", None) == "toy"
     gen = dict(negative=negative, steps=steps, guidance=guidance, width=width, height=height, sampler=sampler)
-    images = _draw(model, loras, network, prompts, strengths, n, seed, gen, base_cache, progress, allow_pickle)
+    images = _draw(model, loras, network, prompts, strengths, n, seed, gen, base_cache, progress, allow_pickle, stop)
+    if stop is not None and stop():
+        raise Stopped
 
     notes: dict[str, str] = {}
     device = getattr(model.pipe, "device", None)

@@ -12,12 +12,17 @@ import torch
 
 from .errors import LoraKitError
 
-# Activation bytes a LoRA training step keeps for backward, per latent pixel and per channel of the
-# UNet's first level, per sample, in fp32. Measured (saved-tensor hooks) on the SD 1.5 UNet with a
-# rank-16 LoRA on the default targets: 1817 B at 128 px and 1509 B at 256 px plain, 276 and 245 B
-# with gradient checkpointing. The constants sit below those, so the estimate stays a lower bound.
-_TRAIN_ACTIVATION = 1200
-_TRAIN_ACTIVATION_CHECKPOINTED = 200
+# Values a LoRA training step keeps for backward, per sample, in units the families' configs give.
+# UNet (SD 1.x/2.x/XL): per latent pixel and per channel of the first level. Measured (saved-tensor
+# hooks) on the SD 1.5 UNet with a rank-16 LoRA on the default targets: 454 at 128 px and 377 at
+# 256 px plain, 69 and 61 with gradient checkpointing.
+UNET_VALUES, UNET_VALUES_CHECKPOINTED = 300, 50
+# MMDiT (SD 3.x, Flux.1): per image token, per channel of the token width and per transformer block.
+# Measured the same way (rank 16; width 256, 1024 image tokens): Flux 27 per double block and 21 per
+# single block with the default preset, 17 and 19 with `attn` (the fewest layers); SD3 27 and 17;
+# 1.27 with gradient checkpointing (the block inputs the checkpoints keep).
+MMDIT_VALUES, MMDIT_VALUES_CHECKPOINTED = 12, 1
+# The constants sit below those measurements, so the estimates stay lower bounds.
 # Full-resolution feature maps alive at once in the VAE decoder (a conv's input, its output, a norm).
 _DECODE_MAPS = 3
 
@@ -68,13 +73,21 @@ def generation_bytes(pipe, width: int, height: int, images_kept: int, grid: bool
     return decode_bytes(vae, width, height, dtype) + held
 
 
-def training_bytes(unet_config, vae_scale: int, resolution: int, batch_size: int, checkpointed: bool,
+def unet_values(config, latent_height: int, latent_width: int, checkpointed: bool) -> int:
+    per = UNET_VALUES_CHECKPOINTED if checkpointed else UNET_VALUES
+    return latent_height * latent_width * config["block_out_channels"][0] * per
+
+
+def mmdit_values(tokens: int, width: int, blocks: int, checkpointed: bool) -> int:
+    return tokens * width * blocks * (MMDIT_VALUES_CHECKPOINTED if checkpointed else MMDIT_VALUES)
+
+
+def training_bytes(family, denoiser_config, vae_scale: int, resolution: int, batch_size: int, checkpointed: bool,
                    dtype: torch.dtype = torch.float32) -> int:
-    """Activations one micro-batch keeps for backward, at the largest bucket area (resolution²)."""
-    channels = unet_config["block_out_channels"][0]
-    latent_pixels = (resolution // vae_scale) ** 2
-    per = _TRAIN_ACTIVATION_CHECKPOINTED if checkpointed else _TRAIN_ACTIVATION
-    return int(batch_size * latent_pixels * channels * per * _size(dtype) / 4)
+    """Activations one micro-batch keeps for backward, at the largest bucket area (resolution²); how many
+    values a sample keeps is the family's to say (`Family.training_values`)."""
+    side = resolution // vae_scale
+    return batch_size * family.training_values(denoiser_config, side, side, checkpointed) * _size(dtype)
 
 
 def _size(dtype: torch.dtype) -> int:

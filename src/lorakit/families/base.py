@@ -179,6 +179,12 @@ class Family:
         """How many latent pixels one denoiser cell spans: bucket sides must be multiples of it (× VAE)."""
         return 1
 
+    def training_values(self, config: Mapping, latent_height: int, latent_width: int, checkpointed: bool) -> int:
+        """At least how many values one sample's LoRA training step keeps for backward in the denoiser, read
+        from its config (a lower bound: `memory` holds the measured constants), so that a batch that cannot
+        fit is refused before any work."""
+        raise NotImplementedError
+
     # --- kohya names of denoiser modules -------------------------------------------------------
     def denoiser_layout(self, config: Mapping | None):
         """Whatever the name translation needs from the denoiser config (None when there is none)."""

@@ -128,6 +128,15 @@ class Flux(Family):
     def denoiser_downsampling(self, config: Mapping) -> int:
         return 2  # latents are packed 2×2 into one token
 
+    def training_values(self, config: Mapping, latent_height: int, latent_width: int, checkpointed: bool) -> int:
+        """Scales with the image tokens (2×2 latent pixels each), the token width and the double and
+        single blocks."""
+        from ..memory import mmdit_values
+
+        tokens = (latent_height // 2) * (latent_width // 2)
+        width = config["num_attention_heads"] * config["attention_head_dim"]
+        return mmdit_values(tokens, width, config["num_layers"] + config["num_single_layers"], checkpointed)
+
     # --- objective --------------------------------------------------------------------------------
     def timestep_shift(self, scheduler_config: Mapping, height: int, width: int) -> float:
         """The timestep shift for a latent of `height`×`width` (before packing): FluxPipeline's

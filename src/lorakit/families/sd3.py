@@ -107,6 +107,15 @@ class SD3(Family):
     def denoiser_downsampling(self, config: Mapping) -> int:
         return int(config.get("patch_size", 2))  # latents are cut into patch×patch tokens
 
+    def training_values(self, config: Mapping, latent_height: int, latent_width: int, checkpointed: bool) -> int:
+        """Scales with the image tokens (patch × patch latent pixels each), the token width and the blocks."""
+        from ..memory import mmdit_values
+
+        patch = self.denoiser_downsampling(config)
+        tokens = (latent_height // patch) * (latent_width // patch)
+        width = config["num_attention_heads"] * config["attention_head_dim"]
+        return mmdit_values(tokens, width, config["num_layers"], checkpointed)
+
     # --- targets -------------------------------------------------------------------------------
     def denoiser_targets(self, denoiser) -> dict:
         from ..lora.mmdit import transformer_targets

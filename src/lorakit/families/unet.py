@@ -125,6 +125,12 @@ class UNetFamily(Family):
     def denoiser_downsampling(self, config: Mapping) -> int:
         return 2 ** (len(config["down_block_types"]) - 1)
 
+    def training_values(self, config: Mapping, latent_height: int, latent_width: int, checkpointed: bool) -> int:
+        """Scales with the latent pixels and the width of the first (largest) level."""
+        from ..memory import unet_values
+
+        return unet_values(config, latent_height, latent_width, checkpointed)
+
     # --- kohya names ---------------------------------------------------------------------------
     def denoiser_layout(self, config: Mapping | None):
         return naming.UNetLayout.from_config(config) if config else None

@@ -49,14 +49,27 @@ def _prompts(trainer) -> tuple[list[str], list[bool] | None]:
 
 
 def evaluate_run(trainer) -> Path | None:
-    """Evaluate the network as it is now (main process only); returns the report folder."""
+    """Evaluate the network as it is now (main process only); returns the report folder, or None when a
+    stop was asked for (Ctrl-C, SIGTERM): then it ends before the next image and writes no report, and the
+    trainer acts on the signal."""
     if not trainer.main:
         return None
-    from ..evaluate import evaluate
+    from ..evaluate import Stopped
+
+    try:
+        return _evaluate_run(trainer, stop=lambda: trainer.stops.signum is not None)
+    except Stopped:
+        return None
+
+
+def _evaluate_run(trainer, stop) -> Path:
+    from ..evaluate import Stopped, evaluate
     from ..evaluation.files import write_report
     from ..toy.evaluate import GUIDANCE
 
     cfg = trainer.cfg
+    if stop():  # before the encoders load again
+        raise Stopped
     _components(trainer)
     pipe = trainer.model.pipe
     net = trainer._unwrapped_network()
@@ -71,7 +84,7 @@ def evaluate_run(trainer) -> Path | None:
                           guidance=GUIDANCE if toy else cfg.sample_guidance, sampler="ddim" if toy else "euler_a",
                           width=cfg.resolution, height=cfg.resolution, progress=False,
                           data=[it.path for it in trainer.data.instance][:MAX_DATA_IMAGES],
-                          clip_model=cfg.clip_model, dino_model=cfg.dino_model, base_cache=cache)
+                          clip_model=cfg.clip_model, dino_model=cfg.dino_model, base_cache=cache, stop=stop)
     finally:
         pipe.scheduler = scheduler  # generate() installs its sampler on the pipeline
         if was_training:

@@ -4,7 +4,9 @@ The first signal only raises a flag, read by the loop between optimizer steps, s
 saved at a consistent point (never half an optimizer update). A second signal ends the process at
 once: every file lorakit writes is atomic, so the last complete resume state stays as it was, and
 what the cut-off save left half-done is cleaned up by the next run. Before the first step nothing
-is worth saving, so a signal there stops the run straight away.
+is worth saving, so a signal there stops the run straight away. An evaluation (`--evaluate`,
+`--evaluate-every`) reads the flag before each image: a signal ends it there, without a report, and
+the run stops as above (after the final one, the finished LoRA stays and the exit code is the same).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class StopRequests:
     def __init__(self, last_state: Callable[[], Path | None]):
         self.signum: int | None = None
         self.armed = False  # True once training steps run: then a signal asks for a clean stop
+        self.notice = "finishing this step, then saving a resume state"  # what the first signal does now
         self._last_state = last_state
         self._previous: dict[int, object] = {}
 
@@ -56,5 +59,4 @@ class StopRequests:
             raise Interrupted(f"{name}: stopped before the first training step; nothing to resume",
                               EXIT_CODES[signum])
         again = "Ctrl-C" if signum == signal.SIGINT else name
-        os.write(2, f"\n{name}: finishing this step, then saving a resume state "
-                    f"({again} again stops at once)\n".encode())
+        os.write(2, f"\n{name}: {self.notice} ({again} again stops at once)\n".encode())

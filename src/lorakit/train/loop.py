@@ -25,6 +25,7 @@ from torch import nn
 
 from ..data import (BucketSettings, Sample, Subset, TensorStore, TrainingData, cache_key, load_dataset_config,
                     mix_seed, pixels, scan, subsets_in)
+from ..data.captions import with_trigger
 from ..atomic import remove_stale_temporaries, write_text_atomic
 from ..errors import Interrupted, LoraKitError
 from ..lora.network import LoRANetwork
@@ -41,6 +42,8 @@ from ..generate import image_grid, save_png
 from .evaluation import evaluate_run
 from .sampling import count_images, generate_class_images, read_class_prompts, read_prompts, render
 
+# Text-cache entries kept when captions vary (the encoders stay, so an entry that goes is encoded again).
+TEXT_MEMO_ITEMS = 4096
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -211,10 +214,12 @@ class Trainer:
         else:
             subsets = subsets_in(data, defaults)
         self.instance_count = 0
+        self.instance_captions: set[str] = set()  # as training reads them (trigger in front)
         for s in subsets:  # fail on a bad folder now, before minutes of model loading
             found = scan(s)
             if not s.is_reg:
                 self.instance_count += len(found)
+                self.instance_captions.update(with_trigger(it.caption, self.cfg.trigger) for it in found)
         return subsets
 
     def _class_subset(self) -> Subset | None:
@@ -293,12 +298,27 @@ class Trainer:
         from ..memory import require_fits, training_bytes
 
         cfg, config = self.cfg, self.model.denoiser_config
-        if config is None or "block_out_channels" not in config:
+        if config is None:  # no denoiser config to estimate from
             return
         scale = 2 ** (len(self.vae_config["block_out_channels"]) - 1) if self.vae_config else 8
-        need = training_bytes(config, scale, cfg.resolution, cfg.batch_size, cfg.gradient_checkpointing, self.weight_dtype)
+        need = training_bytes(self.spec, config, scale, cfg.resolution, cfg.batch_size, cfg.gradient_checkpointing,
+                              self.weight_dtype)
         require_fits(need, self.acc.device, f"a training batch of {cfg.batch_size} at {cfg.resolution} px",
                      "lower --batch-size or --resolution, or add --gradient-checkpointing")
+
+    def _require_text_cache_fits(self) -> None:
+        """A text cache that keeps every caption in RAM is refused before any caching or training when the
+        captions cannot fit: one caption's entry is encoded (and kept) to measure it, times the captions
+        (the instance ones: a lower bound)."""
+        from ..memory import require_fits
+
+        captions = sorted(self.instance_captions)
+        if self.texts.mode != "memory" or self.texts.max_items is not None or not captions:
+            return
+        entry = self._encode_text(captions[:1])[0]
+        need = len(captions) * sum(v.numel() * v.element_size() for v in entry.values())
+        require_fits(need, "cpu", f"the text cache of {len(captions)} captions",
+                     "keep it on disk with --cache-text disk")
 
     def _check_divisible(self) -> None:
         """Every bucket side must survive the VAE's and the UNet's downsampling."""
@@ -358,12 +378,27 @@ class Trainer:
                                "their loss with --weighting-scheme")
         self.vae_config = dict(self.model.vae.config) if self.model.vae is not None else None
         self._require_fits()
+        device = acc.device
+        self.conditioner = Conditioner(self.model.pipe, self.family)
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.run_dir / "cache"
+        self.latents = TensorStore(cfg.cache_latents, cache_dir / "latents")
+        # with a text-encoder LoRA the text cache still holds what encoders that never train give (SD3's T5)
+        text_mode = "none" if cfg.train_text_encoder and not self.spec.frozen_text_encoders else cfg.cache_text
+        # Fixed captions are all cached up front and the encoders then go: the run relies on that cache, so it
+        # keeps every entry. Varying ones (shuffle, dropout) keep the encoders; the cache only spares re-encoding.
+        self.texts = TensorStore(text_mode, cache_dir / "text",
+                                 max_items=TEXT_MEMO_ITEMS if varying_captions else None)
+        self.tag = self._model_tag()
+        for name in ("vae", *self.spec.text_encoders):
+            module = getattr(self.model.pipe, name, None)
+            if module is not None:
+                _cast(module.requires_grad_(False), device)
+        self._require_text_cache_fits()
         if self.main:  # only once the model loaded and the run fits: a refused run leaves nothing behind
             self.run_dir.mkdir(parents=True, exist_ok=True)
             state.remove_partial(self.run_dir)  # what a killed run was writing
             remove_stale_temporaries(Path(cfg.out).parent, Path(cfg.out).name)
             write_text_atomic(self.run_dir / "config.toml", cfg.to_toml())
-        device = acc.device
         if need_generation:
             self.model.pipe.to(device)
             if self.main:
@@ -375,17 +410,6 @@ class Trainer:
             subsets = subsets + [class_subset]
         self.data = TrainingData(subsets, self._bucket_settings(), batch_size=cfg.batch_size, trigger=cfg.trigger,
                                  seed=cfg.seed)
-        self.conditioner = Conditioner(self.model.pipe, self.family)
-        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.run_dir / "cache"
-        self.latents = TensorStore(cfg.cache_latents, cache_dir / "latents")
-        # with a text-encoder LoRA the text cache still holds what encoders that never train give (SD3's T5)
-        text_mode = "none" if cfg.train_text_encoder and not self.spec.frozen_text_encoders else cfg.cache_text
-        self.texts = TensorStore(text_mode, cache_dir / "text", max_items=4096)
-        self.tag = self._model_tag()
-        for name in ("vae", *self.spec.text_encoders):
-            module = getattr(self.model.pipe, name, None)
-            if module is not None:
-                _cast(module.requires_grad_(False), device)
         self._fill_caches()
         if staged:
             self._release("vae", *self.spec.text_encoders)
@@ -515,11 +539,19 @@ class Trainer:
     def _text_key(self, caption: str) -> str:
         return cache_key(caption, self.tag, self.family)
 
+    def _text_outputs(self, encoded: dict) -> set[str]:
+        """The conditioning keys a step reads from the text cache, each tensor once: the whole conditioning
+        when no text encoder trains; only what the frozen encoders give (the T5 sequence, which SD3's `hidden`
+        contains and Flux's `hidden` is) when one does, the rest being encoded anew with gradients."""
+        frozen = set(self.spec.frozen_outputs)
+        return frozen if self.cfg.train_text_encoder else {k for k in encoded if k not in frozen}
+
     def _encode_text(self, captions: list[str]) -> list[dict]:
         enc = self.conditioner.encode(captions)
+        keep = self._text_outputs(enc)
         out = []
         for i, c in enumerate(captions):
-            entry = {k: v[i].float() for k, v in enc.items() if v is not None}
+            entry = {k: v[i].float() for k, v in enc.items() if v is not None and k in keep}
             if self.texts.enabled:
                 self.texts.put(self._text_key(c), entry)
             out.append(entry)
@@ -777,7 +809,12 @@ class Trainer:
         if self.main:
             md = self._write(self.save_lora, Path(cfg.out), self.step, final=True)
         if cfg.evaluate or cfg.evaluate_every:
+            self.stops.notice = "stopping the evaluation; the LoRA is saved"
             self._write(evaluate_run, self)
+            signum = self._stop_signal()
+            if signum:
+                raise Interrupted(f"{signal_name(signum)}: stopped during the evaluation at step {self.step}; the "
+                                  f"LoRA {cfg.out} is complete", EXIT_CODES[signum])
         if cfg.tensorboard:
             acc.end_training()
         acc.wait_for_everyone()
