@@ -44,6 +44,8 @@ def _run_in(layer: nn.Module, x: Tensor) -> Tensor:
 class LoRAModule(nn.Module):
     """h = W0·x + m·(alpha/r)·up(down(x)); down Kaiming-uniform, up zero (kohya's init)."""
 
+    depends_on_weight = False  # ΔW = (alpha/r)·up·down whatever the weight it lands on
+
     def __init__(self, base: nn.Module, rank: int, alpha: float | None = None, *, dropout: float = 0.0,
                  rank_dropout: float = 0.0, module_dropout: float = 0.0, init: str | None = "kaiming",
                  device: torch.device | str | None = None):
@@ -163,14 +165,14 @@ def _linear_shell(weight: Tensor) -> nn.Linear:
 
 
 class DeltaModule(nn.Module):
-    """Any adapter kind read from a file, applied through its full ΔW (LoHa, LoKr, Tucker, DoRA)."""
+    """Any adapter kind read from a file, applied through its full ΔW (LoHa, LoKr, Tucker, DoRA):
+    merged, or on the fly as W + ΔW or x·ΔWᵀ beside the layer's output (live.py)."""
 
     def __init__(self, base: nn.Module, kind: str, tensors: dict[str, Tensor], alpha: float | None):
         super().__init__()
         self.kind = kind
         self.layer = layer_kind(base)
         self.shape = tuple(base.weight.shape)
-        self.conv_args = _conv_args(base) if self.layer == "conv" else {}
         self.alpha_value = alpha
         self.multiplier = 1.0
         self._names = {}
@@ -178,30 +180,22 @@ class DeltaModule(nn.Module):
             buf = key.replace(".", "__")
             self._names[key] = buf
             self.register_buffer(buf, value)
-        self._base_ref = [base]  # a list so the base is not registered as a child module
+        # DoRA: ΔW rescales the weight it lands on, so it is computed from that weight (compose.py)
+        self.depends_on_weight = "dora_scale" in tensors
 
     def tensors(self) -> dict[str, Tensor]:
         return {key: getattr(self, buf) for key, buf in self._names.items()}
 
     def delta_weight(self, base_weight: Tensor | None = None) -> Tensor:
+        """ΔW in fp32 (without the multiplier); DoRA's from `base_weight`, the whole weight it lands on."""
         t = {k: v.float() for k, v in self.tensors().items()}
         dora = t.pop("dora_scale", None)
         delta = LF.module_delta(self.kind, t, self.alpha_value, self.shape)
         if dora is not None:
             if base_weight is None:
-                base_weight = self._base_ref[0].weight
-            delta = LF.dora_delta(base_weight.float(), delta, dora)
+                raise ValueError("a DoRA ΔW depends on the weight it lands on: pass that weight")
+            delta = LF.dora_delta(base_weight.to(delta.device, torch.float32), delta, dora)
         return delta
-
-    def forward_rows(self, x: Tensor, rows: Tensor) -> Tensor:
-        delta = (self.delta_weight()[rows.to(x.device)] * self.multiplier).to(x.dtype)
-        return F.linear(x, delta)
-
-    def forward(self, x: Tensor) -> Tensor:
-        delta = (self.delta_weight() * self.multiplier).to(x.dtype)
-        if self.layer == "linear":
-            return F.linear(x, delta)
-        return F.conv2d(x, delta, **self.conv_args)
 
     def kohya_tensors(self) -> dict[str, Tensor]:
         out = dict(self.tensors())
