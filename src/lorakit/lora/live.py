@@ -81,7 +81,7 @@ def _live_forward(module: nn.Module, x: Tensor, *args, **kwargs) -> Tensor:
         if not isinstance(adapter, LoRAModule):
             out = out + _delta_forward(module, x, _entry_delta(module, live.entries, entry))
         else:
-            out = out + (adapter(x) if rows is None else adapter.forward_rows(x, rows))
+            out = out + (adapter(x) if rows is None else adapter.forward_rows(x, rows, len(sites)))
     return out
 
 
