@@ -74,15 +74,32 @@ def lokr_delta(w1: Tensor | None, w1a: Tensor | None, w1b: Tensor | None,
     return (torch.kron(w1, w2) * scale).reshape(shape)
 
 
+def dora_axis(scale_shape: tuple, shape: torch.Size | tuple) -> int:
+    """0 when dora_scale holds one magnitude per output row (LyCORIS `wd_on_out`, PEFT), 1 when one
+    per input column; decided by its first dimension, as ComfyUI decides."""
+    n = torch.Size(scale_shape).numel()
+    if scale_shape and scale_shape[0] == shape[0] and n == shape[0]:
+        return 0
+    if n == shape[1]:
+        return 1
+    raise ValueError(f"dora_scale {tuple(scale_shape)} fits neither the weight's {shape[0]} output rows "
+                     f"nor its {shape[1]} input columns")
+
+
 def dora_delta(weight: Tensor, delta: Tensor, dora_scale: Tensor) -> Tensor:
     """DoRA: the update that takes W to dora_scale·(W+ΔW)/‖W+ΔW‖, as a plain additive ΔW.
 
-    The norm runs along the output axis when dora_scale has one entry per output row
-    (LyCORIS `wd_on_out`), else per input column (A1111's layout), as ComfyUI decides.
+    W is the weight the adapter lands on, earlier adapters' ΔW included (ComfyUI's and Forge's
+    `weight_decompose` patch the weight as it stands), and the strength m scales this whole
+    update: W + m·(dora_scale·(W+ΔW)/‖W+ΔW‖ − W), as theirs does. The norm is that of each input
+    column of W+ΔW over the output rows (and kernel), ComfyUI's column norm, or of each output row
+    when dora_scale has one entry per row (`dora_axis`). Each is taken over W+ΔW, the magnitude
+    DoRA trains and LyCORIS applies: ComfyUI's output-row branch takes ‖W‖ before ΔW instead,
+    which leaves the rows off the magnitudes the file holds, so that branch is not followed.
     """
     merged = weight + delta
     dims = merged.dim() - 1
-    if dora_scale.shape[0] == merged.shape[0] and dora_scale.numel() == merged.shape[0]:
+    if dora_axis(tuple(dora_scale.shape), merged.shape) == 0:
         norm = merged.reshape(merged.shape[0], -1).norm(dim=1).reshape(merged.shape[0], *[1] * dims)
     else:
         norm = (merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1, keepdim=True)

@@ -8,6 +8,8 @@ A layer's base weight is never touched on the fly; each call picks the cheaper o
 - effective weight: (W + Σ m·ΔW)·x, ΔW built per call from the factors (one rank-r GEMM of the
   weight's size, in fp32 as `merge` does it). Its cost is the weight's size, whatever the tokens.
   DoRA/LoHa/LoKr adapters always build their full ΔW, so for them it always pays.
+Both apply a layer's adapters one after another in the order they were attached, as merging
+does (compose.py): a DoRA's ΔW is computed from the weight with the earlier adapters' ΔW in it.
 
 Written by hand because neither PEFT nor diffusers chooses per call: PEFT always runs branches,
 diffusers' `fuse_lora` and ComfyUI's weight patching change the weights for the whole run.
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import compose
 from .modules import LoRAModule
 
 # The effective weight pays where the branches' work, ~tokens·r·(d + k), exceeds building and reading
@@ -35,17 +38,18 @@ class _Live:
     """What one layer runs on the fly: its adapters in order, and the forward it had before."""
 
     def __init__(self, module: nn.Module):
-        self.entries: list[tuple[int, nn.Module, Tensor | None]] = []  # (owner id, adapter, rows)
+        # (owner id, adapter, rows of its named layer this layer holds, every (layer, rows) of that named layer)
+        self.entries: list[tuple[int, nn.Module, Tensor | None, list]] = []
         self.previous = module.__dict__.get("forward")  # someone else's per-instance forward, kept
 
 
-def attach(module: nn.Module, owner: int, adapter: nn.Module, rows: Tensor | None) -> None:
+def attach(module: nn.Module, owner: int, adapter: nn.Module, rows: Tensor | None, sites: list) -> None:
     live = module.__dict__.get("_lorakit_live")
     if live is None:
         live = _Live(module)
         module._lorakit_live = live
         module.forward = types.MethodType(_live_forward, module)
-    live.entries.append((owner, adapter, rows))
+    live.entries.append((owner, adapter, rows, sites))
 
 
 def detach(module: nn.Module, owner: int) -> None:
@@ -64,7 +68,7 @@ def detach(module: nn.Module, owner: int) -> None:
 def _live_forward(module: nn.Module, x: Tensor, *args, **kwargs) -> Tensor:
     live: _Live = module._lorakit_live
     if not args and not kwargs and _weight_space_pays(module, x, live):
-        weight = effective_weight(module, [(a, rows) for _, a, rows in live.entries])
+        weight = effective_weight(module, live.entries)
         if isinstance(module, nn.Linear):
             return F.linear(x, weight, module.bias)
         return module._conv_forward(x, weight, module.bias)
@@ -72,9 +76,21 @@ def _live_forward(module: nn.Module, x: Tensor, *args, **kwargs) -> Tensor:
         out = live.previous(x, *args, **kwargs)
     else:
         out = type(module).forward(module, x, *args, **kwargs)
-    for _, adapter, rows in live.entries:
-        out = out + (adapter(x) if rows is None else adapter.forward_rows(x, rows))
+    for entry in live.entries:
+        _, adapter, rows, sites = entry
+        if not isinstance(adapter, LoRAModule):
+            out = out + _delta_forward(module, x, _entry_delta(module, live.entries, entry))
+        else:
+            out = out + (adapter(x) if rows is None else adapter.forward_rows(x, rows, len(sites)))
     return out
+
+
+def _delta_forward(module: nn.Module, x: Tensor, delta: Tensor) -> Tensor:
+    """x·ΔWᵀ (or the convolution by ΔW) beside the layer's own output, no bias."""
+    delta = delta.to(x.dtype)
+    if isinstance(module, nn.Linear):
+        return F.linear(x, delta)
+    return module._conv_forward(x, delta, None)
 
 
 def _needs_branch(adapter: nn.Module) -> bool:
@@ -89,9 +105,9 @@ def _needs_branch(adapter: nn.Module) -> bool:
 def _weight_space_pays(module: nn.Module, x: Tensor, live: _Live) -> bool:
     if live.previous is not None:  # e.g. an offloading wrapper that must run around the layer
         return False
-    if any(_needs_branch(a) for _, a, _ in live.entries):
+    if any(_needs_branch(e[1]) for e in live.entries):
         return False
-    if any(not isinstance(a, LoRAModule) for _, a, _ in live.entries):
+    if any(not isinstance(e[1], LoRAModule) for e in live.entries):
         return True  # its branch builds the full ΔW and runs a second GEMM of the base's size
     w = module.weight
     d, k = w.shape[0], w[0].numel()
@@ -104,13 +120,39 @@ def _weight_space_pays(module: nn.Module, x: Tensor, live: _Live) -> bool:
 
 
 @torch.no_grad()
-def effective_weight(module: nn.Module, adapters: list[tuple[nn.Module, Tensor | None]]) -> Tensor:
+def effective_weight(module: nn.Module, entries: list) -> Tensor:
     """W + Σ m·ΔW in the weight's dtype, computed in fp32 as `LoRANetwork.merge` computes it (so a
     LoRA on the fly draws what the same LoRA merged draws)."""
-    from .network import add_site_delta
-
     w = module.weight
-    out = w.detach().to(torch.float32, copy=True)
-    for adapter, rows in adapters:
-        add_site_delta(out, adapter, w, rows, adapter.multiplier)
+    out = _weight_before(module, entries)
     return out if w.dtype == torch.float32 else out.to(w.dtype)
+
+
+def _weight_before(module: nn.Module, entries: list, stop: nn.Module | None = None) -> Tensor:
+    """The layer's weight (fp32) with the ΔW of its adapters before `stop` (all when None) added."""
+    out = module.weight.detach().to(torch.float32, copy=True)
+    for entry in entries:
+        adapter, rows = entry[1], entry[2]
+        if adapter is stop:
+            break
+        layer = _layer_weight(module, out, entry) if compose.depends_on_weight(adapter) else None
+        compose.add_site_delta(out, adapter, rows, adapter.multiplier, layer)
+    return out
+
+
+def _layer_weight(module: nn.Module, current: Tensor, entry: tuple) -> Tensor:
+    """The named layer's weight that the entry's adapter lands on: this layer's `current`, and each
+    other piece of a fused layer with its own adapters before this one."""
+    adapter, sites = entry[1], entry[3]
+    return compose.gather(sites, [current if m is module else _weight_before(m, m._lorakit_live.entries, adapter)
+                                  for m, _ in sites])
+
+
+@torch.no_grad()
+def _entry_delta(module: nn.Module, entries: list, entry: tuple) -> Tensor:
+    """m·ΔW of one adapter on this layer, computed from the weight it lands on when weight-dependent."""
+    adapter, rows = entry[1], entry[2]
+    layer = None
+    if compose.depends_on_weight(adapter):
+        layer = _layer_weight(module, _weight_before(module, entries, adapter), entry)
+    return compose.site_delta(adapter, rows, layer) * adapter.multiplier

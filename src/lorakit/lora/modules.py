@@ -9,6 +9,7 @@ DoRA) and applies its full ΔW, as A1111 and ComfyUI do.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,8 @@ def _run_in(layer: nn.Module, x: Tensor) -> Tensor:
 
 class LoRAModule(nn.Module):
     """h = W0·x + m·(alpha/r)·up(down(x)); down Kaiming-uniform, up zero (kohya's init)."""
+
+    depends_on_weight = False  # ΔW = (alpha/r)·up·down whatever the weight it lands on
 
     def __init__(self, base: nn.Module, rank: int, alpha: float | None = None, *, dropout: float = 0.0,
                  rank_dropout: float = 0.0, module_dropout: float = 0.0, init: str | None = "kaiming",
@@ -82,19 +85,39 @@ class LoRAModule(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """The branch alone: m·(alpha/r)·up(down(x)), with kohya's optional dropouts in training."""
-        if self.training and self.module_dropout and torch.rand(()) < self.module_dropout:
+        down = self._down(x)
+        if down is None:
             return torch.zeros((), dtype=x.dtype, device=x.device)
+        h, scale = down
+        return _run_in(self.lora_up, h) * (self.multiplier * scale)
+
+    def _down(self, x: Tensor) -> tuple[Tensor, float] | None:
+        """down(x) and the scale its up output takes, after kohya's three dropouts (sd-scripts
+        networks/lora.py); None when module dropout skips the adapter for this call. `dropout` drops
+        single entries of down(x) (torch's dropout, scaled by 1/(1-p)); `rank_dropout` drops whole
+        ranks per sample, one (batch, rank) mask shared by every token and pixel, the scale then
+        1/(1-p) larger; `module_dropout` skips the whole branch."""
+        training = self.training
+        if training and self.module_dropout and torch.rand(()) < self.module_dropout:
+            return None
         h = _run_in(self.lora_down, x)
         scale = self.scale
-        if self.training and self.dropout:
+        if training and self.dropout:
             h = F.dropout(h, p=self.dropout)
-        if self.training and self.rank_dropout:
-            shape = (h.shape[0], self.rank) + (1,) * (h.dim() - 2) if self.kind == "conv" else \
-                (*h.shape[:-1], self.rank)
-            mask = (torch.rand(shape, device=h.device) > self.rank_dropout).to(h.dtype)
-            h = h * mask
+        if training and self.rank_dropout:
+            h = h * self._rank_mask(h)
             scale = scale / (1.0 - self.rank_dropout)
-        return _run_in(self.lora_up, h) * (self.multiplier * scale)
+        return h, scale
+
+    def _rank_mask(self, h: Tensor) -> Tensor:
+        """One keep/drop per (sample, rank), broadcast over tokens (Linear) or pixels (Conv2d)."""
+        batch = h.shape[0] if h.dim() > 1 else 1
+        keep = (torch.rand((batch, self.rank), device=h.device) > self.rank_dropout).to(h.dtype)
+        if h.dim() == 1:
+            return keep[0]
+        if self.kind == "conv":
+            return keep.reshape(batch, self.rank, *[1] * (h.dim() - 2))
+        return keep.reshape(batch, *[1] * (h.dim() - 2), self.rank)
 
     def delta_weight(self, base_weight: Tensor | None = None) -> Tensor:
         """ΔW in fp32 (without the multiplier), in the shape of the adapted weight."""
@@ -102,13 +125,31 @@ class LoRAModule(nn.Module):
         shape = (up.shape[0], *down.shape[1:])
         return LF.lora_delta(up, down, float(self.alpha), shape)
 
-    def forward_rows(self, x: Tensor, rows: Tensor) -> Tensor:
-        """The branch's output rows `rows` only: the part of a fused layer that one live layer holds."""
-        h = _run_in(self.lora_down, x)
-        if self.training and self.dropout:
-            h = F.dropout(h, p=self.dropout)
+    def forward_rows(self, x: Tensor, rows: Tensor, pieces: int) -> Tensor:
+        """The branch's output rows `rows` only: the part of a fused layer that one live layer holds.
+
+        The live layers of one fused layer (to_q, to_k, to_v of SD 3.x/Flux `qkv`; `pieces` of them)
+        are called one after another on the same input; they share one down(x) and one draw of each
+        dropout, as the fused layer kohya trains does, not a down(x) and a mask per piece."""
+        down = self._shared_down(x, rows, pieces)
+        if down is None:
+            return torch.zeros((), dtype=x.dtype, device=x.device)
+        h, scale = down
         up = self.lora_up.weight[rows.to(self.lora_up.weight.device)].to(x.dtype)
-        return F.linear(h, up) * (self.multiplier * self.scale)
+        return F.linear(h, up) * (self.multiplier * scale)
+
+    def _shared_down(self, x: Tensor, rows: Tensor, pieces: int) -> tuple[Tensor, float] | None:
+        """`_down(x)` once per call of the fused layer, kept until every piece has taken it (a piece
+        that asks again, or another input, starts a new call). The input is held by a weak
+        reference: no activation outlives its forward here."""
+        call = self.__dict__.get("_rows_call")
+        if call is None or call[0]() is not x or id(rows) in call[2]:
+            call = (weakref.ref(x), self._down(x), set())
+            self._rows_call = call
+        call[2].add(id(rows))
+        if len(call[2]) >= pieces:
+            del self._rows_call
+        return call[1]
 
     @torch.no_grad()
     def add_delta_to(self, weight: Tensor, multiplier: float, rows: Tensor | None = None) -> None:
@@ -163,14 +204,14 @@ def _linear_shell(weight: Tensor) -> nn.Linear:
 
 
 class DeltaModule(nn.Module):
-    """Any adapter kind read from a file, applied through its full ΔW (LoHa, LoKr, Tucker, DoRA)."""
+    """Any adapter kind read from a file, applied through its full ΔW (LoHa, LoKr, Tucker, DoRA):
+    merged, or on the fly as W + ΔW or x·ΔWᵀ beside the layer's output (live.py)."""
 
     def __init__(self, base: nn.Module, kind: str, tensors: dict[str, Tensor], alpha: float | None):
         super().__init__()
         self.kind = kind
         self.layer = layer_kind(base)
         self.shape = tuple(base.weight.shape)
-        self.conv_args = _conv_args(base) if self.layer == "conv" else {}
         self.alpha_value = alpha
         self.multiplier = 1.0
         self._names = {}
@@ -178,30 +219,22 @@ class DeltaModule(nn.Module):
             buf = key.replace(".", "__")
             self._names[key] = buf
             self.register_buffer(buf, value)
-        self._base_ref = [base]  # a list so the base is not registered as a child module
+        # DoRA: ΔW rescales the weight it lands on, so it is computed from that weight (compose.py)
+        self.depends_on_weight = "dora_scale" in tensors
 
     def tensors(self) -> dict[str, Tensor]:
         return {key: getattr(self, buf) for key, buf in self._names.items()}
 
     def delta_weight(self, base_weight: Tensor | None = None) -> Tensor:
+        """ΔW in fp32 (without the multiplier); DoRA's from `base_weight`, the whole weight it lands on."""
         t = {k: v.float() for k, v in self.tensors().items()}
         dora = t.pop("dora_scale", None)
         delta = LF.module_delta(self.kind, t, self.alpha_value, self.shape)
         if dora is not None:
             if base_weight is None:
-                base_weight = self._base_ref[0].weight
-            delta = LF.dora_delta(base_weight.float(), delta, dora)
+                raise ValueError("a DoRA ΔW depends on the weight it lands on: pass that weight")
+            delta = LF.dora_delta(base_weight.to(delta.device, torch.float32), delta, dora)
         return delta
-
-    def forward_rows(self, x: Tensor, rows: Tensor) -> Tensor:
-        delta = (self.delta_weight()[rows.to(x.device)] * self.multiplier).to(x.dtype)
-        return F.linear(x, delta)
-
-    def forward(self, x: Tensor) -> Tensor:
-        delta = (self.delta_weight() * self.multiplier).to(x.dtype)
-        if self.layer == "linear":
-            return F.linear(x, delta)
-        return F.conv2d(x, delta, **self.conv_args)
 
     def kohya_tensors(self) -> dict[str, Tensor]:
         out = dict(self.tensors())

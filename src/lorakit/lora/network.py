@@ -16,6 +16,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from . import compose
 from . import functional as LF
 from . import live
 from .modules import DeltaModule, LoRAModule
@@ -23,11 +24,13 @@ from .targets import ModelParts, Target, select
 
 
 class _MergeState:
-    """Per base layer: the networks merged into it and, when needed, its original weight.
+    """Per base layer: the networks merged into it, in merge order, and when needed its original weight.
 
-    fp32 layers are unmerged by subtracting the same fp32 ΔW (error within an ulp, and no
-    copy of the model in memory); fp16/bf16 layers and DoRA (whose ΔW depends on W) keep the
-    original so that the last unmerge gives it back bit for bit.
+    fp32 layers are unmerged by subtracting the same fp32 ΔW (error within an ulp, and no copy of
+    the model in memory); fp16/bf16 layers and layers holding a DoRA (whose ΔW depends on the
+    weight it lands on, so that subtracting cannot undo it) keep the original: an unmerge puts it
+    back and merges again, in their order, the networks that stay, which gives exactly the weight
+    those alone would have given, and the original itself bit for bit once none stays.
     """
 
     def __init__(self):
@@ -35,8 +38,13 @@ class _MergeState:
         # (network id, adapter name) → (network, adapter name, rows of the adapter this layer holds)
         self.merged: dict[tuple[int, str], tuple["LoRANetwork", str, Tensor | None]] = {}
 
-    def base_weight(self, module: nn.Module) -> Tensor:
-        return self.original if self.original is not None else module.weight
+    def rebuild_original(self, module: nn.Module) -> Tensor:
+        """The weight before any merge, for a layer merged so far without a copy: fp32 and only
+        weight-independent ΔW, which subtract back within an ulp (as their unmerge would)."""
+        w = module.weight.detach().to(torch.float32, copy=True)
+        for net, name, rows in reversed(list(self.merged.values())):
+            compose.add_site_delta(w, net.adapters[name], rows, -net.multiplier)
+        return w.to(module.weight.dtype)
 
 
 def _merge_state(module: nn.Module) -> _MergeState:
@@ -45,10 +53,6 @@ def _merge_state(module: nn.Module) -> _MergeState:
         state = _MergeState()
         module._lorakit_merge = state
     return state
-
-
-def _needs_original(module: nn.Module, adapter: nn.Module) -> bool:
-    return module.weight.dtype != torch.float32 or "dora_scale" in getattr(adapter, "_names", {})
 
 
 class LoRANetwork(nn.Module):
@@ -122,14 +126,13 @@ class LoRANetwork(nn.Module):
 
     @multiplier.setter
     def multiplier(self, value: float) -> None:
-        was_merged = self.merged
-        if was_merged:
-            self.unmerge()
-        self._multiplier = float(value)
+        old, self._multiplier = self._multiplier, float(value)
         for adapter in self.adapters.values():
             adapter.multiplier = self._multiplier
-        if was_merged:
-            self.merge()
+        if self.merged:  # in place: the networks merged after this one stay after it
+            with torch.no_grad():
+                for name, adapter in self.adapters.items():
+                    self._restrength_target(name, adapter, old)
 
     # on the fly ------------------------------------------------------------------------------
     def apply(self) -> "LoRANetwork":
@@ -137,8 +140,9 @@ class LoRANetwork(nn.Module):
         if self._live or self.merged:
             return self
         for name, adapter in self.adapters.items():
-            for module, rows in self.targets[name].sites():
-                live.attach(module, id(self), adapter, rows)
+            sites = self.targets[name].sites()
+            for module, rows in sites:
+                live.attach(module, id(self), adapter, rows, sites)
                 self._live.append(module)
         return self
 
@@ -169,8 +173,7 @@ class LoRANetwork(nn.Module):
             return self
         self.remove()
         for name, adapter in self.adapters.items():
-            for module, rows in self.targets[name].sites():
-                self._merge_site(name, adapter, module, rows)
+            self._merge_target(name, adapter)
         self.merged = True
         return self
 
@@ -179,43 +182,48 @@ class LoRANetwork(nn.Module):
         """Give the layers back their weights: exactly the original when no other network remains."""
         if not self.merged:
             return self
-        for name in self.adapters:
-            for module, rows in self.targets[name].sites():
-                self._unmerge_site(name, module, rows)
+        for name, adapter in self.adapters.items():
+            self._unmerge_target(name, adapter)
         self.merged = False
         return self
 
-    def _merge_site(self, name: str, adapter: nn.Module, module: nn.Module, rows: Tensor | None) -> None:
-        state = _merge_state(module)
-        w = module.weight
-        if state.original is None and _needs_original(module, adapter):
-            if state.merged:  # fp32 layer merged before without a copy: rebuild the original first
-                raise RuntimeError("merge DoRA networks before other networks on fp32 models")
-            state.original = w.detach().clone()
-        if w.dtype == torch.float32:
-            add_site_delta(w, adapter, state.base_weight(module), rows, self._multiplier)
-        else:
-            w.copy_(add_site_delta(w.float(), adapter, state.base_weight(module), rows, self._multiplier))
-        state.merged[(id(self), name)] = (self, name, rows)
+    def _merge_target(self, name: str, adapter: nn.Module) -> None:
+        """Merge one adapter into every live layer of its target, after whatever they hold."""
+        sites = self.targets[name].sites()
+        states = [_merge_state(module) for module, _ in sites]
+        keep = (compose.depends_on_weight(adapter) or any(module.weight.dtype != torch.float32 for module, _ in sites)
+                or any(s.original is not None for s in states))
+        if keep:
+            for (module, _), state in zip(sites, states):
+                if state.original is None:
+                    state.original = state.rebuild_original(module) if state.merged else module.weight.detach().clone()
+        compose.merge_into(sites, adapter, self._multiplier)
+        for (_, rows), state in zip(sites, states):
+            state.merged[(id(self), name)] = (self, name, rows)
 
-    def _unmerge_site(self, name: str, module: nn.Module, rows: Tensor | None) -> None:
-        state: _MergeState = module._lorakit_merge
-        state.merged.pop((id(self), name), None)
-        adapter = self.adapters[name]
-        if state.original is None and isinstance(adapter, LoRAModule):
-            adapter.add_delta_to(module.weight, -self._multiplier, rows)
-        elif state.original is None:
-            delta = _site_delta(adapter, module.weight, rows).to(module.weight.device)
-            module.weight.sub_(delta, alpha=self._multiplier)
-        elif not state.merged:
-            module.weight.copy_(state.original)
+    def _unmerge_target(self, name: str, adapter: nn.Module) -> None:
+        sites = self.targets[name].sites()
+        states = [module._lorakit_merge for module, _ in sites]
+        for state in states:
+            state.merged.pop((id(self), name), None)
+        if all(s.original is None for s in states):
+            for module, rows in sites:
+                compose.add_site_delta(module.weight, adapter, rows, -self._multiplier)
         else:
-            w = state.original.to(torch.float32, copy=True)
-            for other, other_name, other_rows in state.merged.values():
-                add_site_delta(w, other.adapters[other_name], state.original, other_rows, other.multiplier)
-            module.weight.copy_(w)
-        if not state.merged:
-            del module._lorakit_merge
+            _remerge(sites, states)
+        for (module, _), state in zip(sites, states):
+            if not state.merged:
+                del module._lorakit_merge
+
+    def _restrength_target(self, name: str, adapter: nn.Module, old: float) -> None:
+        sites = self.targets[name].sites()
+        states = [module._lorakit_merge for module, _ in sites]
+        if all(s.original is None for s in states):
+            for module, rows in sites:
+                compose.add_site_delta(module.weight, adapter, rows, -old)
+                compose.add_site_delta(module.weight, adapter, rows, self._multiplier)
+        else:
+            _remerge(sites, states)
 
     # export -----------------------------------------------------------------------------------
     def kohya_modules(self) -> dict[str, dict[str, Tensor]]:
@@ -243,25 +251,12 @@ class LoRANetwork(nn.Module):
         return len(self.adapters)
 
 
-def add_site_delta(weight: Tensor, adapter: nn.Module, base_weight: Tensor, rows: Tensor | None,
-                   multiplier: float) -> Tensor:
-    """weight (fp32) += m·ΔW of one live layer, in place and returned: a LoRA as one GEMM into the
-    weight (no ΔW temporary), any other kind through its full ΔW. Merging and the on-the-fly
-    effective weight both come here, so they round alike."""
-    if isinstance(adapter, LoRAModule):
-        adapter.add_delta_to(weight, multiplier, rows)
-    else:
-        weight.add_(_site_delta(adapter, base_weight, rows).to(weight.device), alpha=multiplier)
-    return weight
-
-
-def _site_delta(adapter: nn.Module, base_weight: Tensor, rows: Tensor | None) -> Tensor:
-    """ΔW for one live layer: the adapter's, or its rows when the layer is a piece of a fused one."""
-    if rows is None:
-        return adapter.delta_weight(base_weight)
-    if "dora_scale" in getattr(adapter, "_names", {}):
-        raise ValueError("DoRA on a layer the model holds as several pieces is not supported")
-    return adapter.delta_weight()[rows.to(base_weight.device)]
+def _remerge(sites: list, states: list[_MergeState]) -> None:
+    """The original weights back, then the networks still merged, in the order they were merged."""
+    for (module, _), state in zip(sites, states):
+        module.weight.copy_(state.original)
+    for net, name, _ in list(states[0].merged.values()):
+        compose.merge_into(net.targets[name].sites(), net.adapters[name], net.multiplier)
 
 
 def _check_shapes(name: str, kind: str, w: Mapping[str, Tensor], module: nn.Module, alpha, source: str) -> None:
@@ -270,6 +265,11 @@ def _check_shapes(name: str, kind: str, w: Mapping[str, Tensor], module: nn.Modu
     shape = tuple(module.weight.shape)
     if kind == "unknown":
         raise LoraKitError(f"module {name} has keys {sorted(w)} that form no known adapter", source)
+    if "dora_scale" in w:
+        try:
+            LF.dora_axis(tuple(w["dora_scale"].shape), shape)
+        except ValueError as exc:
+            raise LoraKitError(f"module {name}: {exc}", source) from None
     if kind == "lora":
         down, up = w["lora_down.weight"], w["lora_up.weight"]
         in_dim = down.shape[1] if down.dim() > 1 else -1

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from .. import families, naming
+from . import compose
 
 PRESETS = ("attn", "cross-attn", "attn-mlp", "transformer", "full")  # every family's, in the CLI's order
 
@@ -42,13 +42,8 @@ class Target:
 
     def weight(self) -> Tensor:
         """The named layer's weight as the file sees it (gathered from its pieces when fused)."""
-        if not self.pieces:
-            return self.module.weight
-        first = self.pieces[0][0].weight
-        out = torch.empty(tuple(self.module.weight.shape), dtype=first.dtype, device=first.device)
-        for module, rows in self.pieces:
-            out[rows.to(out.device)] = module.weight
-        return out
+        sites = self.sites()
+        return compose.gather(sites, [module.weight for module, _ in sites])
 
 
 @dataclass
