@@ -108,3 +108,17 @@ def test_cli_convert_fp16_file_to_diffusers_and_back(family, tmp_path):
     check(source, want, load_lora(d), False, "cli diffusers")
     check(source, want, load_lora(k), False, "cli diffusers→kohya")
 
+
+@pytest.mark.parametrize("family", ["sd1", "sd3", "flux"])
+@pytest.mark.parametrize("stored,written,tol", [(torch.bfloat16, torch.float16, TOL), (torch.float16, torch.float32, 1e-6)],
+                         ids=["bf16-to-fp16", "fp16-to-fp32"])
+def test_alpha_is_folded_in_the_precision_written(family, stored, written, tol, tmp_path):
+    """Folding alpha/r into `lora_B` rounds once, to the dtype written: a bf16 file converted to
+    fp16 diffusers keeps fp16's precision (not bf16's, 4× coarser), one converted to fp32 loses nothing."""
+    user = load_lora(user_file(family, tmp_path / "user.safetensors"))
+    source = load_lora(save_lora(tmp_path / "stored.safetensors", user, format="kohya", dtype=stored))
+    want = {name: delta(t) for name, t in source.modules.items()}
+    got = load_lora(save_lora(tmp_path / "d.safetensors", source, format="diffusers", dtype=written))
+    assert got.dtype == written
+    worst = max(float((delta(got.modules[n]) - want[n]).norm() / want[n].norm()) for n in want)
+    assert worst <= tol, worst
