@@ -102,6 +102,32 @@ def meta_clips():
         return CLIPTextModelWithProjection(l_cfg), CLIPTextModelWithProjection(g_cfg)
 
 
+def meta_t5xxl():
+    """Real-size T5-XXL encoder (SD3's text_encoder_3, Flux's text_encoder_2) on `meta`."""
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                   feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+    with torch.device("meta"):
+        return T5EncoderModel(cfg)
+
+
+def sd_scripts_names(model: str) -> dict[str, tuple[int, int]]:
+    """{name: (out, in) of the layer} that sd-scripts' own networks give a real-size model
+    (sd35-large, sd35-medium, sd3-medium, flux1-dev), CLIP and T5 included (as with train_t5xxl):
+    recorded once by data/record_sd_scripts_names.py; data/sd_scripts_names.json says from which commit."""
+    import json
+    from pathlib import Path
+
+    recorded = json.loads((Path(__file__).parent / "data" / "sd_scripts_names.json").read_text())[model]
+    return {n: tuple(shape) for part in ("unet_loras", "text_encoder_loras") for n, shape in recorded[part].items()}
+
+
+def names_and_shapes(targets) -> dict[str, tuple[int, int]]:
+    """{name: (out, in)} of lorakit's targets, in the SAI/BFL shape a file holds."""
+    return {t.name: tuple(t.module.weight.shape[:2]) for t in targets}
+
+
 def sd3_parts(pipe, with_t5: bool = False):
     from lorakit.lora import ModelParts
 

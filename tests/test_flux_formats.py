@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from flux_support import flux_parts, meta_clip_l, meta_transformer, tiny_flux_pipeline  # noqa: E402
+from sd3_support import meta_t5xxl, names_and_shapes, sd_scripts_names  # noqa: E402
 
 from lorakit import flux_naming  # noqa: E402
 from lorakit.errors import LoraKitError  # noqa: E402
@@ -56,14 +57,19 @@ def merged_weights(pipe, lora):
 
 
 def test_kohya_names_of_real_size_flux1_dev():
-    """A network on the real Flux.1-dev transformer and CLIP-L (meta device) names its modules as
-    sd-scripts' networks/lora_flux.py does by default: 19×10 + 38×3 = 304 and 12×6 = 72."""
+    """A network on the real Flux.1-dev transformer, CLIP-L and T5-XXL (meta device) names its
+    modules as sd-scripts' networks/lora_flux.py does: the names it gave the same models, recorded
+    in tests/data (19×10 + 38×3 = 304, CLIP-L 12×6 = 72, T5 24×7 = 168)."""
     tr = meta_transformer()
-    parts = ModelParts("flux", tr, [meta_clip_l()], dict(tr.config))
-    names = [t.name for t in select(parts, "transformer")]
+    parts = ModelParts("flux", tr, [meta_clip_l(), meta_t5xxl()], dict(tr.config))
+    ours = names_and_shapes(select(parts, "transformer"))
+    assert ours == sd_scripts_names("flux1-dev")  # each name on the layer of the same shape as theirs
+    names = list(ours)
     assert sum(n.startswith("lora_unet_") for n in names) == 304
     assert sum(n.startswith("lora_te1_") for n in names) == 72
-    assert sorted(names) == sorted(flux_naming.default_kohya_names(19, 38, 12))
+    assert sum(n.startswith("lora_te3_") for n in names) == 168
+    # the table other tests use agrees with sd-scripts too
+    assert sorted(flux_naming.default_kohya_names(19, 38, 12, 24)) == sorted(names)
     assert "lora_unet_double_blocks_18_img_attn_qkv" in names and "lora_unet_single_blocks_37_linear1" in names
     linear1 = parts.index()["lora_unet_single_blocks_0_linear1"]
     assert tuple(linear1.module.weight.shape) == (3 * 3072 + 12288, 3072)  # q | k | v | mlp, as BFL stores it
@@ -72,10 +78,10 @@ def test_kohya_names_of_real_size_flux1_dev():
 
 
 def test_trained_file_names_equal_the_real_architecture_names(pipe, tmp_path):
-    """The tiny model's names are the real model's names, block for block."""
+    """The tiny model's names are the real model's names (as sd-scripts gives them), block for block."""
     net = random_net(flux_parts(pipe))
     p = save_lora(tmp_path / "k.safetensors", net.kohya_modules(), family="flux")
-    real = set(flux_naming.default_kohya_names(19, 38, 12))
+    real = set(sd_scripts_names("flux1-dev"))
     tiny = set(flux_naming.default_kohya_names(2, 2, 2))
     assert set(load_lora(p).modules) == tiny and tiny <= real
 

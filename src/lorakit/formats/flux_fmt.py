@@ -207,10 +207,10 @@ def write_state(modules: Modules, layout: str, dtype: torch.dtype | None,
         for name, t in modules.items():
             f = _plain(name, t, layout, source)
             if name.startswith("lora_unet_"):
-                pieces = [("transformer", p, _folded(g)) for p, g in _split_unet(name, f, source)]
+                pieces = [("transformer", p, _folded(g, dtype)) for p, g in _split_unet(name, f, source)]
             else:
                 part, path = _te_part(name, source)
-                pieces = [(_DIFFUSERS_TE[part], path, _folded(f))]
+                pieces = [(_DIFFUSERS_TE[part], path, _folded(f, dtype))]
             for head, path, g in pieces:
                 tensors[f"{head}.{path}.lora_A.weight"] = _cast(g.down, dtype)
                 tensors[f"{head}.{path}.lora_B.weight"] = _cast(g.up, dtype)

@@ -182,7 +182,8 @@ def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Ma
         md.update(precalculate_hashes(tensors, md))
         write_bytes_atomic(path, serialize(tensors, md))
         return path
-    entries = entries_from_modules(modules, parts=parts, family=family, layout=layout, source=str(path), fmt=format)
+    entries = entries_from_modules(modules, parts=parts, family=family, layout=layout, source=str(path), fmt=format,
+                                   dtype=dtype)
     if format == "diffusers":
         tensors, configs = diffusers_fmt.write_state(entries, dtype)
         md[diffusers_fmt.METADATA_KEY] = diffusers_fmt.adapter_metadata(configs)

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
+import torch
 from torch import Tensor
 
 from ..errors import LoraKitError
@@ -39,9 +40,11 @@ def pattern_path(part: str, path: str) -> str:
     return path
 
 
-def entries_from_modules(modules: Modules, *, parts=None, family: str | None = None,
-                         layout=None, source: str | None = None, fmt: str = "diffusers") -> list[Entry]:
-    """kohya modules → entries; only plain LoRA (LoCon included) has a PEFT/diffusers form."""
+def entries_from_modules(modules: Modules, *, parts=None, family: str | None = None, layout=None,
+                         source: str | None = None, fmt: str = "diffusers",
+                         dtype: torch.dtype | None = None) -> list[Entry]:
+    """kohya modules → entries; only plain LoRA (LoCon included) has a PEFT/diffusers form.
+    `dtype`: the one the file is written in (alpha/r is folded into `up` in that precision)."""
     out = []
     for name, t in modules.items():
         algo = algo_of(t)
@@ -52,18 +55,26 @@ def entries_from_modules(modules: Modules, *, parts=None, family: str | None = N
                                f"(keep this file in kohya format)", source)
         part, path = path_for(name, parts, layout or layout_for(family), source)
         out.append(folded(Entry(part, path, t["lora_down.weight"], t["lora_up.weight"],
-                                float(rank_of(t) if alpha_of(t) is None else alpha_of(t)))))
+                                float(rank_of(t) if alpha_of(t) is None else alpha_of(t))), dtype))
     return out
 
 
-def folded(e: Entry) -> Entry:
+def folded(e: Entry, dtype: torch.dtype | None = None) -> Entry:
     """The scale alpha/r moved into `up`, alpha = r. diffusers and PEFT keep alphas only in their
     config (`lora_adapter_metadata` / adapter_config.json), which ComfyUI ignores: with the scale in
     the weights every loader applies the same strength."""
     scale = e.alpha / e.rank
     if scale == 1.0:
         return Entry(e.part, e.path, e.down, e.up, float(e.rank))
-    return Entry(e.part, e.path, e.down, (e.up.float() * scale).to(e.up.dtype), float(e.rank))
+    return Entry(e.part, e.path, e.down, fold_scale(e.up, scale, dtype), float(e.rank))
+
+
+def fold_scale(up: Tensor, scale: float, dtype: torch.dtype | None) -> Tensor:
+    """up·scale rounded once, to the dtype written (`dtype`; up's own when None). Rounding first to
+    the stored dtype would add a second rounding, bf16's 4× coarser than fp16's when a bf16 file is
+    written as fp16, and fp16's when an fp16 file is written as fp32."""
+    wide = up.to(torch.promote_types(up.dtype, torch.float32)) * scale
+    return wide.to(dtype if dtype is not None else up.dtype)
 
 
 def _number(x: float):

@@ -30,7 +30,7 @@ from ..lora import fused
 from .kohya import _listing, validate_module
 from .modules import Modules, algo_of, alpha_of, rank_of
 from .paths import underscored_to_path
-from .peft_common import kohya_alpha, lora_config
+from .peft_common import fold_scale, kohya_alpha, lora_config
 
 LAYOUTS = ("kohya", "diffusers", "comfyui", "onetrainer")
 METADATA_KEY = "lora_adapter_metadata"
@@ -243,11 +243,12 @@ def _cast(t: Tensor, dtype) -> Tensor:
     return (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
 
 
-def _folded(f: fused.Factors) -> fused.Factors:
-    """Scale into `up`, alpha = rank: the same ΔW for loaders that read no alpha (ComfyUI on PEFT keys)."""
+def _folded(f: fused.Factors, dtype: torch.dtype | None) -> fused.Factors:
+    """Scale into `up` (in the precision written), alpha = rank: the same ΔW for loaders that read
+    no alpha (ComfyUI on PEFT keys)."""
     if f.scale == 1.0:
         return fused.Factors(f.down, f.up, float(f.rank))
-    return fused.Factors(f.down, (f.up.float() * f.scale).to(f.up.dtype), float(f.rank))
+    return fused.Factors(f.down, fold_scale(f.up, f.scale, dtype), float(f.rank))
 
 
 def write_state(modules: Modules, layout: str, dtype: torch.dtype | None,
@@ -262,10 +263,10 @@ def write_state(modules: Modules, layout: str, dtype: torch.dtype | None,
         for name, t in modules.items():
             f = _plain(name, t, layout, source)
             if name.startswith("lora_unet_"):
-                pieces = [("transformer", p, _folded(g)) for p, g in _split_unet(name, f, source)]
+                pieces = [("transformer", p, _folded(g, dtype)) for p, g in _split_unet(name, f, source)]
             else:
                 part, path = te_path_of(name)
-                pieces = [(_TE[part][0], path, _folded(f))]
+                pieces = [(_TE[part][0], path, _folded(f, dtype))]
             for head, path, g in pieces:
                 tensors[f"{head}.{path}.lora_A.weight"] = _cast(g.down, dtype)
                 tensors[f"{head}.{path}.lora_B.weight"] = _cast(g.up, dtype)
