@@ -112,9 +112,9 @@ def files(tmp_path_factory):
 @pytest.fixture
 def small_machine(monkeypatch):
     """16 GiB free, whatever this machine has: the size checks answer the same everywhere."""
-    import lorakit.memory
+    import lorakit.fit_check
 
-    monkeypatch.setattr(lorakit.memory, "available_bytes", lambda device="cpu": 16 * GiB)
+    monkeypatch.setattr(lorakit.fit_check, "available_bytes", lambda device="cpu": 16 * GiB)
 
 
 def _refused(capsys, argv, *needles, out: Path | None = None):

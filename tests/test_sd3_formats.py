@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from sd3_support import meta_clips, meta_transformer, sd3_parts, tiny_sd3_pipeline  # noqa: E402
 
-from lorakit import sd3_naming  # noqa: E402
+from lorakit.families.sd3 import naming as sd3_naming  # noqa: E402
 from lorakit.errors import LoraKitError  # noqa: E402
 from lorakit.formats import load_lora, load_network, save_lora  # noqa: E402
 from lorakit.lora import LoRANetwork, ModelParts  # noqa: E402

@@ -17,7 +17,8 @@ def detect_format(keys: Iterable[str], metadata: Mapping[str, str] | None = None
     """kohya, lycoris, diffusers, peft, checkpoint (a model, not a LoRA) or None (unknown)."""
     keys = list(keys)
     md = metadata or {}
-    from . import flux_fmt, sd3_fmt
+    from ..families.flux import layouts as flux_fmt
+    from ..families.sd3 import layouts as sd3_fmt
 
     flux_layout = flux_fmt.layout_of(keys, md)
     if flux_layout not in (None, "kohya"):

@@ -15,9 +15,12 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from .. import families, naming
+from .. import families
 from ..errors import LoraKitError
-from . import diffusers_fmt, flux_fmt, kohya, peft_fmt, sd3_fmt
+from ..families.flux import layouts as flux_fmt
+from ..families.sd3 import layouts as sd3_fmt
+from .. import kohya_names as names
+from . import diffusers_fmt, kohya, peft_fmt
 from .detect import detect_family, detect_format, format_of_modules
 from .hashes import precalculate_hashes
 from .metadata import build_metadata
@@ -46,7 +49,7 @@ class LoRAFile:
 
     def parts(self) -> dict[str, int]:
         """Module count per model part (unet, te, te1, te2)."""
-        return dict(Counter(naming.part_of(n) for n in self.modules))
+        return dict(Counter(names.part_of(n) for n in self.modules))
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -120,7 +123,7 @@ FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".json", ".txt"
 
 def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Mapping[str, str] | None = None, *,
               format: str | None = None, dtype: torch.dtype | None = torch.float16, family: str | None = None,
-              parts=None, layout: naming.UNetLayout | None = None) -> Path:
+              parts=None, layout=None) -> Path:
     """Write kohya modules as a kohya/LyCORIS file, a diffusers file or a PEFT adapter folder.
 
     Written atomically (temporary file + os.replace). kohya files get full ss_*/modelspec

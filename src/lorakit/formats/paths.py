@@ -7,7 +7,9 @@ When a model is at hand its targets index gives the path directly (see `path_for
 
 from __future__ import annotations
 
-from .. import families, naming
+from .. import families
+from ..families.unet import naming
+from ..kohya_names import DENOISER_PREFIX, kohya_name, part_of, te_path_for_name
 from ..errors import LoraKitError
 
 PARTS = ("unet", "te", "te1", "te2", "te3")
@@ -25,8 +27,6 @@ _VOCAB = {
     "layer_norm2", "text_projection", "token_embedding", "position_embedding",
 }
 _MAX_WORDS = max(len(w.split("_")) for w in _VOCAB)
-
-SD1_LAYOUT = naming.SD1_LAYOUT
 
 
 def layout_for(family: str | None) -> naming.UNetLayout:
@@ -60,7 +60,7 @@ def underscored_to_path(s: str) -> str:
 
 def split_name(name: str) -> tuple[str, str]:
     """`lora_te1_text_model_…` → (`te1`, `text_model_…`)."""
-    part = naming.part_of(name)
+    part = part_of(name)
     if part == "unknown":
         raise ValueError(f"not a kohya module name: {name}")
     return part, name[len(f"lora_{part}_"):]
@@ -85,10 +85,10 @@ def path_to_kohya(part: str, path: str, family: str | None, layout: naming.UNetL
         spec = families.find(family)
         if spec is not None:
             return spec.kohya_denoiser_names(path, layout or layout_for(family))[0]
-        return naming.kohya_name(naming.UNET_PREFIX, path)
+        return kohya_name(DENOISER_PREFIX, path)
     if part not in PARTS:
         raise ValueError(f"unknown model part {part!r}")
-    return naming.kohya_name(f"lora_{part}", naming.te_path_for_name(path))
+    return kohya_name(f"lora_{part}", te_path_for_name(path))
 
 
 def path_for(name: str, parts=None, layout: naming.UNetLayout | None = None, source: str | None = None) -> tuple[str, str]:

@@ -49,7 +49,7 @@ def save_model(model_or_pipe, out: str | os.PathLike, dtype: torch.dtype | None 
 
 def original_state_dict(model: BaseModel, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The whole model in the original layout, tensors cast to `dtype` (floating point only)."""
-    from . import original_layout
+    from ..families.unet import original_layout
 
     unet, vae, tes = model.unet, model.vae, model.text_encoders
     missing = [name for name, part in (("UNet", unet), ("VAE", vae)) if part is None]

@@ -6,7 +6,7 @@ is built on the `meta` device from its configs (no weights: target names, paths 
 from the same `lora.targets` code as for a loaded model) and each layer's weight is read from
 the .safetensors file when asked, under its name in that file: diffusers folders keep the module
 path, original-layout single files the family's original name (`Family.original_weight_keys`,
-the inverse of what `models.original_layout` writes). A read weight equals, bit for bit, what
+the inverse of what `families.unet.original_layout` writes). A read weight equals, bit for bit, what
 the loaders put in the loaded model: same tensor, same cast.
 
 Only what can be read this way opens here (`open_streamed` answers None otherwise: hub ids,
@@ -193,7 +193,7 @@ def _meta_text_encoder(class_name: str, folder: Path):
 
 
 def _open_single_file(path: Path, prediction_type, config_dir) -> StreamedModel | None:
-    from .. import naming
+    from ..families.unet import naming
     from .checkpoint import open_checkpoint
     from .loader import single_file_setup
 

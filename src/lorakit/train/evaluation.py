@@ -52,7 +52,7 @@ def evaluate_run(trainer) -> Path | None:
     """Evaluate the network as it is now (main process only); returns the report folder."""
     if not trainer.main:
         return None
-    from ..evaluate import evaluate
+    from ..evaluation.run import evaluate
     from ..evaluation.files import write_report
     from ..toy.evaluate import GUIDANCE
 

@@ -34,7 +34,7 @@ from .conditioning import Conditioner, encode_pixels
 from .interrupt import EXIT_CODES, StopRequests, signal_name
 from .config import TrainConfig
 from .logs import LossHistory
-from .memory import release_free_memory
+from .heap_trim import release_free_memory
 from .metadata import network_args, training_fields
 from .optim import build_optimizer, build_scheduler
 from ..generate import image_grid, save_png
@@ -290,7 +290,7 @@ class Trainer:
 
     def _require_fits(self) -> None:
         """A batch whose activations cannot fit is refused before any caching or training."""
-        from ..memory import require_fits, training_bytes
+        from ..fit_check import require_fits, training_bytes
 
         cfg, config = self.cfg, self.model.denoiser_config
         if config is None or "block_out_channels" not in config:

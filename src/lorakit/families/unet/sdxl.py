@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from .. import naming
-from .unet import UNetFamily, context_width, denoiser_config
+from ... import kohya_names as names
+from . import naming
+from .family import UNetFamily, context_width, denoiser_config
 
 _IMPL = "https://github.com/Stability-AI/generative-models"
 
@@ -49,7 +50,7 @@ class SDXL(UNetFamily):
         return naming.SDXL_LAYOUT
 
     def lora_evidence(self, modules: Mapping[str, Mapping]) -> int:
-        if any(naming.part_of(n) in ("te1", "te2") for n in modules):
+        if any(names.part_of(n) in ("te1", "te2") for n in modules):
             return 3
         return super().lora_evidence(modules)
 
@@ -87,7 +88,7 @@ class SDXL(UNetFamily):
         """`time_ids`: original size, crop top-left and target size of each sample."""
         import torch
 
-        from ..train.conditioning import time_ids
+        from ...train.conditioning import time_ids
 
         return {"time_ids": torch.stack([time_ids(s.placement.original, s.crop, s.placement.bucket)
                                          for s in samples])}

@@ -6,8 +6,8 @@ from typing import Mapping
 
 import torch
 
-from .. import naming
-from .unet import UNET, UNetFamily, context_width, denoiser_config
+from . import naming
+from .family import UNET, UNetFamily, context_width, denoiser_config
 
 
 class SD2(UNetFamily):

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .. import flux_naming
-from .base import CONFIGS_DIR, Family
+from . import naming as flux_naming
+from ..base import CONFIGS_DIR, Family
 
 BFL = "model.diffusion_model."
 _IMPL = "https://github.com/black-forest-labs/flux"
@@ -63,15 +63,15 @@ class Flux(Family):
 
     def config_dir(self, prediction_type: str = "flow_matching", ckpt=None, variant: str | None = None) -> Path:
         if variant is None:
-            from ..models.flux_loading import variant as variant_of_file
+            from .loading import variant as variant_of_file
 
             variant = variant_of_file(ckpt.shapes) if ckpt is not None else "dev"
         return CONFIGS_DIR / SHIPPED[variant]
 
     def pipeline_from_checkpoint(self, ckpt, config_dir, *, dtype, prediction_type: str, components, **options):
-        from ..models.flux_loading import build_pipeline
+        from .loading import build_pipeline
 
-        return build_pipeline(ckpt, dtype=dtype, config_dir=config_dir, text_encoders=options.get("text_encoders"),
+        return build_pipeline(ckpt, self, dtype=dtype, config_dir=config_dir, text_encoders=options.get("text_encoders"),
                               components=components)
 
     def to_original(self, denoiser=None, denoiser_config=None, vae=None, vae_config=None,
@@ -93,7 +93,7 @@ class Flux(Family):
     def write_lora(self, modules: Mapping, layout: str, dtype, source: str | None):
         if layout == "kohya":
             return None
-        from ..formats.flux_fmt import write_state
+        from .layouts import write_state
 
         return write_state(modules, layout, dtype, source)
 
@@ -118,7 +118,7 @@ class Flux(Family):
 
     # --- names and presets ----------------------------------------------------------------------
     def denoiser_targets(self, transformer):
-        from ..lora.mmdit import transformer_targets
+        from ..dit.targets import transformer_targets
 
         return transformer_targets(transformer, flux_naming)
 

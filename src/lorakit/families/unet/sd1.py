@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from .. import naming
-from .unet import UNET, UNetFamily, context_width, denoiser_config
+from . import naming
+from .family import UNET, UNetFamily, context_width, denoiser_config
 
 
 class SD1(UNetFamily):

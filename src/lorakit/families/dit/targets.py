@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .. import sd3_naming
-from .targets import Target
+from ..sd3 import naming as sd3_naming
+from ...lora.targets import Target
 
 _KIND = {"qkv": "attn", "proj": "attn", "fc1": "mlp", "fc2": "mlp", "1": "adaLN"}
 
