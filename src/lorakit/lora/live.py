@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .modules import LoRAModule
+from .site_delta import add_site_delta
 
 # The effective weight pays where the branches' work, ~tokens·r·(d + k), exceeds building and reading
 # W + ΔW, ~d·k·r plus a few passes over W; measured here (bf16, rank 32, SD 1.5 shapes) it won from
@@ -107,8 +108,6 @@ def _weight_space_pays(module: nn.Module, x: Tensor, live: _Live) -> bool:
 def effective_weight(module: nn.Module, adapters: list[tuple[nn.Module, Tensor | None]]) -> Tensor:
     """W + Σ m·ΔW in the weight's dtype, computed in fp32 as `LoRANetwork.merge` computes it (so a
     LoRA on the fly draws what the same LoRA merged draws)."""
-    from .network import add_site_delta
-
     w = module.weight
     out = w.detach().to(torch.float32, copy=True)
     for adapter, rows in adapters:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from . import functional as LF
 from . import live
 from .modules import DeltaModule, LoRAModule
+from .site_delta import add_site_delta, layer_delta
 from .targets import ModelParts, Target, select
 
 
@@ -205,7 +206,7 @@ class LoRANetwork(nn.Module):
         if state.original is None and isinstance(adapter, LoRAModule):
             adapter.add_delta_to(module.weight, -self._multiplier, rows)
         elif state.original is None:
-            delta = _site_delta(adapter, module.weight, rows).to(module.weight.device)
+            delta = layer_delta(adapter, module.weight, rows).to(module.weight.device)
             module.weight.sub_(delta, alpha=self._multiplier)
         elif not state.merged:
             module.weight.copy_(state.original)
@@ -241,27 +242,6 @@ class LoRANetwork(nn.Module):
 
     def __len__(self) -> int:
         return len(self.adapters)
-
-
-def add_site_delta(weight: Tensor, adapter: nn.Module, base_weight: Tensor, rows: Tensor | None,
-                   multiplier: float) -> Tensor:
-    """weight (fp32) += m·ΔW of one live layer, in place and returned: a LoRA as one GEMM into the
-    weight (no ΔW temporary), any other kind through its full ΔW. Merging and the on-the-fly
-    effective weight both come here, so they round alike."""
-    if isinstance(adapter, LoRAModule):
-        adapter.add_delta_to(weight, multiplier, rows)
-    else:
-        weight.add_(_site_delta(adapter, base_weight, rows).to(weight.device), alpha=multiplier)
-    return weight
-
-
-def _site_delta(adapter: nn.Module, base_weight: Tensor, rows: Tensor | None) -> Tensor:
-    """ΔW for one live layer: the adapter's, or its rows when the layer is a piece of a fused one."""
-    if rows is None:
-        return adapter.delta_weight(base_weight)
-    if "dora_scale" in getattr(adapter, "_names", {}):
-        raise ValueError("DoRA on a layer the model holds as several pieces is not supported")
-    return adapter.delta_weight()[rows.to(base_weight.device)]
 
 
 def _check_shapes(name: str, kind: str, w: Mapping[str, Tensor], module: nn.Module, alpha, source: str) -> None:
