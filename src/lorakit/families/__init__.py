@@ -16,6 +16,10 @@ from .base import OBJECTIVES, Family
 # registry imports a family); their order breaks detection ties. A new family is one line here.
 FAMILY_MODULES = ("unet.sd1", "unet.sd2", "unet.sdxl", "sd3.family", "flux.family")
 
+# The family whose UNet layout kohya's SAI-spelled names refer to when a LoRA's family is unknown
+# (kohya spells SDXL's UNet the SAI way).
+UNKNOWN_LORA_FAMILY = "sdxl"
+
 _REGISTRY: dict[str, Family] = {}
 _loaded = False
 
@@ -66,6 +70,11 @@ def label(family: str | Family | None) -> str:
     return family.label if isinstance(family, Family) else getattr(_registry().get(family), "label", family)
 
 
+def fallback() -> Family:
+    """The family whose names a LoRA of unknown family is read by (UNKNOWN_LORA_FAMILY)."""
+    return get(UNKNOWN_LORA_FAMILY)
+
+
 def by_pipeline(class_name: str) -> tuple[Family, ...]:
     """The families a diffusers pipeline class can hold (SD1 and SD2 share StableDiffusionPipeline)."""
     return tuple(f for f in _registry().values() if f.pipeline_class == class_name)
@@ -102,4 +111,4 @@ def detect_pipeline(pipe, denoiser_config: Mapping | None = None) -> Family | No
 
 
 __all__ = ["OBJECTIVES", "Family", "all", "by_pipeline", "detect_checkpoint", "detect_lora", "detect_pipeline",
-           "find", "get", "label", "names", "pipeline_classes", "register"]
+           "fallback", "find", "get", "label", "names", "pipeline_classes", "register"]

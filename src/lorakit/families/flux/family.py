@@ -90,6 +90,24 @@ class Flux(Family):
             md["modelspec.architecture"] = known if known.endswith("/lora") else known + "/lora"
         return md
 
+    def lora_layout(self, keys: Sequence[str], metadata: Mapping[str, str]) -> tuple[str | None, int]:
+        """Stronger than SD3's claim: a Flux diffusers file of double blocks has SD3's key shapes,
+        and Flux claims it only when single blocks or the metadata say Flux."""
+        from .layouts import layout_of
+
+        layout = layout_of(keys, metadata)
+        return (layout, 2) if layout not in (None, "kohya") else (None, 0)
+
+    def read_lora(self, state: Mapping, metadata: Mapping[str, str], layout: str, source: str | None) -> dict:
+        from .layouts import read
+
+        return read(state, metadata, layout, source)
+
+    def check_lora_names(self, modules: Mapping, source: str | None) -> None:
+        from .layouts import check_kohya_names
+
+        check_kohya_names(modules, source)
+
     def write_lora(self, modules: Mapping, layout: str, dtype, source: str | None):
         if layout == "kohya":
             return None

@@ -117,6 +117,17 @@ class SD3(Family):
         return container.startswith("MMDiT.") and container[len("MMDiT."):] in _PRESET_KINDS.get(preset, ())
 
     # --- LoRA files ----------------------------------------------------------------------------
+    def lora_layout(self, keys: Sequence[str], metadata: Mapping[str, str]) -> tuple[str | None, int]:
+        from .layouts import layout_of
+
+        layout = layout_of(keys)
+        return (layout, 1) if layout not in (None, "kohya") else (None, 0)
+
+    def read_lora(self, state: Mapping, metadata: Mapping[str, str], layout: str, source: str | None) -> dict:
+        from .layouts import read
+
+        return read(state, metadata, layout, source)
+
     def write_lora(self, modules: Mapping, layout: str, dtype, source: str | None):
         if layout == "kohya":
             return None

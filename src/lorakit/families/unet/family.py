@@ -129,6 +129,12 @@ class UNetFamily(Family):
     def denoiser_layout(self, config: Mapping | None):
         return naming.UNetLayout.from_config(config) if config else None
 
+    def denoiser_path(self, path: str, layout) -> str:
+        """SAI spellings (kohya's SDXL names) back to diffusers paths."""
+        if naming.is_sai_unet_path(path):
+            return naming.sai_to_diffusers_unet_path(path, layout or self.reference_layout())
+        return path
+
     def kohya_denoiser_names(self, path: str, layout) -> tuple[str, ...]:
         names = naming.unet_kohya_names(path, layout)  # diffusers spelling, then SAI spelling
         if self.sai_names and layout is not None:

@@ -21,15 +21,12 @@ from typing import Mapping
 import torch
 
 from ... import kohya_names as names
+from ..base import LayoutError  # noqa: F401 - raised here, caught by models/saver.py
 from . import naming
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 _UNET_ROOTS = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.", "label_emb.", "out.")
-
-
-class LayoutError(ValueError):
-    """A tensor name the original layout has no place for."""
 
 
 def unet_to_original(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
