@@ -2,8 +2,8 @@
 CLIP-L (pooled) + T5-XXL (sequence), flow matching with a resolution-dependent timestep shift,
 latents packed 2×2 into tokens, and on dev a guidance embedding.
 
-What differs from the other families lives here; the name tables are `flux_naming`, the file
-layouts `formats/flux_fmt`. Packing, position ids and the shift come from diffusers'
+What differs from the other families lives here; the name tables are `naming.py`, the file
+layouts `layouts.py`. Packing, position ids and the shift come from diffusers'
 `FluxPipeline` and scheduler (`_pack_latents`, `_prepare_latent_image_ids`, `calculate_shift`,
 `time_shift`), called rather than rewritten.
 """

@@ -14,7 +14,7 @@ modules ({`lora_unet_double_blocks_…` / `lora_te1_…`: {subkey: tensor}}).
   `lora_te2_` (T5: OneTrainer numbers its second encoder 2).
 
 Split ↔ fused is exact (lora/fused.py). The shared machinery (grouping keys, factors, folding) is
-SD3's (`sd3_fmt`); only the names differ.
+SD3's (`sd3/layouts.py`); only the names differ.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """SD 3.x (3.0 medium, 3.5 medium, 3.5 large): an MMDiT transformer trained by flow matching,
 CLIP-L + CLIP-G + T5-XXL, 16-channel latents, kohya names in SAI's spelling with fused `attn.qkv`.
 
-The pieces live where their kind lives: names and row maps in `sd3_naming`, the fused-layer targets
-in `lora/mmdit.py`, file layouts in `formats/sd3_fmt.py`, loading in `models/sd3_loading.py`, the
+The pieces live where their kind lives: names and row maps in `naming.py`, the fused-layer targets
+in `families/dit/targets.py`, file layouts in `layouts.py`, loading in `loading.py`, the
 objective in `train/flow_matching.py`; this module says which of them SD3 uses.
 """
 
