@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, peak_rss_gb, sd15_unet, table, write_results, CONFIGS  # noqa: E402
 
-from lorakit.algebra_ops import single_thread  # noqa: E402
+from lorakit.ops.algebra import single_thread  # noqa: E402
 from lorakit.lora import ModelParts, select  # noqa: E402
 from lorakit.lora import algebra as A  # noqa: E402
 from lorakit.lora import functional as LF  # noqa: E402
@@ -189,7 +189,7 @@ def plant(tuned_parts, seed: int = 0, rank: int = 48, decay: float = 0.95, noise
 
 
 def bench_extract() -> dict:
-    from lorakit.extraction import extract_parts
+    from lorakit.ops.extract import extract_parts
 
     torch.manual_seed(0)
     base = sd15_unet()

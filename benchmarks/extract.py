@@ -154,7 +154,7 @@ def child(way: str, base: str, tuned: str, out: str, config_dir: str | None) -> 
         if code != 0:
             raise SystemExit(code)
     else:  # the previous way: both models loaded whole in fp32, then the same extraction
-        from lorakit.extraction import extract
+        from lorakit.ops.extract import extract
         from lorakit.models import load_model
 
         models = [load_model(p, dtype=torch.float32, components=("unet", "text_encoders"), config_dir=config_dir)

@@ -185,7 +185,7 @@ def _install(kind: str, *args) -> None:
     elif kind == "pause_at_evaluation_image":
         # every image an evaluation draws is one generate() call, logged; at call args[0] it pauses until
         # the run has seen a signal (the trainer is taken from the evaluation's own argument)
-        from lorakit import evaluate as ev
+        from lorakit.evaluation import run as ev
 
         evaluate_run, generate, seen = loop.evaluate_run, ev.generate, {"calls": 0, "trainer": None}
 

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from lorakit import algebra_ops
+from lorakit.ops import algebra as algebra_ops
 from lorakit.cli import main
 from lorakit.formats import file_hashes, load_lora, save_lora
 from lorakit.lora import LoRANetwork, select

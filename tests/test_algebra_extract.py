@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lorakit.errors import LoraKitError
-from lorakit.extraction import extract_parts
+from lorakit.ops.extract import extract_parts
 from lorakit.lora import functional as LF
 from lorakit.lora import select
 from lorakit.lora.ranks import Dynamic

@@ -112,9 +112,9 @@ def files(tmp_path_factory):
 @pytest.fixture
 def small_machine(monkeypatch):
     """16 GiB free, whatever this machine has: the size checks answer the same everywhere."""
-    import lorakit.memory
+    import lorakit.fit_check
 
-    monkeypatch.setattr(lorakit.memory, "available_bytes", lambda device="cpu": 16 * GiB)
+    monkeypatch.setattr(lorakit.fit_check, "available_bytes", lambda device="cpu": 16 * GiB)
 
 
 def _refused(capsys, argv, *needles, out: Path | None = None):
@@ -274,14 +274,14 @@ def test_train_batch_refused_exactly_beyond_its_lower_bound(capsys, files, mmdit
     and block (1 with gradient checkpointing), fp32. One byte less free memory is refused; that much trains."""
     import json
 
-    import lorakit.memory
+    import lorakit.fit_check
 
     cfg = json.loads((mmdit[family][0] / "transformer" / "config.json").read_text())
     blocks = cfg["num_layers"] + cfg.get("num_single_layers", 0)
     per = 1 if checkpointing else 12
     need = 3 * 64 * cfg["num_attention_heads"] * cfg["attention_head_dim"] * blocks * per * 4
     free = {"bytes": need - 1}
-    monkeypatch.setattr(lorakit.memory, "available_bytes", lambda device="cpu": free["bytes"])
+    monkeypatch.setattr(lorakit.fit_check, "available_bytes", lambda device="cpu": free["bytes"])
     argv = _on(_train(files, tmp_path, "--batch-size", "3", *(["--gradient-checkpointing"] if checkpointing else [])),
                mmdit[family][0])
     _refused(capsys, argv, "training batch of 3 at 32 px needs at least", out=tmp_path / "l.safetensors")

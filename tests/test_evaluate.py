@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lorakit.cli import main as cli
-from lorakit.evaluate import evaluate
+from lorakit.evaluation.run import evaluate
 from lorakit.generate import LoraSpec, generate
 from lorakit.models import load_model
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from lorakit.cli import main as cli
-from lorakit.evaluate import evaluate
+from lorakit.evaluation.run import evaluate
 from lorakit.evaluation import encoders
 from lorakit.evaluation.files import write_report
 from lorakit.evaluation.prompts import default_prompts

@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import lorakit.models
-from lorakit import families, naming
+from lorakit import families
+from lorakit.families.unet import naming
 from lorakit.cli import main
-from lorakit.extraction import extract
+from lorakit.ops.extract import extract
 from lorakit.families.base import CONFIGS_DIR
 from lorakit.lora import ModelParts, select
 from lorakit.models import BaseModel, load_model, save_model

@@ -179,7 +179,7 @@ def test_facts_agree_with_the_shipped_configs():
 
 
 def test_lora_and_formats_stay_free_of_diffusers():
-    code = ("import sys, lorakit.families, lorakit.lora, lorakit.formats, lorakit.naming; "
+    code = ("import sys, lorakit.families, lorakit.lora, lorakit.formats, lorakit.kohya_names; "
             "print(sorted(m for m in ('diffusers', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

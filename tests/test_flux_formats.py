@@ -13,9 +13,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from flux_support import flux_parts, meta_clip_l, meta_transformer, tiny_flux_pipeline  # noqa: E402
 from sd3_support import meta_t5xxl, names_and_shapes, sd_scripts_names  # noqa: E402
 
-from lorakit import flux_naming  # noqa: E402
+from lorakit.families.flux import naming as flux_naming  # noqa: E402
 from lorakit.errors import LoraKitError  # noqa: E402
-from lorakit.families.flux import FAMILY  # noqa: E402
+from lorakit.families.flux.family import FAMILY  # noqa: E402
 from lorakit.formats import load_lora, load_network, save_lora  # noqa: E402
 from lorakit.lora import LoRANetwork, ModelParts  # noqa: E402
 from lorakit.lora.targets import select  # noqa: E402

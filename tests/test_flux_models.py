@@ -13,9 +13,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from flux_support import tiny_flux_pipeline  # noqa: E402
 
-from lorakit import flux_naming  # noqa: E402
+from lorakit.families.flux import naming as flux_naming  # noqa: E402
 from lorakit.errors import LoraKitError  # noqa: E402
-from lorakit.families.flux import FAMILY  # noqa: E402
+from lorakit.families.flux.family import FAMILY  # noqa: E402
 from lorakit.models import load_model  # noqa: E402
 FLOW_MATCHING = "flow_matching"
 
@@ -103,7 +103,7 @@ def test_shipped_configs_build_dev_and_schnell():
     from accelerate import init_empty_weights
     from diffusers import FluxTransformer2DModel
 
-    from lorakit.families.flux import FAMILY
+    from lorakit.families.flux.family import FAMILY
 
     for variant, guidance in (("dev", True), ("schnell", False)):
         folder = FAMILY.config_dir(variant=variant)

@@ -24,7 +24,7 @@ from models_support import no_network, random_weights  # noqa: E402,F401 - fixtu
 from sd3_support import clip_config, t5_tokenizer  # noqa: E402
 from train_support import config, make_images  # noqa: E402
 
-from lorakit.families.flux import FAMILY  # noqa: E402
+from lorakit.families.flux.family import FAMILY  # noqa: E402
 from lorakit.formats import load_lora, load_network, save_lora  # noqa: E402
 from lorakit.lora import LoRANetwork, ModelParts  # noqa: E402
 
@@ -91,7 +91,7 @@ def test_two_training_steps_real_width_bf16_from_a_bfl_file(tmp_path, no_network
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from lorakit import flux_naming
+    from lorakit.families.flux import naming as flux_naming
     from lorakit.formats.st_io import serialize, write_bytes_atomic
     from lorakit.train.loop import run
 

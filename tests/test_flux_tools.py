@@ -97,7 +97,7 @@ def test_lora_plus_lora_merge_equals_both_merged(world, tmp_path):
 def test_resize_lowers_a_fused_rank_3r_module_exactly_when_it_fits(world, tmp_path):
     """Split LoRAs with their own downs fuse to rank 3r; the product has rank ≤ 3r, so resizing to
     3r keeps it exactly, and to r keeps the r largest directions."""
-    from lorakit.algebra_ops import resize
+    from lorakit.ops.algebra import resize
 
     _, _, loras = world
     res = resize(loras[1], rank=2, out=tmp_path / "r.safetensors", dtype=torch.float32)
@@ -112,7 +112,7 @@ def test_resize_lowers_a_fused_rank_3r_module_exactly_when_it_fits(world, tmp_pa
 
 
 def test_extract_recovers_a_merged_lora(world, tmp_path):
-    from lorakit.extraction import extract
+    from lorakit.ops.extract import extract
 
     pipe, root, loras = world
     tuned = merged(pipe, (loras[1], 1.0))

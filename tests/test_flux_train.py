@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from flux_support import tiny_flux_pipeline  # noqa: E402
 from train_support import config, make_images, one_thread  # noqa: E402
 
-from lorakit.families.flux import FAMILY, TRAIN_GUIDANCE, unpack  # noqa: E402
+from lorakit.families.flux.family import FAMILY, TRAIN_GUIDANCE, unpack  # noqa: E402
 from lorakit.formats import load_lora  # noqa: E402
 from lorakit.train.conditioning import Conditioner  # noqa: E402
 from lorakit.train.flow_matching import FlowMatching  # noqa: E402
@@ -135,7 +135,7 @@ def test_training_lowers_the_loss_on_a_fixed_batch(flux_dir, tmp_path):
     assert lf.format == "kohya" and lf.family == "flux"
     assert lf.metadata["ss_base_model_version"] == "flux1"
     assert lf.metadata["modelspec.architecture"] == "flux-1-dev/lora"
-    assert sorted(lf.modules) == sorted(n for n in __import__("lorakit.flux_naming", fromlist=["x"]).default_kohya_names(
+    assert sorted(lf.modules) == sorted(n for n in __import__("lorakit.families.flux.naming", fromlist=["x"]).default_kohya_names(
         2, 2, 0))
 
 

@@ -4,7 +4,7 @@ and the string rules that turn a kohya name back into the module path without a 
 import pytest
 import torch
 
-from lorakit import naming
+from lorakit import kohya_names as naming
 from lorakit.formats import kohya_to_path, path_to_kohya
 from lorakit.lora import ModelParts, select
 

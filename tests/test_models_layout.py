@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lorakit import families
-from lorakit.models import original_layout
+from lorakit.families.unet import original_layout
 from lorakit.models.checkpoint import Checkpoint, detect_file_family
 from lorakit.models.single_file import CONFIGS_DIR
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lorakit.models import load_model, original_layout
+from lorakit.models import load_model
+from lorakit.families.unet import original_layout
 from lorakit.models.single_file import CONFIGS_DIR
 from models_support import no_network  # noqa: F401 - fixture
 

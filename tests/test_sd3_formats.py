@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from sd3_support import meta_clips, meta_t5xxl, meta_transformer, names_and_shapes, sd3_parts, sd_scripts_names, \
     tiny_sd3_pipeline  # noqa: E402
 
-from lorakit import sd3_naming  # noqa: E402
+from lorakit.families.sd3 import naming as sd3_naming  # noqa: E402
 from lorakit.errors import LoraKitError  # noqa: E402
 from lorakit.formats import load_lora, load_network, save_lora  # noqa: E402
 from lorakit.lora import LoRANetwork, ModelParts  # noqa: E402

@@ -16,7 +16,7 @@ from sd3_support import REAL, tiny_sd3_pipeline  # noqa: E402
 
 from lorakit.errors import LoraKitError  # noqa: E402
 from lorakit.models import load_model  # noqa: E402
-from lorakit.models import sd3_loading  # noqa: E402
+from lorakit.families.sd3 import loading as sd3_loading  # noqa: E402
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
 

@@ -30,7 +30,7 @@ def test_sd35_medium_single_file_two_steps(tmp_path, no_network):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     from lorakit.formats.st_io import serialize, write_bytes_atomic
-    from lorakit.models.sd3_loading import original_state, shipped_config
+    from lorakit.families.sd3.loading import original_state, shipped_config
 
     folder = shipped_config("5-medium")
     with init_empty_weights(include_buffers=False):

@@ -91,7 +91,7 @@ def test_lora_plus_lora_merge_equals_both_merged(world, tmp_path):
 
 
 def test_resize_keeps_what_fits_the_rank(world, tmp_path):
-    from lorakit.algebra_ops import resize
+    from lorakit.ops.algebra import resize
 
     _, _, loras = world
     res = resize(loras[1], rank=2, out=tmp_path / "r.safetensors", dtype=torch.float32)  # rank 2 → 2: lossless
@@ -106,7 +106,7 @@ def test_resize_keeps_what_fits_the_rank(world, tmp_path):
 
 
 def test_extract_recovers_a_merged_lora(world, tmp_path):
-    from lorakit.extraction import extract
+    from lorakit.ops.extract import extract
 
     pipe, root, loras = world
     tuned = merged(pipe, (loras[1], 1.0))

@@ -80,13 +80,13 @@ def _train_argv(model, images, out, *extra):
 def test_text_cache_that_cannot_fit_is_refused_before_any_caching(models, images, tmp_path, monkeypatch, capsys):
     """Five captions of 77 tokens × the CLIP width in fp32: one byte less free RAM than that is refused
     (exit 2, one line, naming --cache-text disk, no run folder); exactly that much trains."""
-    import lorakit.memory
+    import lorakit.fit_check
 
     width = json.loads((models["sd1"] / "text_encoder" / "config.json").read_text())["hidden_size"]
     need = CAPTIONS * 77 * width * 4
-    monkeypatch.setattr(lorakit.memory, "training_bytes", lambda *a, **k: 0)  # only the text cache is measured here
+    monkeypatch.setattr(lorakit.fit_check, "training_bytes", lambda *a, **k: 0)  # only the text cache is measured here
     free = {"bytes": need - 1}
-    monkeypatch.setattr(lorakit.memory, "available_bytes", lambda device="cpu": free["bytes"])
+    monkeypatch.setattr(lorakit.fit_check, "available_bytes", lambda device="cpu": free["bytes"])
     out = tmp_path / "a" / "lora.safetensors"
     out.parent.mkdir()
     assert main(_train_argv(models["sd1"], images, out)) == 2

@@ -53,7 +53,7 @@ def test_training_improves_concept_score(base, concept_lora):
 
 def test_evaluate_scores_the_strength_sweep(concept_lora):
     """`lorakit evaluate` on the toy model: the scorer's fidelity per strength."""
-    from lorakit.evaluate import evaluate
+    from lorakit.evaluation.run import evaluate
     from lorakit.generate import LoraSpec
 
     model = load_model("toy")  # its own copy: generate() sets the sampler on the pipeline

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 
 # The public operations, imported on first use so that `import lorakit` stays light.
-_LAZY = {"resize": "algebra_ops", "merge_loras": "algebra_ops", "extract": "extraction"}
+_LAZY = {"resize": "ops.algebra", "merge_loras": "ops.algebra", "extract": "ops.extract"}
 
 
 def __getattr__(name: str):

@@ -170,7 +170,7 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
     width, height = width or default, height or default
     if width % 8 or height % 8 or width < 8 or height < 8:
         raise LoraKitError(f"--width and --height must be multiples of 8 (got {width}x{height})")
-    from .memory import generation_bytes, require_fits
+    from .fit_check import generation_bytes, require_fits
 
     require_fits(generation_bytes(pipe, width, height, n, grid=n > 1), pipe.device,
                  f"{n} image(s) of {width}x{height}", "lower --width/--height or --n")

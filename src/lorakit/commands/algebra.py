@@ -13,7 +13,7 @@ DYNAMIC_HELP = "sv_ratio:X | sv_fro:X | sv_cumulative:X (kohya's rules; --rank t
 
 
 def _rank_lines(result, verbose: bool) -> None:
-    from ..algebra_ops import resize_table
+    from ..ops.algebra import resize_table
 
     rows = resize_table(result.infos)
     if verbose and rows:
@@ -40,7 +40,7 @@ def resize(
     allow_pickle: bool = ALLOW_PICKLE,
 ) -> None:
     """Lower a LoRA's rank: the best approximation of each module's update, same strength."""
-    from ..algebra_ops import resize as do_resize
+    from ..ops.algebra import resize as do_resize
     from ..devices import parse_dtype
 
     result = do_resize(file, rank, dynamic, conv_rank=conv_rank, out=out, dtype=parse_dtype(dtype),
@@ -53,7 +53,7 @@ def merge_loras_cli(loras: List[str], out: Path, rank: Optional[int] = None, dty
                     dynamic: Optional[str] = None, conv_rank: Optional[int] = None, verbose: bool = False,
                     allow_pickle: bool = False) -> None:
     """`lorakit merge --lora A:w --lora B:w --out F [--rank R]` without a --model."""
-    from ..algebra_ops import merge_loras, parse_lora_specs
+    from ..ops.algebra import merge_loras, parse_lora_specs
     from ..devices import parse_dtype
 
     result = merge_loras(parse_lora_specs(loras), rank, dynamic, conv_rank=conv_rank, out=out,
@@ -86,7 +86,7 @@ def extract(
     """Extract the LoRA whose merge best approximates tuned − base (single files and diffusers
     folders are read one layer at a time)."""
     from ..devices import parse_dtype
-    from ..extraction import extract as do_extract
+    from ..ops.extract import extract as do_extract
 
     result = do_extract(base, tuned, rank, dynamic, conv_rank=conv_rank, preset=targets,
                         clamp_quantile=clamp_quantile, min_diff=min_diff, out=out, dtype=parse_dtype(dtype),

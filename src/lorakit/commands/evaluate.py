@@ -49,7 +49,7 @@ def evaluate(
     toy scorer's fidelity on the toy model; write a report folder with an HTML page and the grid."""
     from ..devices import load_model_for_inference
     from ..errors import LoraKitError
-    from ..evaluate import evaluate as run
+    from ..evaluation.run import evaluate as run
     from ..evaluation.files import write_report
     from ..evaluation.prompts import default_prompts
     from ..generate import parse_lora_arg, read_prompt_file, save_png

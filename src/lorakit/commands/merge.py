@@ -34,7 +34,7 @@ def merge(
         from ..errors import LoraKitError
 
         raise LoraKitError("--rank applies to LoRA+LoRA merges; a checkpoint merge keeps the full update")
-    from ..checkpoint_merge import merge_into_checkpoint
+    from ..ops.checkpoint_merge import merge_into_checkpoint
 
     written = merge_into_checkpoint(model, [x for x in lora], out, dtype=save_dtype, prediction_type=prediction_type,
                                     text_encoders=text_encoders, allow_pickle=allow_pickle)

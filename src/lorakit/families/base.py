@@ -19,10 +19,15 @@ CONFIGS_DIR = Path(__file__).resolve().parent.parent / "models" / "configs"
 OBJECTIVES = ("epsilon", "v_prediction", "flow_matching")
 
 
+class LayoutError(ValueError):
+    """A tensor name the original layout has no place for."""
+
+
 class Family:
     # --- identity ------------------------------------------------------------------------------
     name: str = ""  # registry key; what BaseModel.family, ModelParts.family and LoRAFile.family hold
     label: str = ""  # for messages: "SD1", "SDXL"
+    card_colour: tuple[int, int, int] = (110, 110, 110)  # placeholder card colour in the UI library
 
     # --- diffusers pipeline and components ------------------------------------------------------
     pipeline_class: str = ""  # diffusers pipeline class (model_index.json `_class_name`)
@@ -137,6 +142,20 @@ class Family:
     # --- LoRA files ------------------------------------------------------------------------------
     lora_formats: tuple[str, ...] = ("kohya", "diffusers", "peft")  # layouts written; the first is the default
 
+    def lora_layout(self, keys: Sequence[str], metadata: Mapping[str, str]) -> tuple[str | None, int]:
+        """Which of the family's own LoRA layouts (one the shared kohya/diffusers/PEFT readers cannot
+        read) a file's keys are in, with the evidence strength (the strongest claim wins); (None, 0)
+        when none."""
+        return None, 0
+
+    def read_lora(self, state: Mapping, metadata: Mapping[str, str], layout: str, source: str | None) -> dict:
+        """A file in one of the family's own layouts (`lora_layout`) → kohya modules, validated."""
+        raise NotImplementedError
+
+    def check_lora_names(self, modules: Mapping, source: str | None) -> None:
+        """Raise LoraKitError for kohya denoiser names that are no layer of this family's model (a
+        misspelt layer is an error, never a silent skip), where the family can tell."""
+
     def write_lora(self, modules: Mapping, layout: str, dtype, source: str | None):
         """(tensors, extra metadata) of kohya modules in one of the family's own layouts; None when
         the shared writers (formats/kohya, diffusers_fmt, peft_fmt) do it."""
@@ -193,6 +212,11 @@ class Family:
     def reference_layout(self):
         """The layout names refer to when no model is at hand (the family's base model)."""
         return None
+
+    def denoiser_path(self, path: str, layout) -> str:
+        """The model's module path of a denoiser path read from a kohya name (`layout`: as
+        `denoiser_layout` gives it, None for the family's reference layout)."""
+        return path
 
     def kohya_denoiser_names(self, path: str, layout) -> tuple[str, ...]:
         """Every kohya name a file may use for the denoiser module at `path`; the first is the one written."""

@@ -17,14 +17,9 @@ def detect_format(keys: Iterable[str], metadata: Mapping[str, str] | None = None
     """kohya, lycoris, diffusers, peft, checkpoint (a model, not a LoRA) or None (unknown)."""
     keys = list(keys)
     md = metadata or {}
-    from . import flux_fmt, sd3_fmt
-
-    flux_layout = flux_fmt.layout_of(keys, md)
-    if flux_layout not in (None, "kohya"):
-        return "flux-" + flux_layout
-    sd3_layout = sd3_fmt.layout_of(keys)
-    if sd3_layout not in (None, "kohya"):
-        return "sd3-" + sd3_layout
+    own = own_layout_claim(keys, md)
+    if own is not None:
+        return f"{own[0].name}-{own[1]}"
     if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")) for k in keys):
         from . import kohya
 
@@ -41,6 +36,23 @@ def detect_format(keys: Iterable[str], metadata: Mapping[str, str] | None = None
             k.endswith((".weight", ".bias")) and "lora" not in k for k in keys):
         return "checkpoint"
     return None
+
+
+def own_layout_claim(keys: list[str], metadata: Mapping[str, str]) -> tuple[families.Family, str] | None:
+    """(family, layout) of a file in a layout of a family's own (SD3's or Flux's diffusers keys...);
+    the strongest claim wins. None: the shared readers read it."""
+    best, strength = None, 0
+    for family in families.all():
+        layout, s = family.lora_layout(keys, metadata)
+        if layout is not None and s > strength:
+            best, strength = (family, layout), s
+    return best
+
+
+def own_layout(fmt: str | None) -> tuple[families.Family, str] | None:
+    """(family, layout) of a `detect_format` answer such as `<family>-diffusers`; None for a shared format."""
+    name, sep, layout = (fmt or "").partition("-")
+    return (families.get(name), layout) if sep and name in families.names() else None
 
 
 def detect_family(modules: Modules, metadata: Mapping[str, str] | None = None) -> str | None:

@@ -12,7 +12,7 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from .. import naming
+from .. import kohya_names as names
 from ..errors import LoraKitError
 from ..lora import functional as LF
 from .modules import Modules, kind_of
@@ -43,7 +43,7 @@ def group(state: Mapping[str, Tensor], source: str | None = None) -> dict[str, d
         if not is_kohya_key(key):
             unknown.append(key)
             continue
-        name, sub = naming.split_module_key(key)
+        name, sub = names.split_module_key(key)
         if sub not in _ALL_SUBKEYS:
             unknown.append(key)
             continue

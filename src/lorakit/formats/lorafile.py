@@ -15,10 +15,11 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from .. import families, naming
+from .. import families
 from ..errors import LoraKitError
-from . import diffusers_fmt, flux_fmt, kohya, peft_fmt, sd3_fmt
-from .detect import detect_family, detect_format, format_of_modules
+from .. import kohya_names as names
+from . import diffusers_fmt, kohya, peft_fmt
+from .detect import detect_family, detect_format, format_of_modules, own_layout
 from .hashes import precalculate_hashes
 from .metadata import build_metadata
 from .modules import Modules, alpha_of, rank_of
@@ -46,7 +47,7 @@ class LoRAFile:
 
     def parts(self) -> dict[str, int]:
         """Module count per model part (unet, te, te1, te2)."""
-        return dict(Counter(naming.part_of(n) for n in self.modules))
+        return dict(Counter(names.part_of(n) for n in self.modules))
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -86,23 +87,18 @@ def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickl
     else:
         state, metadata = read_safetensors(p)
     fmt = detect_format(state, metadata)
-    if fmt and fmt.startswith("flux-"):
-        fmt = fmt[len("flux-"):]
-        modules = flux_fmt.read(state, metadata, fmt, str(p))
+    own = own_layout(fmt)
+    if own is not None:  # a layout of the family's own (SD3's, Flux's diffusers/ComfyUI/OneTrainer keys)
+        spec, fmt = own
+        modules = spec.read_lora(state, metadata, fmt, str(p))
         if not modules:
             raise _not_lora(state, fmt, p)
-        return LoRAFile(modules, metadata, fmt, "flux", str(p))
-    if fmt and fmt.startswith("sd3-"):
-        fmt = fmt[len("sd3-"):]
-        modules = sd3_fmt.read(state, metadata, fmt, str(p))
-        if not modules:
-            raise _not_lora(state, fmt, p)
-        return LoRAFile(modules, metadata, fmt, family or detect_family(modules, metadata), str(p))
+        return LoRAFile(modules, metadata, fmt, family or detect_family(modules, metadata) or spec.name, str(p))
     if fmt in ("kohya", "lycoris"):
         modules = kohya.group(state, str(p))
         fam = family or detect_family(modules, metadata)
-        if fam == "flux":  # a misspelt Flux layer is an error, never a silent skip
-            flux_fmt.check_kohya_names(modules, str(p))
+        if fam is not None:
+            families.get(fam).check_lora_names(modules, str(p))
     elif fmt == "diffusers":
         modules, fam = diffusers_fmt.read(state, metadata, family, str(p))
     elif fmt == "peft":
@@ -120,7 +116,7 @@ FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".json", ".txt"
 
 def save_lora(path: str | os.PathLike, modules: Modules | LoRAFile, metadata: Mapping[str, str] | None = None, *,
               format: str | None = None, dtype: torch.dtype | None = torch.float16, family: str | None = None,
-              parts=None, layout: naming.UNetLayout | None = None) -> Path:
+              parts=None, layout=None) -> Path:
     """Write kohya modules as a kohya/LyCORIS file, a diffusers file or a PEFT adapter folder.
 
     Written atomically (temporary file + os.replace). kohya files get full ss_*/modelspec

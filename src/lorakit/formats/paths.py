@@ -7,7 +7,8 @@ When a model is at hand its targets index gives the path directly (see `path_for
 
 from __future__ import annotations
 
-from .. import families, naming
+from .. import families
+from ..kohya_names import DENOISER_PREFIX, kohya_name, part_of, te_path_for_name
 from ..errors import LoraKitError
 
 PARTS = ("unet", "te", "te1", "te2", "te3")
@@ -26,13 +27,12 @@ _VOCAB = {
 }
 _MAX_WORDS = max(len(w.split("_")) for w in _VOCAB)
 
-SD1_LAYOUT = naming.SD1_LAYOUT
 
-
-def layout_for(family: str | None) -> naming.UNetLayout:
-    """The UNet layout SAI names refer to: the family's base model's, SDXL base's when the family is unknown."""
+def layout_for(family: str | None):
+    """The layout kohya names refer to: the family's base model's; when the family is unknown (or
+    has none), that of the family unknown LoRAs are read by (families.fallback)."""
     spec = families.find(family)
-    return (spec.reference_layout() if spec else None) or naming.SDXL_LAYOUT
+    return (spec.reference_layout() if spec else None) or families.fallback().reference_layout()
 
 
 def kohya_part(part: str, family: str | None) -> str:
@@ -60,38 +60,39 @@ def underscored_to_path(s: str) -> str:
 
 def split_name(name: str) -> tuple[str, str]:
     """`lora_te1_text_model_…` → (`te1`, `text_model_…`)."""
-    part = naming.part_of(name)
+    part = part_of(name)
     if part == "unknown":
         raise ValueError(f"not a kohya module name: {name}")
     return part, name[len(f"lora_{part}_"):]
 
 
-def kohya_to_path(name: str, layout: naming.UNetLayout | None = None) -> tuple[str, str]:
+def kohya_to_path(name: str, layout=None) -> tuple[str, str]:
     """(part, module path) of a kohya name; UNet paths come out in diffusers spelling.
 
-    SAI spellings (kohya's SDXL names) are translated with `layout`, SDXL base's by default.
+    SAI spellings (kohya's SDXL names) are translated with `layout`, by default the reference
+    layout of the family unknown LoRAs are read by (families.fallback).
     Text-encoder paths keep kohya's `text_model.` prefix.
     """
     part, rest = split_name(name)
     path = underscored_to_path(rest)
-    if part == "unet" and naming.is_sai_unet_path(path):
-        path = naming.sai_to_diffusers_unet_path(path, layout or naming.SDXL_LAYOUT)
+    if part == "unet":
+        path = families.fallback().denoiser_path(path, layout)
     return part, path
 
 
-def path_to_kohya(part: str, path: str, family: str | None, layout: naming.UNetLayout | None = None) -> str:
+def path_to_kohya(part: str, path: str, family: str | None, layout=None) -> str:
     """The kohya name lorakit writes for a module path (the family's spelling: SAI for SDXL UNets)."""
     if part == "unet":
         spec = families.find(family)
         if spec is not None:
             return spec.kohya_denoiser_names(path, layout or layout_for(family))[0]
-        return naming.kohya_name(naming.UNET_PREFIX, path)
+        return kohya_name(DENOISER_PREFIX, path)
     if part not in PARTS:
         raise ValueError(f"unknown model part {part!r}")
-    return naming.kohya_name(f"lora_{part}", naming.te_path_for_name(path))
+    return kohya_name(f"lora_{part}", te_path_for_name(path))
 
 
-def path_for(name: str, parts=None, layout: naming.UNetLayout | None = None, source: str | None = None) -> tuple[str, str]:
+def path_for(name: str, parts=None, layout=None, source: str | None = None) -> tuple[str, str]:
     """(part, path) of a kohya name: from the model's index when `parts` is given, else by the rules.
 
     With a model, text-encoder paths are the live ones (transformers 5's CLIPTextModel has no

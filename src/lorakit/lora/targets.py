@@ -13,7 +13,8 @@ from typing import Mapping, Sequence
 
 from torch import Tensor, nn
 
-from .. import families, naming
+from .. import families
+from ..kohya_names import kohya_name, te_path_for_name
 from . import compose
 
 PRESETS = ("attn", "cross-attn", "attn-mlp", "transformer", "full")  # every family's, in the CLI's order
@@ -125,7 +126,7 @@ def build_index(parts: ModelParts) -> dict[str, Target]:
         for path, module in te.named_modules():
             if not isinstance(module, (nn.Linear, nn.Conv2d)):
                 continue
-            name = naming.kohya_name(prefix, naming.te_path_for_name(path) if _is_clip(te) else path)
+            name = kohya_name(prefix, te_path_for_name(path) if _is_clip(te) else path)
             index[name] = Target(name, path, prefix[len("lora_"):], module, containers.get(path, ""), (name,))
     return index
 

@@ -49,7 +49,7 @@ def save_model(model_or_pipe, out: str | os.PathLike, dtype: torch.dtype | None 
 
 def original_state_dict(model: BaseModel, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The whole model in the original layout, tensors cast to `dtype` (floating point only)."""
-    from . import original_layout
+    from ..families.base import LayoutError
 
     unet, vae, tes = model.unet, model.vae, model.text_encoders
     missing = [name for name, part in (("UNet", unet), ("VAE", vae)) if part is None]
@@ -60,7 +60,7 @@ def original_state_dict(model: BaseModel, dtype: torch.dtype | None = None) -> d
         state = model.spec.to_original(
             denoiser=unet.state_dict(), denoiser_config=dict(unet.config), vae=vae.state_dict(),
             vae_config=dict(vae.config), text_encoders=[te.state_dict() for te in tes])
-    except original_layout.LayoutError as e:
+    except LayoutError as e:
         raise LoraKitError(f"cannot write the original layout: {e}") from e
     if model.prediction_type == "v_prediction":
         state["v_pred"] = torch.tensor([])  # ComfyUI's marker; A1111 ignores unknown keys

@@ -6,7 +6,7 @@ is built on the `meta` device from its configs (no weights: target names, paths 
 from the same `lora.targets` code as for a loaded model) and each layer's weight is read from
 the .safetensors file when asked, under its name in that file: diffusers folders keep the module
 path, original-layout single files the family's original name (`Family.original_weight_keys`,
-the inverse of what `models.original_layout` writes). A read weight equals, bit for bit, what
+the inverse of what `families.unet.original_layout` writes). A read weight equals, bit for bit, what
 the loaders put in the loaded model: same tensor, same cast.
 
 Only what can be read this way opens here (`open_streamed` answers None otherwise: hub ids,
@@ -172,14 +172,14 @@ def open_streamed(spec: str, *, config_dir=None, prediction_type: str | None = N
     return None
 
 
-def _meta_unet(config: dict):
+def _meta_denoiser(spec, config: dict):
     import diffusers
     from accelerate import init_empty_weights
 
     from .single_file import quiet_loading
 
     with init_empty_weights(), quiet_loading():
-        return diffusers.UNet2DConditionModel.from_config(config)
+        return getattr(diffusers, spec.denoiser_class).from_config(config)
 
 
 def _meta_text_encoder(class_name: str, folder: Path):
@@ -193,7 +193,6 @@ def _meta_text_encoder(class_name: str, folder: Path):
 
 
 def _open_single_file(path: Path, prediction_type, config_dir) -> StreamedModel | None:
-    from .. import naming
     from .checkpoint import open_checkpoint
     from .loader import single_file_setup
 
@@ -205,13 +204,13 @@ def _open_single_file(path: Path, prediction_type, config_dir) -> StreamedModel 
     config = json.loads(_config_file(folder / spec.denoiser / "config.json").read_text())
     encoders = [_meta_text_encoder(cls, _config_file(folder / sub / "config.json").parent)
                 for sub, cls in zip(spec.text_encoders, spec.text_encoder_classes)]
-    parts = ModelParts(family, _meta_unet(config), encoders, config)
+    parts = ModelParts(family, _meta_denoiser(spec, config), encoders, config)
     prefixes = {"unet": ("model.diffusion_model.",),
                 **{part: (prefix,) for part, (_, prefix) in zip(spec.te_parts, spec.checkpoint_text_encoders)}}
     file = TensorFile(path)
     files = {part: {k: file for k in file.shapes if k.startswith(p)} for part, p in prefixes.items()}
     return StreamedModel(family, pt, str(path), "single_file", parts, files, _attributes(spec),
-                         naming.UNetLayout.from_config(config))
+                         spec.denoiser_layout(config))
 
 
 def _config_file(path: Path) -> Path:
@@ -255,7 +254,7 @@ def _open_folder(path: Path, prediction_type) -> StreamedModel | None:
     if any(w is None for w in weights.values()) or not (denoiser / "config.json").is_file():
         return None  # pickles (or nothing): the loader refuses or reads them
     config = json.loads((denoiser / "config.json").read_text())
-    unet = _meta_unet(config)
+    unet = _meta_denoiser(first, config)
     encoders = {n: _meta_text_encoder(index[n][1], path / n) for n in present}
     found = families.detect_pipeline(SimpleNamespace(**{first.denoiser: unet}, **encoders), config)
     if found is None or found not in candidates:

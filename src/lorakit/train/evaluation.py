@@ -54,7 +54,7 @@ def evaluate_run(trainer) -> Path | None:
     trainer acts on the signal."""
     if not trainer.main:
         return None
-    from ..evaluate import Stopped
+    from ..evaluation.run import Stopped
 
     try:
         return _evaluate_run(trainer, stop=lambda: trainer.stops.signum is not None)
@@ -63,7 +63,7 @@ def evaluate_run(trainer) -> Path | None:
 
 
 def _evaluate_run(trainer, stop) -> Path:
-    from ..evaluate import Stopped, evaluate
+    from ..evaluation.run import Stopped, evaluate
     from ..evaluation.files import write_report
     from ..toy.evaluate import GUIDANCE
 

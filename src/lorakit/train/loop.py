@@ -35,7 +35,7 @@ from .conditioning import Conditioner, encode_pixels
 from .interrupt import EXIT_CODES, StopRequests, signal_name
 from .config import TrainConfig
 from .logs import LossHistory
-from .memory import release_free_memory
+from .heap_trim import release_free_memory
 from .metadata import network_args, training_fields
 from .optim import build_optimizer, build_scheduler
 from ..generate import image_grid, save_png
@@ -295,7 +295,7 @@ class Trainer:
 
     def _require_fits(self) -> None:
         """A batch whose activations cannot fit is refused before any caching or training."""
-        from ..memory import require_fits, training_bytes
+        from ..fit_check import require_fits, training_bytes
 
         cfg, config = self.cfg, self.model.denoiser_config
         if config is None:  # no denoiser config to estimate from
@@ -310,7 +310,7 @@ class Trainer:
         """A text cache that keeps every caption in RAM is refused before any caching or training when the
         captions cannot fit: one caption's entry is encoded (and kept) to measure it, times the captions
         (the instance ones: a lower bound)."""
-        from ..memory import require_fits
+        from ..fit_check import require_fits
 
         captions = sorted(self.instance_captions)
         if self.texts.mode != "memory" or self.texts.max_items is not None or not captions:

@@ -66,7 +66,7 @@ def generate_images(model: str, prompt: str, negative: str, loras: str, n: int, 
 def evaluate_sweep(model: str, loras: str, prompts: str, trigger: str, strengths: str, n: int, steps: int,
                    guidance: float, seed: int, sampler: str = "euler_a", out: str = "") -> tuple:
     """The strength sweep of `lorakit evaluate`: its table (markdown) and its labelled grid."""
-    from ..evaluate import evaluate
+    from ..evaluation.run import evaluate
     from ..generate import save_png
 
     specs = parse_lora_lines(loras)
@@ -98,7 +98,7 @@ def convert_file(path: str, to: str, out: str) -> str:
 
 
 def resize_file(path: str, rank: int, dynamic: str, out: str) -> str:
-    from ..algebra_ops import resize
+    from ..ops.algebra import resize
 
     result = resize(_existing(path), rank=int(rank) if rank else None, dynamic=dynamic or None, out=_out(out),
                     allow_pickle=allow_pickle())
@@ -111,12 +111,12 @@ def merge_files(loras: str, rank: int, model: str, out: str) -> str:
     if not specs:
         raise LoraKitError("give at least one LoRA (FILE[:WEIGHT] per line)")
     if model.strip():
-        from ..checkpoint_merge import merge_into_checkpoint
+        from ..ops.checkpoint_merge import merge_into_checkpoint
 
         merge_into_checkpoint(model.strip(), [f"{s.path}:{s.weight}" for s in specs], Path(_out(out)),
                               allow_pickle=allow_pickle())
         return f"wrote checkpoint {out}"
-    from ..algebra_ops import merge_loras
+    from ..ops.algebra import merge_loras
 
     result = merge_loras([(s.path, s.weight) for s in specs], rank=int(rank) if rank else None, out=_out(out),
                          allow_pickle=allow_pickle())
@@ -124,7 +124,7 @@ def merge_files(loras: str, rank: int, model: str, out: str) -> str:
 
 
 def extract_file(base: str, tuned: str, rank: int, conv_rank: int, out: str) -> str:
-    from ..extraction import extract
+    from ..ops.extract import extract
 
     ex = extract(base.strip(), tuned.strip(), rank=int(rank), conv_rank=int(conv_rank) or None, out=_out(out),
                  allow_pickle=allow_pickle())

@@ -244,8 +244,10 @@ def card_image(card: LoraCard, side: int = 192):
                 return im
         except OSError:
             pass
-    colours = {"sd1": (70, 110, 170), "sd2": (90, 150, 90), "sdxl": (160, 90, 150)}
-    im = Image.new("RGB", (side, side), colours.get(card.family or "", (110, 110, 110)))
+    from .. import families
+
+    colour = next((f.card_colour for f in families.all() if f.name == card.family), families.Family.card_colour)
+    im = Image.new("RGB", (side, side), colour)
     draw = ImageDraw.Draw(im)
     big, small = ImageFont.load_default(size=side // 8), ImageFont.load_default(size=side // 12)
     draw.text((side // 16, side // 16), card.name[:14], fill="white", font=big)

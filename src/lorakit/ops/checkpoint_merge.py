@@ -12,9 +12,9 @@ def merge_into_checkpoint(model_spec: str, loras: Sequence[str], out: Path, *, d
                           prediction_type: str | None = None, text_encoders: Path | None = None,
                           allow_pickle: bool = False) -> Path:
     """Load in fp32, merge every LoRA at its strength (fp32 math), save in `dtype`."""
-    from .errors import LoraKitError
-    from .generate import attach_loras, parse_lora_arg
-    from .models import load_model, save_model
+    from ..errors import LoraKitError
+    from ..generate import attach_loras, parse_lora_arg
+    from ..models import load_model, save_model
 
     specs = [parse_lora_arg(x) for x in loras]
     for spec in specs:
@@ -23,7 +23,7 @@ def merge_into_checkpoint(model_spec: str, loras: Sequence[str], out: Path, *, d
     out = Path(out)
     if out.exists() and out.is_file() and out.suffix != ".safetensors":
         raise LoraKitError("the output must be a folder or a .safetensors file", out)
-    from .writable import require_writable
+    from ..writable import require_writable
 
     require_writable(out, folder=out.suffix != ".safetensors")
     # fp32 whatever the machine prefers: a merged checkpoint is W + ΔW in fp32, rounded once to the save dtype

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import LoraKitError
-from ..families.flux import FAMILY, is_flux_checkpoint  # noqa: F401 - re-exported for the loader
-from .checkpoint import Checkpoint
-from .single_file import _check_complete, quiet_loading
+from ...errors import LoraKitError
+from ...models.checkpoint import Checkpoint
+from ...models.single_file import _check_complete, quiet_loading
 
 BFL = "model.diffusion_model."
 REAL_WIDTH = 3072
@@ -62,7 +61,7 @@ def load_transformer(ckpt: Checkpoint, config_dir: Path, dtype):
                 raise LoraKitError(f"the transformer tensors do not fit the config in {config_dir / 'transformer'}: "
                                    f"{e}", ckpt.path) from e
         else:
-            from .. import flux_naming
+            from . import naming as flux_naming
 
             config = cls.load_config(str(config_dir), subfolder="transformer", local_files_only=True)
             model = cls.from_config(config)
@@ -106,15 +105,15 @@ def _from_hub_cache(repo: str, sub: str, dtype):
         return None
 
 
-def build_pipeline(ckpt: Checkpoint, *, dtype=torch.float32, config_dir: Path | None = None,
+def build_pipeline(ckpt: Checkpoint, family, *, dtype=torch.float32, config_dir: Path | None = None,
                    text_encoders: Path | None = None, components=("unet", "text_encoders", "vae")):
     """A FluxPipeline from a BFL transformer file (see the module docstring for the other parts)."""
     import diffusers
 
-    from .tokenizer import clip_tokenizer
+    from ...models.tokenizer import clip_tokenizer
 
     name = variant(ckpt.shapes)
-    config_dir = Path(config_dir) if config_dir is not None else FAMILY.config_dir(variant=name)
+    config_dir = Path(config_dir) if config_dir is not None else family.config_dir(variant=name)
     te_dir = Path(text_encoders) if text_encoders is not None else None
     if te_dir is not None and not te_dir.is_dir():
         raise LoraKitError("--text-encoders must be a folder holding vae, text_encoder, text_encoder_2 and "
@@ -145,10 +144,10 @@ def build_pipeline(ckpt: Checkpoint, *, dtype=torch.float32, config_dir: Path | 
                                   text_encoder_2=parts["text_encoder_2"], tokenizer_2=parts["tokenizer_2"])
 
 
-def save_single_file(pipe, path, *, dtype=None, metadata: dict | None = None) -> Path:
+def save_single_file(pipe, path, family, *, dtype=None, metadata: dict | None = None) -> Path:
     """The transformer as a BFL file (what ComfyUI, sd-scripts and diffusers' from_single_file load)."""
-    from .. import flux_naming
-    from ..formats.st_io import serialize, write_bytes_atomic
+    from . import naming as flux_naming
+    from ...formats.st_io import serialize, write_bytes_atomic
 
     out = flux_naming.diffusers_state_to_bfl(pipe.transformer.state_dict())
     if dtype is not None:
@@ -156,8 +155,8 @@ def save_single_file(pipe, path, *, dtype=None, metadata: dict | None = None) ->
     out = {k: v.detach().cpu().contiguous() for k, v in out.items()}
     path = Path(path)
     header = {"modelspec.sai_model_spec": "1.0.0",
-              "modelspec.architecture": FAMILY.architecture(variant=FAMILY.variant_of_config(pipe.transformer.config)),
-              "modelspec.implementation": FAMILY.checkpoint_implementation, "modelspec.title": path.stem,
+              "modelspec.architecture": family.architecture(variant=family.variant_of_config(pipe.transformer.config)),
+              "modelspec.implementation": family.checkpoint_implementation, "modelspec.title": path.stem,
               **{str(k): str(v) for k, v in (metadata or {}).items()}}
     write_bytes_atomic(path, serialize(out, header))
     return path

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .. import naming
-from .base import CONFIGS_DIR, Family
+from . import naming
+from ..base import CONFIGS_DIR, Family
 
 UNET = "model.diffusion_model."
 _TRANSFORMER = frozenset({"Transformer2DModel", "SpatialTransformer"})
@@ -26,14 +26,14 @@ def context_width(shapes: Mapping[str, tuple[int, ...]]) -> int | None:
 
 def lora_context_width(modules: Mapping[str, Mapping]) -> set[int]:
     """Every cross-attention context width a LoRA's attn2 to_k/to_v modules read."""
-    from ..formats.modules import in_features
+    from ...formats.modules import in_features
 
     return {in_features(t) or 0 for n, t in modules.items()
             if n.startswith("lora_unet_") and n.endswith(("attn2_to_k", "attn2_to_v"))}
 
 
 def lora_te_width(modules: Mapping[str, Mapping], prefix: str = "lora_te_") -> set[int]:
-    from ..formats.modules import in_features
+    from ...formats.modules import in_features
 
     return {in_features(t) or 0 for n, t in modules.items()
             if n.startswith(prefix) and n.endswith(("self_attn_q_proj", "self_attn_k_proj"))}
@@ -80,7 +80,7 @@ class UNetFamily(Family):
         return 0
 
     def check_checkpoint(self, ckpt) -> None:
-        from ..errors import LoraKitError
+        from ...errors import LoraKitError
 
         conv_in = ckpt.shapes.get(UNET + "input_blocks.0.0.weight")
         if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
@@ -100,14 +100,14 @@ class UNetFamily(Family):
 
     def pipeline_from_checkpoint(self, ckpt, config_dir: Path, *, dtype, prediction_type: str, components,
                                  **options):
-        from ..models.single_file import build_pipeline
+        from ...models.single_file import build_pipeline
 
         return build_pipeline(ckpt, self.name, config_dir, dtype=dtype, prediction_type=prediction_type,
                               components=components)
 
     def to_original(self, denoiser=None, denoiser_config=None, vae=None, vae_config=None,
                     text_encoders: list | None = None) -> dict:
-        from ..models import original_layout
+        from . import original_layout
 
         return original_layout.to_original(self.name, unet=denoiser, unet_config=denoiser_config, vae=vae,
                                            vae_config=vae_config, text_encoders=text_encoders)
@@ -117,7 +117,7 @@ class UNetFamily(Family):
     def original_weight_keys(self, part: str, path: str, layout) -> tuple[tuple[str, ...], int | None]:
         if part == "unet":
             return (UNET + naming.diffusers_to_sai_unet_path(path, layout) + ".weight",), None
-        from ..models.original_layout import te_weight_key
+        from .original_layout import te_weight_key
 
         kind, prefix = self.checkpoint_text_encoders[self.te_parts.index(part)]
         return te_weight_key(kind, prefix, path)
@@ -127,13 +127,19 @@ class UNetFamily(Family):
 
     def training_values(self, config: Mapping, latent_height: int, latent_width: int, checkpointed: bool) -> int:
         """Scales with the latent pixels and the width of the first (largest) level."""
-        from ..memory import unet_values
+        from ...fit_check import unet_values
 
         return unet_values(config, latent_height, latent_width, checkpointed)
 
     # --- kohya names ---------------------------------------------------------------------------
     def denoiser_layout(self, config: Mapping | None):
         return naming.UNetLayout.from_config(config) if config else None
+
+    def denoiser_path(self, path: str, layout) -> str:
+        """SAI spellings (kohya's SDXL names) back to diffusers paths."""
+        if naming.is_sai_unet_path(path):
+            return naming.sai_to_diffusers_unet_path(path, layout or self.reference_layout())
+        return path
 
     def kohya_denoiser_names(self, path: str, layout) -> tuple[str, ...]:
         names = naming.unet_kohya_names(path, layout)  # diffusers spelling, then SAI spelling

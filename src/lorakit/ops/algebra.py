@@ -15,9 +15,9 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .errors import LoraKitError
-from .lora.algebra import RankInfo, concat, factors, project, resize_factors
-from .lora.ranks import Dynamic
+from ..errors import LoraKitError
+from ..lora.algebra import RankInfo, concat, factors, project, resize_factors
+from ..lora.ranks import Dynamic
 
 PathLike = str | os.PathLike
 Progress = Callable[[int, int, str], None]
@@ -54,7 +54,7 @@ def as_dynamic(value: str | Dynamic | None) -> Dynamic | None:
 
 
 def _load(source, allow_pickle: bool = False):
-    from .formats import LoRAFile, load_lora
+    from ..formats import LoRAFile, load_lora
 
     if isinstance(source, LoRAFile):
         return source
@@ -65,7 +65,7 @@ def _load(source, allow_pickle: bool = False):
 
 
 def _is_conv3(module) -> bool:
-    from .formats.modules import is_conv_kxk
+    from ..formats.modules import is_conv_kxk
 
     return is_conv_kxk(module)
 
@@ -77,15 +77,15 @@ def _check_rank(name: str, value: int | None) -> None:
 
 def _writable(out: PathLike | None, fmt: str = "kohya") -> None:
     if out is not None:
-        from .writable import require_writable
+        from ..writable import require_writable
 
         require_writable(out, folder=fmt == "peft")
 
 
 def _save(result: AlgebraResult, out: PathLike | None, dtype: torch.dtype | None, fmt: str | None) -> AlgebraResult:
     if out is not None:
-        from .formats import save_lora
-        from .formats.st_io import read_metadata
+        from ..formats import save_lora
+        from ..formats.st_io import read_metadata
 
         result.path = save_lora(out, result.modules, result.metadata, format=fmt, dtype=dtype, family=result.family)
         if result.path.is_file():
@@ -161,7 +161,7 @@ def resize_table(infos: dict[str, RankInfo]) -> list[tuple[str, int, int, float,
 
 def parse_lora_specs(values: Sequence[str]) -> list[tuple[Path, float]]:
     """`FILE[:WEIGHT]` strings (weight 1 when absent) → (path, weight)."""
-    from .generate import parse_lora_arg
+    from ..generate import parse_lora_arg
 
     specs = [parse_lora_arg(v) for v in values]
     return [(s.path, s.weight) for s in specs]

@@ -14,7 +14,7 @@ modules ({`lora_unet_double_blocks_…` / `lora_te1_…`: {subkey: tensor}}).
   `lora_te2_` (T5: OneTrainer numbers its second encoder 2).
 
 Split ↔ fused is exact (lora/fused.py). The shared machinery (grouping keys, factors, folding) is
-SD3's (`sd3_fmt`); only the names differ.
+SD3's (`sd3/layouts.py`); only the names differ.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from .. import flux_naming
-from ..errors import LoraKitError
-from ..lora import fused
-from .kohya import validate_module
-from .modules import Modules
-from .peft_common import kohya_alpha, lora_config
-from .sd3_fmt import (METADATA_KEY, _cast, _configs, _factors, _folded, _group, _module, _plain, te_name,
+from . import naming as flux_naming
+from ...errors import LoraKitError
+from ...lora import fused
+from ...formats.kohya import validate_module
+from ...formats.modules import Modules
+from ...formats.peft_common import kohya_alpha, lora_config
+from ..sd3.layouts import (METADATA_KEY, _cast, _configs, _factors, _folded, _group, _module, _plain, te_name,
                       te_path_of)
 
 LAYOUTS = ("kohya", "diffusers", "comfyui", "onetrainer")
@@ -118,7 +118,7 @@ def read(state: Mapping[str, Tensor], metadata: Mapping[str, str], layout: str,
          source: str | None = None) -> dict[str, dict[str, Tensor]]:
     """A Flux LoRA in any layout → kohya modules (validated)."""
     if layout == "kohya":
-        from . import kohya
+        from ...formats import kohya
 
         modules = kohya.group(state, source)
         check_kohya_names(modules, source)
@@ -201,7 +201,7 @@ def write_state(modules: Modules, layout: str, dtype: torch.dtype | None,
     tensors: dict[str, Tensor] = {}
     extra: dict[str, str] = {}
     if layout == "diffusers":
-        from .peft_common import Entry
+        from ...formats.peft_common import Entry
 
         entries: dict[str, list] = {}
         for name, t in modules.items():

@@ -20,15 +20,13 @@ from typing import Mapping
 
 import torch
 
-from .. import naming
+from ... import kohya_names as names
+from ..base import LayoutError  # noqa: F401 - raised here, caught by models/saver.py
+from . import naming
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 _UNET_ROOTS = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.", "label_emb.", "out.")
-
-
-class LayoutError(ValueError):
-    """A tensor name the original layout has no place for."""
 
 
 def unet_to_original(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
@@ -161,7 +159,7 @@ def te_weight_key(kind: str, prefix: str, path: str) -> tuple[tuple[str, ...], i
     layout, for reading it alone: (the tensor names it may have, first found wins; which third of
     a fused OpenCLIP q/k/v `in_proj_weight` it is, or None for the whole tensor). The same maps
     as the writers above, read backwards."""
-    path = naming.te_path_for_name(path)
+    path = names.te_path_for_name(path)
     if kind == "clip":  # some SD1 files spell the CLIP keys without `text_model.` (_with_text_model)
         return (f"{prefix}{path}.weight", f"{prefix}{path.removeprefix('text_model.')}.weight"), None
     m = re.match(r"text_model\.encoder\.layers\.(\d+)\.(.+)$", path)
@@ -178,7 +176,7 @@ def te_weight_key(kind: str, prefix: str, path: str) -> tuple[tuple[str, ...], i
 
 def text_encoders_to_original(family, states: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Each text encoder in the layout and under the prefix its family gives (checkpoint_text_encoders)."""
-    from .. import families
+    from ... import families
 
     layouts = families.get(family).checkpoint_text_encoders
     if len(states) != len(layouts):

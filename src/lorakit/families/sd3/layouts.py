@@ -24,13 +24,13 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from .. import sd3_naming
-from ..errors import LoraKitError
-from ..lora import fused
-from .kohya import _listing, validate_module
-from .modules import Modules, algo_of, alpha_of, rank_of
-from .paths import underscored_to_path
-from .peft_common import fold_scale, kohya_alpha, lora_config
+from . import naming as sd3_naming
+from ...errors import LoraKitError
+from ...lora import fused
+from ...formats.kohya import _listing, validate_module
+from ...formats.modules import Modules, algo_of, alpha_of, rank_of
+from ...formats.paths import underscored_to_path
+from ...formats.peft_common import fold_scale, kohya_alpha, lora_config
 
 LAYOUTS = ("kohya", "diffusers", "comfyui", "onetrainer")
 METADATA_KEY = "lora_adapter_metadata"
@@ -147,7 +147,7 @@ def read(state: Mapping[str, Tensor], metadata: Mapping[str, str], layout: str,
          source: str | None = None) -> dict[str, dict[str, Tensor]]:
     """An SD3 LoRA in any layout → kohya modules (validated)."""
     if layout == "kohya":
-        from . import kohya
+        from ...formats import kohya
 
         modules = kohya.group(state, source)
     elif layout == "comfyui":
@@ -257,7 +257,7 @@ def write_state(modules: Modules, layout: str, dtype: torch.dtype | None,
     tensors: dict[str, Tensor] = {}
     extra: dict[str, str] = {}
     if layout == "diffusers":
-        from .peft_common import Entry
+        from ...formats.peft_common import Entry
 
         entries: dict[str, list] = {}
         for name, t in modules.items():

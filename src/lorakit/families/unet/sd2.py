@@ -6,12 +6,13 @@ from typing import Mapping
 
 import torch
 
-from .. import naming
-from .unet import UNET, UNetFamily, context_width, denoiser_config
+from . import naming
+from .family import UNET, UNetFamily, context_width, denoiser_config
 
 
 class SD2(UNetFamily):
     name, label = "sd2", "SD2"
+    card_colour = (90, 150, 90)
     pipeline_class = "StableDiffusionPipeline"
     pipeline_kwargs = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     text_encoders, tokenizers = ("text_encoder",), ("tokenizer",)

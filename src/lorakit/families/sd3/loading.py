@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import LoraKitError
-from .checkpoint import Checkpoint
-from .single_file import CONFIGS_DIR, _check_complete, _load_diffusers_part, _tie_position_ids, quiet_loading
+from ...errors import LoraKitError
+from ...models.checkpoint import Checkpoint
+from ...models.single_file import CONFIGS_DIR, _check_complete, _load_diffusers_part, _tie_position_ids, quiet_loading
 
 MMDIT = "model.diffusion_model."
 TE_PREFIX = {"text_encoder": "text_encoders.clip_l.transformer.",
@@ -131,7 +131,7 @@ def build_pipeline(ckpt: Checkpoint, *, dtype=torch.float32, config_dir: Path | 
     """A StableDiffusion3Pipeline from an SAI single file (see the module docstring for the sources)."""
     import diffusers
 
-    from .tokenizer import clip_tokenizer
+    from ...models.tokenizer import clip_tokenizer
 
     name = variant(ckpt.shapes)
     config_dir = Path(config_dir) if config_dir is not None else shipped_config(name)
@@ -180,8 +180,8 @@ def original_state(transformer: dict | None, vae: dict | None, vae_config: dict 
                    text_encoders: list | None) -> dict[str, torch.Tensor]:
     """diffusers/transformers state dicts → one SAI-layout state dict (what ComfyUI and sd-scripts load);
     text encoders that are None are left out, as in SAI's files without them."""
-    from .. import sd3_naming
-    from .original_layout import vae_to_original
+    from . import naming as sd3_naming
+    from ..unet.original_layout import vae_to_original
 
     out: dict[str, torch.Tensor] = {}
     if transformer is not None:
@@ -200,7 +200,7 @@ def original_state(transformer: dict | None, vae: dict | None, vae_config: dict 
 def save_single_file(pipe, path, *, include_text_encoders: bool = True, dtype=None,
                      metadata: dict | None = None) -> Path:
     """An SAI-layout single file of the pipeline, written atomically (tests and `save_model` use it)."""
-    from ..formats.st_io import serialize, write_bytes_atomic
+    from ...formats.st_io import serialize, write_bytes_atomic
 
     tes = [getattr(pipe, n, None) for n in TE_PREFIX] if include_text_encoders else []
     out = original_state(pipe.transformer.state_dict(), pipe.vae.state_dict() if pipe.vae is not None else None,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .. import sd3_naming
-from .targets import Target
+from ..sd3 import naming as sd3_naming
+from ...lora.targets import Target
 
 _KIND = {"qkv": "attn", "proj": "attn", "fc1": "mlp", "fc2": "mlp", "1": "adaLN"}
 
@@ -25,7 +25,7 @@ def _container(sai_path: str) -> str:
 def transformer_targets(transformer: nn.Module, naming=sd3_naming) -> dict[str, Target]:
     """{kohya name: Target} for every Linear/Conv2d of the transformer that the original layout names.
 
-    `naming` is `sd3_naming` (SD3Transformer2DModel) or `flux_naming` (FluxTransformer2DModel).
+    `naming` is the family's name table: SD3's (SD3Transformer2DModel) or Flux's (FluxTransformer2DModel).
     """
     container = getattr(naming, "container", _container)
     found: dict[str, dict[int, tuple[str, nn.Module]]] = {}

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-UNET_PREFIX = "lora_unet"
+from ...kohya_names import DENOISER_PREFIX as UNET_PREFIX, kohya_name
 
 
 @dataclass(frozen=True)
@@ -91,15 +91,6 @@ def diffusers_to_sai_unet_path(path: str, layout: UNetLayout) -> str:
     return path
 
 
-def te_path_for_name(path: str) -> str:
-    """kohya's TE names always contain `text_model` (transformers 5 dropped it on CLIPTextModel)."""
-    return path if path.startswith("text_model.") or path == "text_model" else "text_model." + path
-
-
-def kohya_name(prefix: str, path: str) -> str:
-    return prefix + "_" + path.replace(".", "_")
-
-
 def unet_kohya_names(path: str, layout: UNetLayout | None) -> list[str]:
     """Every kohya name a file may use for this UNet module: diffusers spelling and SAI spelling."""
     names = [kohya_name(UNET_PREFIX, path)]
@@ -108,22 +99,6 @@ def unet_kohya_names(path: str, layout: UNetLayout | None) -> list[str]:
         if sai not in names:
             names.append(sai)
     return names
-
-
-def split_module_key(key: str) -> tuple[str, str]:
-    """`lora_unet_x_y.lora_down.weight` → (`lora_unet_x_y`, `lora_down.weight`)."""
-    module, dot, sub = key.partition(".")
-    if not dot:
-        raise ValueError(f"not a module key: {key}")
-    return module, sub
-
-
-def part_of(name: str) -> str:
-    """Which model part a kohya module name belongs to: unet, te, te1, te2 or te3."""
-    for part in ("unet", "te1", "te2", "te3", "te"):
-        if name.startswith(f"lora_{part}_"):
-            return part
-    return "unknown"
 
 
 # The layouts kohya's SAI names refer to when no model is at hand: SDXL base, and SD 1.x/2.x base.

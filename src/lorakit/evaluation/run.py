@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import LoraKitError
-from .evaluation import encoders as enc
-from .evaluation.similarity import feature_distance, mean, mean_pairwise, paired, pixel_distance
-from .generate import LoraSpec, generate
+from ..errors import LoraKitError
+from . import encoders as enc
+from .similarity import feature_distance, mean, mean_pairwise, paired, pixel_distance
+from ..generate import LoraSpec, generate
 
 DEFAULT_CLIP, DEFAULT_DINO = enc.DEFAULT_CLIP, enc.DEFAULT_DINO
 
@@ -142,7 +142,7 @@ class EvalReport:
 
 def _toy_verdict(image, prompt: str) -> bool | None:
     """Whether a toy-world image shows what its caption asks (None: not a toy-world caption)."""
-    from .toy import scorer, world
+    from ..toy import scorer, world
 
     try:
         want = world.parse_caption(prompt)
@@ -155,7 +155,7 @@ def _toy_verdict(image, prompt: str) -> bool | None:
 def training_images(data) -> list[Path]:
     """The instance images of a dataset folder (kohya `N_name` sub-folders too) or dataset TOML;
     regularisation subsets are left out: they are not the subject."""
-    from .data import load_dataset_config, scan, subsets_in
+    from ..data import load_dataset_config, scan, subsets_in
 
     data = Path(data)
     if data.suffix.lower() == ".toml":
@@ -168,7 +168,7 @@ def training_images(data) -> list[Path]:
 
 
 def _load_images(paths: Sequence[Path]) -> list:
-    from .data.folders import load_rgb
+    from ..data.folders import load_rgb
 
     return [load_rgb(p) for p in paths]
 
@@ -206,7 +206,7 @@ def _draw(model, loras, network, prompts, strengths, n, seed, gen: dict, base_ca
 
 def _require_fits(model, count: int, width: int | None, height: int | None) -> None:
     """Every image of the sweep is kept (and drawn once more in the grid): refuse what cannot fit."""
-    from .memory import generation_bytes, require_fits
+    from ..fit_check import generation_bytes, require_fits
 
     pipe = model.pipe
     sample = getattr(model.unet.config, "sample_size", None)  # as generate: Flux's native size when none

@@ -2,8 +2,8 @@
 CLIP-L (pooled) + T5-XXL (sequence), flow matching with a resolution-dependent timestep shift,
 latents packed 2×2 into tokens, and on dev a guidance embedding.
 
-What differs from the other families lives here; the name tables are `flux_naming`, the file
-layouts `formats/flux_fmt`. Packing, position ids and the shift come from diffusers'
+What differs from the other families lives here; the name tables are `naming.py`, the file
+layouts `layouts.py`. Packing, position ids and the shift come from diffusers'
 `FluxPipeline` and scheduler (`_pack_latents`, `_prepare_latent_image_ids`, `calculate_shift`,
 `time_shift`), called rather than rewritten.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .. import flux_naming
-from .base import CONFIGS_DIR, Family
+from . import naming as flux_naming
+from ..base import CONFIGS_DIR, Family
 
 BFL = "model.diffusion_model."
 _IMPL = "https://github.com/black-forest-labs/flux"
@@ -63,15 +63,15 @@ class Flux(Family):
 
     def config_dir(self, prediction_type: str = "flow_matching", ckpt=None, variant: str | None = None) -> Path:
         if variant is None:
-            from ..models.flux_loading import variant as variant_of_file
+            from .loading import variant as variant_of_file
 
             variant = variant_of_file(ckpt.shapes) if ckpt is not None else "dev"
         return CONFIGS_DIR / SHIPPED[variant]
 
     def pipeline_from_checkpoint(self, ckpt, config_dir, *, dtype, prediction_type: str, components, **options):
-        from ..models.flux_loading import build_pipeline
+        from .loading import build_pipeline
 
-        return build_pipeline(ckpt, dtype=dtype, config_dir=config_dir, text_encoders=options.get("text_encoders"),
+        return build_pipeline(ckpt, self, dtype=dtype, config_dir=config_dir, text_encoders=options.get("text_encoders"),
                               components=components)
 
     def to_original(self, denoiser=None, denoiser_config=None, vae=None, vae_config=None,
@@ -90,10 +90,28 @@ class Flux(Family):
             md["modelspec.architecture"] = known if known.endswith("/lora") else known + "/lora"
         return md
 
+    def lora_layout(self, keys: Sequence[str], metadata: Mapping[str, str]) -> tuple[str | None, int]:
+        """Stronger than SD3's claim: a Flux diffusers file of double blocks has SD3's key shapes,
+        and Flux claims it only when single blocks or the metadata say Flux."""
+        from .layouts import layout_of
+
+        layout = layout_of(keys, metadata)
+        return (layout, 2) if layout not in (None, "kohya") else (None, 0)
+
+    def read_lora(self, state: Mapping, metadata: Mapping[str, str], layout: str, source: str | None) -> dict:
+        from .layouts import read
+
+        return read(state, metadata, layout, source)
+
+    def check_lora_names(self, modules: Mapping, source: str | None) -> None:
+        from .layouts import check_kohya_names
+
+        check_kohya_names(modules, source)
+
     def write_lora(self, modules: Mapping, layout: str, dtype, source: str | None):
         if layout == "kohya":
             return None
-        from ..formats.flux_fmt import write_state
+        from .layouts import write_state
 
         return write_state(modules, layout, dtype, source)
 
@@ -118,7 +136,7 @@ class Flux(Family):
 
     # --- names and presets ----------------------------------------------------------------------
     def denoiser_targets(self, transformer):
-        from ..lora.mmdit import transformer_targets
+        from ..dit.targets import transformer_targets
 
         return transformer_targets(transformer, flux_naming)
 
@@ -131,7 +149,7 @@ class Flux(Family):
     def training_values(self, config: Mapping, latent_height: int, latent_width: int, checkpointed: bool) -> int:
         """Scales with the image tokens (2×2 latent pixels each), the token width and the double and
         single blocks."""
-        from ..memory import mmdit_values
+        from ...fit_check import mmdit_values
 
         tokens = (latent_height // 2) * (latent_width // 2)
         width = config["num_attention_heads"] * config["attention_head_dim"]

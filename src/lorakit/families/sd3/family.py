@@ -1,8 +1,8 @@
 """SD 3.x (3.0 medium, 3.5 medium, 3.5 large): an MMDiT transformer trained by flow matching,
 CLIP-L + CLIP-G + T5-XXL, 16-channel latents, kohya names in SAI's spelling with fused `attn.qkv`.
 
-The pieces live where their kind lives: names and row maps in `sd3_naming`, the fused-layer targets
-in `lora/mmdit.py`, file layouts in `formats/sd3_fmt.py`, loading in `models/sd3_loading.py`, the
+The pieces live where their kind lives: names and row maps in `naming.py`, the fused-layer targets
+in `families/dit/targets.py`, file layouts in `layouts.py`, loading in `loading.py`, the
 objective in `train/flow_matching.py`; this module says which of them SD3 uses.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from .base import Family
+from ..base import Family
 
 _IMPL = "https://github.com/Stability-AI/generative-models"
 VARIANTS = ("medium", "5-medium", "5-large")  # sd-scripts' ss_base_model_version values
@@ -46,12 +46,12 @@ class SD3(Family):
         return 4 if metadata.get("modelspec.architecture", "").startswith("stable-diffusion-3") else 0
 
     def lora_evidence(self, modules: Mapping[str, Mapping]) -> int:
-        from ..formats.sd3_fmt import is_sd3_modules
+        from .layouts import is_sd3_modules
 
         return 5 if is_sd3_modules(modules) else 0
 
     def checkpoint_evidence(self, shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]) -> int:
-        from ..models.sd3_loading import is_sd3_checkpoint
+        from .loading import is_sd3_checkpoint
 
         return 5 if is_sd3_checkpoint(shapes) else 0
 
@@ -72,7 +72,7 @@ class SD3(Family):
         return 1024
 
     def model_lora_metadata(self, denoiser_config: Mapping) -> dict[str, str]:
-        from ..models.sd3_loading import variant_of_config
+        from .loading import variant_of_config
 
         return {"ss_base_model_version": variant_of_config(denoiser_config)}
 
@@ -88,19 +88,19 @@ class SD3(Family):
 
     # --- models and files ----------------------------------------------------------------------
     def config_dir(self, prediction_type: str, ckpt=None):
-        from ..models.sd3_loading import shipped_config, variant
+        from .loading import shipped_config, variant
 
         return shipped_config(variant(ckpt.shapes) if ckpt is not None else "5-medium")
 
     def pipeline_from_checkpoint(self, ckpt, config_dir, *, dtype, prediction_type: str, components, **options):
-        from ..models.sd3_loading import build_pipeline
+        from .loading import build_pipeline
 
         return build_pipeline(ckpt, dtype=dtype, config_dir=config_dir, text_encoders=options.get("text_encoders"),
                               components=components)
 
     def to_original(self, denoiser=None, denoiser_config=None, vae=None, vae_config=None,
                     text_encoders: list | None = None) -> dict:
-        from ..models.sd3_loading import original_state
+        from .loading import original_state
 
         return original_state(denoiser, vae, vae_config, text_encoders)
 
@@ -109,7 +109,7 @@ class SD3(Family):
 
     def training_values(self, config: Mapping, latent_height: int, latent_width: int, checkpointed: bool) -> int:
         """Scales with the image tokens (patch × patch latent pixels each), the token width and the blocks."""
-        from ..memory import mmdit_values
+        from ...fit_check import mmdit_values
 
         patch = self.denoiser_downsampling(config)
         tokens = (latent_height // patch) * (latent_width // patch)
@@ -118,7 +118,7 @@ class SD3(Family):
 
     # --- targets -------------------------------------------------------------------------------
     def denoiser_targets(self, denoiser) -> dict:
-        from ..lora.mmdit import transformer_targets
+        from ..dit.targets import transformer_targets
 
         return transformer_targets(denoiser)
 
@@ -126,10 +126,21 @@ class SD3(Family):
         return container.startswith("MMDiT.") and container[len("MMDiT."):] in _PRESET_KINDS.get(preset, ())
 
     # --- LoRA files ----------------------------------------------------------------------------
+    def lora_layout(self, keys: Sequence[str], metadata: Mapping[str, str]) -> tuple[str | None, int]:
+        from .layouts import layout_of
+
+        layout = layout_of(keys)
+        return (layout, 1) if layout not in (None, "kohya") else (None, 0)
+
+    def read_lora(self, state: Mapping, metadata: Mapping[str, str], layout: str, source: str | None) -> dict:
+        from .layouts import read
+
+        return read(state, metadata, layout, source)
+
     def write_lora(self, modules: Mapping, layout: str, dtype, source: str | None):
         if layout == "kohya":
             return None
-        from ..formats.sd3_fmt import write_state
+        from .layouts import write_state
 
         return write_state(modules, layout, dtype, source)
 

@@ -11,7 +11,7 @@ converts whole weights of a complete checkpoint with the width fixed at 3072, wh
 names only some modules and tiny test models are narrower. `tests/test_flux_formats.py` checks
 this table against diffusers' converter row by row.
 
-The functions mirror `sd3_naming` (same names), so `lora/mmdit.py` and the file layouts take
+The functions mirror SD3's `naming` (same names), so `dit/targets.py` and the file layouts take
 either module as their naming.
 """
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from .. import naming
-from .unet import UNET, UNetFamily, context_width, denoiser_config
+from . import naming
+from .family import UNET, UNetFamily, context_width, denoiser_config
 
 
 class SD1(UNetFamily):
     name, label = "sd1", "SD1"
+    card_colour = (70, 110, 170)
     pipeline_class = "StableDiffusionPipeline"
     pipeline_kwargs = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     text_encoders, tokenizers, tokenizer_pads = ("text_encoder",), ("tokenizer",), ("<|endoftext|>",)

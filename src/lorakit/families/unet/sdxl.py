@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from .. import naming
-from .unet import UNetFamily, context_width, denoiser_config
+from ... import kohya_names as names
+from . import naming
+from .family import UNetFamily, context_width, denoiser_config
 
 _IMPL = "https://github.com/Stability-AI/generative-models"
 
 
 class SDXL(UNetFamily):
     name, label = "sdxl", "SDXL"
+    card_colour = (160, 90, 150)
     pipeline_class = "StableDiffusionXLPipeline"
     index_defaults = {"force_zeros_for_empty_prompt": True}
     text_encoders, tokenizers = ("text_encoder", "text_encoder_2"), ("tokenizer", "tokenizer_2")
@@ -49,7 +51,7 @@ class SDXL(UNetFamily):
         return naming.SDXL_LAYOUT
 
     def lora_evidence(self, modules: Mapping[str, Mapping]) -> int:
-        if any(naming.part_of(n) in ("te1", "te2") for n in modules):
+        if any(names.part_of(n) in ("te1", "te2") for n in modules):
             return 3
         return super().lora_evidence(modules)
 
@@ -87,7 +89,7 @@ class SDXL(UNetFamily):
         """`time_ids`: original size, crop top-left and target size of each sample."""
         import torch
 
-        from ..train.conditioning import time_ids
+        from ...train.conditioning import time_ids
 
         return {"time_ids": torch.stack([time_ids(s.placement.original, s.crop, s.placement.bucket)
                                          for s in samples])}

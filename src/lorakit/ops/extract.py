@@ -18,10 +18,10 @@ from typing import Callable
 
 import torch
 
-from .errors import LoraKitError
-from .lora.algebra import ExtractInfo, extract_module, sq_norm
-from .lora.ranks import Dynamic
-from .lora.targets import PRESETS, ModelParts, Target, select
+from ..errors import LoraKitError
+from ..lora.algebra import ExtractInfo, extract_module, sq_norm
+from ..lora.ranks import Dynamic
+from ..lora.targets import PRESETS, ModelParts, Target, select
 
 ZERO_DIFF = 1e-7  # max |ΔW| at or below this is "unchanged" (fp32 round-off of an untouched layer)
 
@@ -194,8 +194,8 @@ class _Loaded:
 
 def _open(spec, dtype: torch.dtype, allow_pickle: bool, config_dir):
     """The model read layer by layer from its files when it can be (models.streaming), else loaded whole."""
-    from .models import BaseModel, load_model
-    from .models.streaming import open_streamed
+    from ..models import BaseModel, load_model
+    from ..models.streaming import open_streamed
 
     if isinstance(spec, BaseModel):
         return _Loaded(spec)
@@ -222,7 +222,7 @@ def extract(base, tuned, rank: int | None = None, dynamic: str | Dynamic | None 
     dyn = Dynamic.parse(dynamic) if isinstance(dynamic, str) else dynamic
     preset = _check_options(rank, dyn, conv_rank, clamp_quantile, preset)
     if out is not None:
-        from .writable import require_writable
+        from ..writable import require_writable
 
         require_writable(out)
     base_model = tuned_model = None
@@ -245,8 +245,8 @@ def extract(base, tuned, rank: int | None = None, dynamic: str | Dynamic | None 
     if base_model.prediction_type == "v_prediction":
         res.metadata["modelspec.prediction_type"] = "v"
     if out is not None:
-        from .formats import save_lora
-        from .formats.st_io import read_metadata
+        from ..formats import save_lora
+        from ..formats.st_io import read_metadata
 
         res.path = save_lora(out, res.modules, res.metadata, dtype=dtype, family=res.family)
         res.metadata = read_metadata(res.path)

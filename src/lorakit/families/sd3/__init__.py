@@ -1,0 +1,1 @@
+"""SD 3.x (MMDiT): the family, its name and row tables, its LoRA file layouts and its loading."""
