@@ -18,10 +18,11 @@ from test_caption import tiny_blip  # noqa: F401 - the fixture
 
 
 def kohya_file(path, rank=4, context=768, metadata=None, te2=False):
-    """A small kohya LoRA: two cross-attention modules (and an SDXL-only text-encoder module)."""
+    """A small kohya LoRA: two cross-attention modules of a block every UNet family has (and a CLIP-G
+    text-encoder module)."""
     t = {}
-    for name in ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k",
-                 "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_v"):
+    for name in ("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k",
+                 "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_v"):
         t[f"{name}.lora_down.weight"] = torch.zeros(rank, context)
         t[f"{name}.lora_up.weight"] = torch.zeros(320, rank)
         t[f"{name}.alpha"] = torch.tensor(float(rank))

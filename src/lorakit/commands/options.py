@@ -8,3 +8,12 @@ from ..pickles import PICKLE_HELP
 
 # every command that reads a model or a LoRA takes this; typer reads the default, never mutates it
 ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help=PICKLE_HELP)
+
+
+def _family_help() -> str:
+    from .. import families
+
+    return f"the model family ({', '.join(families.names())}) when the file cannot tell"
+
+
+FAMILY = typer.Option(None, "--family", help=_family_help())
