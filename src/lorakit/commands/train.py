@@ -13,7 +13,7 @@ from typing import Optional, get_args, get_type_hints
 
 import typer
 
-from ..train.config import TrainConfig
+from ..train.config import ModelSource, TrainConfig
 
 _SHORT = {"model": ["-m"], "data": ["-d"], "out": ["-o"], "rank": ["-r"]}
 
@@ -58,7 +58,7 @@ def resume_command(run_dir) -> str:
 def _cli_type(hint):
     args = [a for a in get_args(hint) if a is not type(None)]
     base = args[0] if args else hint
-    return {list: str}.get(base, base)
+    return {list: str, ModelSource: str}.get(base, base)
 
 
 def _signature() -> inspect.Signature:
