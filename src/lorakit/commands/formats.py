@@ -18,6 +18,21 @@ def _fmt_summary(s: dict) -> str:
     return vals
 
 
+def _to_help() -> str:
+    """Each layout and, where not every family writes it, the families that do (from the registry)."""
+    from .. import families
+    from ..formats import FORMATS
+
+    out = []
+    for fmt in FORMATS:
+        writers = [f.label for f in families.all() if fmt in f.lora_formats]
+        out.append(fmt if len(writers) == len(families.all()) else f"{fmt} ({'/'.join(writers)})")
+    return ", ".join(out)
+
+
+TO_HELP = _to_help()
+
+
 def _undecided(candidates: list[str]) -> str:
     from ..formats.detect import describe
 
@@ -77,13 +92,13 @@ def inspect(
 
 def convert(
     file: Path = typer.Argument(..., help="LoRA file or PEFT adapter folder"),
-    to: str = typer.Option(..., "--to", help="kohya, diffusers or peft"),
+    to: str = typer.Option(..., "--to", help=TO_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="output file (a folder for peft)"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: keep)"),
     family: Optional[str] = FAMILY,
     allow_pickle: bool = ALLOW_PICKLE,
 ) -> None:
-    """Convert a LoRA between kohya (A1111/ComfyUI), diffusers and PEFT formats."""
+    """Convert a LoRA between file layouts (--to lists them, and which families write each)."""
     from ..devices import parse_dtype
     from ..errors import LoraKitError
     from ..formats import FORMATS, load_lora, save_lora

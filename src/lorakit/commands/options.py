@@ -16,4 +16,14 @@ def _family_help() -> str:
     return f"the model family ({', '.join(families.names())}) when the file cannot tell"
 
 
+def _text_encoders_help() -> str:
+    from dataclasses import fields
+
+    from ..train.config import TrainConfig
+
+    return next(f.metadata["help"] for f in fields(TrainConfig) if f.name == "text_encoders")
+
+
 FAMILY = typer.Option(None, "--family", help=_family_help())
+# the wording of `train --text-encoders`, so that the three commands never describe it apart
+TEXT_ENCODERS = typer.Option(None, "--text-encoders", help=_text_encoders_help())

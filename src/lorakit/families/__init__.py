@@ -1,5 +1,5 @@
-"""Model families (SD 1.x, 2.x, XL, 3.x) behind one interface: `families.get("sdxl")` answers what
-differs between them. See `base.Family` for what a family must say; register a new one here.
+"""Model families (SD 1.x, 2.x, XL, 3.x, Flux.1) behind one interface: `families.get("sdxl")` answers
+what differs between them. See `base.Family` for what a family must say; register a new one here.
 
 Detection asks every family for its evidence and takes the strongest. A LoRA that fits several
 families equally well is reported as such (`lora_candidates`), never settled by registration order.

@@ -1,5 +1,5 @@
-"""The interface every model family answers: what differs between SD 1.x, 2.x, XL (and later
-SD 3.x, Flux.1) is asked of a `Family`, never decided by comparing family names elsewhere.
+"""The interface every model family answers: what differs between SD 1.x, 2.x, XL, SD 3.x and
+Flux.1 is asked of a `Family`, never decided by comparing family names elsewhere.
 
 A family is a stateless object: class attributes for the facts (component names, kohya prefixes,
 metadata values), methods for what needs the weights at hand (detection, conditioning, the

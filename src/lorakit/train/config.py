@@ -85,8 +85,8 @@ class TrainConfig:
     # network
     rank: int = opt(16, "LoRA rank", "network")
     alpha: Optional[float] = opt(None, "LoRA alpha (default: rank, i.e. scale 1)", "network")
-    preset: str = opt("transformer", "target preset: attn, cross-attn, attn-mlp, transformer, full (SD 3.x: "
-                      "attn = attention, attn-mlp = + MLP, transformer = every linear of the blocks)", "network")
+    preset: str = opt("transformer", "target preset: attn, cross-attn, attn-mlp, transformer, full (SD 3.x, "
+                      "Flux.1: attn = attention, attn-mlp = + MLP, transformer = every linear of the blocks)", "network")
     conv_rank: Optional[int] = opt(None, "rank of 3×3 convolutions (preset full; default: none adapted)", "network")
     conv_alpha: Optional[float] = opt(None, "alpha of 3×3 convolutions (default: conv rank)", "network")
     train_unet: bool = opt(True, "train the UNet LoRA", "network")
@@ -111,7 +111,7 @@ class TrainConfig:
     scheduler_power: float = opt(1.0, "power of the polynomial schedule", "optimizer")
     # loss
     min_snr_gamma: Optional[float] = opt(None, "min-SNR loss weighting gamma (5 is usual; off by default)", "loss")
-    weighting_scheme: str = opt("logit_normal", "flow-matching models (SD 3.x): timestep density and loss weighting "
+    weighting_scheme: str = opt("logit_normal", "flow-matching models (SD 3.x, Flux.1): timestep density and loss weighting "
                                 "as diffusers' SD3 scripts: logit_normal, mode, uniform, sigma_sqrt, cosmap, none",
                                 "loss")
     guidance_scale: Optional[float] = opt(None, "Flux.1 dev: the value fed to its guidance embedding while training "
@@ -140,8 +140,9 @@ class TrainConfig:
                           resume_may_change=True)
     keep_states: int = opt(2, "resume states kept (older ones are deleted)", "output", resume_may_change=True)
     save_dtype: str = opt("fp16", "dtype of the saved LoRA: fp16, bf16 or fp32", "output", resume_may_change=True)
-    save_format: Optional[str] = opt(None, "LoRA file layout: kohya (default for SD 1.x/2.x/XL), diffusers (default "
-                                     "for SD 3.x: loads in diffusers and ComfyUI), comfyui, onetrainer", "output",
+    save_format: Optional[str] = opt(None, "LoRA file layout: kohya (default for SD 1.x/2.x/XL and Flux.1), "
+                                     "diffusers (default for SD 3.x: loads in diffusers and ComfyUI), comfyui, "
+                                     "onetrainer", "output",
                                      resume_may_change=True)
     output_name: Optional[str] = opt(None, "ss_output_name (default: OUT's stem)", "output", resume_may_change=True)
     comment: Optional[str] = opt(None, "ss_training_comment", "output", resume_may_change=True)
