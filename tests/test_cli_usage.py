@@ -54,3 +54,37 @@ def _env_without_warning_options():
     import os
 
     return {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+
+
+def _command(name: str):
+    import typer
+
+    from lorakit import cli
+
+    cli._register()
+    return typer.main.get_command(cli.app).commands[name]
+
+
+def _option_help(command: str, flag: str) -> str:
+    return next(p.help for p in _command(command).params if flag in p.opts)
+
+
+def test_help_texts_name_every_registered_family_and_format():
+    """The help is written from the registry, so a family added there shows everywhere: --family
+    of convert and inspect, train's summary, and --to's layouts (with the families that write each)."""
+    from lorakit import families
+    from lorakit.formats import FORMATS
+
+    for command in ("convert", "inspect"):
+        assert all(name in _option_help(command, "--family") for name in families.names()), command
+    assert all(f.label in _command("train").help for f in families.all())
+    to = _option_help("convert", "--to")
+    assert all(fmt in to for fmt in FORMATS)
+    writers = {fmt: [f.label for f in families.all() if fmt in f.lora_formats] for fmt in FORMATS}
+    assert f"comfyui ({'/'.join(writers['comfyui'])})" in to and "SD3" in writers["comfyui"]
+
+
+def test_text_encoders_help_is_one_text_for_every_command():
+    train = _option_help("train", "--text-encoders")
+    assert "SD 3.x" in train and "Flux" in train
+    assert _option_help("generate", "--text-encoders") == _option_help("merge", "--text-encoders") == train

@@ -13,6 +13,7 @@ from lorakit.cli import main
 from lorakit.errors import LoraKitError
 from lorakit.formats import (build_metadata, detect_family, detect_format, file_hashes, inspect_lora, load_lora,
                              load_network, save_lora)
+from lorakit.formats.detect import family_candidates
 from lorakit.lora import LoRANetwork
 
 from conftest import parts_of
@@ -160,9 +161,11 @@ def test_detect_format_and_family():
     assert detect_family({k: lora(768)}) == "sd1"
     assert detect_family({k: lora(1024)}) == "sd2"
     assert detect_family({"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k": lora(2048)}) == "sdxl"
-    assert detect_family({"lora_te2_text_model_encoder_layers_0_mlp_fc1": lora(8)}) == "sdxl"
+    te2 = {"lora_te2_text_model_encoder_layers_0_mlp_fc1": lora(8)}  # SDXL's and SD3's CLIP-G alike
+    assert detect_family(te2) is None and family_candidates(te2) == ("sdxl", "sd3")
     assert detect_family({"lora_te_text_model_encoder_layers_0_self_attn_q_proj": lora(1024)}) == "sd2"
     assert detect_family({k: lora(32)}) is None  # a tiny model: undecidable
+    assert family_candidates({k: lora(32)}) == ("sd1", "sd2")  # SDXL's first down block has no attention
     assert detect_family({k: lora(768)}, {"ss_base_model_version": "sdxl_base_v1-0"}) == "sdxl"  # metadata first
     assert detect_family({k: lora(32)}, {"modelspec.architecture": "stable-diffusion-v2-768-v/lora"}) == "sd2"
 

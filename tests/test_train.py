@@ -173,6 +173,20 @@ def test_print_config_is_a_valid_config(tmp_path, capsys):
     assert TrainConfig.from_toml(f).rank == 8
 
 
+def test_every_path_in_a_config_file_is_taken_from_its_folder(tmp_path):
+    """Relative paths in a TOML are its neighbours, for each option typed as a path (text_encoders
+    and config_dir were left to the working folder); a model option only when one is there."""
+    from lorakit.train.config import PATH_OPTIONS
+
+    (tmp_path / "clip").mkdir()
+    f = tmp_path / "c.toml"
+    f.write_text("\n".join(f'{name} = "rel-{name}"' for name in PATH_OPTIONS)
+                 + '\nclip_model = "clip"\ndino_model = "facebook/dinov2-small"\n')
+    cfg = TrainConfig.from_toml(f)
+    assert {name: getattr(cfg, name) for name in PATH_OPTIONS} == {n: tmp_path / f"rel-{n}" for n in PATH_OPTIONS}
+    assert (cfg.clip_model, cfg.dino_model) == (str(tmp_path / "clip"), "facebook/dinov2-small")
+
+
 # --- families -------------------------------------------------------------------------------------------
 def _lorakit_vs_diffusers(model_dir, lora_file, family):
     """The saved file loaded by diffusers gives the same UNet and text-encoder outputs as lorakit's network."""

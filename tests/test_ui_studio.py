@@ -18,10 +18,11 @@ from test_caption import tiny_blip  # noqa: F401 - the fixture
 
 
 def kohya_file(path, rank=4, context=768, metadata=None, te2=False):
-    """A small kohya LoRA: two cross-attention modules (and an SDXL-only text-encoder module)."""
+    """A small kohya LoRA: two cross-attention modules of a block every UNet family has (and a CLIP-G
+    text-encoder module)."""
     t = {}
-    for name in ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k",
-                 "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_v"):
+    for name in ("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k",
+                 "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_v"):
         t[f"{name}.lora_down.weight"] = torch.zeros(rank, context)
         t[f"{name}.lora_up.weight"] = torch.zeros(320, rank)
         t[f"{name}.alpha"] = torch.tensor(float(rank))
@@ -418,20 +419,68 @@ def test_train_form_paths_are_guarded(studio, tmp_path):
         guarded_form(studio, bad)
 
 
-@pytest.mark.parametrize("toml", ['out = "{x}/x.safetensors"', 'run_dir = "{x}/run"', 'cache_dir = "{x}"',
-                                  'data = "{x}"', 'model = "{x}"'])
-def test_train_options_in_the_toml_box_are_guarded_too(studio, tmp_path, toml):
-    from lorakit.ui.train_tab import guard_config, guarded_form, train_config
+# options whose help speaks of files or folders but whose value is none
+NOT_PATHS = {"allow_pickle": "a switch", "repeats": "a count", "save_format": "a layout's name",
+             "class_prompt": "a prompt, or a .txt file of them: guarded apart (guard_config)"}
 
-    form = guarded_form(studio, ["toy", ".", "zqx", "my.safetensors", "attn", 4, 4, 0, 10, 1e-3, 1, 32, "adamw",
+
+def test_path_options_are_found_by_their_types():
+    """The guard's list comes from the config's field types: it holds every known path option, and
+    no option whose help speaks of a file or folder is typed otherwise (a new one typed `str`
+    would escape the guard)."""
+    import re
+    from dataclasses import fields
+
+    from lorakit.train.config import MODEL_OPTIONS, PATH_OPTIONS, TrainConfig
+
+    assert {"data", "out", "run_dir", "resume", "class_data", "cache_dir", "sample_prompts", "evaluate_prompts",
+            "text_encoders", "config_dir"} <= set(PATH_OPTIONS)
+    assert set(MODEL_OPTIONS) == {"model", "clip_model", "dino_model"}
+    speaks = {f.name for f in fields(TrainConfig)
+              if re.search(r"\b(files?|folders?|director(y|ies)|paths?)\b", f.metadata["help"])}
+    assert speaks - set(PATH_OPTIONS) - set(MODEL_OPTIONS) == set(NOT_PATHS)
+
+
+def _train_form(studio):
+    from lorakit.ui.train_tab import guarded_form
+
+    return guarded_form(studio, ["toy", ".", "zqx", "my.safetensors", "attn", 4, 4, 0, 10, 1e-3, 1, 32, "adamw",
                                  "constant", False, "", "", "zqx a ring", 0, 0, "", ""])
-    form[20] = toml.format(x=tmp_path / "elsewhere")
-    with pytest.raises(LoraKitError, match="outside the folders"):
+
+
+def _path_options():
+    from lorakit.train.config import MODEL_OPTIONS, PATH_OPTIONS
+
+    return PATH_OPTIONS + MODEL_OPTIONS
+
+
+@pytest.mark.parametrize("option", _path_options())
+def test_every_path_option_in_the_toml_box_is_guarded(studio, tmp_path, option):
+    """Each option typed as a path or a model, set in the TOML box to a folder outside the page's:
+    refused before anything is written (evaluate_prompts, text_encoders, config_dir, clip_model and
+    dino_model once went through unchecked)."""
+    from lorakit.ui.train_tab import guard_config, train_config
+
+    form = _train_form(studio)
+    form[20] = f'{option} = "{tmp_path / "elsewhere"}"'
+    with pytest.raises(LoraKitError, match=f"training option {option}: outside the folders"):
         train_config(*form, check=lambda c: guard_config(studio, c))
     assert not any((tmp_path / "elsewhere").iterdir())  # nothing written before the check
     form[20] = ""
     cfg = train_config(*form, check=lambda c: guard_config(studio, c))
     assert cfg.sample_prompts == tmp_path / "loras" / "my-run" / "sample_prompts.txt"
+
+
+def test_relative_toml_box_paths_are_the_ones_the_guard_checked(studio, tmp_path):
+    """A relative path passes the guard as one inside the page's folders: training must use that
+    very path, not the same name under the server's working folder."""
+    from lorakit.ui.train_tab import guard_config, train_config
+
+    form = _train_form(studio)
+    form[20] = 'cache_dir = "cache"\nevaluate_prompts = "prompts.txt"\nclip_model = "none"'
+    cfg = train_config(*form, check=lambda c: guard_config(studio, c))
+    assert cfg.cache_dir == tmp_path / "loras" / "cache" and cfg.evaluate_prompts == tmp_path / "loras" / "prompts.txt"
+    assert cfg.clip_model == "none"  # the evaluation's word for "skip", no path
 
 
 def test_evaluate_tab_guards_its_files(studio, tmp_path):

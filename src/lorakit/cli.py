@@ -15,7 +15,7 @@ import warnings
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train, use, combine and convert LoRA adapters for Stable Diffusion.")
+                  help="Train, use, combine and convert LoRA adapters for Stable Diffusion and Flux.1.")
 
 _STATE = {"debug": False}
 

@@ -20,7 +20,7 @@ SAMPLERS = {
 }
 
 
-# flow-matching models (SD 3.x): the samplers that integrate the velocity field; A1111's default
+# flow-matching models (SD 3.x, Flux.1): the samplers that integrate the velocity field; A1111's default
 # `euler_a` has no flow-matching form and means plain Euler there
 FLOW_SAMPLERS = {"euler": "FlowMatchEulerDiscreteScheduler", "euler_a": "FlowMatchEulerDiscreteScheduler",
                  "heun": "FlowMatchHeunDiscreteScheduler"}
@@ -41,8 +41,8 @@ def make_scheduler(name: str, base_config):
     key = name.lower().replace(" ", "")
     if str(base_config.get("_class_name", "")).startswith("FlowMatch"):
         if key not in FLOW_SAMPLERS:
-            raise LoraKitError(f"sampler {name!r} does not apply to a flow-matching model (SD 3.x): choose "
-                               f"euler or heun")
+            raise LoraKitError(f"sampler {name!r} does not apply to a flow-matching model (SD 3.x, Flux.1): "
+                               "choose euler or heun")
         return getattr(diffusers, FLOW_SAMPLERS[key]).from_config(base_config)
     if key not in SAMPLERS:
         raise LoraKitError(f"unknown sampler {name!r}: choose from {', '.join(SAMPLERS)}")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .options import ALLOW_PICKLE
+from .options import ALLOW_PICKLE, FAMILY
 
 
 def _fmt_summary(s: dict) -> str:
@@ -16,6 +16,29 @@ def _fmt_summary(s: dict) -> str:
         return "-"
     vals = ", ".join(f"{v:g}" for v in s["values"][:8]) + (" …" if len(s["values"]) > 8 else "")
     return vals
+
+
+def _to_help() -> str:
+    """Each layout and, where not every family writes it, the families that do (from the registry)."""
+    from .. import families
+    from ..formats import FORMATS
+
+    out = []
+    for fmt in FORMATS:
+        writers = [f.label for f in families.all() if fmt in f.lora_formats]
+        out.append(fmt if len(writers) == len(families.all()) else f"{fmt} ({'/'.join(writers)})")
+    return ", ".join(out)
+
+
+TO_HELP = _to_help()
+
+
+def _undecided(candidates: list[str]) -> str:
+    from ..formats.detect import describe
+
+    if not candidates:
+        return "unknown"
+    return f"ambiguous: {describe(candidates)} (the file fits each alike; --family says which)"
 
 
 def _table(report: dict) -> None:
@@ -27,7 +50,7 @@ def _table(report: dict) -> None:
     t.add_column("field", style="bold")
     t.add_column("value", overflow="fold")
     t.add_row("format", report["format"])
-    t.add_row("family", report["family"] or "unknown")
+    t.add_row("family", report["family"] or _undecided(report["candidates"]))
     t.add_row("modules", f"{report['modules']}  (" + ", ".join(f"{k} {v}" for k, v in
                                                              sorted(report["parts"].items())) + ")")
     t.add_row("kinds", ", ".join(f"{k} {v}" for k, v in sorted(report["kinds"].items())))
@@ -54,12 +77,13 @@ def _table(report: dict) -> None:
 def inspect(
     file: Path = typer.Argument(..., help="LoRA file (.safetensors) or PEFT adapter folder"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    family: Optional[str] = FAMILY,
     allow_pickle: bool = ALLOW_PICKLE,
 ) -> None:
     """Show what a LoRA file holds: family, format, modules, ranks, alphas, metadata, hashes."""
     from ..formats import inspect_lora
 
-    report = inspect_lora(file, allow_pickle=allow_pickle)
+    report = inspect_lora(file, family, allow_pickle=allow_pickle)
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
     else:
@@ -68,13 +92,13 @@ def inspect(
 
 def convert(
     file: Path = typer.Argument(..., help="LoRA file or PEFT adapter folder"),
-    to: str = typer.Option(..., "--to", help="kohya, diffusers or peft"),
+    to: str = typer.Option(..., "--to", help=TO_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="output file (a folder for peft)"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: keep)"),
-    family: Optional[str] = typer.Option(None, "--family", help="sd1, sd2 or sdxl when it cannot be detected"),
+    family: Optional[str] = FAMILY,
     allow_pickle: bool = ALLOW_PICKLE,
 ) -> None:
-    """Convert a LoRA between kohya (A1111/ComfyUI), diffusers and PEFT formats."""
+    """Convert a LoRA between file layouts (--to lists them, and which families write each)."""
     from ..devices import parse_dtype
     from ..errors import LoraKitError
     from ..formats import FORMATS, load_lora, save_lora

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .options import ALLOW_PICKLE
+from .options import ALLOW_PICKLE, TEXT_ENCODERS
 
 
 def generate(
@@ -30,8 +30,7 @@ def generate(
                               "AMX and the model is large enough for bf16 to pay, else fp32), fp16, bf16, fp32"),
     prediction_type: Optional[str] = typer.Option(None, "--prediction-type", help="epsilon or v_prediction"),
     allow_pickle: bool = ALLOW_PICKLE,
-    text_encoders: Optional[Path] = typer.Option(None, "--text-encoders", help="SD 3.x single file without "
-                                                 "text encoders: folder with text_encoder, _2, _3, tokenizer_3"),
+    text_encoders: Optional[Path] = TEXT_ENCODERS,
 ) -> None:
     """Generate images with one or several LoRAs at chosen strengths."""
     from ..devices import load_model_for_inference

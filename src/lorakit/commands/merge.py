@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .options import ALLOW_PICKLE
+from .options import ALLOW_PICKLE, TEXT_ENCODERS
 
 
 def merge(
@@ -18,8 +18,7 @@ def merge(
     dtype: str = typer.Option("fp16", "--dtype", help="save dtype: fp16, bf16 or fp32"),
     prediction_type: Optional[str] = typer.Option(None, "--prediction-type"),
     allow_pickle: bool = ALLOW_PICKLE,
-    text_encoders: Optional[Path] = typer.Option(None, "--text-encoders", help="SD 3.x single file without "
-                                                 "text encoders: folder with text_encoder, _2, _3, tokenizer_3"),
+    text_encoders: Optional[Path] = TEXT_ENCODERS,
 ) -> None:
     """Merge LoRAs into a base model, or combine LoRAs into one LoRA file."""
     from ..devices import parse_dtype

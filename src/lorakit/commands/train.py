@@ -13,7 +13,7 @@ from typing import Optional, get_args, get_type_hints
 
 import typer
 
-from ..train.config import TrainConfig
+from ..train.config import ModelSource, TrainConfig
 
 _SHORT = {"model": ["-m"], "data": ["-d"], "out": ["-o"], "rank": ["-r"]}
 
@@ -58,7 +58,7 @@ def resume_command(run_dir) -> str:
 def _cli_type(hint):
     args = [a for a in get_args(hint) if a is not type(None)]
     base = args[0] if args else hint
-    return {list: str}.get(base, base)
+    return {list: str, ModelSource: str}.get(base, base)
 
 
 def _signature() -> inspect.Signature:
@@ -89,11 +89,19 @@ def _signature() -> inspect.Signature:
 
 
 def train(**kwargs) -> None:
-    """Train a LoRA (SD 1.x, 2.x, XL) from a folder of images; `lorakit train --help` lists every option."""
+    """Train a LoRA ({families}) from a folder of images; `lorakit train --help` lists every option."""
     config = kwargs.pop("config", None)
     print_config = kwargs.pop("print_config", False)
     _train(config, print_config, **kwargs)
 
+
+def _families() -> str:
+    from .. import families
+
+    return ", ".join(f.label for f in families.all())
+
+
+train.__doc__ = train.__doc__.format(families=_families())  # the help names every registered family
 
 train.__signature__ = _signature()
 train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}

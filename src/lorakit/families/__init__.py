@@ -1,13 +1,14 @@
 """The registry of model families: `families.get(name)` answers what differs between them. See
 `base.Family` for what a family must say; each family is a package here, listed in FAMILY_MODULES.
 
-Detection asks every family for its evidence and takes the strongest (ties: first registered).
+Detection asks every family for its evidence and takes the strongest. A LoRA that fits several
+families equally well is reported as such (`lora_candidates`), never settled by registration order.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from ..errors import LoraKitError
 from .base import OBJECTIVES, Family
@@ -93,10 +94,37 @@ def _strongest(evidence: Callable[[Family], int]) -> Family | None:
     return best
 
 
-def detect_lora(modules: Mapping[str, Mapping], metadata: Mapping[str, str] | None = None) -> Family | None:
-    """A LoRA's family: its metadata first, then its module names and widths; None when undecidable."""
-    return (_strongest(lambda f: f.lora_metadata_evidence(metadata or {}))
-            or _strongest(lambda f: f.lora_evidence(modules)))
+Reading = Mapping[str, Mapping] | Callable[[Family], Mapping[str, Mapping] | None]
+
+
+def lora_candidates(reading: Reading, metadata: Mapping[str, str] | None = None,
+                    among: Iterable[Family] | None = None) -> tuple[Family, ...]:
+    """The families a LoRA may be for: the one its metadata names, else those whose evidence on
+    every module is the strongest (`Family.lora_evidence`). One family when the file tells;
+    several when it fits them equally well, which is truly ambiguous: a LoRA of CLIP-L alone
+    (`lora_te1_…` at width 768) fits SDXL, SD3 and Flux.1, whose first text encoder is the same
+    CLIP-L, and a tiny test model's LoRA has no real width to tell SD 1.x from 2.x; none when no
+    family has all of its modules.
+
+    `reading`: the file's kohya modules, or a function giving them as a family reads the file
+    (None: it cannot), for files whose kohya names depend on the family. `among`: only these."""
+    pool = tuple(among) if among is not None else tuple(_registry().values())
+    named = _strongest(lambda f: f.lora_metadata_evidence(metadata or {}) if f in pool else 0)
+    if named:
+        return (named,)
+    read = reading if callable(reading) else (lambda f: reading)
+    scores = {}
+    for f in pool:
+        modules = read(f)
+        scores[f] = f.lora_evidence(modules) if modules is not None else 0
+    top = max(scores.values(), default=0)
+    return tuple(f for f, s in scores.items() if s and s == top)
+
+
+def detect_lora(modules: Reading, metadata: Mapping[str, str] | None = None) -> Family | None:
+    """A LoRA's family when it tells (see `lora_candidates`); None when it fits no family or several."""
+    found = lora_candidates(modules, metadata)
+    return found[0] if len(found) == 1 else None
 
 
 def detect_checkpoint(shapes: Mapping[str, tuple[int, ...]],
@@ -111,4 +139,4 @@ def detect_pipeline(pipe, denoiser_config: Mapping | None = None) -> Family | No
 
 
 __all__ = ["OBJECTIVES", "Family", "all", "by_pipeline", "detect_checkpoint", "detect_lora", "detect_pipeline",
-           "fallback", "find", "get", "label", "names", "pipeline_classes", "register"]
+           "fallback", "find", "get", "label", "lora_candidates", "names", "pipeline_classes", "register"]

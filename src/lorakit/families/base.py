@@ -1,13 +1,15 @@
-"""The interface every model family answers: what differs between SD 1.x, 2.x, XL (and later
-SD 3.x, Flux.1) is asked of a `Family`, never decided by comparing family names elsewhere.
+"""The interface every model family answers: what differs between SD 1.x, 2.x, XL, SD 3.x and
+Flux.1 is asked of a `Family`, never decided by comparing family names elsewhere.
 
 A family is a stateless object: class attributes for the facts (component names, kohya prefixes,
 metadata values), methods for what needs the weights at hand (detection, conditioning, the
 denoiser call, the single-file layout). Diffusers and transformers are imported inside methods
 only, so `lora/` and `formats/` may ask a family without importing them.
 
-Detection methods return an evidence strength (0 = not this family); the registry picks the
-family with the strongest evidence, so no family needs to know the others' markers.
+Detection methods return an evidence strength (0 = not this family); the registry takes the
+families with the strongest evidence, so no family needs to know the others' markers. A LoRA's
+evidence is graded the same way by every family (see `lora_evidence`), so that a tie means what it
+says: the file fits each of those families equally well.
 """
 
 from __future__ import annotations
@@ -92,9 +94,40 @@ class Family:
         """From a LoRA's ss_* / modelspec.* metadata."""
         return 0
 
+    # (kohya name prefix, name endings, input widths of the real models) of the modules whose
+    # width tells the family apart: cross-attention keys, text-encoder and transformer q/k
+    lora_width_probes: tuple[tuple[str, tuple[str, ...], frozenset], ...] = ()
+    t5_te_prefixes: tuple[str, ...] = ()  # the te prefixes whose encoder is a T5 (its names: encoder_block_…)
+
     def lora_evidence(self, modules: Mapping[str, Mapping]) -> int:
-        """From a LoRA's kohya module names and tensor shapes ({name: {subkey: tensor}})."""
-        return 0
+        """From a LoRA's kohya module names and tensor shapes ({name: {subkey: tensor}}), every
+        module counted: 0 when one of them is no module of this family (or there are none),
+        1 when all are, 2 when moreover the widths read (`lora_width_probes`) are those of the
+        family's real models. Widths alone never rule a family out: a tiny test model's LoRA has
+        a family's names and no real width."""
+        if not modules or not all(self.has_lora_module(n) for n in modules):
+            return 0
+        from ..formats.modules import in_features
+
+        read = []
+        for name, tensors in modules.items():
+            for prefix, endings, widths in self.lora_width_probes:
+                if name.startswith(prefix + "_") and name.endswith(endings):
+                    width = in_features(tensors)
+                    if width:
+                        read.append(width in widths)
+        return 2 if read and all(read) else 1
+
+    def has_lora_module(self, name: str) -> bool:
+        """Whether a kohya module name is one this family's models have."""
+        for prefix in self.te_prefixes:
+            if name.startswith(prefix + "_"):
+                return name[len(prefix) + 1:].startswith("encoder_block_") == (prefix in self.t5_te_prefixes)
+        return name.startswith(self.denoiser_prefix + "_") and self.is_denoiser_lora_name(name)
+
+    def is_denoiser_lora_name(self, name: str) -> bool:
+        """Whether a `lora_unet_…` name is a layer of this family's denoiser."""
+        return False
 
     def checkpoint_evidence(self, shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]) -> int:
         """From a single-file checkpoint's tensor names and shapes (header only)."""
@@ -142,12 +175,6 @@ class Family:
     # --- LoRA files ------------------------------------------------------------------------------
     lora_formats: tuple[str, ...] = ("kohya", "diffusers", "peft")  # layouts written; the first is the default
 
-    def lora_layout(self, keys: Sequence[str], metadata: Mapping[str, str]) -> tuple[str | None, int]:
-        """Which of the family's own LoRA layouts (one the shared kohya/diffusers/PEFT readers cannot
-        read) a file's keys are in, with the evidence strength (the strongest claim wins); (None, 0)
-        when none."""
-        return None, 0
-
     def read_lora(self, state: Mapping, metadata: Mapping[str, str], layout: str, source: str | None) -> dict:
         """A file in one of the family's own layouts (`lora_layout`) → kohya modules, validated."""
         raise NotImplementedError
@@ -159,6 +186,17 @@ class Family:
     def write_lora(self, modules: Mapping, layout: str, dtype, source: str | None):
         """(tensors, extra metadata) of kohya modules in one of the family's own layouts; None when
         the shared writers (formats/kohya, diffusers_fmt, peft_fmt) do it."""
+        return None
+
+    def lora_layout_of(self, keys) -> str | None:
+        """Which of the family's own file layouts (those `write_lora` writes) the key names are in;
+        None for none. kohya names, diffusers' `unet.`/`text_encoder.` keys and PEFT folders are
+        read by formats/ for every family."""
+        return None
+
+    def lora_reading(self, shapes: Mapping[str, Sequence[int]], layout: str) -> dict | None:
+        """What `read_lora` would make of a file, from its key names and shapes alone (a header):
+        {kohya name: {subkey: shape-only stand-in}}; None when some key is not this family's."""
         return None
 
     # --- models and files ------------------------------------------------------------------------

@@ -1,26 +1,56 @@
-"""Which format a file is in and which model family a LoRA is for."""
+"""Which format a file is in and which model family a LoRA is for, from every key of the file.
+
+`detect` needs names and shapes only (a file's header), so the UI library and `load_lora` decide
+alike. A file that fits several families equally well names them all (`Detection.families`);
+nothing here settles such a tie by guessing.
+"""
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
 
 from .. import families
-from .modules import Modules, is_lycoris
+from ..errors import LoraKitError
+from .modules import Modules, Shaped, is_lycoris
+from .part_families import families_of_parts
 
 _CHECKPOINT_MARKS = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.",
                      "encoder.down.", "decoder.up.", "text_model.embeddings.", "time_embedding.linear_1.")
 _DIFFUSERS_MARKS = (".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.", ".lora_linear_layer.", "_lora.down.",
                     "_lora.up.", ".lora_magnitude_vector")
+_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")
 
 
-def detect_format(keys: Iterable[str], metadata: Mapping[str, str] | None = None) -> str | None:
-    """kohya, lycoris, diffusers, peft, checkpoint (a model, not a LoRA) or None (unknown)."""
-    keys = list(keys)
-    md = metadata or {}
-    own = own_layout_claim(keys, md)
-    if own is not None:
-        return f"{own[0].name}-{own[1]}"
-    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")) for k in keys):
+class AmbiguousFamily(LoraKitError):
+    """The file fits several families equally well and reading it needs one of them."""
+
+    def __init__(self, candidates: Sequence[str], source=None):
+        self.candidates = tuple(candidates)
+        super().__init__(f"its keys and widths fit {describe(self.candidates, 'and')} alike: say which with "
+                         f"--family ({', '.join(self.candidates)})", source)
+
+
+@dataclass(frozen=True)
+class Detection:
+    format: str | None  # kohya, lycoris, diffusers, peft, comfyui, onetrainer, checkpoint; None: unknown
+    families: tuple[str, ...] = ()  # the families it fits best: one when it tells, several when ambiguous
+    layouts: Mapping[str, str] = field(default_factory=dict)  # family → its own layout the names are in
+
+    @property
+    def family(self) -> str | None:
+        return self.families[0] if len(self.families) == 1 else None
+
+
+def describe(candidates: Sequence[str], conjunction: str = "or") -> str:
+    """`SDXL, SD3 or Flux.1`."""
+    labels = [families.label(c) for c in candidates]
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + f" {conjunction} " + labels[-1]
+
+
+def _shared_format(keys: list[str], md: Mapping[str, str]) -> str | None:
+    """The layouts formats/ reads for every family."""
+    if any(k.startswith(_KOHYA_PREFIXES) for k in keys):
         from . import kohya
 
         lyco_keys = any(".hada_" in k or ".lokr_" in k or k.endswith((".lora_mid.weight", ".dora_scale", ".diff"))
@@ -38,42 +68,70 @@ def detect_format(keys: Iterable[str], metadata: Mapping[str, str] | None = None
     return None
 
 
-def own_layout_claim(keys: list[str], metadata: Mapping[str, str]) -> tuple[families.Family, str] | None:
-    """(family, layout) of a file in a layout of a family's own (SD3's or Flux's diffusers keys...);
-    the strongest claim wins. None: the shared readers read it."""
-    best, strength = None, 0
-    for family in families.all():
-        layout, s = family.lora_layout(keys, metadata)
-        if layout is not None and s > strength:
-            best, strength = (family, layout), s
-    return best
+def _own_layouts(keys: list[str]) -> dict[str, str]:
+    return {f.name: layout for f in families.all() if (layout := f.lora_layout_of(keys))}
 
 
-def own_layout(fmt: str | None) -> tuple[families.Family, str] | None:
-    """(family, layout) of a `detect_format` answer such as `<family>-diffusers`; None for a shared format."""
-    name, sep, layout = (fmt or "").partition("-")
-    return (families.get(name), layout) if sep and name in families.names() else None
+def detect_format(keys: Iterable[str], metadata: Mapping[str, str] | None = None) -> str | None:
+    """kohya, lycoris, diffusers, peft, comfyui, onetrainer, checkpoint (a model, not a LoRA) or None."""
+    keys = list(keys)
+    own = _own_layouts(keys)
+    return next(iter(own.values())) if own else _shared_format(keys, metadata or {})
+
+
+def _kohya_reading(shapes: Mapping[str, Sequence[int]]) -> dict[str, dict[str, Shaped]]:
+    modules: dict[str, dict[str, Shaped]] = {}
+    for key, shape in shapes.items():
+        name, dot, sub = key.partition(".")
+        if dot:
+            modules.setdefault(name, {})[sub] = Shaped(shape)
+    return modules
+
+
+def _diffusers_reading(shapes: Mapping[str, Sequence[int]]) -> dict[tuple[str, str], dict[str, Shaped]] | None:
+    from .diffusers_fmt import parse_key
+
+    roles = {"down": "lora_down.weight", "up": "lora_up.weight"}
+    provisional: dict[tuple[str, str], dict[str, Shaped]] = {}
+    for key, shape in shapes.items():
+        parsed = parse_key(key)
+        if parsed is None:
+            return None
+        part, path, role = parsed
+        if role in roles:
+            provisional.setdefault((part, path), {})[roles[role]] = Shaped(shape)
+    return provisional
+
+
+def detect(shapes: Mapping[str, Sequence[int]], metadata: Mapping[str, str] | None = None) -> Detection:
+    """Format and candidate families of a file from all its key names and shapes ({key: shape})."""
+    md = metadata or {}
+    keys = list(shapes)
+    own = _own_layouts(keys)
+    if own:  # a family's own layout (SD3's and Flux's transformer keys): each such family reads it
+        found = families.lora_candidates(lambda f: f.lora_reading(shapes, own[f.name]) if f.name in own else None,
+                                         md, among=[families.get(n) for n in own])
+        names = tuple(f.name for f in found)
+        return Detection(own[names[0]] if names else next(iter(own.values())), names, own)
+    fmt = _shared_format(keys, md)
+    if fmt in ("kohya", "lycoris"):
+        return Detection(fmt, family_candidates(_kohya_reading(shapes), md))
+    if fmt == "diffusers":
+        provisional = _diffusers_reading(shapes)
+        return Detection(fmt, families_of_parts(provisional, md) if provisional else ())
+    return Detection(fmt)
+
+
+def family_candidates(modules: Modules, metadata: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The families kohya modules fit best (see families.lora_candidates)."""
+    return tuple(f.name for f in families.lora_candidates(modules, metadata))
 
 
 def detect_family(modules: Modules, metadata: Mapping[str, str] | None = None) -> str | None:
     """The family name of a LoRA from its metadata first, then its names and widths (each family
-    says what it recognises: lorakit.families); None when undecidable (e.g. a tiny model's LoRA)."""
-    found = families.detect_lora(modules, metadata)
-    return found.name if found else None
-
-
-def family_of_parts(provisional: Mapping[tuple[str, str], Mapping], metadata: Mapping[str, str] | None) -> str | None:
-    """The family of a diffusers/PEFT LoRA given as {(part, path): tensors}, parts named by the
-    diffusers attributes (te = text_encoder, te2 = text_encoder_2): the text encoders present decide
-    when only one family has them all, else the kohya names and widths do."""
-    from .paths import DIFFUSERS_PREFIX, path_to_kohya
-
-    attributes = {DIFFUSERS_PREFIX[p] for p, _ in provisional if p != "unet"}
-    holders = [f for f in families.all() if attributes <= set(f.text_encoders)]
-    if len(holders) == 1 and len(holders) < len(families.all()):
-        return holders[0].name
-    probe = {path_to_kohya(p, path, None): t for (p, path), t in provisional.items()}
-    return detect_family(probe, metadata)
+    says what it recognises: lorakit.families); None when it fits no family or several."""
+    found = family_candidates(modules, metadata)
+    return found[0] if len(found) == 1 else None
 
 
 def format_of_modules(modules: Modules) -> str:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..errors import LoraKitError
-from .detect import family_of_parts
+from .part_families import family_of_parts
 from .kohya import _listing, validate_module
 from .paths import DIFFUSERS_PREFIX, kohya_part, path_to_kohya
 from .peft_common import Entry, kohya_alpha, lora_config

@@ -19,7 +19,7 @@ from .. import families
 from ..errors import LoraKitError
 from .. import kohya_names as names
 from . import diffusers_fmt, kohya, peft_fmt
-from .detect import detect_family, detect_format, format_of_modules, own_layout
+from .detect import AmbiguousFamily, Detection, detect, detect_family, format_of_modules
 from .hashes import precalculate_hashes
 from .metadata import build_metadata
 from .modules import Modules, alpha_of, rank_of
@@ -38,6 +38,9 @@ class LoRAFile:
     format: str = "kohya"
     family: str | None = None
     path: str | None = None
+    # the families it fits equally well when `family` is None because the file cannot tell (a
+    # CLIP-L-only LoRA: SDXL, SD3 and Flux.1); empty when it fits none
+    candidates: tuple[str, ...] = ()
 
     def ranks(self) -> dict[str, int | None]:
         return {n: rank_of(t) for n, t in self.modules.items()}
@@ -79,35 +82,70 @@ def load_lora(path: str | os.PathLike, family: str | None = None, *, allow_pickl
     if p.is_dir():
         if not peft_fmt.is_adapter_folder(p):
             raise LoraKitError("is a folder but not a PEFT adapter (no adapter_config.json)", p)
-        modules, metadata, fam = peft_fmt.read(p, family, allow_pickle)
-        return LoRAFile(modules, metadata, "peft", fam, str(p))
+        modules, metadata, fam, candidates = peft_fmt.read(p, family, allow_pickle)
+        return LoRAFile(modules, metadata, "peft", fam, str(p), candidates)
     if p.suffix.lower() in PICKLE_SUFFIXES and p.exists():
         refuse_pickle(p, allow_pickle)
         state, metadata = read_pickle(p), {}
     else:
         state, metadata = read_safetensors(p)
-    fmt = detect_format(state, metadata)
-    own = own_layout(fmt)
-    if own is not None:  # a layout of the family's own (SD3's, Flux's diffusers/ComfyUI/OneTrainer keys)
-        spec, fmt = own
-        modules = spec.read_lora(state, metadata, fmt, str(p))
+    det = detect({k: tuple(v.shape) for k, v in state.items()}, metadata)
+    if det.layouts:  # a family's own layout (SD3's, Flux's): that family reads it
+        reader, modules = _read_own(state, metadata, det, family, p)
         if not modules:
-            raise _not_lora(state, fmt, p)
-        return LoRAFile(modules, metadata, fmt, family or detect_family(modules, metadata) or spec.name, str(p))
+            raise _not_lora(state, det.format, p)
+        return LoRAFile(modules, metadata, det.layouts[reader], reader, str(p), (reader,))
+    fmt = det.format
     if fmt in ("kohya", "lycoris"):
         modules = kohya.group(state, str(p))
-        fam = family or detect_family(modules, metadata)
-        if fam is not None:
+        fam = family or det.family
+        if fam is not None:  # a misspelt layer is an error, never a silent skip
             families.get(fam).check_lora_names(modules, str(p))
+        if fam is None and not det.families:
+            _refuse_strays(modules, p)
     elif fmt == "diffusers":
-        modules, fam = diffusers_fmt.read(state, metadata, family, str(p))
+        modules, fam = diffusers_fmt.read(state, metadata, family or det.family, str(p))
     elif fmt == "peft":
         raise LoraKitError("a bare PEFT adapter_model file: load its folder (with adapter_config.json)", p)
     else:
         raise _not_lora(state, fmt, p)
     if not modules:
         raise _not_lora(state, fmt, p)
-    return LoRAFile(modules, metadata, fmt, fam, str(p))
+    return LoRAFile(modules, metadata, fmt, fam, str(p), (fam,) if fam else det.families)
+
+
+def _read_own(state, metadata, det: Detection, family: str | None, path) -> tuple[str, Modules]:
+    """(family, modules) of a file in a family's own layout, read by the family asked for if its
+    layout holds the names, else by the one the file fits best. When it fits several alike, those
+    that can read it: one is the answer, several an AmbiguousFamily error (never a pick), none the
+    first one's account of what is wrong with the file."""
+    if family is not None and family in det.layouts:
+        readers = (family,)
+    else:
+        readers = det.families or (next(iter(det.layouts)),)  # none fits: its reader names the keys
+    read, errors = {}, []
+    for name in readers:
+        try:
+            read[name] = families.get(name).read_lora(state, metadata, det.layouts[name], str(path))
+        except LoraKitError as exc:
+            errors.append(exc)
+    if len(read) > 1:
+        raise AmbiguousFamily(tuple(read), path)
+    if not read:
+        raise errors[0]
+    return next(iter(read.items()))
+
+
+def _refuse_strays(modules: Modules, path) -> None:
+    """Modules that are partly one family's and partly no family's: the rest are misspelt layers,
+    an error naming them rather than a file that later loads short."""
+    have = {f: [n for n in modules if f.has_lora_module(n)] for f in families.all()}
+    best = max(len(v) for v in have.values())
+    closest = [f for f, v in have.items() if len(v) == best]
+    if best and len(closest) == 1:
+        stray = sorted(set(modules) - set(have[closest[0]]))
+        raise LoraKitError(f"{len(stray)} module(s) are not layers of {closest[0].label} models: "
+                           f"{kohya._listing(stray)}", path)
 
 
 # suffixes that name a file: a PEFT adapter (a folder) is never written under one

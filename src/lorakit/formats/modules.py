@@ -67,15 +67,30 @@ def in_features(tensors: Mapping[str, Tensor]) -> int | None:
     """Input width of the adapted layer, where the tensors tell it without the model."""
     t = tensors
     kind = kind_of(t)
+
+    def width(key: str) -> int:
+        shape = t[key].shape
+        return int(shape[1]) if len(shape) > 1 else 0  # a malformed factor tells nothing
+
     if kind == "lora":
-        return int(t["lora_down.weight"].shape[1])
+        return width("lora_down.weight") or None
     if kind == "loha" and "hada_t1" not in t:
-        return int(t["hada_w1_b"].shape[1])
+        return width("hada_w1_b") or None
     if kind == "lokr":
-        w1 = t["lokr_w1"].shape[1] if "lokr_w1" in t else t["lokr_w1_b"].shape[1]
-        w2 = t["lokr_w2"].shape[1] if "lokr_w2" in t else t["lokr_w2_b"].shape[1]
-        return int(w1 * w2)
+        w1 = width("lokr_w1") if "lokr_w1" in t else width("lokr_w1_b")
+        w2 = width("lokr_w2") if "lokr_w2" in t else width("lokr_w2_b")
+        return w1 * w2 or None
     return None
+
+
+class Shaped:
+    """A tensor's stand-in that has only its shape: what detection reads from a file's header."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def dim(self) -> int:
+        return len(self.shape)
 
 
 def most_common(values: Iterable):

@@ -9,22 +9,33 @@ from .. import families
 from ..errors import LoraKitError
 from ..lora import LoRANetwork, ModelParts
 from .kohya import _listing
+from .detect import AmbiguousFamily, describe
 from .lorafile import LoRAFile, load_lora
 
 
 def load_network(parts: ModelParts, path_or_file: str | os.PathLike | LoRAFile,
                  multiplier: float = 1.0, *, allow_pickle: bool = False) -> LoRANetwork:
     """Load (if a path), check family and module names against the model, build the network."""
-    lf = path_or_file if isinstance(path_or_file, LoRAFile) else load_lora(path_or_file, allow_pickle=allow_pickle)
+    if isinstance(path_or_file, LoRAFile):
+        lf = path_or_file
+    else:
+        try:
+            lf = load_lora(path_or_file, allow_pickle=allow_pickle)
+        except AmbiguousFamily as exc:  # the model says which of the families the file fits it is
+            _check_family(exc.candidates, parts, exc.path)
+            lf = load_lora(path_or_file, parts.family, allow_pickle=allow_pickle)
+    source = lf.path or "LoRA"
+    _check_family((lf.family,) if lf.family else lf.candidates, parts, source)
     if lf.family is None and parts.family and lf.format in ("diffusers", "peft") and lf.path:
         lf = load_lora(lf.path, parts.family, allow_pickle=allow_pickle)  # names depend on the family (SAI spelling, lora_te1)
-    source = lf.path or "LoRA"
-    if lf.family and parts.family and lf.family != parts.family:
-        raise LoraKitError(f"this LoRA is for {families.label(lf.family)}, the model is "
-                           f"{families.label(parts.family)}", source)
     index = parts.index()
     missing = [n for n in lf.modules if n not in index]
     if missing:
         raise LoraKitError(f"{len(missing)} of {len(lf.modules)} modules are not in the model: {_listing(missing)}",
                            source)
     return LoRANetwork.from_modules(parts, lf.modules, multiplier, source)
+
+
+def _check_family(fits, parts: ModelParts, source) -> None:
+    if fits and parts.family and parts.family not in fits:
+        raise LoraKitError(f"this LoRA is for {describe(fits)}, the model is {families.label(parts.family)}", source)

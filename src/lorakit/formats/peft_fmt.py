@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..atomic import atomic_dir
 from ..errors import LoraKitError
-from .detect import family_of_parts
+from .part_families import families_of_parts
 from .kohya import _listing, validate_module
 from .paths import DIFFUSERS_PREFIX, kohya_part, path_to_kohya
 from .peft_common import Entry, check_config, kohya_alpha, lora_config
@@ -85,8 +85,10 @@ def _read_one(folder: Path, part: str | None, allow_pickle: bool) -> tuple[str, 
 
 
 def read(folder: str | os.PathLike, family: str | None = None,
-         allow_pickle: bool = False) -> tuple[dict[str, dict[str, Tensor]], dict[str, str], str | None]:
-    """A PEFT adapter folder (one adapter, or one per part) → (kohya modules, metadata, family)."""
+         allow_pickle: bool = False) -> tuple[dict[str, dict[str, Tensor]], dict[str, str], str | None,
+                                              tuple[str, ...]]:
+    """A PEFT adapter folder (one adapter, or one per part) → (kohya modules, metadata, family,
+    the families it fits alike when the family is None)."""
     folder = Path(folder)
     provisional: dict[tuple[str, str], dict[str, Tensor]] = {}
     metadata: dict[str, str] = {}
@@ -104,14 +106,15 @@ def read(folder: str | os.PathLike, family: str | None = None,
                 mag = roles["magnitude"]
                 t["dora_scale"] = mag.reshape(roles["up"].shape[0], *([1] * (down.dim() - 1)))  # PEFT conv: [1, out, 1, 1]
             provisional[(part, path)] = t
-    if family is None:
-        family = family_of_parts(provisional, metadata)
+    candidates = (family,) if family else families_of_parts(provisional, metadata)
+    if family is None and len(candidates) == 1:
+        family = candidates[0]
     modules = {}
     for (part, path), t in provisional.items():
         name = path_to_kohya(kohya_part(part, family), path, family)
         validate_module(name, t, str(folder))
         modules[name] = t
-    return modules, metadata, family
+    return modules, metadata, family, candidates
 
 
 def clip_text_model_is_flat() -> bool:

@@ -41,6 +41,7 @@ def inspect_lora(path: str | os.PathLike, family: str | None = None, *, allow_pi
         "path": str(p),
         "format": lf.format,
         "family": lf.family,
+        "candidates": list(lf.candidates),  # several when the file fits them alike and cannot tell
         "modules": len(lf.modules),
         "parts": lf.parts(),
         "kinds": dict(kinds),

@@ -1,7 +1,8 @@
 """nn.Module wrappers: one adapter for one Linear/Conv2d of the base model.
 
-An adapter never replaces the layer it adapts: the network adds its output through a forward
-hook (on the fly) or adds its ΔW to the layer's weight (merged). `LoRAModule` is the trainable
+An adapter never replaces the layer it adapts: on the fly the layer runs with its adapters
+(lora/live.py gives the layer instance a forward that adds them), merged the network adds their ΔW
+to the layer's weight. `LoRAModule` is the trainable
 low-rank branch; `DeltaModule` carries any other kind read from a file (LoHa, LoKr, Tucker,
 DoRA) and applies its full ΔW, as A1111 and ComfyUI do.
 """

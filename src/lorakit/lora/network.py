@@ -168,7 +168,7 @@ class LoRANetwork(nn.Module):
     # merged ------------------------------------------------------------------------------------
     @torch.no_grad()
     def merge(self) -> "LoRANetwork":
-        """W ← W + m·ΔW, computed in fp32 whatever the model's dtype; hooks are removed."""
+        """W ← W + m·ΔW, computed in fp32 whatever the model's dtype; the layers leave on-the-fly mode first."""
         if self.merged:
             return self
         self.remove()

@@ -167,6 +167,24 @@ def parse_lora_specs(values: Sequence[str]) -> list[tuple[Path, float]]:
     return [(s.path, s.weight) for s in specs]
 
 
+def _common_family(files) -> str | None:
+    """The family every LoRA fits (a file that cannot tell fits several: `LoRAFile.candidates`);
+    None when that is still open; an error when no family fits them all."""
+    from ..formats.detect import describe
+
+    def fits(lf) -> tuple[str, ...]:
+        return (lf.family,) if lf.family else lf.candidates
+
+    common = None
+    for lf, _ in files:
+        if fits(lf):
+            common = [f for f in (fits(lf) if common is None else common) if f in fits(lf)]
+    if common == []:
+        desc = ", ".join(f"{Path(lf.path).name} is {describe(fits(lf)) if fits(lf) else 'unknown'}" for lf, _ in files)
+        raise LoraKitError(f"the LoRAs are for different model families ({desc}): they cannot be merged")
+    return common[0] if common and len(common) == 1 else None
+
+
 def merge_loras(loras: Sequence[tuple[PathLike, float]], rank: int | None = None,
                 dynamic: str | Dynamic | None = None, *, conv_rank: int | None = None,
                 out: PathLike | None = None, dtype: torch.dtype | None = torch.float16, format: str | None = None,
@@ -183,11 +201,7 @@ def merge_loras(loras: Sequence[tuple[PathLike, float]], rank: int | None = None
         raise LoraKitError("nothing to merge: give at least one --lora FILE[:WEIGHT]")
     _writable(out, format)
     files = [(_load(p, allow_pickle), float(w)) for p, w in loras]
-    families = {lf.family for lf, _ in files if lf.family}
-    if len(families) > 1:
-        desc = ", ".join(f"{Path(lf.path).name} is {lf.family or 'unknown'}" for lf, _ in files)
-        raise LoraKitError(f"the LoRAs are for different model families ({desc}): they cannot be merged")
-    family = families.pop() if families else None
+    family = _common_family(files)
     names: dict[str, None] = {}
     for lf, _ in files:
         names.update(dict.fromkeys(lf.modules))

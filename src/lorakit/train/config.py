@@ -23,6 +23,12 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 
+class ModelSource(str):
+    """An option naming a model by a local folder or file, or by a hub id (`org/name`): a path when
+    it is one. Its own type, so that what reads paths (the UI's guard, TOML-relative paths) finds
+    these options among the others by their type, as it finds `Path` options."""
+
+
 def opt(default, help: str, section: str, *, resume_may_change: bool = False, cli: bool = True):
     return field(default=default, metadata=dict(help=help, section=section, resume=resume_may_change, cli=cli))
 
@@ -33,7 +39,8 @@ SECTIONS = ("model", "data", "prior", "network", "optimizer", "loss", "run", "ou
 @dataclass
 class TrainConfig:
     # model
-    model: str = opt("toy", "base model: diffusers folder, single .safetensors, hub id, or 'toy'", "model")
+    model: ModelSource = opt(ModelSource("toy"), "base model: diffusers folder, single .safetensors, hub id, or "
+                             "'toy'", "model")
     text_encoders: Optional[Path] = opt(None, "SD 3.x / Flux.1 single file without text encoders: a folder holding "
                                         "them (SD3: text_encoder, text_encoder_2, text_encoder_3, tokenizer_3; "
                                         "Flux: vae, text_encoder, text_encoder_2, tokenizer_2)", "model",
@@ -78,8 +85,8 @@ class TrainConfig:
     # network
     rank: int = opt(16, "LoRA rank", "network")
     alpha: Optional[float] = opt(None, "LoRA alpha (default: rank, i.e. scale 1)", "network")
-    preset: str = opt("transformer", "target preset: attn, cross-attn, attn-mlp, transformer, full (SD 3.x: "
-                      "attn = attention, attn-mlp = + MLP, transformer = every linear of the blocks)", "network")
+    preset: str = opt("transformer", "target preset: attn, cross-attn, attn-mlp, transformer, full (SD 3.x, "
+                      "Flux.1: attn = attention, attn-mlp = + MLP, transformer = every linear of the blocks)", "network")
     conv_rank: Optional[int] = opt(None, "rank of 3×3 convolutions (preset full; default: none adapted)", "network")
     conv_alpha: Optional[float] = opt(None, "alpha of 3×3 convolutions (default: conv rank)", "network")
     train_unet: bool = opt(True, "train the UNet LoRA", "network")
@@ -104,7 +111,7 @@ class TrainConfig:
     scheduler_power: float = opt(1.0, "power of the polynomial schedule", "optimizer")
     # loss
     min_snr_gamma: Optional[float] = opt(None, "min-SNR loss weighting gamma (5 is usual; off by default)", "loss")
-    weighting_scheme: str = opt("logit_normal", "flow-matching models (SD 3.x): timestep density and loss weighting "
+    weighting_scheme: str = opt("logit_normal", "flow-matching models (SD 3.x, Flux.1): timestep density and loss weighting "
                                 "as diffusers' SD3 scripts: logit_normal, mode, uniform, sigma_sqrt, cosmap, none",
                                 "loss")
     guidance_scale: Optional[float] = opt(None, "Flux.1 dev: the value fed to its guidance embedding while training "
@@ -133,8 +140,9 @@ class TrainConfig:
                           resume_may_change=True)
     keep_states: int = opt(2, "resume states kept (older ones are deleted)", "output", resume_may_change=True)
     save_dtype: str = opt("fp16", "dtype of the saved LoRA: fp16, bf16 or fp32", "output", resume_may_change=True)
-    save_format: Optional[str] = opt(None, "LoRA file layout: kohya (default for SD 1.x/2.x/XL), diffusers (default "
-                                     "for SD 3.x: loads in diffusers and ComfyUI), comfyui, onetrainer", "output",
+    save_format: Optional[str] = opt(None, "LoRA file layout: kohya (default for SD 1.x/2.x/XL and Flux.1), "
+                                     "diffusers (default for SD 3.x: loads in diffusers and ComfyUI), comfyui, "
+                                     "onetrainer", "output",
                                      resume_may_change=True)
     output_name: Optional[str] = opt(None, "ss_output_name (default: OUT's stem)", "output", resume_may_change=True)
     comment: Optional[str] = opt(None, "ss_training_comment", "output", resume_may_change=True)
@@ -151,10 +159,10 @@ class TrainConfig:
     evaluate_prompts: Optional[Path] = opt(None, "prompts for the evaluation, one a line (default: the trigger in "
                                            "new contexts, and prompts without it)", "output", resume_may_change=True)
     evaluate_n: int = opt(2, "seeds per prompt in an evaluation", "output", resume_may_change=True)
-    clip_model: str = opt("openai/clip-vit-large-patch14", "CLIP for the evaluation (folder or hub id, read "
-                          "offline; none: skip)", "output", resume_may_change=True)
-    dino_model: str = opt("facebook/dinov2-small", "DINOv2 for the evaluation (folder or hub id, read offline; "
-                          "none: skip)", "output", resume_may_change=True)
+    clip_model: ModelSource = opt(ModelSource("openai/clip-vit-large-patch14"), "CLIP for the evaluation (folder "
+                                  "or hub id, read offline; none: skip)", "output", resume_may_change=True)
+    dino_model: ModelSource = opt(ModelSource("facebook/dinov2-small"), "DINOv2 for the evaluation (folder or hub "
+                                  "id, read offline; none: skip)", "output", resume_may_change=True)
     progress: bool = opt(True, "tqdm progress bar", "output", resume_may_change=True)
     tensorboard: bool = opt(True, "TensorBoard logs in RUN_DIR/logs", "output", resume_may_change=True)
     resume: Optional[Path] = opt(None, "resume state folder (or a run folder: its latest state)", "run",
@@ -228,13 +236,15 @@ class TrainConfig:
             else:
                 flat[key] = value
         cfg = cls().override(flat, source=path)
-        for key in ("data", "class_data", "sample_prompts", "evaluate_prompts", "out", "run_dir", "cache_dir", "resume"):
+        # relative paths are the TOML's neighbours; a model option only when one is there (else a hub id)
+        for key in PATH_OPTIONS:
             v = getattr(cfg, key)
-            if key in flat and v is not None and not Path(v).is_absolute():
-                setattr(cfg, key, path.parent / v)
-        if "model" in flat and cfg.model != "toy" and (path.parent / cfg.model).exists() \
-                and not Path(cfg.model).is_absolute():
-            cfg.model = str(path.parent / cfg.model)
+            if key in flat and v is not None:
+                setattr(cfg, key, _next_to(path, v))
+        for key in MODEL_OPTIONS:
+            v = getattr(cfg, key)
+            if key in flat and v != "toy" and not Path(v).is_absolute() and (path.parent / v).exists():
+                setattr(cfg, key, ModelSource(path.parent / v))
         return cfg
 
     def override(self, values: dict[str, Any], source: object = None) -> "TrainConfig":
@@ -279,6 +289,28 @@ class TrainConfig:
         return {f.name: v for f, v in zip(fields(self), self.to_dict().values()) if not f.metadata["resume"]}
 
 
+def _leaf_types(hint) -> set:
+    """The types a hint is made of: Path for Path, Path | None and list[Path]."""
+    args = [a for a in get_args(hint) if a is not type(None)]
+    return {hint} if not args else set().union(*map(_leaf_types, args))
+
+
+def options_of_type(kind: type) -> tuple[str, ...]:
+    """The options whose values are of `kind` (alone, optional or in a list), from the field types."""
+    hints = get_type_hints(TrainConfig)
+    return tuple(f.name for f in fields(TrainConfig) if kind in _leaf_types(hints[f.name]))
+
+
+PATH_OPTIONS = options_of_type(Path)  # every option that names a file or folder
+MODEL_OPTIONS = options_of_type(ModelSource)  # every option that names a model: a path, or a hub id
+
+
+def _next_to(toml: Path, value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_next_to(toml, v) for v in value)
+    return value if Path(value).is_absolute() else toml.parent / value
+
+
 def _flag(name: str) -> str:
     return name.replace("_", "-")
 
@@ -317,6 +349,8 @@ def _coerce(key: str, value, hint, source):
             return float(value)
         if hint is Path:
             return Path(value)
+        if hint is ModelSource:
+            return ModelSource(value)
         if hint is list:
             return tuple(value)
         if hint is str:

@@ -51,8 +51,9 @@ def loaded_family(model: str) -> str | None:
 
 
 def family_clash(card, family: str | None) -> str | None:
-    if card.family and family and card.family != family:
-        return f"{card.name} is a LoRA for {card.family}; the loaded model is {family}"
+    fits = (card.family,) if card.family else card.candidates
+    if fits and family and family not in fits:
+        return f"{card.name} is a LoRA for {' or '.join(fits)}; the loaded model is {family}"
     return None
 
 

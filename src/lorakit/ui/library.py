@@ -16,7 +16,6 @@ from typing import Iterable
 from ..errors import LoraKitError
 
 PREVIEW_SUFFIXES = (".preview.png", ".png", ".preview.jpg", ".jpg", ".preview.webp", ".webp")  # A1111's order
-_WIDTH_MODULES = ("attn2_to_k", "attn2_to_v", "self_attn_q_proj", "self_attn_k_proj")  # what families read
 _DOWN = ("lora_down.weight", "lora_A.weight", "lora.down.weight", "hada_w1_b", "lokr_w2_b")
 
 
@@ -25,6 +24,7 @@ class LoraCard:
     path: Path
     name: str
     family: str | None = None
+    candidates: tuple[str, ...] = ()  # the families it fits alike when the file cannot tell which
     format: str | None = None
     rank: int | None = None
     alpha: str | None = None
@@ -40,17 +40,22 @@ class LoraCard:
         """The card's caption: what one needs to pick a LoRA."""
         if self.error:
             return f"{self.name} · unreadable"
-        facts = [self.family or "family ?", self.format or "format ?",
+        facts = [self.family or ("|".join(self.candidates) or "family") + " ?", self.format or "format ?",
                  f"r{self.rank if self.rank is not None else '?'}/α{self.alpha if self.alpha is not None else '?'}",
                  human_size(self.size)]
         line = f"{self.name} · " + " · ".join(facts)
         return line + (f" · {', '.join(self.triggers)}" if self.triggers else "")
 
+    def undecided(self) -> str:
+        from ..formats.detect import describe
+
+        return f"{describe(self.candidates)}: the file fits each alike" if self.candidates else "unknown"
+
     def details(self) -> str:
         """Markdown for the selected card."""
         if self.error:
             return f"**{self.name}**: {self.error}\n\n`{self.path}`"
-        rows = [("Family", self.family or "unknown"), ("Format", self.format or "unknown"),
+        rows = [("Family", self.family or self.undecided()), ("Format", self.format or "unknown"),
                 ("Rank / alpha", f"{self.rank if self.rank is not None else '?'} / "
                                  f"{self.alpha if self.alpha is not None else '?'}"),
                 ("Size", human_size(self.size)), ("Trigger words", ", ".join(self.triggers) or "none recorded"),
@@ -84,69 +89,36 @@ def trigger_words(md: dict[str, str], top: int = 5) -> list[str]:
 
 
 class _Header:
-    """Key names, metadata and shapes of a safetensors file, never its tensor bytes.
+    """Key names, shapes and metadata of a safetensors file, never its tensor bytes.
 
-    safetensors' own (Rust) parser reads a 300 KB SDXL header ten times faster than json.loads;
-    a file it refuses (its data cut short, say) is read by our JSON header reader instead, which
-    does not compare offsets with the file size."""
+    safetensors' own (Rust) parser reads the header; a file it refuses (its data cut short, say)
+    is read by our JSON header reader instead, which does not compare offsets with the file size."""
 
     def __init__(self, path: Path):
         from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:
-                self.keys = list(f.keys())
                 self.metadata = {str(k): str(v) for k, v in (f.metadata() or {}).items()}
-                shapes = {k: list(f.get_slice(k).get_shape()) for k in self._wanted(self.keys, self.metadata)}
-            self.shape = lambda k: shapes.get(k, [])
+                self.shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         except (SafetensorError, OSError):
             from ..formats.st_io import read_header
 
             header, _ = read_header(path, check_data=False)
             self.metadata = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
-            self.keys = [k for k in header if k != "__metadata__"]
-            self.shape = lambda k: list(header[k].get("shape") or [])
+            self.shapes = {k: tuple(v.get("shape") or ()) for k, v in header.items() if k != "__metadata__"}
+        self.keys = list(self.shapes)
 
-    @staticmethod
-    def _wanted(keys: list[str], md: dict[str, str]) -> list[str]:
-        """The keys whose shapes a card needs, unless the metadata tells rank and family: some
-        LoRA down weights (the rank), and those the families read widths from (cross-attention
-        to_k/to_v, text-encoder q/k projections)."""
-        from .. import families
-
-        if md.get("ss_network_dim", "").isdigit() and families.detect_lora({}, md):
-            return []
-        downs = [k for k in keys if k.endswith(_DOWN)]
-        telling = [k for k in downs if k.split(".", 1)[0].endswith(_WIDTH_MODULES)]
-        return list(dict.fromkeys(downs[:64] + telling[:8]))
+    def shape(self, key: str) -> tuple:
+        return self.shapes.get(key, ())
 
 
-class _Shaped:
-    """A tensor's stand-in that has only its shape: what the families' width checks read."""
+def _detection(h: _Header):
+    """Format and family as `load_lora` decides them (formats.detect), from every key's name and
+    shape: a card must not call a file SDXL that loading calls SD3."""
+    from ..formats.detect import detect
 
-    def __init__(self, shape):
-        self.shape = tuple(shape)
-
-
-def _family(h: _Header) -> str | None:
-    """Asked of the families (lorakit.families), with shape-only stand-ins for the tensors."""
-    from .. import families
-
-    found = families.detect_lora({}, h.metadata)  # the metadata alone, when it tells
-    if found:
-        return found.name
-    # names tell the text encoders (one name each is enough); widths come from the few modules
-    # whose shapes were read: building stand-ins for every key of an SDXL file would cost more
-    # than reading its header
-    modules: dict[str, dict[str, _Shaped]] = {k.split(".", 1)[0]: {} for k in h.keys if k.startswith("lora_te")}
-    telling = {k.split(".", 1)[0] for k in h.keys if k.endswith(_DOWN) and h.shape(k)
-               and k.split(".", 1)[0].endswith(_WIDTH_MODULES)}
-    for key in h.keys:
-        name, _, sub = key.partition(".")
-        if name in telling:
-            modules.setdefault(name, {})[sub] = _Shaped(h.shape(key))
-    found = families.detect_lora(modules, h.metadata)
-    return found.name if found else None
+    return detect(h.shapes, h.metadata)
 
 
 def _rank(h: _Header) -> int | None:
@@ -155,16 +127,6 @@ def _rank(h: _Header) -> int | None:
     downs = [k for k in h.keys if k.endswith(_DOWN)][:64]  # the usual rank shows in any sample
     ranks = Counter(int(shape[0]) for shape in map(h.shape, downs) if shape)
     return ranks.most_common(1)[0][0] if ranks else None
-
-
-def _format(h: _Header) -> str | None:
-    from ..formats.detect import detect_format
-
-    if h.metadata.get("ss_network_module") == "networks.lora" and any(k.startswith("lora_") for k in h.keys[:8]):
-        return "kohya"  # what kohya's trainer writes; skips scanning every key for LyCORIS marks
-    # a spread sample of the names: LyCORIS or diffusers marks are on every module, so 256 of an
-    # SDXL file's 2000+ names decide the format as well as all of them, in a tenth of the time
-    return detect_format(h.keys[::max(1, len(h.keys) // 256)], h.metadata)
 
 
 def _alpha(md: dict[str, str]) -> str | None:
@@ -186,8 +148,9 @@ def read_card(path: Path) -> LoraCard:
     except LoraKitError as exc:
         card.error = exc.message
         return card
-    card.format = _format(h)
-    card.family = _family(h)
+    found = _detection(h)
+    card.format, card.family = found.format, found.family
+    card.candidates = found.families if found.family is None else ()
     card.rank = _rank(h)
     card.alpha = _alpha(h.metadata)
     card.triggers = trigger_words(h.metadata)

@@ -36,7 +36,8 @@ def train_config(model: str, data: str, trigger: str, out: str, preset: str, ran
                  resume: str = "", check=None):
     """The form as a TrainConfig. `extra_toml` takes any other option by its config name (the keys
     of `lorakit train --print-config`, with or without their [section] tables), applied last.
-    `check(cfg)` sees the config before anything is written (the page's path guard)."""
+    `check(cfg)` sees the config before anything is written and gives the one to use (the page's
+    path guard)."""
     from ..train.config import TrainConfig
 
     def text(value) -> str | None:
@@ -64,7 +65,7 @@ def train_config(model: str, data: str, trigger: str, out: str, preset: str, ran
             flat.update(value if isinstance(value, dict) else {key: value})
         cfg = cfg.override(flat, source="more options")
     if check is not None:
-        check(cfg)
+        cfg = check(cfg)
     prompts = [p.strip() for p in (sample_prompts or "").splitlines() if p.strip()]
     if prompts:
         path = cfg.resolved_run_dir() / "sample_prompts.txt"
@@ -196,25 +197,38 @@ def guarded_form(studio, values: list) -> list:
     return v
 
 
-PATH_OPTIONS = ("data", "out", "run_dir", "resume", "class_data", "cache_dir", "sample_prompts")
+def guard_config(studio, cfg):
+    """The finished config (the TOML box can set any option) with every path it names checked
+    against the page's folders: each option typed as a path or a model (train.config.PATH_OPTIONS,
+    MODEL_OPTIONS: derived from the types, so a new path option is guarded without a word here),
+    the folders a dataset TOML names and a class-prompt file. Paths come back resolved: a relative
+    one means the file the guard checked, not one under the server's working folder."""
+    from ..evaluation.encoders import OFF
+    from ..train.config import MODEL_OPTIONS, PATH_OPTIONS
 
-
-def guard_config(studio, cfg) -> None:
-    """Every path the finished config names (the TOML box can set any option) under the page's folders."""
+    g = studio.guard
+    changes = {}
     for name in PATH_OPTIONS:
-        value = getattr(cfg, name, None)
-        if value is not None:
-            studio.guard.check(value, f"training option {name}")
-    studio.guard.check(cfg.resolved_run_dir(), "training run folder")
+        value = getattr(cfg, name)
+        if isinstance(value, (list, tuple)):
+            changes[name] = tuple(g.check(v, f"training option {name}") for v in value)
+        elif value is not None:
+            changes[name] = g.check(value, f"training option {name}")
+    for name in MODEL_OPTIONS:
+        value = getattr(cfg, name)
+        if value is not None and str(value).strip().lower() not in OFF:  # "none": the evaluation skips it
+            changes[name] = g.model(value, f"training option {name}")
+    cfg = cfg.override(changes)
+    g.check(cfg.resolved_run_dir(), "training run folder")
     if cfg.data is not None and Path(cfg.data).is_file():  # a dataset TOML: the folders it names, too
         from ..data.config import load_dataset_config
 
         for subset in load_dataset_config(Path(cfg.data)).subsets:
-            studio.guard.check(subset.dir, f"image folder of {Path(cfg.data).name}")
-    prompt_file = Path(str(cfg.class_prompt or ""))
+            g.check(subset.dir, f"image folder of {Path(cfg.data).name}")
+    prompt_file = Path(str(cfg.class_prompt or ""))  # a prompt, or a .txt file of prompts
     if str(cfg.class_prompt or "").endswith(".txt") and prompt_file.exists():
-        studio.guard.check(prompt_file, "class prompt file")
-    studio.guard.model(cfg.model)
+        g.check(prompt_file, "class prompt file")
+    return cfg
 
 
 def build(gr, studio, progress_wrap) -> dict:

@@ -90,14 +90,6 @@ class Flux(Family):
             md["modelspec.architecture"] = known if known.endswith("/lora") else known + "/lora"
         return md
 
-    def lora_layout(self, keys: Sequence[str], metadata: Mapping[str, str]) -> tuple[str | None, int]:
-        """Stronger than SD3's claim: a Flux diffusers file of double blocks has SD3's key shapes,
-        and Flux claims it only when single blocks or the metadata say Flux."""
-        from .layouts import layout_of
-
-        layout = layout_of(keys, metadata)
-        return (layout, 2) if layout not in (None, "kohya") else (None, 0)
-
     def read_lora(self, state: Mapping, metadata: Mapping[str, str], layout: str, source: str | None) -> dict:
         from .layouts import read
 
@@ -115,6 +107,16 @@ class Flux(Family):
 
         return write_state(modules, layout, dtype, source)
 
+    def lora_layout_of(self, keys) -> str | None:
+        from .layouts import layout_of
+
+        return layout_of(keys)
+
+    def lora_reading(self, shapes: Mapping, layout: str) -> dict | None:
+        from .layouts import reading
+
+        return reading(shapes, layout)
+
     # --- detection ------------------------------------------------------------------------------
     def lora_metadata_evidence(self, metadata: Mapping[str, str]) -> int:
         if metadata.get("ss_base_model_version", "").startswith("flux") or \
@@ -122,8 +124,13 @@ class Flux(Family):
             return 9
         return 0
 
-    def lora_evidence(self, modules: Mapping[str, Mapping]) -> int:
-        return 8 if any(flux_naming.is_kohya_name(n) for n in modules) else 0
+    t5_te_prefixes = ("lora_te3",)
+    lora_width_probes = (("lora_unet", ("img_attn_qkv", "txt_attn_qkv", "linear1"), frozenset({3072})),
+                         ("lora_te1", ("self_attn_q_proj", "self_attn_k_proj"), frozenset({768})),
+                         ("lora_te3", ("SelfAttention_q", "SelfAttention_k"), frozenset({4096})))
+
+    def is_denoiser_lora_name(self, name: str) -> bool:
+        return flux_naming.is_kohya_name(name)
 
     def checkpoint_evidence(self, shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]) -> int:
         return 8 if is_flux_checkpoint(shapes) else 0

@@ -20,7 +20,7 @@ SD3's (`sd3/layouts.py`); only the names differ.
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -31,8 +31,8 @@ from ...lora import fused
 from ...formats.kohya import validate_module
 from ...formats.modules import Modules
 from ...formats.peft_common import kohya_alpha, lora_config
-from ..sd3.layouts import (METADATA_KEY, _cast, _configs, _factors, _folded, _group, _module, _plain, te_name,
-                      te_path_of)
+from ..sd3.layouts import (METADATA_KEY, _cast, _configs, _factors, _folded, _group, _is_t5_path, _module, _plain,
+                          shape_reading, te_name, te_path_of)
 
 LAYOUTS = ("kohya", "diffusers", "comfyui", "onetrainer")
 _DIFFUSERS_TE = {"te1": "text_encoder", "te3": "text_encoder_2"}
@@ -41,32 +41,18 @@ _ONETRAINER_TE = {"te1": "lora_te1_", "te3": "lora_te2_"}
 _DOUBLE_DIFF = ("transformer.single_transformer_blocks.", "transformer.transformer_blocks.")
 
 
-def _says_flux(metadata: Mapping[str, str] | None) -> bool:
-    md = metadata or {}
-    return md.get("ss_base_model_version", "").startswith("flux") or \
-        md.get("modelspec.architecture", "").startswith("flux")
-
-
-def layout_of(keys, metadata: Mapping[str, str] | None = None) -> str | None:
-    """Which Flux layout a file's keys are in (None when they are not a Flux LoRA).
-
-    Names alone cannot tell a Flux diffusers file that adapts double blocks only from an SD3 one
-    (both have `transformer_blocks.N.attn.to_q`); single blocks or the metadata decide.
-    """
+def layout_of(keys) -> str | None:
+    """Which of Flux's own layouts a file's keys are in (None: none of them). SD3's layouts share
+    some of these names (double blocks are SD3's joint blocks in diffusers' spelling, CLIP-L):
+    the families' evidence on each reading decides."""
     keys = list(keys)
-    flux_md = _says_flux(metadata)
-    if any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in keys):
-        return "kohya"
-    if any(k.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks.")) for k in keys):
+    if any(k.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks.",
+                         "text_encoders.clip_l.", "text_encoders.t5xxl.")) for k in keys):
         return "comfyui"
-    if any(k.startswith("lora_transformer_single_transformer_blocks_") for k in keys) or \
-            (flux_md and any(k.startswith("lora_transformer_") for k in keys)):
+    if any(k.startswith("lora_transformer_") for k in keys):
         return "onetrainer"
-    if any(k.startswith("transformer.single_transformer_blocks.") for k in keys) or \
-            (flux_md and any(k.startswith(_DOUBLE_DIFF) for k in keys)):
+    if any(k.startswith(_DOUBLE_DIFF) for k in keys):
         return "diffusers"
-    if flux_md and any(k.startswith(("lora_unet_", "lora_te1_", "lora_te3_")) for k in keys):
-        return "kohya"
     return None
 
 
@@ -77,10 +63,6 @@ def check_kohya_names(modules: Modules, source=None) -> None:
         more = f" … and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise LoraKitError(f"{len(unknown)} module(s) are not layers of the Flux transformer: "
                            f"{', '.join(unknown[:5])}{more}", source)
-
-
-def is_flux_modules(modules: Modules) -> bool:
-    return any(flux_naming.is_kohya_name(n) for n in modules)
 
 
 def _fuse_diffusers(split: dict[str, fused.Factors], source) -> dict[str, dict[str, Tensor]]:
@@ -114,6 +96,53 @@ def _rows_of(bfl: str, sizes: dict[int, int], width: int, source) -> int:
     return sizes[0]
 
 
+def _comfy_module(prefix: str) -> str | None:
+    if prefix.startswith("diffusion_model."):
+        bfl = prefix[len("diffusion_model."):]
+        return flux_naming.kohya_name(bfl) if flux_naming.is_sai_path(bfl) else None
+    for part, head in _COMFY_TE.items():
+        if prefix.startswith(head + "."):
+            return te_name(part, prefix[len(head) + 1:])
+    return None
+
+
+def _onetrainer_module(prefix: str) -> str | None:
+    if prefix.startswith("lora_transformer_"):
+        path = flux_naming.diffusers_path_of_underscored(prefix[len("lora_transformer_"):])
+        return None if path is None else "transformer." + path
+    for part, head in _ONETRAINER_TE.items():
+        if prefix.startswith(head):
+            return f"lora_{part}_" + prefix[len(head):]
+    return None
+
+
+_TE_OF_HEAD = {v: k for k, v in _DIFFUSERS_TE.items()}
+
+
+def _diffusers_module(prefix: str) -> str | None:
+    head, _, rest = prefix.partition(".")
+    if head == "transformer" and flux_naming.is_diffusers_path(rest):
+        return prefix
+    return prefix if head in _TE_OF_HEAD and rest and _is_t5_path(rest) == (head == "text_encoder_2") else None
+
+
+_MODULE_OF = {"comfyui": _comfy_module, "onetrainer": _onetrainer_module, "diffusers": _diffusers_module}
+
+
+def _kohya_of(module: str) -> str:
+    head, _, path = module.partition(".")
+    if head == "transformer":
+        return flux_naming.kohya_name(flux_naming.sai_of(path)[0])
+    if head in _TE_OF_HEAD:
+        return te_name(_TE_OF_HEAD[head], path)
+    return module
+
+
+def reading(shapes: Mapping[str, Sequence[int]], layout: str) -> dict | None:
+    """What `read` makes of a file in `layout`, from names and shapes alone (sd3_fmt.shape_reading)."""
+    return shape_reading(shapes, _MODULE_OF[layout], _kohya_of)
+
+
 def read(state: Mapping[str, Tensor], metadata: Mapping[str, str], layout: str,
          source: str | None = None) -> dict[str, dict[str, Tensor]]:
     """A Flux LoRA in any layout → kohya modules (validated)."""
@@ -123,46 +152,20 @@ def read(state: Mapping[str, Tensor], metadata: Mapping[str, str], layout: str,
         modules = kohya.group(state, source)
         check_kohya_names(modules, source)
     elif layout == "comfyui":
-        def comfy(prefix: str):
-            if prefix.startswith("diffusion_model."):
-                bfl = prefix[len("diffusion_model."):]
-                return flux_naming.kohya_name(bfl) if flux_naming.is_sai_path(bfl) else None
-            for part, head in _COMFY_TE.items():
-                if prefix.startswith(head + "."):
-                    return te_name(part, prefix[len(head) + 1:])
-            return None
-
-        modules = _group(state, comfy, source)
+        modules = _group(state, _comfy_module, source)
     elif layout == "onetrainer":
-        def onetrainer(prefix: str):
-            if prefix.startswith("lora_transformer_"):
-                path = flux_naming.diffusers_path_of_underscored(prefix[len("lora_transformer_"):])
-                return None if path is None else "transformer." + path
-            for part, head in _ONETRAINER_TE.items():
-                if prefix.startswith(head):
-                    return f"lora_{part}_" + prefix[len(head):]
-            return None
-
-        grouped = _group(state, onetrainer, source)
+        grouped = _group(state, _onetrainer_module, source)
         split = {k[len("transformer."):]: _factors(k, t, None, source) for k, t in grouped.items()
                  if k.startswith("transformer.")}
         modules = _fuse_diffusers(split, source)
         modules.update({k: t for k, t in grouped.items() if not k.startswith("transformer.")})
     elif layout == "diffusers":
         configs = _configs(metadata)
-        te_parts = {v: k for k, v in _DIFFUSERS_TE.items()}
-
-        def diffusers(prefix: str):
-            head, _, rest = prefix.partition(".")
-            if head == "transformer" and flux_naming.is_diffusers_path(rest):
-                return prefix
-            return prefix if head in te_parts and rest else None
-
-        grouped = _group(state, diffusers, source)
+        grouped = _group(state, _diffusers_module, source)
         split, modules = {}, {}
         for key, t in grouped.items():
             head, _, path = key.partition(".")
-            part = "transformer" if head == "transformer" else te_parts[head]
+            part = "transformer" if head == "transformer" else _TE_OF_HEAD[head]
             rank = int(t["lora_down.weight"].shape[0]) if "lora_down.weight" in t else 0
             alpha = None if "alpha" in t else kohya_alpha(configs.get(head), part, path, rank)
             f = _factors(key, t, alpha, source)

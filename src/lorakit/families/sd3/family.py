@@ -19,6 +19,9 @@ _PRESET_KINDS = {"attn": {"attn"}, "attn-mlp": {"attn", "mlp"}, "transformer": {
                  "full": {"attn", "mlp", "adaLN", "embed"}}
 
 
+_QK, _T5_QK = ("self_attn_q_proj", "self_attn_k_proj"), ("SelfAttention_q", "SelfAttention_k")
+
+
 class SD3(Family):
     name, label = "sd3", "SD3"
     pipeline_class = "StableDiffusion3Pipeline"
@@ -45,10 +48,15 @@ class SD3(Family):
             return 4
         return 4 if metadata.get("modelspec.architecture", "").startswith("stable-diffusion-3") else 0
 
-    def lora_evidence(self, modules: Mapping[str, Mapping]) -> int:
-        from .layouts import is_sd3_modules
+    t5_te_prefixes = ("lora_te3",)
+    lora_width_probes = (("lora_unet", ("attn_qkv",), frozenset({1536, 2432})),  # 3.x medium, 3.5 large
+                         ("lora_te1", _QK, frozenset({768})), ("lora_te2", _QK, frozenset({1280})),
+                         ("lora_te3", _T5_QK, frozenset({4096})))
 
-        return 5 if is_sd3_modules(modules) else 0
+    def is_denoiser_lora_name(self, name: str) -> bool:
+        from . import naming
+
+        return naming.is_sd3_kohya_name(name)
 
     def checkpoint_evidence(self, shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]) -> int:
         from .loading import is_sd3_checkpoint
@@ -126,12 +134,6 @@ class SD3(Family):
         return container.startswith("MMDiT.") and container[len("MMDiT."):] in _PRESET_KINDS.get(preset, ())
 
     # --- LoRA files ----------------------------------------------------------------------------
-    def lora_layout(self, keys: Sequence[str], metadata: Mapping[str, str]) -> tuple[str | None, int]:
-        from .layouts import layout_of
-
-        layout = layout_of(keys)
-        return (layout, 1) if layout not in (None, "kohya") else (None, 0)
-
     def read_lora(self, state: Mapping, metadata: Mapping[str, str], layout: str, source: str | None) -> dict:
         from .layouts import read
 
@@ -143,6 +145,16 @@ class SD3(Family):
         from .layouts import write_state
 
         return write_state(modules, layout, dtype, source)
+
+    def lora_layout_of(self, keys) -> str | None:
+        from .layouts import layout_of
+
+        return layout_of(keys)
+
+    def lora_reading(self, shapes: Mapping, layout: str) -> dict | None:
+        from .layouts import reading
+
+        return reading(shapes, layout)
 
     # --- conditioning and the denoiser call ------------------------------------------------------
     def tokenize(self, tokenizers: Sequence, captions: Sequence[str]) -> list:

@@ -19,7 +19,7 @@ share it, else rank 3r with a block-diagonal `up`.
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -28,7 +28,7 @@ from . import naming as sd3_naming
 from ...errors import LoraKitError
 from ...lora import fused
 from ...formats.kohya import _listing, validate_module
-from ...formats.modules import Modules, algo_of, alpha_of, rank_of
+from ...formats.modules import Modules, Shaped, algo_of, alpha_of, rank_of
 from ...formats.paths import underscored_to_path
 from ...formats.peft_common import fold_scale, kohya_alpha, lora_config
 
@@ -43,7 +43,8 @@ _T5_WORDS = ("wi_0", "wi_1")
 
 
 def layout_of(keys) -> str | None:
-    """Which SD3 layout a file's keys are in (None when they are not an SD3 LoRA)."""
+    """Which of SD3's own layouts a file's keys are in (None: none of them). Flux's layouts share
+    some of these names (double blocks, CLIP-L): the families' evidence on each reading decides."""
     keys = list(keys)
     if any(k.startswith("lora_transformer_") for k in keys):
         return "onetrainer"
@@ -51,8 +52,6 @@ def layout_of(keys) -> str | None:
         return "comfyui"
     if any(k.startswith(("transformer.transformer_blocks.", "text_encoder_3.")) for k in keys):
         return "diffusers"
-    if any(k.startswith(("lora_unet_joint_blocks_", "lora_te3_")) for k in keys):
-        return "kohya"
     return None
 
 
@@ -143,6 +142,69 @@ def _fuse_diffusers(split: dict[str, fused.Factors], source) -> dict[str, dict[s
     return modules
 
 
+def _is_t5_path(path: str) -> bool:
+    return path.startswith(("encoder.block.", "shared", "encoder.final_layer_norm"))
+
+
+def _comfy_module(prefix: str) -> str | None:
+    if prefix.startswith("diffusion_model."):
+        sai = prefix[len("diffusion_model."):]
+        return sd3_naming.kohya_name(sai) if sd3_naming.is_sai_path(sai) else None
+    for head, part in _COMFY_PART.items():
+        if prefix.startswith(head + "."):
+            return te_name(part, prefix[len(head) + 1:])
+    return None
+
+
+def _onetrainer_module(prefix: str) -> str | None:
+    if prefix.startswith("lora_transformer_"):
+        path = sd3_naming.diffusers_path_of_underscored(prefix[len("lora_transformer_"):])
+        return None if path is None else "transformer." + path
+    return prefix if prefix.startswith(("lora_te1_", "lora_te2_", "lora_te3_")) else None
+
+
+def _diffusers_module(prefix: str) -> str | None:
+    head, _, rest = prefix.partition(".")
+    if head == "transformer" and sd3_naming.is_diffusers_path(rest):
+        return prefix
+    if head in _DIFFUSERS_PART and rest and _is_t5_path(rest) == (head == "text_encoder_3"):
+        return prefix
+    return None
+
+
+_MODULE_OF = {"comfyui": _comfy_module, "onetrainer": _onetrainer_module, "diffusers": _diffusers_module}
+
+
+def _kohya_of(module: str) -> str:
+    """The kohya name of what a layout's key names (a split transformer piece, a diffusers text
+    encoder module, or already a kohya name)."""
+    head, _, path = module.partition(".")
+    if head == "transformer":
+        return sd3_naming.kohya_name(sd3_naming.sai_of(path)[0])
+    if head in _DIFFUSERS_PART:
+        return te_name(_DIFFUSERS_PART[head], path)
+    return module
+
+
+def shape_reading(shapes: Mapping[str, Sequence[int]], module_of, kohya_of) -> dict[str, dict[str, Shaped]] | None:
+    """The kohya modules a file reads into, with shape-only stand-ins, from its header (the fused
+    module takes the shapes of one of its pieces: the same input width); None when `module_of`
+    places some key nowhere."""
+    out: dict[str, dict[str, Shaped]] = {}
+    for key, shape in shapes.items():
+        split = _split_sub(key)
+        module = module_of(split[0]) if split else None
+        if module is None:
+            return None
+        out.setdefault(kohya_of(module), {})[split[1]] = Shaped(shape)
+    return out
+
+
+def reading(shapes: Mapping[str, Sequence[int]], layout: str) -> dict[str, dict[str, Shaped]] | None:
+    """What `read` makes of a file in `layout`, from names and shapes alone (see `shape_reading`)."""
+    return shape_reading(shapes, _MODULE_OF[layout], _kohya_of)
+
+
 def read(state: Mapping[str, Tensor], metadata: Mapping[str, str], layout: str,
          source: str | None = None) -> dict[str, dict[str, Tensor]]:
     """An SD3 LoRA in any layout → kohya modules (validated)."""
@@ -151,40 +213,16 @@ def read(state: Mapping[str, Tensor], metadata: Mapping[str, str], layout: str,
 
         modules = kohya.group(state, source)
     elif layout == "comfyui":
-        def comfy(prefix: str):
-            if prefix.startswith("diffusion_model."):
-                sai = prefix[len("diffusion_model."):]
-                return sd3_naming.kohya_name(sai) if sd3_naming.is_sai_path(sai) else None
-            for head, part in _COMFY_PART.items():
-                if prefix.startswith(head + "."):
-                    return te_name(part, prefix[len(head) + 1:])
-            return None
-
-        modules = _group(state, comfy, source)
+        modules = _group(state, _comfy_module, source)
     elif layout == "onetrainer":
-        def onetrainer(prefix: str):
-            if prefix.startswith("lora_transformer_"):
-                path = sd3_naming.diffusers_path_of_underscored(prefix[len("lora_transformer_"):])
-                return None if path is None else "transformer." + path
-            return prefix if prefix.startswith(("lora_te1_", "lora_te2_", "lora_te3_")) else None
-
-        grouped = _group(state, onetrainer, source)
+        grouped = _group(state, _onetrainer_module, source)
         split = {k[len("transformer."):]: _factors(k, t, None, source) for k, t in grouped.items()
                  if k.startswith("transformer.")}
         modules = _fuse_diffusers(split, source)
         modules.update({k: t for k, t in grouped.items() if not k.startswith("transformer.")})
     elif layout == "diffusers":
         configs = _configs(metadata)
-
-        def diffusers(prefix: str):
-            head, _, rest = prefix.partition(".")
-            if head == "transformer" and sd3_naming.is_diffusers_path(rest):
-                return prefix
-            if head in _DIFFUSERS_PART and rest:
-                return prefix
-            return None
-
-        grouped = _group(state, diffusers, source)
+        grouped = _group(state, _diffusers_module, source)
         split, modules = {}, {}
         for key, t in grouped.items():
             head, _, path = key.partition(".")
@@ -302,8 +340,3 @@ def write_state(modules: Modules, layout: str, dtype: torch.dtype | None,
         else:
             raise LoraKitError(f"unknown SD3 layout {layout!r}: choose from {', '.join(LAYOUTS)}", source)
     return tensors, extra
-
-
-def is_sd3_modules(modules: Modules) -> bool:
-    """Whether kohya modules are for SD3 (MMDiT names or a third text encoder)."""
-    return any(sd3_naming.is_sd3_kohya_name(n) or n.startswith("lora_te3_") for n in modules)

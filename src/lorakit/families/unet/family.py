@@ -24,21 +24,6 @@ def context_width(shapes: Mapping[str, tuple[int, ...]]) -> int | None:
     return None
 
 
-def lora_context_width(modules: Mapping[str, Mapping]) -> set[int]:
-    """Every cross-attention context width a LoRA's attn2 to_k/to_v modules read."""
-    from ...formats.modules import in_features
-
-    return {in_features(t) or 0 for n, t in modules.items()
-            if n.startswith("lora_unet_") and n.endswith(("attn2_to_k", "attn2_to_v"))}
-
-
-def lora_te_width(modules: Mapping[str, Mapping], prefix: str = "lora_te_") -> set[int]:
-    from ...formats.modules import in_features
-
-    return {in_features(t) or 0 for n, t in modules.items()
-            if n.startswith(prefix) and n.endswith(("self_attn_q_proj", "self_attn_k_proj"))}
-
-
 def denoiser_config(pipe, config: Mapping | None) -> dict:
     unet = getattr(pipe, "unet", None)
     return dict(unet.config) if unet is not None else dict(config or {})
@@ -72,12 +57,17 @@ class UNetFamily(Family):
             return 2
         return 0
 
-    def lora_evidence(self, modules: Mapping[str, Mapping]) -> int:
-        if lora_context_width(modules) & set(self.context_widths):
-            return 2
-        if lora_te_width(modules) & set(self.te_widths):
-            return 1
-        return 0
+    def is_denoiser_lora_name(self, name: str) -> bool:
+        return naming.is_unet_kohya_name(name, self.reference_layout())
+
+    @property
+    def lora_width_probes(self):
+        """Cross-attention keys/values read the text context (768, 1024, 2048); text-encoder q/k
+        read the encoder's width."""
+        probes = [(naming.UNET_PREFIX, ("attn2_to_k", "attn2_to_v"), frozenset(self.context_widths))]
+        probes += [(prefix, ("self_attn_q_proj", "self_attn_k_proj"), frozenset({width}))
+                   for prefix, width in zip(self.te_prefixes, self.te_widths)]
+        return tuple(probes)
 
     def check_checkpoint(self, ckpt) -> None:
         from ...errors import LoraKitError

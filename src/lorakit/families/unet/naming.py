@@ -155,6 +155,31 @@ def sai_to_diffusers_unet_path(path: str, layout: UNetLayout = SDXL_LAYOUT) -> s
     return path
 
 
+_UNET_HEADS = ("down_blocks_", "mid_block_", "up_blocks_", "conv_in", "conv_out", "conv_norm_out", "time_embedding_",
+               "add_embedding_", "input_blocks_", "middle_block_", "output_blocks_", "time_embed_", "label_emb_",
+               "out_")
+
+
+_DIFFUSERS_BLOCK = re.compile(r"^(down|up)_blocks_(\d+)_(attentions_)?")
+
+
+def is_unet_kohya_name(name: str, layout: UNetLayout | None = None) -> bool:
+    """Whether a kohya name is a UNet layer's, in diffusers or SAI spelling (SD 1.x, 2.x, XL); with
+    `layout`, a diffusers-spelled block must exist in it, with attention where the name has some
+    (SDXL's first down block has none, SD 1.x's has)."""
+    if not name.startswith(UNET_PREFIX + "_"):
+        return False
+    rest = name[len(UNET_PREFIX) + 1:]
+    if not rest.startswith(_UNET_HEADS):
+        return False
+    m = _DIFFUSERS_BLOCK.match(rest)
+    if layout is None or m is None:
+        return True
+    blocks = layout.down_has_attention if m[1] == "down" else layout.up_has_attention
+    i = int(m[2])
+    return i < len(blocks) and (blocks[i] or not m[3])
+
+
 def is_sai_unet_path(path: str) -> bool:
     """Whether a UNet module path is spelled the SAI/LDM way (kohya's SDXL names)."""
     return path.split(".", 1)[0] in {"input_blocks", "middle_block", "output_blocks", "time_embed", "label_emb",

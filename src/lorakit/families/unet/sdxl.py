@@ -28,7 +28,7 @@ class SDXL(UNetFamily):
                                 ("open_clip", "conditioner.embedders.1.model."))
     shipped_configs = {"epsilon": "sdxl-base"}
     sai_names = True
-    context_widths = (2048,)
+    context_widths, te_widths = (2048,), (768, 1280)  # CLIP-L, OpenCLIP-bigG
     base_version_prefix, architecture_prefix = "sdxl", "stable-diffusion-xl"
 
     tiny_unet = dict(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -49,11 +49,6 @@ class SDXL(UNetFamily):
 
     def reference_layout(self):
         return naming.SDXL_LAYOUT
-
-    def lora_evidence(self, modules: Mapping[str, Mapping]) -> int:
-        if any(names.part_of(n) in ("te1", "te2") for n in modules):
-            return 3
-        return super().lora_evidence(modules)
 
     def checkpoint_evidence(self, shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]) -> int:
         if not self.is_unet_checkpoint(shapes):
