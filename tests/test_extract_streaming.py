@@ -16,7 +16,7 @@ from lorakit.ops.extract import extract
 from lorakit.families.base import CONFIGS_DIR
 from lorakit.lora import ModelParts, select
 from lorakit.models import BaseModel, load_model, save_model
-from lorakit.models.streaming import StreamedModel, _meta_text_encoder, _meta_unet, open_streamed
+from lorakit.models.streaming import StreamedModel, _meta_denoiser, _meta_text_encoder, open_streamed
 from lorakit.models.tiny import tiny_pipeline
 
 from models_support import write_config_dir
@@ -171,7 +171,7 @@ def test_real_single_file_names(family, config, unet_count, te_count):
     spec = families.get(family)
     folder = CONFIGS_DIR / config
     unet_config = json.loads((folder / "unet" / "config.json").read_text())
-    unet = _meta_unet(unet_config)
+    unet = _meta_denoiser(spec, unet_config)
     encoders = [_meta_text_encoder(cls, folder / sub) for sub, cls in zip(spec.text_encoders,
                                                                           spec.text_encoder_classes)]
     original = spec.to_original(unet.state_dict(), unet_config, None, None, [te.state_dict() for te in encoders])
