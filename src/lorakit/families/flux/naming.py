@@ -134,6 +134,18 @@ def sai_of(diffusers_path: str) -> tuple[str, int, int]:
     raise KeyError(f"not a Flux transformer module: {diffusers_path}")
 
 
+def fused_rows(bfl_path: str, sizes: dict[int, int], width: int) -> int:
+    """A BFL layer's row count from the pieces a LoRA file holds ({piece: rows}): q, k and v are the
+    hidden width each; a single block's MLP rows come from its `proj_mlp` piece, or are Flux.1's
+    4 × width when the file adapts q/k/v only (diffusers' training script does) and leaves the MLP
+    rows zero."""
+    if bfl_path.endswith(".linear1"):
+        return 3 * width + sizes.get(3, 4 * width)
+    if bfl_path.endswith(".qkv"):
+        return 3 * max(sizes.values())
+    return sizes[0]
+
+
 def container(bfl_path: str) -> str:
     """The preset group of a BFL layer: attention (a single block's linear1/linear2 included: they
     are its attention projections, fused with the MLP), mlp, adaLN (modulation) or embed."""

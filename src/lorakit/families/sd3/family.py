@@ -118,9 +118,10 @@ class SD3(Family):
 
     # --- targets -------------------------------------------------------------------------------
     def denoiser_targets(self, denoiser) -> dict:
+        from . import naming as sd3_naming
         from ..dit.targets import transformer_targets
 
-        return transformer_targets(denoiser)
+        return transformer_targets(denoiser, sd3_naming)
 
     def denoiser_selected(self, path: str, container: str, preset: str) -> bool:
         return container.startswith("MMDiT.") and container[len("MMDiT."):] in _PRESET_KINDS.get(preset, ())

@@ -125,6 +125,16 @@ def sai_of(diffusers_path: str) -> tuple[str, int, int]:
     raise KeyError(f"not an SD3 transformer module: {diffusers_path}")
 
 
+_KIND = {"qkv": "attn", "proj": "attn", "fc1": "mlp", "fc2": "mlp", "1": "adaLN"}
+
+
+def container(sai_path: str) -> str:
+    """The preset group of an SAI layer: attention, mlp, adaLN (modulation) or embed."""
+    if not sai_path.startswith("joint_blocks."):
+        return "MMDiT.embed"
+    return "MMDiT." + _KIND[sai_path.rsplit(".", 1)[1]]
+
+
 def kohya_name(sai_path: str) -> str:
     return UNET_PREFIX + sai_path.replace(".", "_")
 
