@@ -103,8 +103,6 @@ def detect_file_family(ckpt: Checkpoint) -> str:
     found = families.detect_checkpoint(keys, ckpt.metadata)
     if found is None:
         supported = ", ".join(f.label for f in families.all())
-        if any(k.startswith(UNET + "joint_blocks.") or k.startswith(UNET + "double_blocks.") for k in keys):
-            raise LoraKitError(f"an SD3/Flux-type checkpoint: only {supported} are supported", ckpt.path)
         hint = ""
         if any(h in k for k in keys for h in _LORA_HINTS):
             hint = " (it looks like a LoRA file, not a base model)"

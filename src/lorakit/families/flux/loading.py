@@ -19,7 +19,7 @@ import torch
 
 from ...errors import LoraKitError
 from ...models.checkpoint import Checkpoint
-from ...models.single_file import _check_complete, quiet_loading
+from ...models.single_file import check_complete, quiet_loading
 
 BFL = "model.diffusion_model."
 REAL_WIDTH = 3072
@@ -72,7 +72,7 @@ def load_transformer(ckpt: Checkpoint, config_dir: Path, dtype):
                 raise LoraKitError(f"the transformer tensors do not fit the config in "
                                    f"{config_dir / 'transformer'}: {e}", ckpt.path) from e
             model = model.to(dtype)
-    _check_complete(model, "transformer", ckpt)
+    check_complete(model, "transformer", ckpt)
     return model.eval()
 
 

@@ -19,7 +19,7 @@ import torch
 
 from ...errors import LoraKitError
 from ...models.checkpoint import Checkpoint
-from ...models.single_file import CONFIGS_DIR, _check_complete, _load_diffusers_part, _tie_position_ids, quiet_loading
+from ...models.single_file import CONFIGS_DIR, check_complete, load_diffusers_part, quiet_loading, tie_position_ids
 
 MMDIT = "model.diffusion_model."
 TE_PREFIX = {"text_encoder": "text_encoders.clip_l.transformer.",
@@ -74,8 +74,8 @@ def _clip(ckpt: Checkpoint, sub: str, config_dir: Path, dtype):
             raise LoraKitError(f"{TE_NAMES[sub]} tensor {k} has shape {tuple(v.shape)}, the config in "
                                f"{config_dir / sub} expects {tuple(expected[k].shape)}", ckpt.path)
     model.load_state_dict(state, strict=False, assign=True)
-    _tie_position_ids(model)
-    _check_complete(model, TE_NAMES[sub], ckpt)
+    tie_position_ids(model)
+    check_complete(model, TE_NAMES[sub], ckpt)
     return model.to(dtype).eval()
 
 
@@ -92,7 +92,7 @@ def _t5(ckpt: Checkpoint, config_dir: Path, dtype):
         state["encoder.embed_tokens.weight"] = state["shared.weight"]
     expected = model.state_dict()
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
-    _check_complete(model, TE_NAMES["text_encoder_3"], ckpt)
+    check_complete(model, TE_NAMES["text_encoder_3"], ckpt)
     return model.to(dtype).eval()
 
 
@@ -142,10 +142,10 @@ def build_pipeline(ckpt: Checkpoint, *, dtype=torch.float32, config_dir: Path | 
     parts: dict = {"transformer": None, "vae": None}
     with quiet_loading():
         if "unet" in components:
-            parts["transformer"] = _load_diffusers_part(diffusers.SD3Transformer2DModel, ckpt, MMDIT, "transformer",
+            parts["transformer"] = load_diffusers_part(diffusers.SD3Transformer2DModel, ckpt, MMDIT, "transformer",
                                                         config_dir, dtype)
         if "vae" in components:
-            parts["vae"] = _load_diffusers_part(diffusers.AutoencoderKL, ckpt, "first_stage_model.", "vae",
+            parts["vae"] = load_diffusers_part(diffusers.AutoencoderKL, ckpt, "first_stage_model.", "vae",
                                                 config_dir, dtype)
     wanted = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer_3")
     missing = []
@@ -181,7 +181,7 @@ def original_state(transformer: dict | None, vae: dict | None, vae_config: dict 
     """diffusers/transformers state dicts → one SAI-layout state dict (what ComfyUI and sd-scripts load);
     text encoders that are None are left out, as in SAI's files without them."""
     from . import naming as sd3_naming
-    from ..unet.original_layout import vae_to_original
+    from ...models.ldm_components import vae_to_original
 
     out: dict[str, torch.Tensor] = {}
     if transformer is not None:
