@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ...errors import LoraKitError
+from ...formats.diffusers_fmt import METADATA_KEY, component_configs
 from ...formats.kohya import _listing, validate_module
 from ...formats.modules import Modules, algo_of, alpha_of, rank_of
 from ...formats.paths import underscored_to_path
@@ -34,7 +35,6 @@ from ...formats.peft_common import fold_scale, kohya_alpha, lora_config
 from ...lora import fused
 
 LAYOUTS = ("kohya", "diffusers", "comfyui", "onetrainer")
-METADATA_KEY = "lora_adapter_metadata"
 TE_PARTS = ("te1", "te2", "te3")
 _SUB_ROLE = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight",
              "lora_down.weight": "lora_down.weight", "lora_up.weight": "lora_up.weight", "alpha": "alpha"}
@@ -136,23 +136,6 @@ def folded(f: fused.Factors, dtype: torch.dtype | None) -> fused.Factors:
     if f.scale == 1.0:
         return fused.Factors(f.down, f.up, float(f.rank))
     return fused.Factors(f.down, fold_scale(f.up, f.scale, dtype), float(f.rank))
-
-
-def part_configs(metadata: Mapping[str, str]) -> dict[str, dict]:
-    """diffusers' per-component LoraConfig dicts (`transformer`, `text_encoder`…) from the metadata."""
-    raw = (metadata or {}).get(METADATA_KEY)
-    if not raw:
-        return {}
-    try:
-        flat = json.loads(raw)
-    except json.JSONDecodeError:
-        return {}
-    out: dict[str, dict] = {}
-    for key, value in flat.items():
-        prefix, _, field = key.partition(".")
-        if field:
-            out.setdefault(prefix, {})[field] = value
-    return out
 
 
 # ---- one family's layouts ------------------------------------------------------------------------------------
@@ -272,7 +255,7 @@ class DitLayouts:
             modules = self.fuse_diffusers(split, source)
             modules.update({k: t for k, t in grouped.items() if not k.startswith("transformer.")})
         elif layout == "diffusers":
-            configs = part_configs(metadata)
+            configs = component_configs(metadata)
             te_parts = {head: part for part, head in self.diffusers_te.items()}
 
             def diffusers(prefix: str):
