@@ -12,6 +12,7 @@ import torch
 
 from lorakit import families
 from lorakit.families.unet import original_layout
+from lorakit.models import ldm_components
 from lorakit.models.checkpoint import Checkpoint, detect_file_family
 from lorakit.models.single_file import CONFIGS_DIR
 
@@ -171,9 +172,9 @@ def test_unknown_tensor_names_are_refused():
         original_layout.unet_to_original({"bogus.weight": torch.zeros(1)}, {
             "layers_per_block": 2, "down_block_types": ["DownBlock2D"], "up_block_types": ["UpBlock2D"]})
     with pytest.raises(original_layout.LayoutError):
-        original_layout.vae_to_original({"encoder.mystery.weight": torch.zeros(1)}, {"up_block_types": [1]})
+        ldm_components.vae_to_original({"encoder.mystery.weight": torch.zeros(1)}, {"up_block_types": [1]})
     with pytest.raises(original_layout.LayoutError):
-        original_layout.open_clip_to_original({"text_model.encoder.layers.0.self_attn.q_proj.weight":
+        ldm_components.open_clip_to_original({"text_model.encoder.layers.0.self_attn.q_proj.weight":
                                                torch.zeros(2, 2)}, "p.")
 
 

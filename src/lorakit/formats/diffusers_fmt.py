@@ -54,9 +54,10 @@ def parse_key(key: str) -> tuple[str, str, str] | None:
     return None
 
 
-def part_configs(metadata: Mapping[str, str]) -> dict[str, dict]:
-    """diffusers' per-part LoraConfig dicts from the file's `lora_adapter_metadata` key."""
-    raw = metadata.get(METADATA_KEY)
+def component_configs(metadata: Mapping[str, str]) -> dict[str, dict]:
+    """diffusers' LoraConfig dicts per component (`unet`, `transformer`, `text_encoder`…) from the
+    file's `lora_adapter_metadata` key ({} when absent or not JSON)."""
+    raw = (metadata or {}).get(METADATA_KEY)
     if not raw:
         return {}
     try:
@@ -66,10 +67,15 @@ def part_configs(metadata: Mapping[str, str]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for key, value in flat.items():
         prefix, _, field = key.partition(".")
-        part = {"unet": "unet", "text_encoder": "te", "text_encoder_2": "te2"}.get(prefix)
-        if part and field:
-            out.setdefault(part, {})[field] = value
+        if field:
+            out.setdefault(prefix, {})[field] = value
     return out
+
+
+def part_configs(metadata: Mapping[str, str]) -> dict[str, dict]:
+    """The UNet families' configs by lorakit part (unet, te, te2)."""
+    parts = {"unet": "unet", "text_encoder": "te", "text_encoder_2": "te2"}
+    return {parts[c]: config for c, config in component_configs(metadata).items() if c in parts}
 
 
 def read(state: Mapping[str, Tensor], metadata: Mapping[str, str], family: str | None = None,

@@ -1,6 +1,7 @@
-"""The layers of a diffusers SD3 or Flux transformer under the names their LoRA files use (SAI's / BFL's).
+"""The layers of a diffusers DiT transformer (SD3, Flux…) under the names their LoRA files use
+(the original layout's: SAI's, BFL's).
 
-Each SAI layer becomes one Target: the diffusers layer itself, or, where diffusers splits it
+Each original layer becomes one Target: the diffusers layer itself, or, where diffusers splits it
 (q/k/v) or reorders its rows (adaLN halves), a weightless Target of the SAI shape whose
 `pieces` say which live layer holds which rows. A network on it trains, merges and saves in
 SAI's shape, so the file is what sd-scripts and ComfyUI expect.
@@ -10,24 +11,16 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..sd3 import naming as sd3_naming
 from ...lora.targets import Target
 
-_KIND = {"qkv": "attn", "proj": "attn", "fc1": "mlp", "fc2": "mlp", "1": "adaLN"}
 
-
-def _container(sai_path: str) -> str:
-    if not sai_path.startswith("joint_blocks."):
-        return "MMDiT.embed"
-    return "MMDiT." + _KIND[sai_path.rsplit(".", 1)[1]]
-
-
-def transformer_targets(transformer: nn.Module, naming=sd3_naming) -> dict[str, Target]:
+def transformer_targets(transformer: nn.Module, naming) -> dict[str, Target]:
     """{kohya name: Target} for every Linear/Conv2d of the transformer that the original layout names.
 
-    `naming` is the family's name table: SD3's (SD3Transformer2DModel) or Flux's (FluxTransformer2DModel).
+    `naming` is the family's name table module (`is_diffusers_path`, `sai_of`, `kohya_name`,
+    `diffusers_rows`, and `container(path)`: the preset group of a layer).
     """
-    container = getattr(naming, "container", _container)
+    container = naming.container
     found: dict[str, dict[int, tuple[str, nn.Module]]] = {}
     for path, module in transformer.named_modules():
         if not isinstance(module, (nn.Linear, nn.Conv2d)) or not naming.is_diffusers_path(path):

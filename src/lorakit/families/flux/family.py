@@ -176,15 +176,9 @@ class Flux(Family):
     # --- conditioning and the denoiser call --------------------------------------------------------
     def tokenize(self, tokenizers: Sequence, captions: Sequence[str]) -> list:
         """CLIP ids padded to 77, T5 ids to 512 (`T5_TOKENS`), as FluxPipeline.encode_prompt does."""
-        out = []
-        for i, tok in enumerate(tokenizers):
-            if tok is None:
-                out.append(None)
-                continue
-            length = min(T5_TOKENS, tok.model_max_length) if i == 1 else tok.model_max_length
-            out.append(tok(list(captions), padding="max_length", max_length=length, truncation=True,
-                           return_tensors="pt").input_ids)
-        return out
+        from ..dit.text import tokenize
+
+        return tokenize(tokenizers, captions, lambda i, tok: min(T5_TOKENS, tok.model_max_length) if i == 1 else tok.model_max_length)
 
     def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence, cached=None) -> dict:
         """As FluxPipeline.encode_prompt: the sequence is T5's last hidden state, the pooled vector

@@ -19,7 +19,8 @@ import torch
 
 from ...errors import LoraKitError
 from ...models.checkpoint import Checkpoint
-from ...models.single_file import _check_complete, quiet_loading
+from ...models.single_file import check_complete, quiet_loading
+from ..dit.loading import flow_scheduler, gather, parts_folder, write_original
 
 BFL = "model.diffusion_model."
 REAL_WIDTH = 3072
@@ -72,37 +73,8 @@ def load_transformer(ckpt: Checkpoint, config_dir: Path, dtype):
                 raise LoraKitError(f"the transformer tensors do not fit the config in "
                                    f"{config_dir / 'transformer'}: {e}", ckpt.path) from e
             model = model.to(dtype)
-    _check_complete(model, "transformer", ckpt)
+    check_complete(model, "transformer", ckpt)
     return model.eval()
-
-
-def _from_folder(folder: Path, sub: str, dtype):
-    import importlib
-
-    path = folder / sub
-    if not path.is_dir():
-        return None
-    lib, cls, _ = PARTS[sub]
-    kwargs = {} if sub.startswith("tokenizer") else {"torch_dtype": dtype}
-    try:
-        with quiet_loading():
-            return getattr(importlib.import_module(lib), cls).from_pretrained(str(path), local_files_only=True,
-                                                                               **kwargs)
-    except Exception as e:  # noqa: BLE001 - missing or corrupt files come in many error types
-        raise LoraKitError(f"cannot load {sub}: {e}", path) from e
-
-
-def _from_hub_cache(repo: str, sub: str, dtype):
-    import importlib
-
-    lib, cls, _ = PARTS[sub]
-    kwargs = {} if sub.startswith("tokenizer") else {"torch_dtype": dtype}
-    try:
-        with quiet_loading():
-            return getattr(importlib.import_module(lib), cls).from_pretrained(repo, subfolder=sub,
-                                                                               local_files_only=True, **kwargs)
-    except Exception:  # noqa: BLE001 - not in the cache
-        return None
 
 
 def build_pipeline(ckpt: Checkpoint, family, *, dtype=torch.float32, config_dir: Path | None = None,
@@ -114,32 +86,20 @@ def build_pipeline(ckpt: Checkpoint, family, *, dtype=torch.float32, config_dir:
 
     name = variant(ckpt.shapes)
     config_dir = Path(config_dir) if config_dir is not None else family.config_dir(variant=name)
-    te_dir = Path(text_encoders) if text_encoders is not None else None
-    if te_dir is not None and not te_dir.is_dir():
-        raise LoraKitError("--text-encoders must be a folder holding vae, text_encoder, text_encoder_2 and "
-                           "tokenizer_2 (a diffusers FLUX.1 folder will do)", te_dir)
+    te_dir = parts_folder(text_encoders, "vae, text_encoder, text_encoder_2 and tokenizer_2 "
+                                         "(a diffusers FLUX.1 folder will do)")
     parts: dict = {"transformer": load_transformer(ckpt, config_dir, dtype) if "unet" in components else None}
     wanted = [s for s, on in (("vae", "vae" in components), ("text_encoder", "text_encoders" in components),
                               ("text_encoder_2", "text_encoders" in components),
                               ("tokenizer_2", "text_encoders" in components)) if on]
-    missing = []
-    for sub in PARTS:
-        if sub not in wanted:
-            parts[sub] = None
-            continue
-        model = _from_folder(te_dir, sub, dtype) if te_dir is not None else None
-        if model is None:
-            model = _from_hub_cache(HUB[name], sub, dtype)
-        if model is None:
-            missing.append(sub)
-        parts[sub] = model
+    found, missing = gather(PARTS, wanted, te_dir, HUB[name], dtype)
+    parts.update(found)
     if missing:
         what = ", ".join(PARTS[m][2] for m in missing)
         raise LoraKitError(f"a BFL Flux file holds the transformer only; {what} not found: pass --text-encoders "
                            f"DIR, a folder with {', '.join(missing)} (e.g. the diffusers {HUB[name]} download), or "
                            "put that repository in the Hugging Face cache", ckpt.path)
-    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(str(config_dir), subfolder="scheduler")
-    return diffusers.FluxPipeline(transformer=parts["transformer"], vae=parts["vae"], scheduler=scheduler,
+    return diffusers.FluxPipeline(transformer=parts["transformer"], vae=parts["vae"], scheduler=flow_scheduler(config_dir),
                                   text_encoder=parts["text_encoder"], tokenizer=clip_tokenizer(),
                                   text_encoder_2=parts["text_encoder_2"], tokenizer_2=parts["tokenizer_2"])
 
@@ -147,16 +107,7 @@ def build_pipeline(ckpt: Checkpoint, family, *, dtype=torch.float32, config_dir:
 def save_single_file(pipe, path, family, *, dtype=None, metadata: dict | None = None) -> Path:
     """The transformer as a BFL file (what ComfyUI, sd-scripts and diffusers' from_single_file load)."""
     from . import naming as flux_naming
-    from ...formats.st_io import serialize, write_bytes_atomic
 
-    out = flux_naming.diffusers_state_to_bfl(pipe.transformer.state_dict())
-    if dtype is not None:
-        out = {k: v.to(dtype) if v.is_floating_point() else v for k, v in out.items()}
-    out = {k: v.detach().cpu().contiguous() for k, v in out.items()}
-    path = Path(path)
-    header = {"modelspec.sai_model_spec": "1.0.0",
-              "modelspec.architecture": family.architecture(variant=family.variant_of_config(pipe.transformer.config)),
-              "modelspec.implementation": family.checkpoint_implementation, "modelspec.title": path.stem,
-              **{str(k): str(v) for k, v in (metadata or {}).items()}}
-    write_bytes_atomic(path, serialize(out, header))
-    return path
+    return write_original(flux_naming.diffusers_state_to_bfl(pipe.transformer.state_dict()), path,
+                          architecture=family.architecture(variant=family.variant_of_config(pipe.transformer.config)),
+                          implementation=family.checkpoint_implementation, dtype=dtype, metadata=metadata)

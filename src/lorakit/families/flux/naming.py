@@ -22,7 +22,8 @@ import re
 import torch
 from torch import Tensor
 
-UNET_PREFIX = "lora_unet_"
+from ..dit.naming import UNET_PREFIX, kohya_name, stack_pieces, swap_rows, underscored
+
 
 # BFL path inside a block → diffusers path(s) inside the matching diffusers block
 _DOUBLE = (
@@ -66,10 +67,10 @@ _DIFF_TO_TOP = {d: s for s, d in _TOP}
 _BLOCK = re.compile(r"^(double_blocks|single_blocks)\.(\d+)\.(.+)$")
 _DIFF_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$")
 # kohya spells the BFL path with "_" for "."; OneTrainer spells the diffusers path that way
-_KOHYA_INNER = {bfl: {b.replace(".", "_"): b for b, _ in table} for bfl, _, table in _BLOCKS}
-_KOHYA_TOP = {s.replace(".", "_"): s for s, _ in _TOP}
-_UNDERSCORED_INNER = {diff: {d.replace(".", "_"): d for b, ds in table for d in ds} for _, diff, table in _BLOCKS}
-_UNDERSCORED_TOP = {d.replace(".", "_"): d for d in _DIFF_TO_TOP}
+_KOHYA_INNER = {bfl: underscored(b for b, _ in table) for bfl, _, table in _BLOCKS}
+_KOHYA_TOP = underscored(s for s, _ in _TOP)
+_UNDERSCORED_INNER = {diff: underscored(d for _, ds in table for d in ds) for _, diff, table in _BLOCKS}
+_UNDERSCORED_TOP = underscored(_DIFF_TO_TOP)
 
 
 def is_sai_path(path: str) -> bool:
@@ -81,11 +82,6 @@ def is_sai_path(path: str) -> bool:
 def is_diffusers_path(path: str) -> bool:
     m = _DIFF_BLOCK.match(path)
     return (m is not None and m[3] in _FROM_DIFF[m[1]][1]) or path in _DIFF_TO_TOP
-
-
-def _swap_rows(rows: int) -> Tensor:
-    half = rows // 2
-    return torch.cat([torch.arange(half, rows), torch.arange(0, half)])
 
 
 def diffusers_rows(bfl_path: str, rows: int, in_features: int) -> list[tuple[str, Tensor]]:
@@ -116,7 +112,7 @@ def diffusers_rows(bfl_path: str, rows: int, in_features: int) -> list[tuple[str
     target = _TOP_TO_DIFF.get(bfl_path)
     if target is None:
         raise KeyError(f"not a Flux module: {bfl_path}")
-    return [(target, _swap_rows(rows) if bfl_path == _SWAPPED else torch.arange(rows))]
+    return [(target, swap_rows(rows) if bfl_path == _SWAPPED else torch.arange(rows))]
 
 
 def sai_of(diffusers_path: str) -> tuple[str, int, int]:
@@ -134,6 +130,18 @@ def sai_of(diffusers_path: str) -> tuple[str, int, int]:
     raise KeyError(f"not a Flux transformer module: {diffusers_path}")
 
 
+def fused_rows(bfl_path: str, sizes: dict[int, int], width: int) -> int:
+    """A BFL layer's row count from the pieces a LoRA file holds ({piece: rows}): q, k and v are the
+    hidden width each; a single block's MLP rows come from its `proj_mlp` piece, or are Flux.1's
+    4 × width when the file adapts q/k/v only (diffusers' training script does) and leaves the MLP
+    rows zero."""
+    if bfl_path.endswith(".linear1"):
+        return 3 * width + sizes.get(3, 4 * width)
+    if bfl_path.endswith(".qkv"):
+        return 3 * max(sizes.values())
+    return sizes[0]
+
+
 def container(bfl_path: str) -> str:
     """The preset group of a BFL layer: attention (a single block's linear1/linear2 included: they
     are its attention projections, fused with the MLP), mlp, adaLN (modulation) or embed."""
@@ -146,10 +154,6 @@ def container(bfl_path: str) -> str:
     if "_mlp." in inner:
         return "MMDiT.mlp"
     return "MMDiT.attn"
-
-
-def kohya_name(bfl_path: str) -> str:
-    return UNET_PREFIX + bfl_path.replace(".", "_")
 
 
 def sai_path_of_kohya(name: str) -> str | None:
@@ -226,14 +230,7 @@ def diffusers_state_to_bfl(state: dict[str, Tensor]) -> dict[str, Tensor]:
             out[f"{_FROM_DIFF[m[1]][0]}.{m[2]}.{_NORMS[m[1]][m[3]]}.scale"] = value
             continue
         raise KeyError(f"no BFL name for {key}")
-    widths = {bfl: pieces[0].shape[1] for (bfl, leaf), pieces in grouped.items() if leaf == "weight"}
-    for (bfl, leaf), pieces in grouped.items():
-        ordered = [pieces[i] for i in sorted(pieces)]
-        rows = sum(p.shape[0] for p in ordered)
-        whole = torch.empty((rows, *ordered[0].shape[1:]), dtype=ordered[0].dtype)
-        for (_, idx), piece in zip(diffusers_rows(bfl, rows, widths[bfl]), ordered):
-            whole[idx] = piece
-        out[f"{bfl}.{leaf}"] = whole
+    out.update(stack_pieces(grouped, diffusers_rows))
     return out
 
 

@@ -126,9 +126,10 @@ class SD3(Family):
 
     # --- targets -------------------------------------------------------------------------------
     def denoiser_targets(self, denoiser) -> dict:
+        from . import naming as sd3_naming
         from ..dit.targets import transformer_targets
 
-        return transformer_targets(denoiser)
+        return transformer_targets(denoiser, sd3_naming)
 
     def denoiser_selected(self, path: str, container: str, preset: str) -> bool:
         return container.startswith("MMDiT.") and container[len("MMDiT."):] in _PRESET_KINDS.get(preset, ())
@@ -159,15 +160,9 @@ class SD3(Family):
     # --- conditioning and the denoiser call ------------------------------------------------------
     def tokenize(self, tokenizers: Sequence, captions: Sequence[str]) -> list:
         """CLIP ids padded to 77; T5 ids to 77 (`T5_TOKENS`), as diffusers' SD3 training script does."""
-        out = []
-        for i, tok in enumerate(tokenizers):
-            if tok is None:
-                out.append(None)
-                continue
-            length = T5_TOKENS if i == 2 else tok.model_max_length
-            out.append(tok(list(captions), padding="max_length", max_length=length, truncation=True,
-                           return_tensors="pt").input_ids)
-        return out
+        from ..dit.text import tokenize
+
+        return tokenize(tokenizers, captions, lambda i, tok: T5_TOKENS if i == 2 else tok.model_max_length)
 
     def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence, cached=None) -> dict:
         """As StableDiffusion3Pipeline.encode_prompt: [CLIP-L ⊕ CLIP-G penultimate states, zero-padded

@@ -20,7 +20,8 @@ import re
 import torch
 from torch import Tensor
 
-UNET_PREFIX = "lora_unet_"
+from ..dit.naming import UNET_PREFIX, kohya_name, stack_pieces, swap_rows, underscored
+
 
 # SAI path inside a joint block → diffusers path(s) inside a transformer block; "qkv" splits in three
 _BLOCK = (
@@ -55,11 +56,11 @@ _SAI_BLOCK = re.compile(r"^joint_blocks\.(\d+)\.(.+)$")
 _DIFF_BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.(.+)$")
 
 # kohya spells the SAI path with "_" for "."; the pieces that contain "_" themselves:
-_KOHYA_BLOCK = {sai.replace(".", "_"): sai for sai, _ in _BLOCK}
-_KOHYA_TOP = {sai.replace(".", "_"): sai for sai, _ in _TOP}
+_KOHYA_BLOCK = underscored(sai for sai, _ in _BLOCK)
+_KOHYA_TOP = underscored(sai for sai, _ in _TOP)
 # OneTrainer spells the diffusers path that way
-_UNDERSCORED_DIFF_BLOCK = {d.replace(".", "_"): d for d in _DIFF_TO_BLOCK}
-_UNDERSCORED_DIFF_TOP = {d.replace(".", "_"): d for d in _DIFF_TO_TOP}
+_UNDERSCORED_DIFF_BLOCK = underscored(_DIFF_TO_BLOCK)
+_UNDERSCORED_DIFF_TOP = underscored(_DIFF_TO_TOP)
 
 
 def is_sai_path(path: str) -> bool:
@@ -80,11 +81,6 @@ def _swapped(sai_inner: str, rows: int, in_features: int) -> bool:
     return sai_inner == "context_block.adaLN_modulation.1" and rows == 2 * in_features
 
 
-def _swap_rows(rows: int) -> Tensor:
-    half = rows // 2
-    return torch.cat([torch.arange(half, rows), torch.arange(0, half)])
-
-
 def diffusers_rows(sai_path: str, rows: int, in_features: int) -> list[tuple[str, Tensor]]:
     """The diffusers modules an SAI module is made of, each with the SAI rows it holds (in order).
 
@@ -102,12 +98,12 @@ def diffusers_rows(sai_path: str, rows: int, in_features: int) -> list[tuple[str
                 raise ValueError(f"{sai_path}: {rows} rows do not split into q, k, v")
             d = rows // 3
             return [(prefix + t, torch.arange(i * d, (i + 1) * d)) for i, t in enumerate(targets)]
-        idx = _swap_rows(rows) if _swapped(inner, rows, in_features) else torch.arange(rows)
+        idx = swap_rows(rows) if _swapped(inner, rows, in_features) else torch.arange(rows)
         return [(prefix + targets[0], idx)]
     target = _TOP_TO_DIFF.get(sai_path)
     if target is None:
         raise KeyError(f"not an SD3 module: {sai_path}")
-    idx = _swap_rows(rows) if _swapped(sai_path, rows, in_features) else torch.arange(rows)
+    idx = swap_rows(rows) if _swapped(sai_path, rows, in_features) else torch.arange(rows)
     return [(target, idx)]
 
 
@@ -125,8 +121,14 @@ def sai_of(diffusers_path: str) -> tuple[str, int, int]:
     raise KeyError(f"not an SD3 transformer module: {diffusers_path}")
 
 
-def kohya_name(sai_path: str) -> str:
-    return UNET_PREFIX + sai_path.replace(".", "_")
+_KIND = {"qkv": "attn", "proj": "attn", "fc1": "mlp", "fc2": "mlp", "1": "adaLN"}
+
+
+def container(sai_path: str) -> str:
+    """The preset group of an SAI layer: attention, mlp, adaLN (modulation) or embed."""
+    if not sai_path.startswith("joint_blocks."):
+        return "MMDiT.embed"
+    return "MMDiT." + _KIND[sai_path.rsplit(".", 1)[1]]
 
 
 def sai_path_of_kohya(name: str) -> str | None:
@@ -208,15 +210,5 @@ def diffusers_state_to_sai(state: dict[str, Tensor]) -> dict[str, Tensor]:
             out[f"joint_blocks.{m[1]}.{_NORMS[m[2]]}.{leaf}"] = value
             continue
         raise KeyError(f"no SAI name for {key}")
-    widths = {sai: pieces[0].shape[1] for (sai, leaf), pieces in grouped.items() if leaf == "weight"}
-    for (sai, leaf), pieces in grouped.items():
-        ordered = [pieces[i] for i in sorted(pieces)]
-        if ordered[0].dim() == 4:  # the patch embedding conv
-            out[f"{sai}.{leaf}"] = ordered[0]
-            continue
-        rows = sum(p.shape[0] for p in ordered)
-        whole = torch.empty((rows, *ordered[0].shape[1:]), dtype=ordered[0].dtype)
-        for (_, idx), piece in zip(diffusers_rows(sai, rows, widths[sai]), ordered):
-            whole[idx] = piece
-        out[f"{sai}.{leaf}"] = whole
+    out.update(stack_pieces(grouped, diffusers_rows))
     return out

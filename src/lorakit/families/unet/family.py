@@ -90,7 +90,7 @@ class UNetFamily(Family):
 
     def pipeline_from_checkpoint(self, ckpt, config_dir: Path, *, dtype, prediction_type: str, components,
                                  **options):
-        from ...models.single_file import build_pipeline
+        from .loading import build_pipeline
 
         return build_pipeline(ckpt, self.name, config_dir, dtype=dtype, prediction_type=prediction_type,
                               components=components)
@@ -107,7 +107,7 @@ class UNetFamily(Family):
     def original_weight_keys(self, part: str, path: str, layout) -> tuple[tuple[str, ...], int | None]:
         if part == "unet":
             return (UNET + naming.diffusers_to_sai_unet_path(path, layout) + ".weight",), None
-        from .original_layout import te_weight_key
+        from ...models.ldm_components import te_weight_key
 
         kind, prefix = self.checkpoint_text_encoders[self.te_parts.index(part)]
         return te_weight_key(kind, prefix, path)
