@@ -138,7 +138,9 @@ def _read_own(state, metadata, det: Detection, family: str | None, path) -> tupl
 
 def _refuse_strays(modules: Modules, path) -> None:
     """Modules that are partly one family's and partly no family's: the rest are misspelt layers,
-    an error naming them rather than a file that later loads short."""
+    an error naming them rather than a file that later loads short. Where several families hold
+    the most of them alike (families sharing layers), each checks the names as far as it can
+    tell (`check_lora_names`): when every one refuses them, so does the file."""
     have = {f: [n for n in modules if f.has_lora_module(n)] for f in families.all()}
     best = max(len(v) for v in have.values())
     closest = [f for f, v in have.items() if len(v) == best]
@@ -146,6 +148,14 @@ def _refuse_strays(modules: Modules, path) -> None:
         stray = sorted(set(modules) - set(have[closest[0]]))
         raise LoraKitError(f"{len(stray)} module(s) are not layers of {closest[0].label} models: "
                            f"{kohya._listing(stray)}", path)
+    refusals = []
+    for f in closest if best else ():
+        try:
+            f.check_lora_names(modules, str(path))
+        except LoraKitError as exc:
+            refusals.append(exc)
+    if refusals and len(refusals) == len(closest):
+        raise refusals[0]
 
 
 # suffixes that name a file: a PEFT adapter (a folder) is never written under one
