@@ -52,14 +52,14 @@ def _claims(evidence) -> dict[str, int]:
 
 
 def test_registry():
-    assert families.names() == ("sd1", "sd2", "sdxl", "sd3", "flux")
-    assert [f.label for f in families.all()] == ["SD1", "SD2", "SDXL", "SD3", "Flux.1"]
+    assert families.names() == ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma")
+    assert [f.label for f in families.all()] == ["SD1", "SD2", "SDXL", "SD3", "Flux.1", "Chroma"]
     assert families.get("sdxl") is families.get(families.get("sdxl"))
-    with pytest.raises(LoraKitError, match=r"unknown family 'sd4' \(sd1, sd2, sdxl, sd3, flux\)"):
+    with pytest.raises(LoraKitError, match=r"unknown family 'sd4' \(sd1, sd2, sdxl, sd3, flux, chroma\)"):
         families.get("sd4")
     assert [f.name for f in families.by_pipeline("StableDiffusionPipeline")] == ["sd1", "sd2"]
     assert families.pipeline_classes() == ("StableDiffusionPipeline", "StableDiffusionXLPipeline",
-                                           "StableDiffusion3Pipeline", "FluxPipeline")
+                                           "StableDiffusion3Pipeline", "FluxPipeline", "ChromaPipeline")
     with pytest.raises(ValueError, match="registered twice"):
         families.register(families.get("sd1"))
 
@@ -175,7 +175,8 @@ def test_facts_agree_with_the_shipped_configs():
         "sd1": (64, ("te",), ("<|endoftext|>",)), "sd2": (64, ("te",), ("!",)),
         "sdxl": (32, ("te1", "te2"), ("<|endoftext|>", "!")),
         "sd3": (64, ("te1", "te2", "te3"), ("<|endoftext|>", "!", None)),  # T5's tokenizer cannot ship
-        "flux": (64, ("te1", "te3"), ("<|endoftext|>", None))}  # kohya numbers Flux's T5 3, as SD3's
+        "flux": (64, ("te1", "te3"), ("<|endoftext|>", None)),  # kohya numbers Flux's T5 3, as SD3's
+        "chroma": (64, ("te3",), (None,))}  # Flux.1's T5 alone, under the same kohya number
     with pytest.raises(ValueError, match="SD1 models predict epsilon or v_prediction, not flow_matching"):
         families.get("sd1").objective("flow_matching")
 

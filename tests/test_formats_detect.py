@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from flux_support import flux_parts, tiny_flux_pipeline  # noqa: E402
 from sd3_support import sd3_parts, tiny_sd3_pipeline  # noqa: E402
 
+from lorakit import families  # noqa: E402
 from lorakit.cli import main  # noqa: E402
 from lorakit.errors import LoraKitError  # noqa: E402
 from lorakit.formats import load_network, save_lora  # noqa: E402
@@ -122,21 +123,36 @@ def _sd1_parts():
 _DOUBLE_BLOCK = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")
 
 
-@pytest.mark.parametrize("family,width", [("flux", 3072), ("sd3", 1536), ("sd3", 2432)])
-def test_double_block_diffusers_file_at_real_width_is_the_family_of_that_width(family, width, tmp_path, capsys):
+# Chroma's double blocks are Flux.1's under the same names and widths: a file of them alone fits both
+@pytest.mark.parametrize("family,width,fits", [("flux", 3072, ["flux", "chroma"]), ("sd3", 1536, ["sd3"]),
+                                               ("sd3", 2432, ["sd3"])])
+def test_double_block_diffusers_file_at_real_width_is_the_family_of_that_width(family, width, fits, tmp_path, capsys):
     """`transformer.transformer_blocks.N.attn.to_q` is a Flux double block and an SD3 joint block
     alike; the hidden width tells them apart (Flux.1 3072; SD 3.x 1536 or 2432). A Flux file of
-    double blocks only and no metadata was read as SD3."""
+    double blocks only and no metadata was read as SD3. Where the width fits several families,
+    `--family` and the model at hand settle it."""
     path = real_width_file(tmp_path / "d.safetensors",
                            {f"transformer.transformer_blocks.0.{m}": width for m in _DOUBLE_BLOCK})
-    report = inspect(path, capsys)
+    told = ("--family", family) if len(fits) > 1 else ()
+    if told:
+        assert f"fit {' and '.join(families.get(f).label for f in fits)} alike" in refused(path, capsys)
+        assert read_card(path).family is None and read_card(path).candidates == tuple(fits)
+    report = inspect(path, capsys, *told)
     assert (report["format"], report["family"]) == ("diffusers", family)
-    assert read_card(path).family == family
+    assert len(fits) > 1 or read_card(path).family == family
     fused = "lora_unet_double_blocks_0_img_attn_qkv" if family == "flux" else "lora_unet_joint_blocks_0_x_block_attn_qkv"
     assert report["modules"] == 2 and report["parts"] == {"unet": 2}
     from lorakit.formats import load_lora
 
-    assert fused in load_lora(path).modules
+    assert fused in load_lora(path, family=family).modules
+    if family == "flux":  # the model: a real-width Flux.1 double block on the meta device
+        from diffusers import FluxTransformer2DModel
+
+        from lorakit.lora import ModelParts
+
+        with torch.device("meta"):
+            tr = FluxTransformer2DModel(num_layers=1, num_single_layers=0)
+        assert fused in load_network(ModelParts("flux", tr, [], dict(tr.config)), path).adapters
 
 
 def test_tiny_flux_double_block_file_names_both_families_and_loads_on_either_model(flux, tmp_path, capsys):
@@ -166,11 +182,11 @@ def test_clip_l_only_kohya_file_names_every_family_it_fits(tmp_path, capsys):
     encoder, which kohya names `lora_te1_`, so a LoRA of those modules alone (sd-scripts'
     --network_train_text_encoder_only) fits all three. `lora_te_` names the single encoder of SD 1.x
     and 2.x, and 768 is SD 1.x's width: that file tells. CLIP-G (`lora_te2_`, 1280) fits SDXL and SD3,
-    T5 (`lora_te3_`, 4096) SD3 and Flux.1."""
+    T5 (`lora_te3_`, 4096) SD3, Flux.1 and Chroma."""
     cases = {"te1": ({CLIP_L: 768}, ["sdxl", "sd3", "flux"]),
              "te": ({CLIP_L.replace("te1", "te"): 768}, ["sd1"]),
              "te1te2": ({CLIP_L: 768, CLIP_L.replace("te1", "te2"): 1280}, ["sdxl", "sd3"]),
-             "t5": ({"lora_te3_encoder_block_0_layer_0_SelfAttention_q": 4096}, ["sd3", "flux"])}
+             "t5": ({"lora_te3_encoder_block_0_layer_0_SelfAttention_q": 4096}, ["sd3", "flux", "chroma"])}
     for name, (modules, fits) in cases.items():
         path = real_width_file(tmp_path / f"{name}.safetensors", modules)
         report = inspect(path, capsys)
@@ -181,3 +197,4 @@ def test_clip_l_only_kohya_file_names_every_family_it_fits(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "te1.safetensors")]) == 0
     assert "ambiguous: SDXL, SD3 or Flux.1" in capsys.readouterr().out.replace("\n", " ")
     assert "sdxl|sd3|flux ?" in read_card(tmp_path / "te1.safetensors").summary()
+
