@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from flux_support import tiny_vae
-from sd3_support import t5_config, t5_tokenizer
+from dit_support import evaluating, t5_config, t5_tokenizer, tiny_vae
 
 TINY_TRANSFORMER = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=8,
                         num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(2, 2, 4),
@@ -25,10 +24,7 @@ def tiny_chroma_pipeline(seed: int = 0):
                                             base_image_seq_len=256, max_image_seq_len=4096)
     pipe = ChromaPipeline(transformer=tr, scheduler=sched, vae=tiny_vae(), text_encoder=T5EncoderModel(t5_config(32)),
                           tokenizer=t5_tokenizer())
-    for module in pipe.components.values():
-        if isinstance(module, torch.nn.Module):
-            module.eval()
-    return pipe
+    return evaluating(pipe)
 
 
 def meta_transformer():
@@ -46,14 +42,3 @@ def chroma_parts(pipe, with_t5: bool = False):
     from lorakit.lora import ModelParts
 
     return ModelParts("chroma", pipe.transformer, [pipe.text_encoder] if with_t5 else [], dict(pipe.transformer.config))
-
-
-def random_net(parts, rank=4, alpha=2.0, seed=1, std=0.2, **kw):
-    from lorakit.lora import LoRANetwork
-
-    net = LoRANetwork.create(parts, rank=rank, alpha=alpha, **kw)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0, std)
-    return net

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from sd3_support import clip_config, t5_config, t5_tokenizer
+from dit_support import clip_config, evaluating, t5_config, t5_tokenizer, tiny_vae
 
 # black-forest-labs/FLUX.1-dev transformer/config.json (schnell: guidance_embeds false)
 REAL_DEV = dict(attention_head_dim=128, guidance_embeds=True, in_channels=64, joint_attention_dim=4096,
@@ -15,15 +15,6 @@ REAL_DEV = dict(attention_head_dim=128, guidance_embeds=True, in_channels=64, jo
 TINY_TRANSFORMER = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=8,
                         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=8,
                         guidance_embeds=True, axes_dims_rope=(2, 2, 4))
-
-
-def tiny_vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                         layers_per_block=1, norm_num_groups=8, sample_size=32, use_quant_conv=False,
-                         use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611)
 
 
 def tiny_flux_pipeline(seed: int = 0, transformer: dict | None = None):
@@ -41,10 +32,7 @@ def tiny_flux_pipeline(seed: int = 0, transformer: dict | None = None):
     pipe = FluxPipeline(transformer=tr, scheduler=sched, vae=tiny_vae(), text_encoder=CLIPTextModel(clip_config(8)),
                         tokenizer=clip_tokenizer(), text_encoder_2=T5EncoderModel(t5_config(32)),
                         tokenizer_2=t5_tokenizer())
-    for module in pipe.components.values():
-        if isinstance(module, torch.nn.Module):
-            module.eval()
-    return pipe
+    return evaluating(pipe)
 
 
 def meta_transformer(config: dict | None = None):
@@ -52,15 +40,6 @@ def meta_transformer(config: dict | None = None):
 
     with torch.device("meta"):
         return FluxTransformer2DModel(**(config or REAL_DEV))
-
-
-def meta_clip_l():
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    cfg = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                         projection_dim=768, hidden_act="quick_gelu")
-    with torch.device("meta"):
-        return CLIPTextModel(cfg)
 
 
 def flux_parts(pipe, with_t5: bool = False):

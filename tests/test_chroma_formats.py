@@ -11,8 +11,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from chroma_support import chroma_parts, meta_transformer, random_net, tiny_chroma_pipeline  # noqa: E402
-from sd3_support import meta_t5xxl, names_and_shapes  # noqa: E402
+from chroma_support import chroma_parts, meta_transformer, tiny_chroma_pipeline  # noqa: E402
+from dit_support import meta_t5xxl, names_and_shapes, random_net  # noqa: E402
 
 from lorakit.errors import LoraKitError  # noqa: E402
 from lorakit.families.chroma import naming as chroma_naming  # noqa: E402

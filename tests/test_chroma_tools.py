@@ -12,7 +12,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from chroma_support import chroma_parts, random_net, tiny_chroma_pipeline  # noqa: E402
+from chroma_support import chroma_parts, tiny_chroma_pipeline  # noqa: E402
+from dit_support import random_net  # noqa: E402
 
 from lorakit.cli import main  # noqa: E402
 from lorakit.errors import LoraKitError  # noqa: E402

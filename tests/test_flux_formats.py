@@ -10,8 +10,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from flux_support import flux_parts, meta_clip_l, meta_transformer, tiny_flux_pipeline  # noqa: E402
-from sd3_support import meta_t5xxl, names_and_shapes, sd_scripts_names  # noqa: E402
+from flux_support import flux_parts, meta_transformer, tiny_flux_pipeline  # noqa: E402
+from dit_support import meta_clip_l, meta_t5xxl, names_and_shapes, random_net, sd_scripts_names  # noqa: E402
 
 from lorakit.families.flux import naming as flux_naming  # noqa: E402
 from lorakit.errors import LoraKitError  # noqa: E402
@@ -26,15 +26,6 @@ LAYOUTS = ("kohya", "diffusers", "comfyui", "onetrainer")
 @pytest.fixture(scope="module")
 def pipe():
     return tiny_flux_pipeline()
-
-
-def random_net(parts, rank=4, alpha=2.0, seed=1, std=0.2, **kw):
-    net = LoRANetwork.create(parts, rank=rank, alpha=alpha, **kw)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0, std)
-    return net
 
 
 def weights(pipe):

@@ -21,7 +21,7 @@ from accelerate import init_empty_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
 from models_support import no_network, random_weights  # noqa: E402,F401 - fixture
-from sd3_support import clip_config, t5_tokenizer  # noqa: E402
+from dit_support import clip_config, t5_tokenizer  # noqa: E402
 from train_support import config, make_images  # noqa: E402
 
 from lorakit.families.flux.family import FAMILY  # noqa: E402
@@ -45,7 +45,7 @@ def test_diffusers_converts_lorakit_sd_scripts_file_at_real_width(tmp_path):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
     from transformers import CLIPTextModel
 
-    from flux_support import tiny_vae
+    from dit_support import tiny_vae
     from lorakit.models.tokenizer import clip_tokenizer
 
     tr = _transformer(torch.float32)

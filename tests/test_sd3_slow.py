@@ -16,7 +16,8 @@ from accelerate import init_empty_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
 from models_support import no_network, random_weights  # noqa: E402,F401 - fixture
-from sd3_support import REAL, t5_tokenizer  # noqa: E402
+from dit_support import t5_tokenizer  # noqa: E402
+from sd3_support import REAL  # noqa: E402
 from train_support import config, make_images  # noqa: E402
 
 from lorakit.formats import load_lora  # noqa: E402
