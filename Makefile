@@ -62,6 +62,7 @@ bench: setup
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/live_layer.py
 	$(BIN)/python benchmarks/precision_crossover.py
+	$(BIN)/python benchmarks/lora_effect.py
 	$(BIN)/python benchmarks/extract.py
 	$(BIN)/python benchmarks/demo_seeds.py
 

@@ -81,3 +81,13 @@ def test_gpu_refuses_without_cuda(monkeypatch, tmp_path, capsys):
     assert exc.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "no CUDA device" in lines[0]
+
+
+def test_lora_effect_quick(monkeypatch, tmp_path):
+    data = _script("lora_effect", monkeypatch, tmp_path).main(["--quick"])
+    res = data["results"]
+    assert list(res) == ["fp32", "bf16", "fp16", "bf16 weights, fp32 arithmetic", "bf16, adapted layers in fp32"]
+    assert res["fp32"]["call fly 1.0"] == 0.0 and res["fp32"]["image merged 0.3"] == 0.0  # the reference
+    assert res["bf16"]["call merged 0.3"] > 10 * res["bf16 weights, fp32 arithmetic"]["call fly 0.3"]
+    assert all(r["s_per_call_single"] > 0 for r in res.values())
+    assert (tmp_path / "results" / "lora_effect_quick.json").is_file()

@@ -80,6 +80,21 @@ def test_on_the_fly_equals_merged_and_prompt_tags_equal_flags(world, tmp_path):
     assert np.abs(merged - tag).max() == 0
 
 
+def test_on_the_fly_builds_the_merged_weight_in_bf16(world, tmp_path, monkeypatch):
+    """Through `lorakit generate --dtype bf16`, every layer taking W + ΔW (forced): on the fly draws the
+    merged image pixel for pixel, both ways building W + ΔW from the file's factors in fp32."""
+    from lorakit.lora import live
+
+    monkeypatch.setattr(live, "WEIGHT_SPACE_FACTOR", 0.0)
+    model, lora, _ = world["sd1"]
+    args = ["--model", str(model), "--prompt", "a dog", "--lora", f"{lora}:0.6", "--dtype", "bf16"]
+    merged = _pixels(_gen(args, tmp_path, "m.png"))
+    fly = _pixels(_gen(args + ["--on-the-fly"], tmp_path, "f.png"))
+    plain = _pixels(_gen(args[:4] + ["--dtype", "bf16"], tmp_path, "p.png"))
+    assert np.abs(merged - plain).mean() > 2.0  # the LoRA shows
+    assert np.array_equal(merged, fly)
+
+
 def test_grid_and_seeds_for_n_images(world, tmp_path):
     model, lora, _ = world["sdxl"]
     out = tmp_path / "set.png"

@@ -18,14 +18,14 @@ def parse_dtype(name: str) -> torch.dtype:
 
 
 def resolve_device_dtype(device: str = "auto", dtype: str = "auto", model: str | None = None) -> tuple[str, torch.dtype]:
-    """auto: CUDA (fp16) when present, then MPS (fp16), else CPU: bf16 where the CPU has bf16 arithmetic
-    and `model`'s denoiser is large enough for it to pay (lorakit.precision), else fp32."""
+    """auto: CUDA (fp16) when present, then MPS (fp16), else CPU in fp32 (bf16 only where `model`'s fp32
+    weights would not fit in memory): the formats that show a LoRA's effect (lorakit.precision)."""
     device, precision = _resolve(device, dtype, model)
     return device, precision.dtype
 
 
-def _resolve(device: str, dtype: str, model: str | None, parameters: int | None = None):
-    from .precision import Precision, choose
+def _resolve(device: str, dtype: str, model: str | None):
+    from .precision import Precision, choose_for_images
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"
@@ -38,31 +38,22 @@ def _resolve(device: str, dtype: str, model: str | None, parameters: int | None 
     if dtype != "auto":
         return device, Precision({torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[
             parse_dtype(dtype)], "as asked")
-    if device != "cpu":
-        return device, Precision("fp16", f"{device} device")
-    if parameters is None and model is not None:
-        from .models.size import denoiser_parameters
+    weights = available = None
+    if device == "cpu" and model is not None:
+        from .memory import available_bytes
+        from .models.size import weight_count
 
-        parameters = denoiser_parameters(str(model))
-    if parameters is None and model is None:
-        return device, Precision("fp32", "CPU, model not named")
-    return device, choose(device, parameters, "auto")
+        weights, available = weight_count(str(model)), available_bytes("cpu")
+    return device, choose_for_images(device, weights, available)
 
 
 def load_model_for_inference(spec: str, device: str = "auto", dtype: str = "auto", **load_kwargs):
     """load_model with `--device`/`--dtype` resolved (auto as resolve_device_dtype says); the choice is
     kept as `model.precision` and printed by the first generation (after its input is checked, so a
-    bad argument still ends in one line). A model whose size only loading tells (single file, hub id)
-    is loaded as bf16 would be and loaded again in fp32 if it proves too small for bf16 to pay."""
+    bad argument still ends in one line)."""
     from .models import load_model
-    from .precision import count_parameters
 
     dev, precision = _resolve(device, dtype, spec)
     model = load_model(spec, dtype=precision.dtype, device=dev, **load_kwargs)
-    if not precision.final:
-        _, precision = _resolve(dev, dtype, spec, count_parameters(model.unet))
-        if precision.dtype != model.unet.dtype:
-            del model
-            model = load_model(spec, dtype=precision.dtype, device=dev, **load_kwargs)
     model.precision = precision
     return model

@@ -115,16 +115,10 @@ def attach_loras(model, specs: Sequence[LoraSpec], merge: bool = True, *, allow_
     try:
         for spec in specs:
             net = load_network(parts, spec.path, multiplier=spec.weight, allow_pickle=allow_pickle)
-            if merge:
-                net.to(device=model.unet.device)  # merged in fp32 whatever the file's dtype
-                net.merge()
-            else:
-                # on the fly the branch runs in the model's dtype: an fp16 file on a CPU model would
-                # otherwise compute every hook in fp16, which CPUs emulate slowly
-                net.to(device=model.unet.device)
-                for p in net.parameters():  # the LoRA factors only: alpha buffers keep their exact value
-                    p.data = p.data.to(model.unet.dtype)
-                net.apply()
+            # the factors as the file holds them, either way: merged and on the fly build W + ΔW from
+            # the same numbers in fp32 (the branch casts them to the activations' dtype per call)
+            net.to(device=model.unet.device)
+            net.merge() if merge else net.apply()
             networks.append(net)
     except Exception:
         detach_loras(networks)

@@ -4,6 +4,13 @@ On CUDA lorakit picks what a kohya or diffusers user would (bf16 where the GPU h
 fp16). On a CPU, bf16 pays only where the CPU has bf16 arithmetic (AVX512-BF16 or AMX) and the
 denoiser is large enough that its matrix products, not per-call overhead, dominate: small models
 (the toy) run slower in bf16 and stay in fp32, so their results are unchanged.
+
+Drawing images is another matter: there a LoRA is judged by its effect (the image with it minus
+the image without), and a modest LoRA's effect is smaller than bf16's own rounding of the
+activations. On SD 1.5's UNet (benchmarks/lora_effect.py) bf16 gets that effect 4-5× wrong at
+strength 0.3, fp16 (what GPU users draw in) about 2/3 wrong, fp32 exactly; keeping only the adapted
+layers in fp32 does not help, since every bf16 activation downstream rounds the effect again. CPUs
+run fp16 emulated (minutes per call), so a CPU draws in fp32.
 """
 
 from __future__ import annotations
@@ -90,6 +97,23 @@ def choose(device: str | torch.device, parameters: int | None, requested: str = 
         return Precision("bf16", f"CPU with {fast}, {label} {_millions(parameters)} parameters ≥ {threshold}")
     return Precision("fp32", f"{label} {_millions(parameters)} parameters: bf16 is slower below {threshold} "
                              f"on this CPU")
+
+
+def choose_for_images(device: str | torch.device, weights: int | None = None,
+                      available: int | None = None) -> Precision:
+    """The format that draws images (generate, evaluate, the web UI), for a model of `weights` numbers
+    (all parts; None: not known) with `available` bytes of memory free (None: not known).
+
+    A GPU draws in fp16, as A1111 and ComfyUI users do. A CPU draws in fp32: its only fast half
+    format, bf16, blurs a LoRA's effect (see above); bf16 only where the fp32 weights would not fit."""
+    if torch.device(device).type != "cpu":
+        return Precision("fp16", f"{device} device")
+    if weights is not None and available is not None and 4 * weights > available:
+        from .memory import gib
+
+        return Precision("bf16", f"fp32 weights ({gib(4 * weights)}) would not fit in the {gib(available)} free; "
+                                 f"bf16 shows a LoRA's effect coarsely")
+    return Precision("fp32", "CPU: bf16 would blur a LoRA's effect, fp16 runs emulated")
 
 
 def announce(precision: Precision, main: bool = True) -> None:

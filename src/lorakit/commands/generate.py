@@ -26,8 +26,8 @@ def generate(
     on_the_fly: bool = typer.Option(False, "--on-the-fly", help="keep LoRAs unmerged: applied inside each layer, weights untouched"),
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="a .png file or a folder"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps"),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU; on CPU bf16 where it has AVX512-BF16 or "
-                              "AMX and the model is large enough for bf16 to pay, else fp32), fp16, bf16, fp32"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU; fp32 on CPU, where bf16 would blur a LoRA's "
+                              "effect, bf16 only if fp32 weights would not fit in memory), fp16, bf16, fp32"),
     prediction_type: Optional[str] = typer.Option(None, "--prediction-type", help="epsilon or v_prediction"),
     allow_pickle: bool = ALLOW_PICKLE,
     text_encoders: Optional[Path] = TEXT_ENCODERS,
