@@ -85,7 +85,7 @@ def test_default_format_shows_a_lora_effect_as_fp32_does(sd15_sized_toy, modest_
 
 
 def test_bf16_where_fp32_would_not_fit(sd15_sized_toy, monkeypatch):
-    import lorakit.memory as memory
+    import lorakit.fit_check as memory
     from lorakit.models.size import weight_count
 
     weights = weight_count("toy")

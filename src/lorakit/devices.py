@@ -40,7 +40,7 @@ def _resolve(device: str, dtype: str, model: str | None):
             parse_dtype(dtype)], "as asked")
     weights = available = None
     if device == "cpu" and model is not None:
-        from .memory import available_bytes
+        from .fit_check import available_bytes
         from .models.size import weight_count
 
         weights, available = weight_count(str(model)), available_bytes("cpu")

@@ -109,7 +109,7 @@ def choose_for_images(device: str | torch.device, weights: int | None = None,
     if torch.device(device).type != "cpu":
         return Precision("fp16", f"{device} device")
     if weights is not None and available is not None and 4 * weights > available:
-        from .memory import gib
+        from .fit_check import gib
 
         return Precision("bf16", f"fp32 weights ({gib(4 * weights)}) would not fit in the {gib(available)} free; "
                                  f"bf16 shows a LoRA's effect coarsely")
