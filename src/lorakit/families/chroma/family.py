@@ -29,6 +29,7 @@ T5_TOKENS = 512  # ChromaPipeline's max_sequence_length (and sd-scripts' t5xxl_m
 
 
 class Chroma(Flux):
+    lora_layouts = chroma_layouts  # Flux.1's layouts with Chroma's layers and text encoder
     name, label = "chroma", "Chroma"
     pipeline_class = "ChromaPipeline"
     denoiser_class = "ChromaTransformer2DModel"
@@ -83,9 +84,6 @@ class Chroma(Flux):
         return chroma_naming.diffusers_state_to_bfl(denoiser)
 
     # --- LoRA files: Flux.1's layouts, Chroma's layers and text encoder (`layouts.py`) -----------
-    def read_lora(self, state: Mapping, metadata: Mapping[str, str], layout: str, source: str | None) -> dict:
-        return chroma_layouts.read(state, metadata, layout, source)
-
     def check_lora_names(self, modules: Mapping, source: str | None) -> None:
         unknown = sorted(n for n in modules if not self.has_lora_module(n))
         if unknown:
@@ -95,13 +93,7 @@ class Chroma(Flux):
 
     def write_lora(self, modules: Mapping, layout: str, dtype, source: str | None):
         self.check_lora_names(modules, source)
-        return None if layout == "kohya" else chroma_layouts.write_state(modules, layout, dtype, source)
-
-    def lora_layout_of(self, keys) -> str | None:
-        return chroma_layouts.layout_of(keys)
-
-    def lora_reading(self, shapes: Mapping, layout: str) -> dict | None:
-        return chroma_layouts.reading(shapes, layout)
+        return super().write_lora(modules, layout, dtype, source)
 
     def denoiser_targets(self, transformer):
         return transformer_targets(transformer, chroma_naming)

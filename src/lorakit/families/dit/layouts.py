@@ -371,3 +371,28 @@ class DitLayouts:
                                                           g.down, g.up, g.alpha))
         flat = {f"{head}.{k}": v for head, es in entries.items() for k, v in lora_config(es).items()}
         return tensors, {METADATA_KEY: json.dumps(flat, indent=2, sort_keys=True), "format": "pt"}
+
+
+class DitLoraFiles:
+    """The `Family` methods for LoRA files of a DiT family, answered by its layouts module
+    (`lora_layouts`: a `FILES` DitLayouts and a `layout_of`); mixed into the family's class, so
+    each DiT family says only which module describes its files."""
+
+    lora_layouts: ModuleType
+
+    def read_lora(self, state: Mapping, metadata: Mapping[str, str], layout: str, source: str | None) -> dict:
+        return self.lora_layouts.FILES.read(state, metadata, layout, source)
+
+    def check_lora_names(self, modules: Mapping, source: str | None) -> None:
+        files = self.lora_layouts.FILES
+        if files.check_names:
+            files.check_kohya_names(modules, source)
+
+    def write_lora(self, modules: Mapping, layout: str, dtype, source: str | None):
+        return None if layout == "kohya" else self.lora_layouts.FILES.write_state(modules, layout, dtype, source)
+
+    def lora_layout_of(self, keys) -> str | None:
+        return self.lora_layouts.layout_of(keys)
+
+    def lora_reading(self, shapes: Mapping, layout: str) -> dict | None:
+        return self.lora_layouts.FILES.reading(shapes, layout)

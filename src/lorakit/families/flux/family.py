@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from . import naming as flux_naming
+from . import layouts
 from ..base import CONFIGS_DIR, Family
+from ..dit.layouts import DitLoraFiles
 
 BFL = "model.diffusion_model."
 _IMPL = "https://github.com/black-forest-labs/flux"
@@ -25,7 +27,8 @@ T5_TOKENS = 512  # diffusers' train_dreambooth_lora_flux.py --max_sequence_lengt
 SHIPPED = {"dev": "flux1-dev", "schnell": "flux1-schnell"}
 
 
-class Flux(Family):
+class Flux(DitLoraFiles, Family):
+    lora_layouts = layouts  # its LoRA files (families/dit/layouts.py)
     name, label = "flux", "Flux.1"
     pipeline_class = "FluxPipeline"
     denoiser, denoiser_class = "transformer", "FluxTransformer2DModel"
@@ -89,33 +92,6 @@ class Flux(Family):
         if known.startswith("flux-1-"):
             md["modelspec.architecture"] = known if known.endswith("/lora") else known + "/lora"
         return md
-
-    def read_lora(self, state: Mapping, metadata: Mapping[str, str], layout: str, source: str | None) -> dict:
-        from .layouts import read
-
-        return read(state, metadata, layout, source)
-
-    def check_lora_names(self, modules: Mapping, source: str | None) -> None:
-        from .layouts import check_kohya_names
-
-        check_kohya_names(modules, source)
-
-    def write_lora(self, modules: Mapping, layout: str, dtype, source: str | None):
-        if layout == "kohya":
-            return None
-        from .layouts import write_state
-
-        return write_state(modules, layout, dtype, source)
-
-    def lora_layout_of(self, keys) -> str | None:
-        from .layouts import layout_of
-
-        return layout_of(keys)
-
-    def lora_reading(self, shapes: Mapping, layout: str) -> dict | None:
-        from .layouts import reading
-
-        return reading(shapes, layout)
 
     # --- detection ------------------------------------------------------------------------------
     def lora_metadata_evidence(self, metadata: Mapping[str, str]) -> int:

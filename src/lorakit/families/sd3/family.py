@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from . import layouts
 from ..base import Family
+from ..dit.layouts import DitLoraFiles
 
 _IMPL = "https://github.com/Stability-AI/generative-models"
 VARIANTS = ("medium", "5-medium", "5-large")  # sd-scripts' ss_base_model_version values
@@ -22,7 +24,8 @@ _PRESET_KINDS = {"attn": {"attn"}, "attn-mlp": {"attn", "mlp"}, "transformer": {
 _QK, _T5_QK = ("self_attn_q_proj", "self_attn_k_proj"), ("SelfAttention_q", "SelfAttention_k")
 
 
-class SD3(Family):
+class SD3(DitLoraFiles, Family):
+    lora_layouts = layouts  # its LoRA files (families/dit/layouts.py)
     name, label = "sd3", "SD3"
     pipeline_class = "StableDiffusion3Pipeline"
     denoiser, denoiser_class = "transformer", "SD3Transformer2DModel"
@@ -135,28 +138,6 @@ class SD3(Family):
         return container.startswith("MMDiT.") and container[len("MMDiT."):] in _PRESET_KINDS.get(preset, ())
 
     # --- LoRA files ----------------------------------------------------------------------------
-    def read_lora(self, state: Mapping, metadata: Mapping[str, str], layout: str, source: str | None) -> dict:
-        from .layouts import read
-
-        return read(state, metadata, layout, source)
-
-    def write_lora(self, modules: Mapping, layout: str, dtype, source: str | None):
-        if layout == "kohya":
-            return None
-        from .layouts import write_state
-
-        return write_state(modules, layout, dtype, source)
-
-    def lora_layout_of(self, keys) -> str | None:
-        from .layouts import layout_of
-
-        return layout_of(keys)
-
-    def lora_reading(self, shapes: Mapping, layout: str) -> dict | None:
-        from .layouts import reading
-
-        return reading(shapes, layout)
-
     # --- conditioning and the denoiser call ------------------------------------------------------
     def tokenize(self, tokenizers: Sequence, captions: Sequence[str]) -> list:
         """CLIP ids padded to 77; T5 ids to 77 (`T5_TOKENS`), as diffusers' SD3 training script does."""
