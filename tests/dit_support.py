@@ -101,3 +101,29 @@ def evaluating(pipe):
         if isinstance(module, torch.nn.Module):
             module.eval()
     return pipe
+
+
+def fixed_batch_loss(model_dir, image_dir, lora=None) -> float:
+    """The flow-matching loss on one fixed batch, through the family's own denoiser call: the training
+    image (32 px) 8 times, 8 fixed σ, fixed noise; with `lora` merged when given."""
+    from PIL import Image
+
+    from lorakit.formats import load_network
+    from lorakit.models import load_model
+    from lorakit.train.conditioning import Conditioner, encode_pixels
+    from lorakit.train.flow_matching import FlowMatching
+
+    model = load_model(str(model_dir))
+    pipe = model.pipe
+    img = torch.tensor(list(Image.open(image_dir / "img0.png").convert("RGB").getdata()), dtype=torch.float32)
+    px = (img.view(32, 32, 3).permute(2, 0, 1)[None] / 127.5 - 1).repeat(8, 1, 1, 1)
+    latents = encode_pixels(pipe.vae, px)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    sigmas = torch.linspace(0.15, 0.95, 8)
+    cond = Conditioner(pipe, model.family).encode([(image_dir / "img0.txt").read_text()] * 8)
+    if lora is not None:
+        load_network(model.parts(), lora).merge()
+    with torch.no_grad():
+        pred = model.spec.predict(pipe.transformer, FlowMatching.noisy(latents, noise, sigmas), sigmas * 1000, cond,
+                                  {}, torch.float32)
+    return float(torch.nn.functional.mse_loss(pred, FlowMatching.target(latents, noise)))

@@ -11,13 +11,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from chroma_support import tiny_chroma_pipeline  # noqa: E402
+from dit_support import fixed_batch_loss  # noqa: E402
 from train_support import config, make_images, one_thread  # noqa: E402
 
 from lorakit.families.chroma import naming as chroma_naming  # noqa: E402
 from lorakit.families.chroma.family import FAMILY  # noqa: E402
 from lorakit.formats import load_lora  # noqa: E402
 from lorakit.train.conditioning import Conditioner  # noqa: E402
-from lorakit.train.flow_matching import FlowMatching  # noqa: E402
 from lorakit.train.loop import run  # noqa: E402
 
 
@@ -63,34 +63,13 @@ def test_conditioning_and_prediction_equal_the_pipeline(pipe):
     assert torch.equal(again["hidden"], enc["hidden"]) and torch.equal(again["mask"], enc["mask"])
 
 
-def _fixed_batch_loss(model_dir, image_dir, lora=None) -> float:
-    from PIL import Image
-
-    from lorakit.formats import load_network
-    from lorakit.models import load_model
-    from lorakit.train.conditioning import encode_pixels
-
-    model = load_model(str(model_dir))
-    pipe = model.pipe
-    img = torch.tensor(list(Image.open(image_dir / "img0.png").convert("RGB").getdata()), dtype=torch.float32)
-    px = (img.view(32, 32, 3).permute(2, 0, 1)[None] / 127.5 - 1).repeat(8, 1, 1, 1)
-    latents = encode_pixels(pipe.vae, px)
-    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
-    sigmas = torch.linspace(0.15, 0.95, 8)
-    cond = Conditioner(pipe, "chroma").encode([(image_dir / "img0.txt").read_text()] * 8)
-    if lora is not None:
-        load_network(model.parts(), lora).merge()
-    with torch.no_grad():
-        pred = FAMILY.predict(pipe.transformer, FlowMatching.noisy(latents, noise, sigmas), sigmas * 1000, cond,
-                              {}, torch.float32)
-    return float(torch.nn.functional.mse_loss(pred, FlowMatching.target(latents, noise)))
 
 
 def test_training_lowers_the_loss_on_a_fixed_batch(chroma_dir, tmp_path):
     data = make_images(tmp_path / "one", sizes=((32, 32),))
     cfg = config(chroma_dir, data, tmp_path, steps=12, lr=1e-2, rank=8, seed=4)
     run(cfg)
-    before, after = _fixed_batch_loss(chroma_dir, data), _fixed_batch_loss(chroma_dir, data, cfg.out)
+    before, after = fixed_batch_loss(chroma_dir, data), fixed_batch_loss(chroma_dir, data, cfg.out)
     assert after < 0.9 * before, (before, after)
     lf = load_lora(cfg.out)
     assert lf.format == "kohya" and lf.family == "chroma"

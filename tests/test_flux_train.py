@@ -10,6 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from dit_support import fixed_batch_loss  # noqa: E402
 from flux_support import tiny_flux_pipeline  # noqa: E402
 from train_support import config, make_images, one_thread  # noqa: E402
 
@@ -101,35 +102,13 @@ def test_conditioning_equals_the_pipeline_and_recomputes_clip_with_cached_t5(pip
     assert torch.allclose(again["hidden"], ref, atol=1e-5) and torch.allclose(again["pooled"], pooled, atol=1e-5)
 
 
-def _fixed_batch_loss(model_dir, image_dir, lora=None) -> float:
-    """The flow-matching loss on one fixed batch: the training image, 8 fixed σ, fixed noise."""
-    from PIL import Image
-
-    from lorakit.formats import load_network
-    from lorakit.models import load_model
-    from lorakit.train.conditioning import encode_pixels
-
-    model = load_model(str(model_dir))
-    pipe = model.pipe
-    img = torch.tensor(list(Image.open(image_dir / "img0.png").convert("RGB").getdata()), dtype=torch.float32)
-    px = (img.view(32, 32, 3).permute(2, 0, 1)[None] / 127.5 - 1).repeat(8, 1, 1, 1)
-    latents = encode_pixels(pipe.vae, px)
-    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
-    sigmas = torch.linspace(0.15, 0.95, 8)
-    cond = Conditioner(pipe, "flux").encode([(image_dir / "img0.txt").read_text()] * 8)
-    if lora is not None:
-        load_network(model.parts(), lora).merge()
-    with torch.no_grad():
-        pred = FAMILY.predict(pipe.transformer, FlowMatching.noisy(latents, noise, sigmas), sigmas * 1000, cond,
-                              {}, torch.float32)
-    return float(torch.nn.functional.mse_loss(pred, FlowMatching.target(latents, noise)))
 
 
 def test_training_lowers_the_loss_on_a_fixed_batch(flux_dir, tmp_path):
     data = make_images(tmp_path / "one", sizes=((32, 32),))
     cfg = config(flux_dir, data, tmp_path, steps=12, lr=1e-2, rank=8, seed=4)
     run(cfg)
-    before, after = _fixed_batch_loss(flux_dir, data), _fixed_batch_loss(flux_dir, data, cfg.out)
+    before, after = fixed_batch_loss(flux_dir, data), fixed_batch_loss(flux_dir, data, cfg.out)
     assert after < 0.9 * before, (before, after)
     lf = load_lora(cfg.out)
     assert lf.format == "kohya" and lf.family == "flux"
