@@ -103,9 +103,9 @@ def evaluating(pipe):
     return pipe
 
 
-def fixed_batch_loss(model_dir, image_dir, lora=None) -> float:
-    """The flow-matching loss on one fixed batch, through the family's own denoiser call: the training
-    image (32 px) 8 times, 8 fixed σ, fixed noise; with `lora` merged when given."""
+def fixed_batch(model_dir, image_dir, lora=None):
+    """One fixed flow-matching batch: (model, noisy latents, σ, conditioning, target) for the training
+    image (32 px) 8 times, 8 fixed σ and fixed noise; with `lora` merged into the model when given."""
     from PIL import Image
 
     from lorakit.formats import load_network
@@ -123,7 +123,12 @@ def fixed_batch_loss(model_dir, image_dir, lora=None) -> float:
     cond = Conditioner(pipe, model.family).encode([(image_dir / "img0.txt").read_text()] * 8)
     if lora is not None:
         load_network(model.parts(), lora).merge()
+    return model, FlowMatching.noisy(latents, noise, sigmas), sigmas, cond, FlowMatching.target(latents, noise)
+
+
+def fixed_batch_loss(model_dir, image_dir, lora=None) -> float:
+    """The loss on `fixed_batch` through the family's own denoiser call."""
+    model, noisy, sigmas, cond, target = fixed_batch(model_dir, image_dir, lora)
     with torch.no_grad():
-        pred = model.spec.predict(pipe.transformer, FlowMatching.noisy(latents, noise, sigmas), sigmas * 1000, cond,
-                                  {}, torch.float32)
-    return float(torch.nn.functional.mse_loss(pred, FlowMatching.target(latents, noise)))
+        pred = model.spec.predict(model.pipe.transformer, noisy, sigmas * 1000, cond, {}, torch.float32)
+    return float(torch.nn.functional.mse_loss(pred, target))

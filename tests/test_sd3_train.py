@@ -10,6 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from dit_support import fixed_batch  # noqa: E402
 from sd3_support import tiny_sd3_pipeline  # noqa: E402
 
 from lorakit.train.flow_matching import FlowMatching  # noqa: E402
@@ -103,28 +104,12 @@ def images(tmp_path_factory):
 
 
 def _fixed_batch_loss(model_dir, image_dir, lora=None) -> float:
-    """The flow-matching loss on one fixed batch: the training image, 8 fixed σ, fixed noise."""
-    from PIL import Image
-
-    from lorakit.formats import load_network
-    from lorakit.models import load_model
-    from lorakit.train.conditioning import encode_pixels
-
-    model = load_model(str(model_dir))
-    pipe = model.pipe
-    img = torch.tensor(list(Image.open(image_dir / "img0.png").convert("RGB").getdata()), dtype=torch.float32)
-    px = (img.view(32, 32, 3).permute(2, 0, 1)[None] / 127.5 - 1).repeat(8, 1, 1, 1)
-    latents = encode_pixels(pipe.vae, px)
-    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
-    sigmas = torch.linspace(0.15, 0.95, 8)
-    cond = Conditioner(pipe, "sd3").encode([(image_dir / "img0.txt").read_text()] * 8)
-    if lora is not None:
-        load_network(model.parts(), lora).merge()
+    """The flow-matching loss on one fixed batch, through the transformer's own call (not the family's)."""
+    model, noisy, sigmas, cond, target = fixed_batch(model_dir, image_dir, lora)
     with torch.no_grad():
-        pred = pipe.transformer(hidden_states=FlowMatching.noisy(latents, noise, sigmas), timestep=sigmas * 1000,
-                                encoder_hidden_states=cond["hidden"], pooled_projections=cond["pooled"],
-                                return_dict=False)[0]
-    return float(torch.nn.functional.mse_loss(pred, FlowMatching.target(latents, noise)))
+        pred = model.pipe.transformer(hidden_states=noisy, timestep=sigmas * 1000, encoder_hidden_states=cond["hidden"],
+                                      pooled_projections=cond["pooled"], return_dict=False)[0]
+    return float(torch.nn.functional.mse_loss(pred, target))
 
 
 def test_training_lowers_the_loss_on_a_fixed_batch(sd3_dir, tmp_path):

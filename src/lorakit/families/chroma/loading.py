@@ -21,7 +21,7 @@ from . import naming as chroma_naming
 from ...errors import LoraKitError
 from ...models.checkpoint import Checkpoint
 from ...models.single_file import check_complete, quiet_loading
-from ..dit.loading import flow_scheduler, gather, parts_folder
+from ..dit.loading import flow_scheduler, gather, parts_folder, transformer_state
 
 REAL_WIDTH = 3072
 HUB = "lodestones/Chroma1-HD"
@@ -31,16 +31,10 @@ PARTS = {"vae": ("diffusers", "AutoencoderKL", "the VAE (vae)"),
 _HEADS = ("double_blocks.", "single_blocks.", "img_in.", "txt_in.", "final_layer.", chroma_naming.APPROXIMATOR)
 
 
-def _transformer_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
-    if any(k.startswith(chroma_naming.BFL) for k in ckpt.shapes):
-        return {k[len(chroma_naming.BFL):]: v for k, v in ckpt.read([chroma_naming.BFL]).items()}
-    return ckpt.read(list(_HEADS))
-
-
 def load_transformer(ckpt: Checkpoint, config_dir: Path, dtype):
     import diffusers
 
-    state = _transformer_state(ckpt)
+    state = transformer_state(ckpt, chroma_naming.BFL, _HEADS)
     if "img_in.weight" not in state:
         raise LoraKitError("the file has no Chroma transformer (img_in.weight missing)", ckpt.path)
     cls = diffusers.ChromaTransformer2DModel

@@ -76,6 +76,15 @@ def gather(parts: Mapping[str, Part], wanted, folder: Path | None, repo: str, dt
     return found, missing
 
 
+def transformer_state(ckpt, prefix: str, heads: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The transformer's tensors of a single file, without `prefix` when the file nests them under it
+    (ComfyUI's repacks: `model.diffusion_model.`), else those under the top-level `heads` its authors
+    ship (a file that also bundles a VAE or text encoders keeps them out)."""
+    if any(k.startswith(prefix) for k in ckpt.shapes):
+        return {k[len(prefix):]: v for k, v in ckpt.read([prefix]).items()}
+    return ckpt.read(list(heads))
+
+
 def flow_scheduler(config_dir: Path):
     import diffusers
 

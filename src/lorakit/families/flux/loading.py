@@ -20,7 +20,7 @@ import torch
 from ...errors import LoraKitError
 from ...models.checkpoint import Checkpoint
 from ...models.single_file import check_complete, quiet_loading
-from ..dit.loading import flow_scheduler, gather, parts_folder, write_original
+from ..dit.loading import flow_scheduler, gather, parts_folder, transformer_state, write_original
 
 BFL = "model.diffusion_model."
 REAL_WIDTH = 3072
@@ -36,19 +36,14 @@ def variant(keys) -> str:
     return "dev" if any(".guidance_in." in f".{k}" for k in keys) else "schnell"
 
 
-def _transformer_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
-    prefixed = any(k.startswith(BFL) for k in ckpt.shapes)
-    if prefixed:
-        return {k[len(BFL):]: v for k, v in ckpt.read([BFL]).items()}
-    heads = ("double_blocks.", "single_blocks.", "img_in.", "txt_in.", "time_in.", "vector_in.", "guidance_in.",
-             "final_layer.")
-    return ckpt.read(list(heads))
+_HEADS = ("double_blocks.", "single_blocks.", "img_in.", "txt_in.", "time_in.", "vector_in.", "guidance_in.",
+          "final_layer.")
 
 
 def load_transformer(ckpt: Checkpoint, config_dir: Path, dtype):
     import diffusers
 
-    state = _transformer_state(ckpt)
+    state = transformer_state(ckpt, BFL, _HEADS)
     if "img_in.weight" not in state:
         raise LoraKitError("the file has no Flux transformer (img_in.weight missing)", ckpt.path)
     cls = diffusers.FluxTransformer2DModel
