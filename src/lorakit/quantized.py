@@ -1,0 +1,239 @@
+"""Frozen base weights stored in fp8, int8 or nf4, computed in a half format layer by layer.
+
+The quantized weight is a torchao tensor subclass in the layer's own `weight` slot: `F.linear`
+dispatches on it, so the layer, lorakit's LoRA branch beside it (W_q·x + B·A·x, the branch in the
+compute precision, its factors in fp32) and autograd all work unchanged, and autograd keeps the
+quantized tensor (not a dequantized copy) for the backward pass.
+
+Why torchao (0.18): it is PyTorch's own quantization library, maintained with PyTorch; the three
+formats are plain-PyTorch tensor subclasses that run on CPU and CUDA alike (bitsandbytes' 4-bit and
+8-bit layers replace the module and its CPU backend is newer; optimum-quanto is in maintenance);
+fp8 weight-only is per-row scaled e4m3fn (sd-scripts' `--fp8_base` casts without a scale: this
+keeps more of the numbers), int8 weight-only is per-row symmetric, nf4 is QLoRA's NormalFloat4 in
+blocks of 64 with double-quantized scales (as bitsandbytes' and torchtune's). No kernels here.
+
+Merging into such a layer dequantizes, merges in fp32 and keeps the result in the compute
+precision (lora/compose.py): never a silent requantization.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .errors import LoraKitError
+
+FORMATS = ("fp32", "bf16", "fp16", "fp8", "int8", "nf4")
+QUANTIZED = ("fp8", "int8", "nf4")
+PLAIN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Stored bytes per weight, scales included (for the memory plan): fp8 and int8 one byte plus one
+# fp32 scale per row (negligible for rows ≥ 1024 wide); nf4 half a byte plus, per block of 64, an
+# int8 scale and, per 256 blocks, an fp32 scale of scales (QLoRA's double quantization).
+BYTES_PER_WEIGHT = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0,
+                    "nf4": 0.5 + 1 / 64 + 4 / (64 * 256)}
+
+NF4_BLOCK, NF4_SCALER_BLOCK = 64, 256
+# Linear weights smaller than this stay in the compute precision (nothing worth saving). Kept low so
+# that the toy and the tiny test models are quantized as the real ones are.
+MIN_QUANTIZED_WEIGHTS = 256
+
+
+@contextmanager
+def _quiet_torchao():
+    """torchao logs, on import, every optional CUDA extension this build lacks; that is no news."""
+    logger = logging.getLogger("torchao")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _torchao():
+    try:
+        with _quiet_torchao():
+            import torchao  # noqa: F401
+            from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_  # noqa: F401
+    except ImportError as e:
+        raise LoraKitError("base precision fp8/int8/nf4 needs torchao: pip install torchao (or install lorakit[train])"
+                           ) from e
+    return torchao
+
+
+def normalise(name: str) -> str:
+    name = str(name).lower()
+    aliases = {"no": "fp32", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float8": "fp8",
+               "e4m3fn": "fp8", "float8_e4m3fn": "fp8", "qint8": "int8", "4bit": "nf4"}
+    name = aliases.get(name, name)
+    if name != "auto" and name not in FORMATS:
+        raise LoraKitError(f"unknown base precision {name!r}: choose auto, {', '.join(FORMATS)}")
+    return name
+
+
+def require(fmt: str, device: str | torch.device = "cpu") -> None:
+    """One clear line when this installation or device cannot hold a base in `fmt`."""
+    if fmt not in QUANTIZED:
+        return
+    _torchao()
+    kind = torch.device(device).type
+    if kind not in ("cpu", "cuda"):
+        raise LoraKitError(f"base precision {fmt} runs on CPU and CUDA devices, not {kind}: use bf16 or fp16")
+    if fmt == "fp8" and not hasattr(torch, "float8_e4m3fn"):
+        raise LoraKitError("base precision fp8 needs torch ≥ 2.1 (float8_e4m3fn)")
+
+
+def compute_dtype(device: str | torch.device = "cpu") -> torch.dtype:
+    """The half format a quantized layer computes in: bf16 where the device does bf16 arithmetic,
+    fp16 on older GPUs, fp32 on a CPU without bf16 (the storage saving stays)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dev.type == "cpu":
+        from .precision import cpu_bf16_kind
+
+        return torch.bfloat16 if cpu_bf16_kind() else torch.float32
+    return torch.float32
+
+
+def is_quantized(t: Tensor | None) -> bool:
+    """A torchao quantized weight (any subclass of a tensor that is not a plain Parameter/Tensor)."""
+    if t is None:
+        return False
+    data = t.data if isinstance(t, nn.Parameter) else t
+    return type(data) not in (Tensor, nn.Parameter) and type(data).__module__.startswith("torchao")
+
+
+def format_of(t: Tensor) -> str:
+    """fp8, int8 or nf4 for a quantized weight, else the plain dtype's name."""
+    if is_quantized(t):
+        name = type(t.data if isinstance(t, nn.Parameter) else t).__name__
+        return {"Float8Tensor": "fp8", "Int8Tensor": "int8", "NF4Tensor": "nf4"}.get(name, name)
+    return {v: k for k, v in PLAIN_DTYPES.items()}.get(t.dtype, str(t.dtype))
+
+
+def quantizable(weight: Tensor, fmt: str) -> bool:
+    """Whether a Linear weight of this shape goes into `fmt` (others stay in the compute precision)."""
+    if weight.dim() != 2 or weight.numel() < MIN_QUANTIZED_WEIGHTS:
+        return False
+    if fmt == "nf4":
+        return weight.numel() % (NF4_BLOCK * NF4_SCALER_BLOCK) == 0
+    return True
+
+
+@torch.no_grad()
+def quantize(weight: Tensor, fmt: str, dtype: torch.dtype) -> Tensor:
+    """`weight` (any float dtype, any device) as a quantized tensor computing in `dtype`."""
+    _torchao()
+    w = weight.detach().to(dtype)
+    with _quiet_torchao():
+        if fmt == "fp8":
+            from torchao.quantization import Float8Tensor
+            from torchao.quantization.granularity import PerRow
+
+            return Float8Tensor.from_hp(w, granularity=PerRow())
+        if fmt == "int8":
+            from torchao.quantization.granularity import PerRow
+            from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
+
+            return Int8Tensor.from_hp(w, PerRow())
+        if fmt == "nf4":
+            from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import to_nf4
+
+            return to_nf4(w, NF4_BLOCK, NF4_SCALER_BLOCK)
+    raise ValueError(f"not a quantized format: {fmt}")
+
+
+@torch.no_grad()
+def from_fp8(data: Tensor, scale: Tensor | float | None, dtype: torch.dtype) -> Tensor:
+    """An fp8 (e4m3fn) weight as a file stores it, with its scale (ComfyUI's `scale_weight`: one
+    per tensor; None: 1), as a quantized tensor computing in `dtype`: no upcast of the data."""
+    _torchao()
+    if data.dtype != torch.float8_e4m3fn:
+        raise LoraKitError(f"expected a float8_e4m3fn tensor, got {data.dtype}")
+    from torchao.quantization import Float8Tensor
+
+    rows = data.shape[0]
+    s = torch.ones((), dtype=torch.float32) if scale is None else torch.as_tensor(scale, dtype=torch.float32)
+    if s.numel() == 1:
+        s = s.reshape(1).expand(rows).reshape(rows, 1).contiguous()
+    else:
+        s = s.reshape(rows, 1).to(torch.float32)
+    with _quiet_torchao():
+        return Float8Tensor(data, s.to(data.device), block_size=[1, data.shape[1]], dtype=dtype)
+
+
+@torch.no_grad()
+def dequantize(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The weight as a plain tensor in `dtype` (a plain weight is cast)."""
+    data = t.data if isinstance(t, nn.Parameter) else t
+    if not is_quantized(data):
+        return data.to(dtype)
+    if format_of(data) == "nf4":
+        return data.get_original_weight().to(dtype)
+    return data.dequantize(dtype)
+
+
+def stored_bytes(module: nn.Module) -> int:
+    """Bytes the module's parameters and buffers hold, quantized ones as stored."""
+    total = 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        total += tensor_bytes(t)
+    return total
+
+
+def tensor_bytes(t: Tensor) -> int:
+    data = t.data if isinstance(t, nn.Parameter) else t
+    if not is_quantized(data):
+        return data.numel() * data.element_size()
+    if format_of(data) == "nf4":
+        return sum(getattr(data, n).numel() * getattr(data, n).element_size()
+                   for n in ("quantized_data", "quantized_scalers", "quantization_factor"))
+    return sum(getattr(data, n).numel() * getattr(data, n).element_size() for n in ("qdata", "scale"))
+
+
+@torch.no_grad()
+def quantize_linears(model: nn.Module, fmt: str, dtype: torch.dtype,
+                     keep: Callable[[str, nn.Linear], bool] | None = None) -> int:
+    """Every Linear of `model` whose weight suits `fmt` (and that `keep` does not keep) gets its weight
+    quantized in place, one layer at a time (the plain weight freed as it goes); returns how many."""
+    require(fmt)
+    count = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or is_quantized(module.weight):
+            continue
+        if (keep is not None and keep(name, module)) or not quantizable(module.weight, fmt):
+            continue
+        module.weight = nn.Parameter(quantize(module.weight, fmt, dtype), requires_grad=False)
+        count += 1
+    return count
+
+
+def has_quantized(model: nn.Module) -> bool:
+    return any(is_quantized(p) for p in model.parameters())
+
+
+@torch.no_grad()
+def cast_plain(model: nn.Module, dtype: torch.dtype, device: str | torch.device | None = None) -> nn.Module:
+    """`model.to(device, dtype)` for its plain floating tensors; quantized weights only move."""
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is None:
+                continue
+            if is_quantized(p):
+                if device is not None and p.device != torch.device(device):
+                    module._parameters[name] = nn.Parameter(p.data.to(device), requires_grad=False)
+                continue
+            target = dtype if p.is_floating_point() else p.dtype
+            if p.dtype != target or (device is not None and p.device != torch.device(device)):
+                p.data = p.data.to(device=device, dtype=target)
+        for name, b in list(module._buffers.items()):
+            if b is not None:
+                target = dtype if b.is_floating_point() else b.dtype
+                module._buffers[name] = b.to(device=device, dtype=target)
+    return model
