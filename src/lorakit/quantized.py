@@ -19,7 +19,6 @@ precision (lora/compose.py): never a silent requantization.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -43,23 +42,9 @@ NF4_BLOCK, NF4_SCALER_BLOCK = 64, 256
 MIN_QUANTIZED_WEIGHTS = 256
 
 
-@contextmanager
-def _quiet_torchao():
-    """torchao logs, on import, every optional CUDA extension this build lacks; that is no news."""
-    logger = logging.getLogger("torchao")
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
-
-
 def _torchao():
     try:
-        with _quiet_torchao():
-            import torchao  # noqa: F401
-            from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_  # noqa: F401
+        import torchao  # noqa: F401  (its import-time logging is quieted in lorakit/__init__.py)
     except ImportError as e:
         raise LoraKitError("base precision fp8/int8/nf4 needs torchao: pip install torchao (or install lorakit[train])"
                            ) from e
@@ -131,21 +116,20 @@ def quantize(weight: Tensor, fmt: str, dtype: torch.dtype) -> Tensor:
     """`weight` (any float dtype, any device) as a quantized tensor computing in `dtype`."""
     _torchao()
     w = weight.detach().to(dtype)
-    with _quiet_torchao():
-        if fmt == "fp8":
-            from torchao.quantization import Float8Tensor
-            from torchao.quantization.granularity import PerRow
+    if fmt == "fp8":
+        from torchao.quantization import Float8Tensor
+        from torchao.quantization.granularity import PerRow
 
-            return Float8Tensor.from_hp(w, granularity=PerRow())
-        if fmt == "int8":
-            from torchao.quantization.granularity import PerRow
-            from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
+        return Float8Tensor.from_hp(w, granularity=PerRow())
+    if fmt == "int8":
+        from torchao.quantization.granularity import PerRow
+        from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
 
-            return Int8Tensor.from_hp(w, PerRow())
-        if fmt == "nf4":
-            from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import to_nf4
+        return Int8Tensor.from_hp(w, PerRow())
+    if fmt == "nf4":
+        from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import to_nf4
 
-            return to_nf4(w, NF4_BLOCK, NF4_SCALER_BLOCK)
+        return to_nf4(w, NF4_BLOCK, NF4_SCALER_BLOCK)
     raise ValueError(f"not a quantized format: {fmt}")
 
 
@@ -164,8 +148,7 @@ def from_fp8(data: Tensor, scale: Tensor | float | None, dtype: torch.dtype) -> 
         s = s.reshape(1).expand(rows).reshape(rows, 1).contiguous()
     else:
         s = s.reshape(rows, 1).to(torch.float32)
-    with _quiet_torchao():
-        return Float8Tensor(data, s.to(data.device), block_size=[1, data.shape[1]], dtype=dtype)
+    return Float8Tensor(data, s.to(data.device), block_size=[1, data.shape[1]], dtype=dtype)
 
 
 @torch.no_grad()
