@@ -35,6 +35,8 @@ class Checkpoint:
     shapes: dict[str, tuple[int, ...]]
     metadata: dict[str, str] = field(default_factory=dict)
     _tensors: dict[str, torch.Tensor] | None = None  # only for pickle files, loaded whole
+    dtypes: dict[str, str] = field(default_factory=dict)  # safetensors' names: F32, BF16, F8_E4M3...
+    _file: object = field(default=None, repr=False)
 
     def read(self, prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
         """Every tensor whose name starts with one of `prefixes`."""
@@ -49,6 +51,20 @@ class Checkpoint:
                 return {k: f.get_tensor(k) for k in names}
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
             raise LoraKitError(f"cannot read tensors (truncated or corrupt file?): {e}", self.path) from e
+
+    def tensor(self, key: str) -> torch.Tensor:
+        """One tensor, read alone (pread, nothing else of the file kept): what streamed loads read."""
+        if self._tensors is not None:
+            return self._tensors[key]
+        if self._file is None:
+            from .streaming import TensorFile
+
+            self._file = TensorFile(self.path)
+        return self._file.get(key)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
     def has(self, prefix: str) -> bool:
         return any(k.startswith(prefix) for k in self.shapes)
@@ -75,10 +91,11 @@ def _open_safetensors(path: Path) -> Checkpoint:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
     except Exception as e:  # noqa: BLE001
         size = path.stat().st_size
         raise LoraKitError(f"not a readable safetensors file ({size} bytes; truncated or corrupt?): {e}", path) from e
-    return Checkpoint(path, shapes, metadata)
+    return Checkpoint(path, shapes, metadata, dtypes=dtypes)
 
 
 def _open_pickle(path: Path, allow_pickle: bool) -> Checkpoint:

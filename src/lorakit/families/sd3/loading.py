@@ -3,8 +3,9 @@
 - A diffusers folder or hub id: `StableDiffusion3Pipeline.from_pretrained`.
 - A single `.safetensors` as SAI ships it: `model.diffusion_model.*` (MMDiT), `first_stage_model.*`
   (VAE) and, in the `_incl_clips` / `_incl_clips_t5xxlfp8` files, `text_encoders.clip_l|clip_g|t5xxl.
-  transformer.*`. The transformer and VAE go through diffusers' `from_single_file` with the shipped
-  configs (no network); text encoders missing from the file come from `text_encoders` (a diffusers-
+  transformer.*`. The transformer is streamed a block at a time into the model built from the
+  shipped config (fp8 files too, dit/loading.py); the VAE goes through diffusers' `from_single_file`
+  (no network); text encoders missing from the file come from `text_encoders` (a diffusers-
   style folder with text_encoder, text_encoder_2, text_encoder_3, tokenizer_3) or the hub cache.
 
 The CLIP tokenizers ship with lorakit; T5's (sentencepiece, Apache-2.0 but 800 kB of model data
@@ -20,9 +21,12 @@ import torch
 from ...errors import LoraKitError
 from ...models.checkpoint import Checkpoint
 from ...models.single_file import CONFIGS_DIR, check_complete, load_diffusers_part, quiet_loading, tie_position_ids
-from ..dit.loading import flow_scheduler, gather, parts_folder, write_original
+from ..dit.loading import flow_scheduler, gather, parts_folder, stream_transformer, transformer_names, write_original
 
 MMDIT = "model.diffusion_model."
+# the MMDiT's top-level heads, for files that hold it without MMDIT (GGUF files, some repacks)
+_HEADS = ("joint_blocks.", "x_embedder.", "pos_embed", "t_embedder.", "y_embedder.", "context_embedder.",
+          "final_layer.")
 TE_PREFIX = {"text_encoder": "text_encoders.clip_l.transformer.",
              "text_encoder_2": "text_encoders.clip_g.transformer.",
              "text_encoder_3": "text_encoders.t5xxl.transformer."}
@@ -99,8 +103,22 @@ def _t5(ckpt: Checkpoint, config_dir: Path, dtype):
     return model.to(dtype).eval()
 
 
+def load_transformer(ckpt: Checkpoint, config_dir: Path, dtype, base_precision: str = "auto"):
+    """Streamed, a block at a time, into `dtype` or the quantized `base_precision` (dit/loading.py)."""
+    import diffusers
+
+    from . import naming as sd3_naming
+
+    names = transformer_names(ckpt, MMDIT, _HEADS)
+    if not any(k.startswith("joint_blocks.") for k in names):
+        raise LoraKitError(f"the file has no transformer ({MMDIT}* tensors)", ckpt.path)
+    return stream_transformer(ckpt, diffusers.SD3Transformer2DModel, config_dir, names,
+                              sd3_naming.sai_state_to_diffusers, dtype, base_precision)
+
+
 def build_pipeline(ckpt: Checkpoint, *, dtype=torch.float32, config_dir: Path | None = None,
-                   text_encoders: Path | None = None, components=("unet", "text_encoders", "vae")):
+                   text_encoders: Path | None = None, components=("unet", "text_encoders", "vae"),
+                   base_precision: str = "auto"):
     """A StableDiffusion3Pipeline from an SAI single file (see the module docstring for the sources)."""
     import diffusers
 
@@ -113,8 +131,7 @@ def build_pipeline(ckpt: Checkpoint, *, dtype=torch.float32, config_dir: Path | 
     parts: dict = {"transformer": None, "vae": None}
     with quiet_loading():
         if "unet" in components:
-            parts["transformer"] = load_diffusers_part(diffusers.SD3Transformer2DModel, ckpt, MMDIT, "transformer",
-                                                       config_dir, dtype)
+            parts["transformer"] = load_transformer(ckpt, config_dir, dtype, base_precision)
         if "vae" in components:
             parts["vae"] = load_diffusers_part(diffusers.AutoencoderKL, ckpt, "first_stage_model.", "vae",
                                                config_dir, dtype)

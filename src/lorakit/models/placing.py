@@ -1,0 +1,102 @@
+"""Tensors read from a file put into a model built on the `meta` device, already in the target
+format: the plain dtype, or, for the Linear weights that suit it, fp8/int8/nf4 (quantized.py).
+
+Streamed loaders read a group of tensors (a block) at a time and hand it here, so no full-precision
+copy of the model ever exists. A file's float8_e4m3fn tensors (ComfyUI's and Kijai's fp8 files,
+with ComfyUI's per-layer `scale_weight`) go into an fp8 base as they are, data and scale, with no
+upcast; any other target gets data × scale, one tensor at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .. import quantized
+
+FP8 = getattr(torch, "float8_e4m3fn", None)
+FP8_DTYPES = tuple(d for d in (FP8, getattr(torch, "float8_e5m2", None)) if d is not None)
+
+
+@dataclass(frozen=True)
+class Target:
+    """fmt: fp8/int8/nf4 for the Linear weights that suit it, None for a plain model; dtype: the plain
+    tensors' dtype, and the compute dtype of the quantized layers."""
+
+    fmt: str | None
+    dtype: torch.dtype
+
+
+def target(base_precision: str | None, dtype: torch.dtype, *, fp8_file: bool = False) -> Target:
+    """What `base_precision` asks for. auto: `dtype`, except that a file of fp8 weights stays fp8
+    (where torchao can hold it; otherwise it is dequantized)."""
+    name = quantized.normalise(base_precision or "auto")
+    if name == "auto":
+        if fp8_file and fp8_available():
+            return Target("fp8", dtype)
+        return Target(None, dtype)
+    if name in quantized.PLAIN_DTYPES:
+        return Target(None, quantized.PLAIN_DTYPES[name])
+    quantized.require(name)
+    return Target(name, dtype)
+
+
+def fp8_available() -> bool:
+    from ..errors import LoraKitError
+
+    try:
+        quantized.require("fp8")
+    except LoraKitError:
+        return False
+    return True
+
+
+def is_fp8(t: Tensor) -> bool:
+    return t.dtype in FP8_DTYPES
+
+
+def dequantized(t: Tensor, scale: Tensor | None) -> Tensor:
+    """A file tensor as plain numbers: fp8 data × its scale (per tensor or per row) in fp32."""
+    if not is_fp8(t):
+        return t
+    out = t.to(torch.float32)
+    if scale is None:
+        return out
+    s = scale.to(torch.float32)
+    if s.numel() > 1:
+        s = s.reshape(-1, *([1] * (out.dim() - 1)))
+    return out * s
+
+
+def place(model: nn.Module, state: dict[str, Tensor], to: Target,
+          scales: dict[str, Tensor] | None = None) -> list[str]:
+    """Put `state` (names of `model`'s state dict) into `model` in the format `to` asks for; `scales`:
+    the per-tensor or per-row scale of fp8 tensors. Returns the names `model` does not have; a
+    ValueError for a tensor of another shape."""
+    scales = scales or {}
+    own = dict(model.named_parameters())
+    own.update(dict(model.named_buffers()))
+    unknown = [k for k in state if k not in own]
+    plain = {}
+    for key, t in state.items():
+        if key in unknown:
+            continue
+        if tuple(t.shape) != tuple(own[key].shape):
+            raise ValueError(f"tensor {key} has shape {tuple(t.shape)}, the model expects {tuple(own[key].shape)}")
+        path, _, leaf = key.rpartition(".")
+        module = model.get_submodule(path) if path else model
+        if to.fmt is not None and leaf == "weight" and isinstance(module, nn.Linear) \
+                and quantized.quantizable(t, to.fmt):
+            if to.fmt == "fp8" and t.dtype == FP8:
+                q = quantized.from_fp8(t, scales.get(key), to.dtype)
+            else:
+                q = quantized.quantize(dequantized(t, scales.get(key)), to.fmt, to.dtype)
+            module.weight = nn.Parameter(q, requires_grad=False)
+            continue
+        t = dequantized(t, scales.get(key))
+        plain[key] = t.to(to.dtype) if t.is_floating_point() else t
+    if plain:
+        model.load_state_dict(plain, strict=False, assign=True)
+    return unknown
