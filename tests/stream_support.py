@@ -17,6 +17,7 @@ from sd3_support import TINY_TRANSFORMER as SD3_TINY
 PREFIX = "model.diffusion_model."
 # wide enough that some Linears suit nf4 (64 × 256 weights per block of scales)
 FLUX_WIDE = dict(FLUX_TINY, attention_head_dim=64, axes_dims_rope=(8, 28, 28))
+SD3_WIDE = dict(SD3_TINY, attention_head_dim=64, caption_projection_dim=128)
 
 
 @dataclass

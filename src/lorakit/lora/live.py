@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..quantized import is_quantized
 from . import compose
 from .modules import LoRAModule
 
@@ -104,6 +105,8 @@ def _needs_branch(adapter: nn.Module) -> bool:
 
 def _weight_space_pays(module: nn.Module, x: Tensor, live: _Live) -> bool:
     if live.previous is not None:  # e.g. an offloading wrapper that must run around the layer
+        return False
+    if is_quantized(module.weight):  # W_q·x + B·A·x: a merged copy would be a full-precision weight
         return False
     if any(_needs_branch(e[1]) for e in live.entries):
         return False

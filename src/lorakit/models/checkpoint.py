@@ -44,6 +44,8 @@ class Checkpoint:
         names = [k for k in self.shapes if k.startswith(prefixes)]
         if self._tensors is not None:
             return {k: self._tensors[k] for k in names}
+        if self._file is not None:  # a GGUF file: read one tensor at a time
+            return {k: self.tensor(k) for k in names}
         from safetensors import safe_open
 
         try:
@@ -79,9 +81,19 @@ def open_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Checkpoi
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
         return _open_pickle(path, allow_pickle)
+    if suffix == ".gguf":
+        return _open_gguf(path)
     if suffix != ".safetensors":
-        raise LoraKitError("not a checkpoint file: expected .safetensors (or .ckpt with --allow-pickle)", path)
+        raise LoraKitError("not a checkpoint file: expected .safetensors or .gguf (or .ckpt with --allow-pickle)",
+                           path)
     return _open_safetensors(path)
+
+
+def _open_gguf(path: Path) -> Checkpoint:
+    from .gguf_file import GGUFFile
+
+    f = GGUFFile(path)
+    return Checkpoint(path, f.shapes, f.metadata, dtypes=f.dtypes, _file=f)
 
 
 def _open_safetensors(path: Path) -> Checkpoint:

@@ -4,7 +4,9 @@ format: the plain dtype, or, for the Linear weights that suit it, fp8/int8/nf4 (
 Streamed loaders read a group of tensors (a block) at a time and hand it here, so no full-precision
 copy of the model ever exists. A file's float8_e4m3fn tensors (ComfyUI's and Kijai's fp8 files,
 with ComfyUI's per-layer `scale_weight`) go into an fp8 base as they are, data and scale, with no
-upcast; any other target gets data × scale, one tensor at a time.
+upcast; any other target gets data × scale, one tensor at a time. A GGUF file's quantized weights
+(diffusers' `GGUFParameter`) stay as they are under auto, in diffusers' `GGUFLinear` (which
+dequantizes a layer when it runs); any other target dequantizes them as they are read.
 """
 
 from __future__ import annotations
@@ -22,18 +24,22 @@ FP8_DTYPES = tuple(d for d in (FP8, getattr(torch, "float8_e5m2", None)) if d is
 
 @dataclass(frozen=True)
 class Target:
-    """fmt: fp8/int8/nf4 for the Linear weights that suit it, None for a plain model; dtype: the plain
-    tensors' dtype, and the compute dtype of the quantized layers."""
+    """fmt: fp8/int8/nf4 for the Linear weights that suit it, gguf to keep a GGUF file's quantized
+    weights, None for a plain model; dtype: the plain tensors' dtype, and the compute dtype of the
+    quantized layers."""
 
     fmt: str | None
     dtype: torch.dtype
 
 
-def target(base_precision: str | None, dtype: torch.dtype, *, fp8_file: bool = False) -> Target:
+def target(base_precision: str | None, dtype: torch.dtype, *, fp8_file: bool = False,
+           gguf_file: bool = False) -> Target:
     """What `base_precision` asks for. auto: `dtype`, except that a file of fp8 weights stays fp8
-    (where torchao can hold it; otherwise it is dequantized)."""
+    (where torchao can hold it; otherwise it is dequantized) and a GGUF file keeps its quantization."""
     name = quantized.normalise(base_precision or "auto")
     if name == "auto":
+        if gguf_file:
+            return Target("gguf", dtype)
         if fp8_file and fp8_available():
             return Target("fp8", dtype)
         return Target(None, dtype)
@@ -57,8 +63,15 @@ def is_fp8(t: Tensor) -> bool:
     return t.dtype in FP8_DTYPES
 
 
+def is_gguf(t: Tensor) -> bool:
+    return getattr(t, "quant_type", None) is not None
+
+
 def dequantized(t: Tensor, scale: Tensor | None) -> Tensor:
-    """A file tensor as plain numbers: fp8 data × its scale (per tensor or per row) in fp32."""
+    """A file tensor as plain numbers: fp8 data × its scale (per tensor or per row) in fp32, GGUF
+    blocks through diffusers' dequantization."""
+    if is_gguf(t):
+        return quantized.dequantize(t, torch.float32)
     if not is_fp8(t):
         return t
     out = t.to(torch.float32)
@@ -83,20 +96,42 @@ def place(model: nn.Module, state: dict[str, Tensor], to: Target,
     for key, t in state.items():
         if key in unknown:
             continue
-        if tuple(t.shape) != tuple(own[key].shape):
-            raise ValueError(f"tensor {key} has shape {tuple(t.shape)}, the model expects {tuple(own[key].shape)}")
+        shape = tuple(getattr(t, "quant_shape", t.shape))
+        if shape != tuple(own[key].shape):
+            raise ValueError(f"tensor {key} has shape {shape}, the model expects {tuple(own[key].shape)}")
         path, _, leaf = key.rpartition(".")
         module = model.get_submodule(path) if path else model
-        if to.fmt is not None and leaf == "weight" and isinstance(module, nn.Linear) \
-                and quantized.quantizable(t, to.fmt):
-            if to.fmt == "fp8" and t.dtype == FP8:
-                q = quantized.from_fp8(t, scales.get(key), to.dtype)
-            else:
-                q = quantized.quantize(dequantized(t, scales.get(key)), to.fmt, to.dtype)
-            module.weight = nn.Parameter(q, requires_grad=False)
+        linear_weight = leaf == "weight" and isinstance(module, nn.Linear)
+        if to.fmt == "gguf" and is_gguf(t) and linear_weight:
+            _gguf_linear(model, path, module, to.dtype).weight = t
+            continue
+        if to.fmt == "fp8" and t.dtype == FP8 and linear_weight and quantized.quantizable(t, "fp8"):
+            module.weight = nn.Parameter(quantized.from_fp8(t, scales.get(key), to.dtype), requires_grad=False)
             continue
         t = dequantized(t, scales.get(key))
+        if to.fmt in quantized.QUANTIZED and linear_weight and quantized.quantizable(t, to.fmt):
+            module.weight = nn.Parameter(quantized.quantize(t, to.fmt, to.dtype), requires_grad=False)
+            continue
         plain[key] = t.to(to.dtype) if t.is_floating_point() else t
     if plain:
         model.load_state_dict(plain, strict=False, assign=True)
     return unknown
+
+
+def _gguf_linear(model: nn.Module, path: str, module: nn.Linear, dtype: torch.dtype) -> nn.Module:
+    """The layer at `path` as diffusers' GGUFLinear computing in `dtype` (its bias kept, still to load
+    when on meta), as diffusers' GGUF quantizer swaps it."""
+    from accelerate import init_empty_weights
+    from diffusers.quantizers.gguf.utils import GGUFLinear
+
+    if isinstance(module, GGUFLinear):
+        return module
+    with init_empty_weights():
+        layer = GGUFLinear(module.in_features, module.out_features, module.bias is not None, compute_dtype=dtype)
+    if module.bias is not None:
+        layer.bias = module.bias
+    layer.source_cls = type(module)
+    layer.requires_grad_(False)
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, layer)
+    return layer

@@ -104,7 +104,8 @@ def stream_transformer(ckpt, cls, config_dir: Path, names: Mapping[str, str],
     """The transformer built on `meta` from its config, its tensors read a block at a time (`names`:
     {original name: name in the file}), converted with the family's `to_diffusers` and put in
     already in the target format (`placing`): the model plus one block at the peak, never the state
-    dict, a converted copy and the model at once. fp8 file tensors keep their data and scale."""
+    dict, a converted copy and the model at once. fp8 file tensors keep their data and scale, GGUF
+    ones their blocks, where the target allows."""
     from accelerate import init_empty_weights
 
     from ...models import placing
@@ -113,8 +114,9 @@ def stream_transformer(ckpt, cls, config_dir: Path, names: Mapping[str, str],
     scales = {k[:-len(SCALE_WEIGHT)] + ".weight": v for k, v in names.items() if k.endswith(SCALE_WEIGHT)}
     tensors = {k: v for k, v in names.items()
                if not k.endswith((SCALE_WEIGHT, SCALE_INPUT)) and k != FP8_MARKER}
-    fp8_file = any(ckpt.dtypes.get(v, "").startswith("F8") for v in tensors.values())
-    to = placing.target(base_precision, dtype, fp8_file=fp8_file)
+    stored = {ckpt.dtypes.get(v, "") for v in tensors.values()}
+    to = placing.target(base_precision, dtype, fp8_file=any(d.startswith("F8") for d in stored),
+                        gguf_file=any(d.startswith("GGUF_") and d not in ("GGUF_F32", "GGUF_F16") for d in stored))
     config = cls.load_config(str(config_dir), subfolder="transformer", local_files_only=True)
     with init_empty_weights(), quiet_loading():
         model = cls.from_config(config)

@@ -26,6 +26,12 @@ def swap_rows(rows: int) -> Tensor:
     return torch.cat([torch.arange(half, rows), torch.arange(0, half)])
 
 
+def weight_shape(t: Tensor) -> tuple[int, ...]:
+    """A weight's shape in weights: a GGUF-quantized one (diffusers' GGUFParameter) holds bytes, one
+    row of blocks per weight row, and keeps the shape it stands for in `quant_shape`."""
+    return tuple(getattr(t, "quant_shape", t.shape))
+
+
 def underscored(paths: Iterable[str]) -> dict[str, str]:
     """{path spelled with "_" for ".": path}: kohya's and OneTrainer's names read back."""
     return {p.replace(".", "_"): p for p in paths}

@@ -20,7 +20,7 @@ import re
 import torch
 from torch import Tensor
 
-from ..dit.naming import UNET_PREFIX, kohya_name, stack_pieces, swap_rows, underscored
+from ..dit.naming import UNET_PREFIX, kohya_name, stack_pieces, swap_rows, underscored, weight_shape
 
 
 # SAI path inside a joint block → diffusers path(s) inside a transformer block; "qkv" splits in three
@@ -221,7 +221,8 @@ def sai_state_to_diffusers(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """SAI's MMDiT keys (without `model.diffusion_model.`) → SD3Transformer2DModel's, at any width and
     for any subset holding whole modules (a streamed load converts a block at a time; diffusers'
     converter wants the whole state dict). Rows come from `diffusers_rows`; a leaf other than weight
-    and bias (an fp8 weight's row scale) is split with the rows as a bias is."""
+    and bias (an fp8 weight's row scale) is split with the rows as a bias is; GGUF blocks (one row
+    of them per weight row) split as the weights do."""
     weights = {k[:-len(".weight")]: v for k, v in state.items() if k.endswith(".weight")}
     out: dict[str, Tensor] = {}
     for key, value in state.items():
@@ -230,8 +231,8 @@ def sai_state_to_diffusers(state: dict[str, Tensor]) -> dict[str, Tensor]:
             continue
         module, _, leaf = key.rpartition(".")
         if is_sai_path(module):
-            w = weights[module]
-            for path, idx in diffusers_rows(module, w.shape[0], w.shape[1]):
+            rows, in_features = weight_shape(weights[module])[:2]
+            for path, idx in diffusers_rows(module, rows, in_features):
                 out[f"{path}.{leaf}"] = value[idx].contiguous()
             continue
         m = _SAI_BLOCK.match(module)
