@@ -106,6 +106,12 @@ def is_gguf(t: Tensor | None) -> bool:
     return getattr(t, "quant_type", None) is not None
 
 
+def logical_shape(t: Tensor) -> tuple[int, ...]:
+    """A weight's shape in weights: a GGUF one holds bytes, one row of blocks per weight row, and
+    keeps the shape it stands for in `quant_shape` (torchao's tensors report theirs as shape)."""
+    return tuple(getattr(t, "quant_shape", t.shape))
+
+
 def is_quantized(t: Tensor | None) -> bool:
     """A torchao quantized weight (any subclass of a tensor that is not a plain Parameter/Tensor), or a
     GGUF file's quantized weight."""

@@ -19,13 +19,14 @@ runs after the base layer has computed W·x, which the effective-weight path mus
 
 from __future__ import annotations
 
+import math
 import types
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..quantized import is_quantized
+from ..quantized import is_quantized, logical_shape
 from . import compose
 from .modules import LoRAModule
 
@@ -113,7 +114,8 @@ def _weight_space_pays(module: nn.Module, x: Tensor, live: _Live) -> bool:
     if any(not isinstance(e[1], LoRAModule) for e in live.entries):
         return True  # its branch builds the full ΔW and runs a second GEMM of the base's size
     w = module.weight
-    d, k = w.shape[0], w[0].numel()
+    shape = logical_shape(w)
+    d, k = shape[0], math.prod(shape[1:])
     if isinstance(module, nn.Linear):
         tokens = x.numel() // max(x.shape[-1], 1)
     else:

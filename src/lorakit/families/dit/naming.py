@@ -13,6 +13,8 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import Tensor
 
+from ...quantized import logical_shape as weight_shape  # noqa: F401 - the converters' shape of a weight
+
 UNET_PREFIX = "lora_unet_"
 
 
@@ -24,12 +26,6 @@ def swap_rows(rows: int) -> Tensor:
     """Row order of an adaLN layer whose two halves diffusers stores the other way round."""
     half = rows // 2
     return torch.cat([torch.arange(half, rows), torch.arange(0, half)])
-
-
-def weight_shape(t: Tensor) -> tuple[int, ...]:
-    """A weight's shape in weights: a GGUF-quantized one (diffusers' GGUFParameter) holds bytes, one
-    row of blocks per weight row, and keeps the shape it stands for in `quant_shape`."""
-    return tuple(getattr(t, "quant_shape", t.shape))
 
 
 def underscored(paths: Iterable[str]) -> dict[str, str]:
