@@ -86,16 +86,16 @@ def dequantized(t: Tensor, scale: Tensor | None) -> Tensor:
 def place(model: nn.Module, state: dict[str, Tensor], to: Target,
           scales: dict[str, Tensor] | None = None) -> list[str]:
     """Put `state` (names of `model`'s state dict) into `model` in the format `to` asks for; `scales`:
-    the per-tensor or per-row scale of fp8 tensors. Returns the names `model` does not have; a
-    ValueError for a tensor of another shape."""
+    the per-tensor or per-row scale of fp8 tensors. `state` is emptied as it goes, so that a read
+    tensor is freed once it is in (a quantized model's peak: itself plus what is left of one group).
+    Returns the names `model` does not have; a ValueError for a tensor of another shape."""
     scales = scales or {}
     own = dict(model.named_parameters())
     own.update(dict(model.named_buffers()))
     unknown = [k for k in state if k not in own]
     plain = {}
-    for key, t in state.items():
-        if key in unknown:
-            continue
+    for key in [k for k in state if k not in unknown]:
+        t = state.pop(key)
         shape = tuple(getattr(t, "quant_shape", t.shape))
         if shape != tuple(own[key].shape):
             raise ValueError(f"tensor {key} has shape {shape}, the model expects {tuple(own[key].shape)}")

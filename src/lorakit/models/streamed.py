@@ -78,12 +78,11 @@ def load_denoiser(folder: Path, class_name: str, dtype: torch.dtype, base_precis
                 part = {key: f.get_tensor(key) for key in keys}
             if set(part) - expected:
                 return None
+            seen |= set(part)
             try:
-                place(model, part, to)
+                place(model, part, to)  # empties `part` as it goes
             except ValueError:  # a tensor of another shape: diffusers' own load says so
                 return None
-            seen |= set(part)
-            del part
     if seen != expected or any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
         return None
     model.register_to_config(_name_or_path=str(folder.parent))

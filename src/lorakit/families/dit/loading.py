@@ -7,7 +7,6 @@ layout back as one file with SAI's model-spec header.
 from __future__ import annotations
 
 import importlib
-import re
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -93,17 +92,16 @@ def transformer_names(ckpt, prefix: str, heads: tuple[str, ...]) -> dict[str, st
 
 
 def _group(name: str) -> str:
-    """Tensors read together: a block (`double_blocks.7`, `distilled_guidance_layer.layers.2`) or one
-    top-level module; a fused module's weight and bias always share one."""
-    m = re.match(r"^(.*?\.\d+)\.", name)
-    return m[1] if m else name.split(".", 1)[0]
+    """Tensors read together: one module's (weight, bias, fp8 scale), which is what the converters
+    need together (a fused layer's bias is split by its weight's rows), and the least to hold."""
+    return name.rpartition(".")[0]
 
 
 def stream_transformer(ckpt, cls, config_dir: Path, names: Mapping[str, str],
                        to_diffusers: Callable[[dict], dict], dtype, base_precision: str = "auto"):
-    """The transformer built on `meta` from its config, its tensors read a block at a time (`names`:
+    """The transformer built on `meta` from its config, its tensors read a module at a time (`names`:
     {original name: name in the file}), converted with the family's `to_diffusers` and put in
-    already in the target format (`placing`): the model plus one block at the peak, never the state
+    already in the target format (`placing`): the model plus one layer at the peak, never the state
     dict, a converted copy and the model at once. fp8 file tensors keep their data and scale, GGUF
     ones their blocks, where the target allows."""
     from accelerate import init_empty_weights

@@ -28,6 +28,15 @@ def swap_rows(rows: int) -> Tensor:
     return torch.cat([torch.arange(half, rows), torch.arange(0, half)])
 
 
+def take_rows(value: Tensor, idx: Tensor) -> Tensor:
+    """value's rows idx: a view where they are consecutive (q, k, v of a fused layer: a streamed load
+    then holds no second copy of the layer), a copy otherwise (swapped adaLN halves)."""
+    n = idx.numel()
+    if n and torch.equal(idx, torch.arange(int(idx[0]), int(idx[0]) + n)):
+        return value.narrow(0, int(idx[0]), n)
+    return value[idx].contiguous()
+
+
 def underscored(paths: Iterable[str]) -> dict[str, str]:
     """{path spelled with "_" for ".": path}: kohya's and OneTrainer's names read back."""
     return {p.replace(".", "_"): p for p in paths}
