@@ -224,3 +224,28 @@ def test_a_lora_trains_on_a_gguf_flux_and_generates(tmp_path):
     with_lora = generate(model, "a square", loras=[LoraSpec(cfg.out, 4.0)], merge=False, **kw)
     a, b = (np.asarray(r.images[0], dtype=np.int16) for r in (base, with_lora))
     assert a.shape == (32, 32, 3) and np.abs(a - b).max() > 0
+
+
+def test_an_sd3_gguf_file_takes_its_vae_and_encoders_from_the_folder(tmp_path):
+    """city96's SD 3.5 GGUF holds the MMDiT only: the VAE comes from --text-encoders DIR with the
+    text encoders; the pipeline generates."""
+    import json
+
+    from sd3_support import tiny_sd3_pipeline
+
+    from lorakit.generate import generate
+    from lorakit.models import load_model
+
+    pipe = tiny_sd3_pipeline(transformer=SD3_WIDE)
+    parts = tmp_path / "parts"
+    pipe.save_pretrained(str(parts))
+    folder = config_folder(pipe.transformer, tmp_path / "config")
+    pipe.scheduler.save_pretrained(str(folder / "scheduler"))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    path = tmp_path / "sd3-tiny-Q8_0.gguf"
+    write_gguf(original(KINDS["sd3"], pipe.transformer), path, "sd3", Q.Q8_0)
+    model = load_model(str(path), config_dir=folder, text_encoders=parts)
+    assert model.family == "sd3" and quantized.has_quantized(model.pipe.transformer)
+    assert torch.equal(model.pipe.vae.decoder.conv_out.weight, pipe.vae.decoder.conv_out.weight)
+    image = generate(model, "a square", steps=2, seed=0, width=32, height=32, guidance=3.0, progress=False).images[0]
+    assert np.asarray(image).shape == (32, 32, 3)

@@ -5,8 +5,9 @@
   (VAE) and, in the `_incl_clips` / `_incl_clips_t5xxlfp8` files, `text_encoders.clip_l|clip_g|t5xxl.
   transformer.*`. The transformer is streamed a block at a time into the model built from the
   shipped config (fp8 files too, dit/loading.py); the VAE goes through diffusers' `from_single_file`
-  (no network); text encoders missing from the file come from `text_encoders` (a diffusers-
-  style folder with text_encoder, text_encoder_2, text_encoder_3, tokenizer_3) or the hub cache.
+  (no network); a VAE or text encoders missing from the file (GGUF files hold the MMDiT only) come
+  from `text_encoders` (a diffusers-style folder with vae, text_encoder, text_encoder_2,
+  text_encoder_3, tokenizer_3) or the hub cache.
 
 The CLIP tokenizers ship with lorakit; T5's (sentencepiece, Apache-2.0 but 800 kB of model data
 tied to a hub repo) does not, so T5 always needs a folder or the hub cache.
@@ -30,7 +31,9 @@ _HEADS = ("joint_blocks.", "x_embedder.", "pos_embed", "t_embedder.", "y_embedde
 TE_PREFIX = {"text_encoder": "text_encoders.clip_l.transformer.",
              "text_encoder_2": "text_encoders.clip_g.transformer.",
              "text_encoder_3": "text_encoders.t5xxl.transformer."}
-PARTS = {"text_encoder": ("transformers", "CLIPTextModelWithProjection", "CLIP-L (text_encoder)"),
+VAE_PREFIX = "first_stage_model."
+PARTS = {"vae": ("diffusers", "AutoencoderKL", "the VAE (vae)"),
+         "text_encoder": ("transformers", "CLIPTextModelWithProjection", "CLIP-L (text_encoder)"),
          "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", "CLIP-G (text_encoder_2)"),
          "text_encoder_3": ("transformers", "T5EncoderModel", "T5-XXL (text_encoder_3)"),
          "tokenizer_3": ("transformers", "AutoTokenizer", "the T5 tokenizer (tokenizer_3)")}
@@ -128,20 +131,22 @@ def build_pipeline(ckpt: Checkpoint, *, dtype=torch.float32, config_dir: Path | 
     config_dir = Path(config_dir) if config_dir is not None else shipped_config(name)
     te_dir = parts_folder(text_encoders, "text_encoder, text_encoder_2, text_encoder_3 and tokenizer_3 "
                                          "(a diffusers SD3 folder will do)")
-    parts: dict = {"transformer": None, "vae": None}
-    with quiet_loading():
-        if "unet" in components:
-            parts["transformer"] = load_transformer(ckpt, config_dir, dtype, base_precision)
-        if "vae" in components:
-            parts["vae"] = load_diffusers_part(diffusers.AutoencoderKL, ckpt, "first_stage_model.", "vae",
-                                               config_dir, dtype)
+    parts: dict = {"transformer": None}
+    if "unet" in components:
+        parts["transformer"] = load_transformer(ckpt, config_dir, dtype, base_precision)
 
     def in_file(sub: str):
+        if sub == "vae":  # SAI's files hold it; GGUF and transformer-only files do not
+            if not ckpt.has(VAE_PREFIX):
+                return None
+            with quiet_loading():
+                return load_diffusers_part(diffusers.AutoencoderKL, ckpt, VAE_PREFIX, "vae", config_dir, dtype)
         if sub == "tokenizer_3" or not ckpt.has(TE_PREFIX[sub]):
             return None
         return _t5(ckpt, config_dir, dtype) if sub == "text_encoder_3" else _clip(ckpt, sub, config_dir, dtype)
 
-    wanted = PARTS if "text_encoders" in components else ()
+    wanted = [s for s in PARTS if (s == "vae" and "vae" in components)
+              or (s != "vae" and "text_encoders" in components)]
     found, missing = gather(PARTS, wanted, te_dir, HUB[name], dtype, in_file)
     parts.update(found)
     if missing:
