@@ -110,3 +110,24 @@ def test_scaled_fp8_output_matches_the_dequantized_model(files):
         a = fp8(hidden_states=x, encoder_hidden_states=ctx, pooled_projections=pooled, timestep=t).sample
         b = ref(hidden_states=x, encoder_hidden_states=ctx, pooled_projections=pooled, timestep=t).sample
     assert (a - b).abs().max() < 1e-4 * b.abs().max() + 1e-5
+
+
+def test_scaled_fp8_text_encoders_in_an_sd3_file_read_data_times_scale(tmp_path):
+    """ComfyUI's SD 3.5 fp8 files scale the bundled text encoders' weights too: CLIP-L comes out as
+    data × scale_weight (a plain cast would drop the scale)."""
+    from sd3_support import tiny_sd3_pipeline
+
+    from lorakit.families.sd3.loading import TE_PREFIX, _clip
+
+    pipe = tiny_sd3_pipeline()
+    prefix = TE_PREFIX["text_encoder"]
+    state, scales = fp8_state(pipe.text_encoder.state_dict(), scaled=True)
+    state.pop("scaled_fp8")
+    write({prefix + k: v for k, v in state.items()}, tmp_path / "te.safetensors", prefix="")
+    pipe.text_encoder.config.save_pretrained(str(tmp_path / "config" / "text_encoder"))
+    clip = _clip(open_checkpoint(tmp_path / "te.safetensors"), "text_encoder", tmp_path / "config", torch.float32)
+    numbers = dequantized_state(state, scales)
+    assert len(scales) > 5
+    for k, p in clip.state_dict().items():
+        if k in numbers:
+            assert torch.equal(p, numbers[k]), k

@@ -249,3 +249,17 @@ def test_an_sd3_gguf_file_takes_its_vae_and_encoders_from_the_folder(tmp_path):
     assert torch.equal(model.pipe.vae.decoder.conv_out.weight, pipe.vae.decoder.conv_out.weight)
     image = generate(model, "a square", steps=2, seed=0, width=32, height=32, guidance=3.0, progress=False).images[0]
     assert np.asarray(image).shape == (32, 32, 3)
+
+
+def test_a_truncated_gguf_file_is_refused_in_one_line(files, tmp_path):
+    from lorakit.errors import LoraKitError
+
+    path = files[("flux", Q.Q8_0)][0]
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[:-5000])
+    with pytest.raises(LoraKitError, match="cut.gguf.*(not a readable GGUF file|cut short)"):
+        ckpt = open_checkpoint(cut)
+        KINDS["flux"].load(ckpt, files[("flux", Q.Q8_0)][1], torch.float32, "auto")
+    (tmp_path / "junk.gguf").write_bytes(b"GGUF" + bytes(100))
+    with pytest.raises(LoraKitError, match="not a readable GGUF file"):
+        open_checkpoint(tmp_path / "junk.gguf")

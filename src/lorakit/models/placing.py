@@ -83,6 +83,19 @@ def dequantized(t: Tensor, scale: Tensor | None) -> Tensor:
     return out * s
 
 
+def apply_scales(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A whole part's state (a text encoder in an SD 3.5 fp8 file) with ComfyUI's scaled fp8 weights
+    as data × `scale_weight` in fp32 and the scale keys dropped; plain fp8 weights are left as they
+    are (a cast reads them right)."""
+    out = {k: v for k, v in state.items() if not k.endswith((".scale_weight", ".scale_input"))}
+    for k, v in state.items():
+        if k.endswith(".scale_weight"):
+            weight = k[:-len(".scale_weight")] + ".weight"
+            if weight in out and is_fp8(out[weight]):
+                out[weight] = dequantized(out[weight], v)
+    return out
+
+
 def place(model: nn.Module, state: dict[str, Tensor], to: Target,
           scales: dict[str, Tensor] | None = None) -> list[str]:
     """Put `state` (names of `model`'s state dict) into `model` in the format `to` asks for; `scales`:

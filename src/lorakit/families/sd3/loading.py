@@ -21,6 +21,7 @@ import torch
 
 from ...errors import LoraKitError
 from ...models.checkpoint import Checkpoint
+from ...models.placing import apply_scales
 from ...models.single_file import CONFIGS_DIR, check_complete, load_diffusers_part, quiet_loading, tie_position_ids
 from ..dit.loading import flow_scheduler, gather, parts_folder, stream_transformer, transformer_names, write_original
 
@@ -73,7 +74,7 @@ def _clip(ckpt: Checkpoint, sub: str, config_dir: Path, dtype):
     config = CLIPTextConfig.from_pretrained(str(config_dir / sub), local_files_only=True)
     with init_empty_weights():
         model = CLIPTextModelWithProjection(config)
-    state = {k[len(prefix):]: v for k, v in ckpt.read([prefix]).items()}
+    state = apply_scales({k[len(prefix):]: v for k, v in ckpt.read([prefix]).items()})
     if "text_projection.weight" not in state and sub == "text_encoder":
         # SAI files hold no CLIP-L projection: diffusers' own single-file loader uses the identity
         state["text_projection.weight"] = torch.eye(config.hidden_size, config.projection_dim)
@@ -97,7 +98,7 @@ def _t5(ckpt: Checkpoint, config_dir: Path, dtype):
     config = T5Config.from_pretrained(str(config_dir / "text_encoder_3"), local_files_only=True)
     with init_empty_weights():
         model = T5EncoderModel(config)
-    state = {k[len(prefix):]: v for k, v in ckpt.read([prefix]).items()}
+    state = apply_scales({k[len(prefix):]: v for k, v in ckpt.read([prefix]).items()})
     if "encoder.embed_tokens.weight" not in state and "shared.weight" in state:
         state["encoder.embed_tokens.weight"] = state["shared.weight"]
     expected = model.state_dict()
