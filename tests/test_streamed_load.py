@@ -173,3 +173,31 @@ def test_diffusers_folder_denoiser_quantized_as_read(tmp_path, fmt):
     for (k, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters()):
         assert quantized.format_of(a) == quantized.format_of(b), k
         assert torch.equal(quantized.dequantize(a), quantized.dequantize(b)), k
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_unet_single_files_stream_equal_to_diffusers_load(tmp_path, monkeypatch, family, dtype):
+    """SD 1.x/2.x/XL: the UNet read a tensor at a time equals diffusers' from_single_file, bit for bit."""
+    from models_support import write_config_dir
+
+    from lorakit.families.unet import loading
+    from lorakit.families.unet.loading import UNET, load_unet
+    from lorakit.families.unet.original_layout import unet_to_original
+    from lorakit.models.single_file import load_diffusers_part
+    from lorakit.models.tiny import tiny_pipeline
+
+    import diffusers
+
+    pipe = tiny_pipeline(family)
+    config = write_config_dir(pipe, tmp_path / "config")
+    path = write(unet_to_original(pipe.unet.state_dict(), pipe.unet.config), tmp_path / "u.safetensors", prefix="")
+    with monkeypatch.context() as m:  # streamed, not diffusers' whole-state fallback
+        m.setattr(loading, "load_diffusers_part", None)
+        ours = load_unet(open_checkpoint(path), config, DTYPES[dtype])
+    ref = load_diffusers_part(diffusers.UNet2DConditionModel, open_checkpoint(path), UNET, "unet", config,
+                              DTYPES[dtype])
+    assert_same_model(ours, ref)
+    int8 = load_unet(open_checkpoint(path), config, torch.bfloat16, "int8")
+    n = quantized.quantize_linears(ref.to(torch.bfloat16), "int8", torch.bfloat16)
+    assert n > 3 and sum(quantized.is_quantized(p) for p in int8.parameters()) == n

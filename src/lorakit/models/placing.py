@@ -103,17 +103,21 @@ def place(model: nn.Module, state: dict[str, Tensor], to: Target,
     tensor is freed once it is in (a quantized model's peak: itself plus what is left of one group).
     Returns the names `model` does not have; a ValueError for a tensor of another shape."""
     scales = scales or {}
-    own = dict(model.named_parameters())
-    own.update(dict(model.named_buffers()))
-    unknown = [k for k in state if k not in own]
-    plain = {}
-    for key in [k for k in state if k not in unknown]:
+    unknown = []
+    for key in list(state):
         t = state.pop(key)
-        shape = tuple(getattr(t, "quant_shape", t.shape))
-        if shape != tuple(own[key].shape):
-            raise ValueError(f"tensor {key} has shape {shape}, the model expects {tuple(own[key].shape)}")
         path, _, leaf = key.rpartition(".")
-        module = model.get_submodule(path) if path else model
+        try:
+            module = model.get_submodule(path) if path else model
+        except AttributeError:
+            module = None
+        own = None if module is None else module._parameters.get(leaf, module._buffers.get(leaf))
+        if own is None:
+            unknown.append(key)
+            continue
+        shape = tuple(getattr(t, "quant_shape", t.shape))
+        if shape != tuple(own.shape):
+            raise ValueError(f"tensor {key} has shape {shape}, the model expects {tuple(own.shape)}")
         linear_weight = leaf == "weight" and isinstance(module, nn.Linear)
         if to.fmt == "gguf" and is_gguf(t) and linear_weight:
             _gguf_linear(model, path, module, to.dtype).weight = t
@@ -125,9 +129,11 @@ def place(model: nn.Module, state: dict[str, Tensor], to: Target,
         if to.fmt in quantized.QUANTIZED and linear_weight and quantized.quantizable(t, to.fmt):
             module.weight = nn.Parameter(quantized.quantize(t, to.fmt, to.dtype), requires_grad=False)
             continue
-        plain[key] = t.to(to.dtype) if t.is_floating_point() else t
-    if plain:
-        model.load_state_dict(plain, strict=False, assign=True)
+        t = t.to(to.dtype) if t.is_floating_point() else t
+        if leaf in module._parameters:
+            module._parameters[leaf] = nn.Parameter(t, requires_grad=own.requires_grad)
+        else:
+            module._buffers[leaf] = t
     return unknown
 
 
