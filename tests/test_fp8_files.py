@@ -53,11 +53,23 @@ def test_fp8_files_are_recognised_by_their_tensor_names(files, name, scaled):
 
 @pytest.mark.parametrize("name,scaled", FILES)
 @pytest.mark.parametrize("precision", ["fp8", "auto"])
-def test_fp8_data_goes_in_as_it_is(files, name, scaled, precision):
+def test_fp8_data_goes_in_as_it_is(files, name, scaled, precision, monkeypatch):
     """Every Linear that suits fp8 holds the file's bytes (rows split as diffusers names them) and
-    dequantizes to data × scale exactly; everything else is data × scale in the compute dtype."""
+    dequantizes to data × scale exactly, never upcast on the way; everything else is data × scale
+    in the compute dtype."""
+    from lorakit.models import placing
+
     path, config, numbers, data = files[(name, scaled)]
+    upcast, real = [], placing.dequantized
+
+    def dequantized(t, scale):
+        if t.dtype == torch.float8_e4m3fn and quantized.quantizable(t, "fp8"):
+            upcast.append(tuple(t.shape))
+        return real(t, scale)
+
+    monkeypatch.setattr(placing, "dequantized", dequantized)
     model = KINDS[name].load(open_checkpoint(path), config, torch.bfloat16, precision)
+    assert upcast == []
     held = 0
     for k, p in model.state_dict().items():
         if quantized.is_quantized(p):
