@@ -86,16 +86,32 @@ def compute_dtype(device: str | torch.device = "cpu") -> torch.dtype:
     return torch.float32
 
 
+def is_gguf(t: Tensor | None) -> bool:
+    """A GGUF file's quantized weight as diffusers holds it (GGUFParameter: raw blocks + quant type)."""
+    return getattr(t, "quant_type", None) is not None
+
+
+def logical_shape(t: Tensor) -> tuple[int, ...]:
+    """A weight's shape in weights: a GGUF one holds bytes, one row of blocks per weight row, and
+    keeps the shape it stands for in `quant_shape` (torchao's tensors report theirs as shape)."""
+    return tuple(getattr(t, "quant_shape", t.shape))
+
+
 def is_quantized(t: Tensor | None) -> bool:
-    """A torchao quantized weight (any subclass of a tensor that is not a plain Parameter/Tensor)."""
+    """A torchao quantized weight (any subclass of a tensor that is not a plain Parameter/Tensor), or a
+    GGUF file's quantized weight."""
     if t is None:
         return False
+    if is_gguf(t):
+        return True
     data = t.data if isinstance(t, nn.Parameter) else t
     return type(data) not in (Tensor, nn.Parameter) and type(data).__module__.startswith("torchao")
 
 
 def format_of(t: Tensor) -> str:
     """fp8, int8 or nf4 for a quantized weight, else the plain dtype's name."""
+    if is_gguf(t):
+        return "gguf-" + t.quant_type.name
     if is_quantized(t):
         name = type(t.data if isinstance(t, nn.Parameter) else t).__name__
         return {"Float8Tensor": "fp8", "Int8Tensor": "int8", "NF4Tensor": "nf4"}.get(name, name)
@@ -154,12 +170,26 @@ def from_fp8(data: Tensor, scale: Tensor | float | None, dtype: torch.dtype) -> 
 @torch.no_grad()
 def dequantize(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """The weight as a plain tensor in `dtype` (a plain weight is cast)."""
+    if is_gguf(t):
+        return _gguf_dequantize(t).to(dtype)
     data = t.data if isinstance(t, nn.Parameter) else t
     if not is_quantized(data):
         return data.to(dtype)
     if format_of(data) == "nf4":
         return data.get_original_weight().to(dtype)
     return data.dequantize(dtype)
+
+
+def _gguf_dequantize(t: Tensor) -> Tensor:
+    """A GGUF weight's numbers in fp32 through diffusers' block functions (its own
+    `dequantize_gguf_tensor` multiplies Q8_0's scales in fp16, for speed)."""
+    from diffusers.quantizers.gguf.utils import GGML_QUANT_SIZES, dequantize_functions
+
+    block, size = GGML_QUANT_SIZES[t.quant_type]
+    raw = t.as_tensor().view(torch.uint8)
+    shape = (*raw.shape[:-1], raw.shape[-1] // size * block)
+    out = dequantize_functions[t.quant_type](raw.reshape(-1, size), block, size, dtype=torch.float32)
+    return out.reshape(shape).to(torch.float32)
 
 
 def stored_bytes(module: nn.Module) -> int:
@@ -171,6 +201,8 @@ def stored_bytes(module: nn.Module) -> int:
 
 
 def tensor_bytes(t: Tensor) -> int:
+    if is_gguf(t):
+        return t.numel() * t.element_size()  # the blocks as stored, scales included
     data = t.data if isinstance(t, nn.Parameter) else t
     if not is_quantized(data):
         return data.numel() * data.element_size()
@@ -210,7 +242,8 @@ def cast_plain(model: nn.Module, dtype: torch.dtype, device: str | torch.device 
                 continue
             if is_quantized(p):
                 if device is not None and p.device != torch.device(device):
-                    module._parameters[name] = nn.Parameter(p.data.to(device), requires_grad=False)
+                    moved = p.to(device) if is_gguf(p) else nn.Parameter(p.data.to(device), requires_grad=False)
+                    module._parameters[name] = moved
                 continue
             target = dtype if p.is_floating_point() else p.dtype
             if p.dtype != target or (device is not None and p.device != torch.device(device)):

@@ -19,12 +19,14 @@ runs after the base layer has computed W·x, which the effective-weight path mus
 
 from __future__ import annotations
 
+import math
 import types
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..quantized import is_quantized, logical_shape
 from . import compose
 from .modules import LoRAModule
 
@@ -105,12 +107,15 @@ def _needs_branch(adapter: nn.Module) -> bool:
 def _weight_space_pays(module: nn.Module, x: Tensor, live: _Live) -> bool:
     if live.previous is not None:  # e.g. an offloading wrapper that must run around the layer
         return False
+    if is_quantized(module.weight):  # W_q·x + B·A·x: a merged copy would be a full-precision weight
+        return False
     if any(_needs_branch(e[1]) for e in live.entries):
         return False
     if any(not isinstance(e[1], LoRAModule) for e in live.entries):
         return True  # its branch builds the full ΔW and runs a second GEMM of the base's size
     w = module.weight
-    d, k = w.shape[0], w[0].numel()
+    shape = logical_shape(w)
+    d, k = shape[0], math.prod(shape[1:])
     if isinstance(module, nn.Linear):
         tokens = x.numel() // max(x.shape[-1], 1)
     else:

@@ -16,6 +16,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..quantized import logical_shape
 from . import compose
 from . import functional as LF
 from . import live
@@ -262,7 +263,7 @@ def _remerge(sites: list, states: list[_MergeState]) -> None:
 def _check_shapes(name: str, kind: str, w: Mapping[str, Tensor], module: nn.Module, alpha, source: str) -> None:
     from ..errors import LoraKitError
 
-    shape = tuple(module.weight.shape)
+    shape = logical_shape(module.weight)
     if kind == "unknown":
         raise LoraKitError(f"module {name} has keys {sorted(w)} that form no known adapter", source)
     if "dora_scale" in w:

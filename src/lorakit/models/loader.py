@@ -22,7 +22,7 @@ from .base import PREDICTION_TYPES, BaseModel, detect_family
 from .single_file import quiet_loading
 
 COMPONENTS = ("unet", "text_encoders", "vae")
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".gguf", ".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 

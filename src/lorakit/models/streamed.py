@@ -1,11 +1,13 @@
-"""A diffusers folder's denoiser read tensor by tensor into a half-precision dtype.
+"""A diffusers folder's denoiser read tensor by tensor into a half-precision dtype, or with its
+Linear weights quantized (fp8/int8/nf4) as they are read.
 
 diffusers' `from_pretrained(torch_dtype=bf16)` reads a component's whole fp32 state dict before
 casting it: for SD 1.5's UNet 3.4 GB of fp32 on top of the 1.7 GB bf16 result, which sets the
 peak memory of a bf16 training run. Here each group of tensors is read, cast and placed in a model
 built on the meta device, and the file is opened anew per group so that the pages read so far are
 unmapped (mapped file pages count in a process's resident memory): the peak is the result plus
-one group. Written by hand because neither diffusers nor safetensors casts while reading.
+one group (placing.py puts each tensor in, cast or quantized). Written by hand because neither
+diffusers nor safetensors casts or quantizes while reading.
 """
 
 from __future__ import annotations
@@ -35,28 +37,32 @@ def _weight_files(folder: Path) -> list[Path] | None:
     return None
 
 
-def load_denoiser(folder: Path, class_name: str, dtype: torch.dtype):
-    """The denoiser in `folder` (a component folder of a diffusers model) in `dtype`, or None where it
-    is not a plain safetensors component that this reader fully covers (the caller then uses diffusers)."""
+def load_denoiser(folder: Path, class_name: str, dtype: torch.dtype, base_precision: str = "auto"):
+    """The denoiser in `folder` (a component folder of a diffusers model) in `dtype` (or the quantized
+    `base_precision`, computing in `dtype`), or None where it is not a plain safetensors component
+    that this reader fully covers (the caller then uses diffusers)."""
     import diffusers
     from accelerate import init_empty_weights
     from safetensors import safe_open
+
+    from .placing import place, target
 
     files = _weight_files(folder)
     cls = getattr(diffusers, class_name, None)
     if files is None or cls is None or not (folder / "config.json").is_file():
         return None
+    headers = {}
+    for path in files:
+        with safe_open(str(path), "pt") as f:
+            headers[path] = [(k, f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in f.keys()]
+    fp8_file = any(d.startswith("F8") for sizes in headers.values() for _, _, d in sizes)
+    to = target(base_precision, dtype, fp8_file=fp8_file)
     config = cls.load_config(folder)
     with init_empty_weights():
         model = cls.from_config(config)
     expected = set(model.state_dict())
     seen: set[str] = set()
-    for path in files:
-        with safe_open(str(path), "pt") as f:
-            sizes = []
-            for key in f.keys():
-                sl = f.get_slice(key)
-                sizes.append((key, sl.get_shape(), sl.get_dtype()))
+    for path, sizes in headers.items():
         groups, group, size = [], [], 0
         for key, shape, _ in sizes:
             n = 4 * max(1, int(torch.tensor(shape).prod()) if shape else 1)
@@ -69,16 +75,14 @@ def load_denoiser(folder: Path, class_name: str, dtype: torch.dtype):
             groups.append(group)
         for keys in groups:
             with safe_open(str(path), "pt") as f:  # reopened per group: closing unmaps the pages read
-                part = {}
-                for key in keys:
-                    t = f.get_tensor(key)
-                    part[key] = t.to(dtype) if t.is_floating_point() else t
-            unknown = set(part) - expected
-            if unknown:
+                part = {key: f.get_tensor(key) for key in keys}
+            if set(part) - expected:
                 return None
-            model.load_state_dict(part, strict=False, assign=True)
             seen |= set(part)
-            del part
+            try:
+                place(model, part, to)  # empties `part` as it goes
+            except ValueError:  # a tensor of another shape: diffusers' own load says so
+                return None
     if seen != expected or any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
         return None
     model.register_to_config(_name_or_path=str(folder.parent))

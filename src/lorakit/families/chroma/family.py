@@ -76,7 +76,7 @@ class Chroma(Flux):
         from .loading import build_pipeline
 
         return build_pipeline(ckpt, Path(config_dir), dtype=dtype, text_encoders=options.get("text_encoders"),
-                              components=components)
+                              components=components, base_precision=options.get("base_precision", "auto"))
 
     def to_original(self, denoiser=None, denoiser_config=None, vae=None, vae_config=None,
                     text_encoders: list | None = None) -> dict:

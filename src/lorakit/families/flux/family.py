@@ -75,7 +75,7 @@ class Flux(DitLoraFiles, Family):
         from .loading import build_pipeline
 
         return build_pipeline(ckpt, self, dtype=dtype, config_dir=config_dir, text_encoders=options.get("text_encoders"),
-                              components=components)
+                              components=components, base_precision=options.get("base_precision", "auto"))
 
     def to_original(self, denoiser=None, denoiser_config=None, vae=None, vae_config=None,
                     text_encoders: list | None = None) -> dict:

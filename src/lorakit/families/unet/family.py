@@ -93,7 +93,7 @@ class UNetFamily(Family):
         from .loading import build_pipeline
 
         return build_pipeline(ckpt, self.name, config_dir, dtype=dtype, prediction_type=prediction_type,
-                              components=components)
+                              components=components, base_precision=options.get("base_precision", "auto"))
 
     def to_original(self, denoiser=None, denoiser_config=None, vae=None, vae_config=None,
                     text_encoders: list | None = None) -> dict:
