@@ -162,6 +162,13 @@ def dequantize(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     return data.dequantize(dtype)
 
 
+def plain_copy(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A new plain tensor holding the weight in `dtype`, dequantized when quantized: safe to change in
+    place (dequantize gives a plain weight itself back when it is already in `dtype`)."""
+    data = t.data if isinstance(t, nn.Parameter) else t
+    return dequantize(data, dtype) if is_quantized(data) else data.detach().to(dtype, copy=True)
+
+
 def stored_bytes(module: nn.Module) -> int:
     """Bytes the module's parameters and buffers hold, quantized ones as stored."""
     total = 0
@@ -202,8 +209,9 @@ def has_quantized(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def cast_plain(model: nn.Module, dtype: torch.dtype, device: str | torch.device | None = None) -> nn.Module:
-    """`model.to(device, dtype)` for its plain floating tensors; quantized weights only move."""
+def cast_plain(model: nn.Module, dtype: torch.dtype | None, device: str | torch.device | None = None) -> nn.Module:
+    """`model.to(device, dtype)` for its plain floating tensors; quantized weights only move (dtype
+    None: only move)."""
     for module in model.modules():
         for name, p in list(module._parameters.items()):
             if p is None:
@@ -212,11 +220,11 @@ def cast_plain(model: nn.Module, dtype: torch.dtype, device: str | torch.device 
                 if device is not None and p.device != torch.device(device):
                     module._parameters[name] = nn.Parameter(p.data.to(device), requires_grad=False)
                 continue
-            target = dtype if p.is_floating_point() else p.dtype
+            target = dtype if dtype is not None and p.is_floating_point() else p.dtype
             if p.dtype != target or (device is not None and p.device != torch.device(device)):
                 p.data = p.data.to(device=device, dtype=target)
         for name, b in list(module._buffers.items()):
             if b is not None:
-                target = dtype if b.is_floating_point() else b.dtype
+                target = dtype if dtype is not None and b.is_floating_point() else b.dtype
                 module._buffers[name] = b.to(device=device, dtype=target)
     return model

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import quantized
 from . import compose
 from .modules import LoRAModule
 
@@ -110,7 +111,7 @@ def _weight_space_pays(module: nn.Module, x: Tensor, live: _Live) -> bool:
     if any(not isinstance(e[1], LoRAModule) for e in live.entries):
         return True  # its branch builds the full ΔW and runs a second GEMM of the base's size
     w = module.weight
-    d, k = w.shape[0], w[0].numel()
+    d, k = w.shape[0], w.shape[1:].numel()
     if isinstance(module, nn.Linear):
         tokens = x.numel() // max(x.shape[-1], 1)
     else:
@@ -122,7 +123,8 @@ def _weight_space_pays(module: nn.Module, x: Tensor, live: _Live) -> bool:
 @torch.no_grad()
 def effective_weight(module: nn.Module, entries: list) -> Tensor:
     """W + Σ m·ΔW in the weight's dtype, computed in fp32 as `LoRANetwork.merge` computes it (so a
-    LoRA on the fly draws what the same LoRA merged draws)."""
+    LoRA on the fly draws what the same LoRA merged draws). An fp8/int8/nf4 weight gives W + ΔW in its
+    compute precision, as merging into it does."""
     w = module.weight
     out = _weight_before(module, entries)
     return out if w.dtype == torch.float32 else out.to(w.dtype)
@@ -130,7 +132,7 @@ def effective_weight(module: nn.Module, entries: list) -> Tensor:
 
 def _weight_before(module: nn.Module, entries: list, stop: nn.Module | None = None) -> Tensor:
     """The layer's weight (fp32) with the ΔW of its adapters before `stop` (all when None) added."""
-    out = module.weight.detach().to(torch.float32, copy=True)
+    out = quantized.plain_copy(module.weight, torch.float32)
     for entry in entries:
         adapter, rows = entry[1], entry[2]
         if adapter is stop:

@@ -16,6 +16,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from .. import quantized
 from . import compose
 from . import functional as LF
 from . import live
@@ -30,7 +31,9 @@ class _MergeState:
     the model in memory); fp16/bf16 layers and layers holding a DoRA (whose ΔW depends on the
     weight it lands on, so that subtracting cannot undo it) keep the original: an unmerge puts it
     back and merges again, in their order, the networks that stay, which gives exactly the weight
-    those alone would have given, and the original itself bit for bit once none stays.
+    those alone would have given, and the original itself bit for bit once none stays. A quantized
+    layer (fp8/int8/nf4) keeps its quantized weight itself, no copy: merging replaced it with a
+    plain one (compose.merge_into), and the unmerge puts the very same tensor back.
     """
 
     def __init__(self):
@@ -192,11 +195,13 @@ class LoRANetwork(nn.Module):
         sites = self.targets[name].sites()
         states = [_merge_state(module) for module, _ in sites]
         keep = (compose.depends_on_weight(adapter) or any(module.weight.dtype != torch.float32 for module, _ in sites)
+                or any(quantized.is_quantized(module.weight) for module, _ in sites)
                 or any(s.original is not None for s in states))
         if keep:
             for (module, _), state in zip(sites, states):
                 if state.original is None:
-                    state.original = state.rebuild_original(module) if state.merged else module.weight.detach().clone()
+                    state.original = (module.weight if quantized.is_quantized(module.weight) else
+                                      state.rebuild_original(module) if state.merged else module.weight.detach().clone())
         compose.merge_into(sites, adapter, self._multiplier)
         for (_, rows), state in zip(sites, states):
             state.merged[(id(self), name)] = (self, name, rows)
@@ -254,7 +259,10 @@ class LoRANetwork(nn.Module):
 def _remerge(sites: list, states: list[_MergeState]) -> None:
     """The original weights back, then the networks still merged, in the order they were merged."""
     for (module, _), state in zip(sites, states):
-        module.weight.copy_(state.original)
+        if quantized.is_quantized(state.original):
+            module.weight = state.original  # the quantized Parameter itself
+        else:
+            module.weight.copy_(state.original)
     for net, name, _ in list(states[0].merged.values()):
         compose.merge_into(net.targets[name].sites(), net.adapters[name], net.multiplier)
 

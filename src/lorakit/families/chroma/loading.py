@@ -56,7 +56,7 @@ def load_transformer(ckpt: Checkpoint, config_dir: Path, dtype):
 
 
 def build_pipeline(ckpt: Checkpoint, config_dir: Path, *, dtype=torch.float32, text_encoders: Path | None = None,
-                   components=("unet", "text_encoders", "vae")):
+                   components=("unet", "text_encoders", "vae"), base_precision: str = "auto"):
     """A ChromaPipeline from the single file (see the module docstring for the other parts)."""
     import diffusers
 

@@ -73,7 +73,8 @@ def load_transformer(ckpt: Checkpoint, config_dir: Path, dtype):
 
 
 def build_pipeline(ckpt: Checkpoint, family, *, dtype=torch.float32, config_dir: Path | None = None,
-                   text_encoders: Path | None = None, components=("unet", "text_encoders", "vae")):
+                   text_encoders: Path | None = None, components=("unet", "text_encoders", "vae"),
+                   base_precision: str = "auto"):
     """A FluxPipeline from a BFL transformer file (see the module docstring for the other parts)."""
     import diffusers
 

@@ -100,7 +100,8 @@ def _t5(ckpt: Checkpoint, config_dir: Path, dtype):
 
 
 def build_pipeline(ckpt: Checkpoint, *, dtype=torch.float32, config_dir: Path | None = None,
-                   text_encoders: Path | None = None, components=("unet", "text_encoders", "vae")):
+                   text_encoders: Path | None = None, components=("unet", "text_encoders", "vae"),
+                   base_precision: str = "auto"):
     """A StableDiffusion3Pipeline from an SAI single file (see the module docstring for the sources)."""
     import diffusers
 

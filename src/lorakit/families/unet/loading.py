@@ -77,7 +77,8 @@ def _scheduler(config_dir: Path, prediction_type: str):
 
 
 def build_pipeline(ckpt: Checkpoint, family: str, config_dir: Path, *, dtype=torch.float32,
-                   prediction_type: str = "epsilon", components=("unet", "text_encoders", "vae")):
+                   prediction_type: str = "epsilon", components=("unet", "text_encoders", "vae"),
+                   base_precision: str = "auto"):
     """The family's pipeline holding the file's tensors; parts not in `components` are None."""
     import diffusers
 
