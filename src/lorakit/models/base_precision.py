@@ -67,11 +67,13 @@ def line(model, fmt: str, dtype: torch.dtype) -> str:
     """What the base holds, in one line: its format, what it computes in and the bytes it keeps."""
     parts = big_parts(model)
     stored = sum(quantized.stored_bytes(m) for m in parts.values())
+    linears = [m for part in parts.values() for m in part.modules() if isinstance(m, nn.Linear)]
+    held = sum(quantized.is_quantized(m.weight) for m in linears)
     computes = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
     what = " and ".join(parts) or "base"
     if fmt in quantized.QUANTIZED:
-        return (f"base precision: {fmt} ({what}: Linear weights stored in {fmt}, computed in {computes}; "
-                f"{_size(stored)})")
+        return (f"base precision: {fmt} ({what}: {held} of {len(linears)} Linear weights stored in {fmt}, computed "
+                f"in {computes}; {_size(stored)})")
     return f"base precision: {fmt} ({what}: {_size(stored)})"
 
 
