@@ -359,6 +359,35 @@ def test_trainer_keeps_the_base_quantized(tmp_path, toy_data):
     assert len(result.losses) == 2 and all(map(lambda v: v == v, result.losses))
 
 
+def test_generate_on_a_quantized_base_applies_loras_on_the_fly(tmp_path, capfd):
+    """generate with --base-precision int8 draws with a LoRA; the base stays int8 (the LoRA on the fly, said
+    once), and the image differs from the one without the LoRA."""
+    import numpy as np
+
+    from conftest import tiny_model_with_lora
+    from lorakit.devices import load_model_for_inference
+    from lorakit.generate import LoraSpec, generate
+
+    root = tiny_model_with_lora(tmp_path, rank=4, alpha=4, std=0.3, seed=0)
+    model = load_model_for_inference(str(root / "model"), "cpu", "auto", "int8")
+    assert model.precision.name == "bf16" and Q.has_quantized(model.unet)
+    held = {id(p) for p in model.unet.parameters()}
+
+    def draw(loras=()):
+        r = generate(model, "a red circle", loras=loras, steps=2, width=32, height=32, progress=False)
+        return np.asarray(r.images[0], dtype=np.float32)
+
+    plain = draw()
+    lora = LoraSpec(root / "a.safetensors", 1.0)
+    with_lora = draw([lora])
+    draw([lora])
+    assert np.abs(with_lora - plain).mean() > 1.0
+    assert {id(p) for p in model.unet.parameters()} == held  # the quantized weights themselves, untouched
+    err = capfd.readouterr().err
+    assert "base precision: int8 (unet:" in err and "computed in bf16" in err
+    assert err.count("LoRAs applied on the fly on the int8 base") == 1
+
+
 # --- bad input ---------------------------------------------------------------------------------------
 
 def _one_line(capfd, rc):
