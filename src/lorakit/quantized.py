@@ -107,8 +107,17 @@ def quantizable(weight: Tensor, fmt: str) -> bool:
     if weight.dim() != 2 or weight.numel() < MIN_QUANTIZED_WEIGHTS:
         return False
     if fmt == "nf4":
-        return weight.numel() % (NF4_BLOCK * NF4_SCALER_BLOCK) == 0
+        return weight.numel() % NF4_BLOCK == 0
     return True
+
+
+def nf4_scaler_block(numel: int) -> int:
+    """Blocks sharing one double-quantized scale: QLoRA's 256 where the weight's blocks divide by it,
+    else the largest power of two that divides them (narrow layers: a few more bytes of scales)."""
+    blocks, size = numel // NF4_BLOCK, NF4_SCALER_BLOCK
+    while blocks % size:
+        size //= 2
+    return size
 
 
 @torch.no_grad()
@@ -129,7 +138,7 @@ def quantize(weight: Tensor, fmt: str, dtype: torch.dtype) -> Tensor:
     if fmt == "nf4":
         from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import to_nf4
 
-        return to_nf4(w, NF4_BLOCK, NF4_SCALER_BLOCK)
+        return to_nf4(w, NF4_BLOCK, nf4_scaler_block(w.numel()))
     raise ValueError(f"not a quantized format: {fmt}")
 
 
