@@ -200,8 +200,7 @@ class LoRANetwork(nn.Module):
         if keep:
             for (module, _), state in zip(sites, states):
                 if state.original is None:
-                    state.original = (module.weight if quantized.is_quantized(module.weight) else
-                                      state.rebuild_original(module) if state.merged else module.weight.detach().clone())
+                    state.original = _original(module, state)
         compose.merge_into(sites, adapter, self._multiplier)
         for (_, rows), state in zip(sites, states):
             state.merged[(id(self), name)] = (self, name, rows)
@@ -254,6 +253,14 @@ class LoRANetwork(nn.Module):
 
     def __len__(self) -> int:
         return len(self.adapters)
+
+
+def _original(module: nn.Module, state: _MergeState) -> Tensor:
+    """What an unmerge puts back: a quantized weight itself (merging replaces it, never changes it), else
+    a copy of the weight, rebuilt when earlier merges went in without one."""
+    if quantized.is_quantized(module.weight):
+        return module.weight
+    return state.rebuild_original(module) if state.merged else module.weight.detach().clone()
 
 
 def _remerge(sites: list, states: list[_MergeState]) -> None:
