@@ -317,6 +317,17 @@ def test_load_model_quantizes_denoiser_and_big_text_encoders(tmp_path):
         assert any(Q.format_of(m.weight) == "int8" for m in linears), name
     clip = model.pipe.text_encoder
     assert not Q.has_quantized(clip) and clip.dtype == torch.bfloat16  # the small encoder stays plain
+    # the trainer's caching stage: encoders alone, in fp32; T5 stored in fp8 computes in fp32 and encodes
+    stage = load_model(tmp_path / "flux", dtype=torch.float32, components=("vae", "text_encoders"),
+                       base_precision="fp8")
+    t5 = stage.pipe.text_encoder_2
+    assert stage.unet is None and Q.has_quantized(t5)
+    ids = stage.pipe.tokenizer_2(["a red circle"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        fp8_out = t5(ids)[0]
+        plain_out = pipe.text_encoder_2(ids)[0]
+    # two blocks of quantized layers in series (the tiny T5): each adds up to a layer's bound
+    assert fp8_out.dtype == torch.float32 and 0 < rel(fp8_out, plain_out) < 2 * LAYER_TOL["fp8"]
     plain = load_model(tmp_path / "flux", dtype=torch.float32, base_precision="bf16")
     assert plain.unet.dtype == torch.bfloat16 and plain.pipe.text_encoder_2.dtype == torch.bfloat16
     assert plain.pipe.text_encoder.dtype == torch.float32 and plain.vae.dtype == torch.float32
