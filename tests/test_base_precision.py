@@ -286,7 +286,7 @@ def test_training_steps_on_a_quantized_base_lower_the_loss(fmt):
         return nn.functional.mse_loss(out.float(), target)
 
     first = loss()
-    for _ in range(10):
+    for _ in range(6):
         value = loss()
         opt.zero_grad()
         value.backward()
@@ -294,7 +294,7 @@ def test_training_steps_on_a_quantized_base_lower_the_loss(fmt):
         opt.step()
     with torch.no_grad():
         last = loss()
-    assert last.item() < 0.97 * first.item()
+    assert last.item() < 0.95 * first.item()  # fp8 measured 1.024 → 0.911 in 6 steps
     assert all(Q.is_quantized(dict(unet.named_modules())[n].weight) for n in held)
 
 
