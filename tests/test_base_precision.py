@@ -86,6 +86,22 @@ def test_linear_output_against_bf16(fmt):
     assert Q.tensor_bytes(q.weight) <= Q.BYTES_PER_WEIGHT[fmt] * q.weight.numel() + 4 * 512
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cast_plain_changes_the_compute_dtype_of_a_quantized_weight_not_its_data(fmt):
+    """A module quantized computing in fp32 (the trainer's caching stage), cast to bf16 (its run): the
+    quantized weight keeps its stored tensors (the same memory) and computes in bf16."""
+    q = _quantized(_linear(), fmt, torch.float32)
+    stored = {n: getattr(q.weight.data, n) for n in q.weight.data.__tensor_flatten__()[0]}
+    x = _x(8, 1024, dtype=torch.float32)
+    with torch.no_grad():
+        ref = q(x)
+        Q.cast_plain(q, torch.bfloat16)
+        out = q(x.bfloat16())
+    assert Q.format_of(q.weight) == fmt and q.weight.dtype == torch.bfloat16
+    assert all(getattr(q.weight.data, n).data_ptr() == t.data_ptr() for n, t in stored.items())  # shared
+    assert rel(out, ref) < 2 ** -6  # bf16's rounding of the activations and of the dequantized weight
+
+
 def _unet():
     from diffusers import UNet2DConditionModel
 

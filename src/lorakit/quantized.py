@@ -18,6 +18,7 @@ precision (lora/compose.py): never a silent requantization.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Callable
 
@@ -171,6 +172,22 @@ def dequantize(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     return data.dequantize(dtype)
 
 
+@torch.no_grad()
+def with_compute_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """The same quantized weight computing in `dtype`: its stored data shared, never dequantized
+    (through the subclass's own flatten/unflatten, whose metadata carries the compute dtype)."""
+    data = t.data if isinstance(t, nn.Parameter) else t
+    if data.dtype == dtype:
+        return data
+    names, meta = data.__tensor_flatten__()
+    meta = dict(meta)
+    if "tensor_meta" in meta:  # nf4: the dtype sits in its tensor_meta
+        meta["tensor_meta"] = dataclasses.replace(meta["tensor_meta"], dtype=dtype)
+    else:
+        meta["dtype"] = dtype
+    return type(data).__tensor_unflatten__({n: getattr(data, n) for n in names}, meta, data.size(), data.stride())
+
+
 def plain_copy(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """A new plain tensor holding the weight in `dtype`, dequantized when quantized: safe to change in
     place (dequantize gives a plain weight itself back when it is already in `dtype`)."""
@@ -219,15 +236,18 @@ def has_quantized(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def cast_plain(model: nn.Module, dtype: torch.dtype | None, device: str | torch.device | None = None) -> nn.Module:
-    """`model.to(device, dtype)` for its plain floating tensors; quantized weights only move (dtype
-    None: only move)."""
+    """`model.to(device, dtype)`: quantized weights move and compute in `dtype` from then on, their stored
+    data untouched (dtype None: only move)."""
     for module in model.modules():
         for name, p in list(module._parameters.items()):
             if p is None:
                 continue
             if is_quantized(p):
-                if device is not None and p.device != torch.device(device):
-                    module._parameters[name] = nn.Parameter(p.data.to(device), requires_grad=False)
+                q = p.data if dtype is None else with_compute_dtype(p, dtype)
+                if device is not None and q.device != torch.device(device):
+                    q = q.to(device)
+                if q is not p.data:
+                    module._parameters[name] = nn.Parameter(q, requires_grad=False)
                 continue
             target = dtype if dtype is not None and p.is_floating_point() else p.dtype
             if p.dtype != target or (device is not None and p.device != torch.device(device)):
