@@ -198,7 +198,7 @@ def test_lora_branch_on_a_quantized_layer_is_exact_up_to_the_compute_precision(f
 def test_on_the_fly_effective_weight_equals_merged(fmt, monkeypatch):
     """On the fly in weight space (W + ΔW per call) draws what the merged layer draws, bit for bit."""
     q = _quantized(_linear(), fmt)
-    parts, net = _network(q)
+    net = _network(q)
     x = _x(64, 1024)
     monkeypatch.setattr(live, "WEIGHT_SPACE_FACTOR", 0.0)
     with torch.no_grad():
@@ -213,14 +213,15 @@ def test_on_the_fly_effective_weight_equals_merged(fmt, monkeypatch):
 
 # --- merging into a quantized base ------------------------------------------------------------------
 
-def _network(layer: nn.Linear):
+def _network(layer: nn.Linear) -> LoRANetwork:
+    """One random LoRA on `layer`, at strength 0.8."""
     from lorakit.lora.targets import Target
 
     net = LoRANetwork(multiplier=0.8)
     adapter = _lora(layer)
     net.add(Target("lora_unet_proj", "proj", "unet", layer, ""), adapter)
     net.requires_grad_(False)
-    return None, net
+    return net
 
 
 def _merged(original, adapter, m: float) -> torch.Tensor:
@@ -235,7 +236,7 @@ def test_merge_into_quantized_is_dequantized_plus_delta_and_unmerge_is_bit_exact
     q = _quantized(_linear(), fmt)
     original = q.weight
     snapshot = Q.dequantize(original).clone()
-    _, net = _network(q)
+    net = _network(q)
     adapter = next(iter(net.adapters.values()))
     compose._SAID.clear()
     net.merge()
@@ -257,8 +258,7 @@ def test_merge_into_quantized_is_dequantized_plus_delta_and_unmerge_is_bit_exact
 def test_two_networks_merged_into_quantized_unmerge_in_any_order():
     q = _quantized(_linear(), "fp8")
     original = q.weight
-    _, a = _network(q)
-    _, b = _network(q)
+    a, b = _network(q), _network(q)
     next(iter(b.adapters.values())).lora_up.weight.data.mul_(-0.5)
     a.merge()
     b.merge()
