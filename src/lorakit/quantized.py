@@ -18,7 +18,7 @@ precision (lora/compose.py): never a silent requantization.
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 from typing import Callable
 
 import torch
@@ -123,8 +123,17 @@ def quantizable(weight: Tensor, fmt: str) -> bool:
     if weight.dim() != 2 or weight.numel() < MIN_QUANTIZED_WEIGHTS:
         return False
     if fmt == "nf4":
-        return weight.numel() % (NF4_BLOCK * NF4_SCALER_BLOCK) == 0
+        return weight.numel() % NF4_BLOCK == 0
     return True
+
+
+def nf4_scaler_block(numel: int) -> int:
+    """Blocks sharing one double-quantized scale: QLoRA's 256 where the weight's blocks divide by it,
+    else the largest power of two that divides them (narrow layers: a few more bytes of scales)."""
+    blocks, size = numel // NF4_BLOCK, NF4_SCALER_BLOCK
+    while blocks % size:
+        size //= 2
+    return size
 
 
 @torch.no_grad()
@@ -145,7 +154,7 @@ def quantize(weight: Tensor, fmt: str, dtype: torch.dtype) -> Tensor:
     if fmt == "nf4":
         from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import to_nf4
 
-        return to_nf4(w, NF4_BLOCK, NF4_SCALER_BLOCK)
+        return to_nf4(w, NF4_BLOCK, nf4_scaler_block(w.numel()))
     raise ValueError(f"not a quantized format: {fmt}")
 
 
@@ -192,6 +201,29 @@ def _gguf_dequantize(t: Tensor) -> Tensor:
     return out.reshape(shape).to(torch.float32)
 
 
+@torch.no_grad()
+def with_compute_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """The same quantized weight computing in `dtype`: its stored data shared, never dequantized
+    (through the subclass's own flatten/unflatten, whose metadata carries the compute dtype)."""
+    data = t.data if isinstance(t, nn.Parameter) else t
+    if data.dtype == dtype:
+        return data
+    names, meta = data.__tensor_flatten__()
+    meta = dict(meta)
+    if "tensor_meta" in meta:  # nf4: the dtype sits in its tensor_meta
+        meta["tensor_meta"] = dataclasses.replace(meta["tensor_meta"], dtype=dtype)
+    else:
+        meta["dtype"] = dtype
+    return type(data).__tensor_unflatten__({n: getattr(data, n) for n in names}, meta, data.size(), data.stride())
+
+
+def plain_copy(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A new plain tensor holding the weight in `dtype`, dequantized when quantized: safe to change in
+    place (dequantize gives a plain weight itself back when it is already in `dtype`)."""
+    data = t.data if isinstance(t, nn.Parameter) else t
+    return dequantize(data, dtype) if is_quantized(data) else data.detach().to(dtype, copy=True)
+
+
 def stored_bytes(module: nn.Module) -> int:
     """Bytes the module's parameters and buffers hold, quantized ones as stored."""
     total = 0
@@ -234,8 +266,9 @@ def has_quantized(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def cast_plain(model: nn.Module, dtype: torch.dtype, device: str | torch.device | None = None) -> nn.Module:
-    """`model.to(device, dtype)` for its plain floating tensors; quantized weights only move."""
+def cast_plain(model: nn.Module, dtype: torch.dtype | None, device: str | torch.device | None = None) -> nn.Module:
+    """`model.to(device, dtype)`: quantized weights move and compute in `dtype` from then on, their stored
+    data untouched (dtype None: only move)."""
     for module in model.modules():
         for name, p in list(module._parameters.items()):
             if p is None:
@@ -244,12 +277,19 @@ def cast_plain(model: nn.Module, dtype: torch.dtype, device: str | torch.device 
                 if device is not None and p.device != torch.device(device):
                     moved = p.to(device) if is_gguf(p) else nn.Parameter(p.data.to(device), requires_grad=False)
                     module._parameters[name] = moved
+
+
+                q = p.data if dtype is None else with_compute_dtype(p, dtype)
+                if device is not None and q.device != torch.device(device):
+                    q = q.to(device)
+                if q is not p.data:
+                    module._parameters[name] = nn.Parameter(q, requires_grad=False)
                 continue
-            target = dtype if p.is_floating_point() else p.dtype
+            target = dtype if dtype is not None and p.is_floating_point() else p.dtype
             if p.dtype != target or (device is not None and p.device != torch.device(device)):
                 p.data = p.data.to(device=device, dtype=target)
         for name, b in list(module._buffers.items()):
             if b is not None:
-                target = dtype if b.is_floating_point() else b.dtype
+                target = dtype if dtype is not None and b.is_floating_point() else b.dtype
                 module._buffers[name] = b.to(device=device, dtype=target)
     return model

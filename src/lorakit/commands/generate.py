@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .options import ALLOW_PICKLE, TEXT_ENCODERS
+from .options import ALLOW_PICKLE, BASE_PRECISION, TEXT_ENCODERS
 
 
 def generate(
@@ -27,7 +27,9 @@ def generate(
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="a .png file or a folder"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU; fp32 on CPU, where bf16 would blur a LoRA's "
-                              "effect, bf16 only if fp32 weights would not fit in memory), fp16, bf16, fp32"),
+                              "effect, bf16 only if fp32 weights would not fit in memory; with --base-precision: "
+                              "its dtype, or what fp8/int8/nf4 compute in), fp16, bf16, fp32"),
+    base_precision: str = BASE_PRECISION,
     prediction_type: Optional[str] = typer.Option(None, "--prediction-type", help="epsilon or v_prediction"),
     allow_pickle: bool = ALLOW_PICKLE,
     text_encoders: Optional[Path] = TEXT_ENCODERS,
@@ -39,7 +41,7 @@ def generate(
     from ..writable import require_writable
 
     require_writable(out, folder=out.suffix.lower() != ".png")
-    base = load_model_for_inference(model, device, dtype, prediction_type=prediction_type,
+    base = load_model_for_inference(model, device, dtype, base_precision, prediction_type=prediction_type,
                                     text_encoders=text_encoders, allow_pickle=allow_pickle)
     result = run(base, prompt, negative=negative, loras=[parse_lora_arg(x) for x in lora], n=n, steps=steps,
                  guidance=guidance, seed=seed, width=width, height=height, sampler=sampler, merge=not on_the_fly,

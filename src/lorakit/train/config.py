@@ -33,6 +33,8 @@ def opt(default, help: str, section: str, *, resume_may_change: bool = False, cl
     return field(default=default, metadata=dict(help=help, section=section, resume=resume_may_change, cli=cli))
 
 
+# models.base_precision.CHOICES (spelt here: this module imports no torch)
+BASE_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "nf4")
 SECTIONS = ("model", "data", "prior", "network", "optimizer", "loss", "run", "output")
 
 
@@ -128,6 +130,10 @@ class TrainConfig:
     mixed_precision: str = opt("auto", "auto, no, fp16 or bf16 (frozen base weights in that dtype, LoRA and optimizer "
                                "in fp32); auto: bf16 on GPUs that have it (else fp16), bf16 on CPUs with AVX512-BF16 "
                                "or AMX when the model is large enough for it to pay, else fp32", "run")
+    base_precision: str = opt("auto", "storage of the frozen denoiser and big text encoders (T5): auto (as "
+                              "--mixed-precision), fp32, bf16, fp16, or fp8, int8, nf4 (Linear weights quantized "
+                              "through torchao, computed in bf16, fp16 on GPUs without it; LoRA and optimizer as "
+                              "--mixed-precision says)", "run")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward: less memory, more time", "run")
     sdpa: bool = opt(True, "scaled-dot-product attention (off: the classic attention processor)", "run")
     seed: int = opt(0, "seed of everything random (data order, noise, augmentation)", "run")
@@ -186,7 +192,8 @@ class TrainConfig:
                    "save_format": (None, "kohya", "diffusers", "comfyui", "onetrainer"),
                    "optimizer": ("adamw", "adamw8bit", "lion", "prodigy"),
                    "prior_target": ("base", "image"),
-                   "mixed_precision": ("auto", "no", "fp16", "bf16"), "save_dtype": ("fp16", "bf16", "fp32"),
+                   "mixed_precision": ("auto", "no", "fp16", "bf16"),
+                   "base_precision": BASE_PRECISIONS, "save_dtype": ("fp16", "bf16", "fp32"),
                    "scheduler": ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                                  "polynomial"),
                    "prediction_type": (None, "epsilon", "v_prediction"), "nan_policy": ("stop", "skip")}
