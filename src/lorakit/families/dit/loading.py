@@ -13,6 +13,7 @@ from typing import Callable, Mapping
 import torch
 
 from ...errors import LoraKitError
+from ...quantized import PLAIN_DTYPES
 from ...models.single_file import quiet_loading
 
 # sub-folder → (library, class, what the error calls it)
@@ -70,7 +71,8 @@ def gather(parts: Mapping[str, Part], wanted, folder: Path | None, repo: str, dt
            big: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
     """{sub: component or None} for every part, and the wanted subs found nowhere: each comes from
     the file itself (`in_file`), else the folder, else the hub cache. The `big` ones (the family's big
-    text encoders) are read from the folder in `base_precision` (from_folder)."""
+    text encoders) are read from the folder in `base_precision` (from_folder), a plain one straight
+    in its dtype (T5-XXL is 19 GB in fp32)."""
     found, missing = {}, []
     for sub, part in parts.items():
         if sub not in wanted:
@@ -78,7 +80,8 @@ def gather(parts: Mapping[str, Part], wanted, folder: Path | None, repo: str, dt
             continue
         model = in_file(sub)
         if model is None and folder is not None:
-            model = from_folder(folder, sub, part, dtype, base_precision if sub in big else "auto")
+            fmt = base_precision if sub in big else "auto"
+            model = from_folder(folder, sub, part, PLAIN_DTYPES.get(fmt, dtype), fmt)
         if model is None:
             model = from_hub_cache(repo, sub, part, dtype)
         if model is None:
