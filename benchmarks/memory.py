@@ -245,22 +245,33 @@ def _train_config(work: Path, base: str, precision: str, out: str):
     from lorakit.train.config import TrainConfig
 
     model, parts = BASES[base]
-    return TrainConfig(model=str(work / model), text_encoders=work / parts, data=work / "data", out=work / out,
+    return TrainConfig(model=str(work / model), text_encoders=work / parts, data=work / "data",
+                       out=work / f"{out}.safetensors",
                        resolution=RESOLUTION, batch_size=1, rank=RANK, steps=1, gradient_checkpointing=True,
-                       base_precision=precision, seed=0, save_every=0)
+                       base_precision=precision, seed=0)
 
 
 def plan_estimate(work: Path, base: str, job: str, precision: str) -> float | None:
-    """The memory plan's total (GB) for the row, or None where lorakit has no plan for it."""
-    try:
-        from lorakit import memory_plan
-    except ImportError:
+    """The total of `lorakit train|generate ... --plan` (GB) for the row, as a user would ask it."""
+    import re
+    import subprocess
+
+    model, parts = BASES[base]
+    common = ["--model", str(work / model), "--text-encoders", str(work / parts), "--base-precision", precision,
+              "--plan"]
+    if job == "generate":
+        args = ["generate", *common, "--prompt", PROMPT, "--width", str(RESOLUTION), "--height", str(RESOLUTION),
+                "--steps", "4", "--out", str(work / "plan.png")]
+    else:
+        args = ["train", *common, "--data", str(work / "data"), "--resolution", str(RESOLUTION), "--rank",
+                str(RANK), "--steps", "1", "--gradient-checkpointing", "--out", str(work / "plan.safetensors")]
+    proc = subprocess.run([sys.executable, "-m", "lorakit", *args], capture_output=True, text=True,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    found = re.search(r"peak ([0-9.]+) (GiB|MiB)", proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not found:
+        print(f"plan for {base} {job} {precision} failed: {(proc.stdout + proc.stderr)[-600:]}", file=sys.stderr)
         return None
-    cfg = _train_config(work, base, precision, f"plan-{base}-{precision}")
-    plan = memory_plan.plan_training(cfg) if job == "train" else memory_plan.plan_generation(
-        str(work / BASES[base][0]), text_encoders=work / BASES[base][1], width=RESOLUTION, height=RESOLUTION,
-        base_precision=precision)
-    return plan.total / 1e9
+    return float(found.group(1)) * (2 ** 30 if found.group(2) == "GiB" else 2 ** 20) / 1e9
 
 
 def worker(work: Path, row: str) -> dict:
@@ -289,7 +300,7 @@ def worker(work: Path, row: str) -> dict:
 
         model, parts = BASES[base]
         m = load_model(str(work / model), text_encoders=work / parts, base_precision=precision)
-        lora = work / f"out-{base}-{precision}-train" / "lora.safetensors"
+        lora = work / f"out-{base}-{precision}-train.safetensors"
         loras = [LoraSpec(lora, 1.0)] if lora.is_file() else []
         t = time.perf_counter()
         with torch.inference_mode():

@@ -26,9 +26,10 @@ def merge_into_checkpoint(model_spec: str, loras: Sequence[str], out: Path, *, d
     from ..writable import require_writable
 
     require_writable(out, folder=out.suffix != ".safetensors")
-    # fp32 whatever the machine prefers: a merged checkpoint is W + ΔW in fp32, rounded once to the save dtype
+    # fp32 whatever the machine prefers: a merged checkpoint is W + ΔW in fp32, rounded once to the save dtype;
+    # an fp8 or GGUF base is dequantized as it is read (never written back quantized behind the user's back)
     base = load_model(model_spec, dtype=torch.float32, device="cpu", prediction_type=prediction_type,
-                      text_encoders=text_encoders, allow_pickle=allow_pickle)
+                      text_encoders=text_encoders, allow_pickle=allow_pickle, base_precision="fp32")
     base.require_finite()
     attach_loras(base, specs, merge=True, allow_pickle=allow_pickle)
     save_model(base, out, dtype=dtype)
