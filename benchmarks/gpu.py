@@ -13,6 +13,9 @@ process (model load included), s/step the median of its steps after the first.
     python benchmarks/gpu.py [--steps 6] [--models sd15,sdxl]
     python benchmarks/gpu.py --tiny --device cpu   # tiny models on the CPU: a smoke run of the code paths
 
+Big bases (Flux.1-dev, SD 3.5-large/-medium per base precision, and with --blocks-to-swap) are
+measured by `python benchmarks/memory.py --device cuda`: the same table as on the CPU, in peak VRAM.
+
 Without CUDA (and without --device cpu) it stops with exit code 2. Prints a markdown table and writes
 benchmarks/results/gpu.json.
 """

@@ -17,6 +17,7 @@ step: it includes the first call's warm-up), or the generation's per-denoising-s
     python benchmarks/memory.py --work /big/disk/lorakit-mem                # every row
     python benchmarks/memory.py --work DIR --rows sd35m-bf16-train,sd35m-fp8-train
     python benchmarks/memory.py --work DIR --list
+    python benchmarks/memory.py --work DIR --device cuda   # on a GPU: peak VRAM, and the --blocks-to-swap rows
 
 The files need ~46 GB of disk under --work (written once, reused). Prints a markdown table and writes
 benchmarks/results/memory.json.
@@ -53,6 +54,10 @@ ROWS = {
     "sd35m-int8-train": ("sd35m", "train", "int8"),
     "sd35m-nf4-train": ("sd35m", "train", "nf4"),
 }
+# GPU only (--device cuda): the same with sd-scripts' block swap, the blocks' weights in CPU memory
+SWAP_ROWS = {"flux-fp8-train-swap18": ("flux", "train", "fp8", 18),
+             "flux-bf16-train-swap28": ("flux", "train", "bf16", 28),
+             "flux-fp8-generate-swap18": ("flux", "generate", "fp8", 18)}
 # rows that are only planned (they do not fit this 24 GB machine): the plan's estimate is shown
 PLAN_ONLY = {"flux-bf16-train": ("flux", "train", "bf16"), "flux-bf16-generate": ("flux", "generate", "bf16")}
 BASES = {"flux": ("flux1-dev-fp8.safetensors", "flux-parts"),
@@ -241,32 +246,34 @@ def prepare(work: Path, bases) -> None:
 
 # --- the runs -----------------------------------------------------------------------------------------
 
-def _train_config(work: Path, base: str, precision: str, out: str):
+def _train_config(work: Path, base: str, precision: str, out: str, swap: int = 0):
     from lorakit.train.config import TrainConfig
 
     model, parts = BASES[base]
+    extra = {"blocks_to_swap": swap} if swap else {}
     return TrainConfig(model=str(work / model), text_encoders=work / parts, data=work / "data",
                        out=work / f"{out}.safetensors",
                        resolution=RESOLUTION, batch_size=1, rank=RANK, steps=1, gradient_checkpointing=True,
-                       base_precision=precision, seed=0)
+                       base_precision=precision, seed=0, **extra)
 
 
-def plan_estimate(work: Path, base: str, job: str, precision: str) -> float | None:
+def plan_estimate(work: Path, base: str, job: str, precision: str, device: str = "cpu",
+                  swap: int = 0) -> float | None:
     """The total of `lorakit train|generate ... --plan` (GB) for the row, as a user would ask it."""
     import re
     import subprocess
 
     model, parts = BASES[base]
     common = ["--model", str(work / model), "--text-encoders", str(work / parts), "--base-precision", precision,
-              "--plan"]
+              "--plan", *(["--blocks-to-swap", str(swap)] if swap else [])]
     if job == "generate":
         args = ["generate", *common, "--prompt", PROMPT, "--width", str(RESOLUTION), "--height", str(RESOLUTION),
                 "--steps", "4", "--out", str(work / "plan.png")]
     else:
         args = ["train", *common, "--data", str(work / "data"), "--resolution", str(RESOLUTION), "--rank",
                 str(RANK), "--steps", "1", "--gradient-checkpointing", "--out", str(work / "plan.safetensors")]
-    proc = subprocess.run([sys.executable, "-m", "lorakit", *args], capture_output=True, text=True,
-                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **({} if device.startswith("cuda") else {"CUDA_VISIBLE_DEVICES": ""}))
+    proc = subprocess.run([sys.executable, "-m", "lorakit", *args], capture_output=True, text=True, env=env)
     found = re.search(r"peak ([0-9.]+) (GiB|MiB)", proc.stdout + proc.stderr)
     if proc.returncode != 0 or not found:
         print(f"plan for {base} {job} {precision} failed: {(proc.stdout + proc.stderr)[-600:]}", file=sys.stderr)
@@ -274,17 +281,26 @@ def plan_estimate(work: Path, base: str, job: str, precision: str) -> float | No
     return float(found.group(1)) * (2 ** 30 if found.group(2) == "GiB" else 2 ** 20) / 1e9
 
 
-def worker(work: Path, row: str) -> dict:
-    base, job, precision = {**ROWS, **PLAN_ONLY}[row]
-    estimate = plan_estimate(work, base, job, precision)
+def _row(row: str) -> tuple[str, str, str, int]:
+    if row in SWAP_ROWS:
+        return SWAP_ROWS[row]
+    return (*{**ROWS, **PLAN_ONLY}[row], 0)
+
+
+def worker(work: Path, row: str, device: str = "cpu") -> dict:
+    base, job, precision, swap = _row(row)
+    estimate = plan_estimate(work, base, job, precision, device, swap)
     if row in PLAN_ONLY:
         return {"estimate_gb": estimate}
+    import torch
+
+    cuda = device.startswith("cuda")
     t0 = time.perf_counter()
     out: dict = {"estimate_gb": estimate}
     if job == "train":
         from lorakit.train.loop import Trainer
 
-        result = Trainer(_train_config(work, base, precision, f"out-{row}")).run()
+        result = Trainer(_train_config(work, base, precision, f"out-{row}", swap)).run()
         out["step_s"] = result.step_times[0] if result.step_times else None
     elif job == "load":
         from lorakit.models import load_model
@@ -299,7 +315,11 @@ def worker(work: Path, row: str) -> dict:
         from lorakit.models import load_model
 
         model, parts = BASES[base]
-        m = load_model(str(work / model), text_encoders=work / parts, base_precision=precision)
+        m = load_model(str(work / model), text_encoders=work / parts, base_precision=precision, device=device)
+        if swap:
+            from lorakit import block_swap
+
+            block_swap.apply(m.unet, swap, device)
         lora = work / f"out-{base}-{precision}-train.safetensors"
         loras = [LoraSpec(lora, 1.0)] if lora.is_file() else []
         t = time.perf_counter()
@@ -309,41 +329,57 @@ def worker(work: Path, row: str) -> dict:
         out["step_s"] = (time.perf_counter() - t) / 4
     out["seconds"] = time.perf_counter() - t0
     out["peak_rss_gb"] = peak_rss_gb() * 1.073741824  # GiB → GB, as the goals are written
+    if cuda:
+        out["peak_vram_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "lorakit-memory")
-    ap.add_argument("--rows", default=",".join(list(ROWS) + list(PLAN_ONLY)))
+    ap.add_argument("--rows", default=None, help="comma-separated (default: every row for the device)")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu (peak RSS) or cuda (peak VRAM too, and the block-swap rows)")
     ap.add_argument("--worker")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    everything = list(ROWS) + list(PLAN_ONLY) + list(SWAP_ROWS)
     if args.list:
-        print("\n".join(list(ROWS) + list(PLAN_ONLY)))
+        print("\n".join(everything))
         return
     if args.worker:
-        print(json.dumps(worker(args.work, args.worker)))
+        print(json.dumps(worker(args.work, args.worker, args.device)))
         return
-    rows = [r for r in args.rows.split(",") if r]
-    unknown = [r for r in rows if r not in ROWS and r not in PLAN_ONLY]
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("benchmarks/memory.py: no CUDA device here; use --device cpu", file=sys.stderr)
+            raise SystemExit(2)
+    rows = [r for r in (args.rows or ",".join(everything if cuda else list(ROWS) + list(PLAN_ONLY))).split(",") if r]
+    unknown = [r for r in rows if r not in everything]
+    if not cuda and any(r in SWAP_ROWS for r in rows):
+        raise SystemExit("the block-swap rows need --device cuda")
     if unknown:
         raise SystemExit(f"unknown rows {unknown}: see --list")
-    prepare(args.work, {({**ROWS, **PLAN_ONLY})[r][0] for r in rows})
+    prepare(args.work, {_row(r)[0] for r in rows})
     results = {}
     for row in rows:
         t = time.perf_counter()
-        results[row] = run_worker(__file__, ["--work", str(args.work), "--worker", row], row)
+        results[row] = run_worker(__file__, ["--work", str(args.work), "--device", args.device, "--worker", row], row)
         print(f"{row}: {results[row]} ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
     lines = []
     for row, r in results.items():
-        base, job, precision = {**ROWS, **PLAN_ONLY}[row]
-        peak, est = r.get("peak_rss_gb"), r.get("estimate_gb")
+        base, job, precision, swap = _row(row)
+        peak = r.get("peak_vram_gb" if cuda else "peak_rss_gb")
+        est = r.get("estimate_gb")
         ratio = f"{est / peak:.2f}" if peak and est else "—"
-        lines.append([base, job, precision, f"{peak:.1f}" if peak else "does not run here",
+        lines.append([base, job, precision, swap or "—", f"{peak:.1f}" if peak else "does not fit here",
                       f"{r['step_s']:.1f}" if r.get("step_s") else "—", f"{est:.1f}" if est else "—", ratio])
-    print(table(lines, ["base", "job", "base precision", "peak RSS (GB)", "s/step", "plan (GB)", "plan/peak"]))
-    path = write_results("memory", {"machine": machine(), "resolution": RESOLUTION, "rank": RANK, "rows": results})
+    what = "peak VRAM (GB)" if cuda else "peak RSS (GB)"
+    print(table(lines, ["base", "job", "base precision", "blocks swapped", what, "s/step", "plan (GB)", "plan/peak"]))
+    path = write_results("memory-cuda" if cuda else "memory", {"machine": machine(), "device": args.device,
+                                                               "resolution": RESOLUTION, "rank": RANK, "rows": results})
     print(f"wrote {path}", file=sys.stderr)
 
 
