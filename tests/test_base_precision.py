@@ -474,3 +474,25 @@ def test_demo_meets_both_goals_on_a_quantized_base(tmp_path, fmt):
     r = run_demo(tmp_path / "demo", seed=0, progress=False, base_precision=fmt)
     assert r["base_precision"] == fmt
     assert r["goals"]["met"], json.dumps({k: r[k] for k in ("before", "after", "base_accuracy_kept")})
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "nf4"])
+def test_training_keeps_no_dequantized_copy_of_a_quantized_weight(fmt):
+    """Between forward and backward autograd holds the activations it needs, never a dequantized copy of
+    a quantized weight (torchao's own weight-only linears keep a bf16 one per layer); the input's
+    gradient is still x's gradient through the dequantized weight."""
+    layer = _quantized(nn.Linear(512, 256).to(torch.bfloat16).requires_grad_(False), fmt)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    x = torch.randn(4, 512, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    assert all(n < layer.weight.numel() for n in saved), saved
+    g = torch.randn_like(y)
+    y.backward(g)
+    expected = g.float() @ Q.dequantize(layer.weight, torch.bfloat16).float()
+    assert rel(x.grad.float(), expected) < 1e-2

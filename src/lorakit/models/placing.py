@@ -123,11 +123,11 @@ def place(model: nn.Module, state: dict[str, Tensor], to: Target,
             _gguf_linear(model, path, module, to.dtype).weight = t
             continue
         if to.fmt == "fp8" and t.dtype == FP8 and linear_weight and quantized.quantizable(t, "fp8"):
-            module.weight = nn.Parameter(quantized.from_fp8(t, scales.get(key), to.dtype), requires_grad=False)
+            quantized.hold(module, quantized.from_fp8(t, scales.get(key), to.dtype))
             continue
         t = dequantized(t, scales.get(key))
         if to.fmt in quantized.QUANTIZED and linear_weight and quantized.quantizable(t, to.fmt):
-            module.weight = nn.Parameter(quantized.quantize(t, to.fmt, to.dtype), requires_grad=False)
+            quantized.hold(module, quantized.quantize(t, to.fmt, to.dtype))
             continue
         t = t.to(to.dtype) if t.is_floating_point() else t
         if leaf in module._parameters:
