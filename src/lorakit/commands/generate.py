@@ -31,6 +31,14 @@ def generate(
     prediction_type: Optional[str] = typer.Option(None, "--prediction-type", help="epsilon or v_prediction"),
     allow_pickle: bool = ALLOW_PICKLE,
     text_encoders: Optional[Path] = TEXT_ENCODERS,
+    base_precision: str = typer.Option("auto", "--base-precision", help="denoiser weights: auto (as --dtype), fp8, "
+                                       "int8 or nf4 (weight-only, computed in bf16/fp16 layer by layer)"),
+    blocks_to_swap: int = typer.Option(0, "--blocks-to-swap", help="CUDA: keep N transformer blocks in CPU "
+                                       "memory, each copied to the GPU just before use"),
+    memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="fit in this much memory (e.g. "
+                                                "12GB): the cheapest base format and block swap that fit"),
+    plan: bool = typer.Option(False, "--plan", help="print the estimated peak memory, part by part, and exit "
+                              "(reads configs and file headers, no weights)"),
 ) -> None:
     """Generate images with one or several LoRAs at chosen strengths."""
     from ..devices import load_model_for_inference
@@ -38,11 +46,60 @@ def generate(
 
     from ..writable import require_writable
 
+    if plan or memory_budget is not None:
+        base_precision, blocks_to_swap = _plan(model, device, dtype, base_precision, blocks_to_swap, memory_budget,
+                                               plan, width, height, n, guidance, prediction_type, text_encoders,
+                                               allow_pickle)
+        if plan:
+            return
     require_writable(out, folder=out.suffix.lower() != ".png")
     base = load_model_for_inference(model, device, dtype, prediction_type=prediction_type,
                                     text_encoders=text_encoders, allow_pickle=allow_pickle)
+    _hold(base, base_precision, blocks_to_swap)
     result = run(base, prompt, negative=negative, loras=[parse_lora_arg(x) for x in lora], n=n, steps=steps,
                  guidance=guidance, seed=seed, width=width, height=height, sampler=sampler, merge=not on_the_fly,
                  lora_dir=lora_dir, allow_pickle=allow_pickle)
     for path in write_outputs(result, out):
         typer.echo(str(path))
+
+
+def _plan(model, device, dtype, base_precision, blocks_to_swap, memory_budget, plan, width, height, n, guidance,
+          prediction_type, text_encoders, allow_pickle) -> tuple[str, int]:
+    """Print the plan (`--plan`) and/or fit `--memory-budget`: the base precision and block swap to use."""
+    from ..memory_budget import budget_generate, default_device, parse_size
+    from ..memory_plan import Settings, generate_plan
+    from ..models.sketch import sketch
+    from ..quantized import normalise
+
+    sk = sketch(model, text_encoders=text_encoders, allow_pickle=allow_pickle, prediction_type=prediction_type)
+    side = max(width or 0, height or 0) or sk.family.resolution(False)
+    fmt = normalise(base_precision)
+    if fmt == "auto" and dtype != "auto":
+        fmt = normalise(dtype)
+    settings = Settings(device=default_device(device), base_precision=fmt, resolution=side, n=n, guidance=guidance,
+                        blocks_to_swap=blocks_to_swap)
+    if memory_budget is not None:
+        settings = budget_generate(sk, settings, parse_size(memory_budget),
+                                   echo=lambda line: typer.echo(line, err=not plan))
+    if plan:
+        typer.echo(generate_plan(sk, settings).table())
+    chosen = settings.base_precision if settings.base_precision != fmt else base_precision
+    return chosen, settings.blocks_to_swap
+
+
+def _hold(base, base_precision: str, blocks_to_swap: int) -> None:
+    """The denoiser's Linear weights in a quantized base precision (quantized.quantize_linears, after the load),
+    and its block swap."""
+    from .. import block_swap
+    from ..quantized import QUANTIZED, compute_dtype, normalise, quantize_linears
+
+    fmt = normalise(base_precision)
+    denoiser = base.unet
+    if fmt in QUANTIZED:
+        dtype = compute_dtype(denoiser.device)
+        from ..quantized import cast_plain
+
+        cast_plain(denoiser, dtype)
+        quantize_linears(denoiser, fmt, dtype)
+    if blocks_to_swap:
+        block_swap.apply(denoiser, blocks_to_swap, denoiser.device)

@@ -49,6 +49,8 @@ class TrainConfig:
                                      "from the shipped configs", "model", resume_may_change=True)
     prediction_type: Optional[str] = opt(None, "epsilon or v_prediction (default: from the model)", "model")
     allow_pickle: bool = opt(False, PICKLE_HELP, "model", resume_may_change=True)
+    base_precision: str = opt("auto", "frozen base weights: auto (as --mixed-precision), fp32, bf16, fp16, fp8, int8 "
+                              "or nf4 (weight-only, computed in bf16/fp16 layer by layer)", "model")
     # data
     data: Optional[Path] = opt(None, "image folder (captions alongside, N_name repeat folders) or dataset TOML", "data")
     trigger: Optional[str] = opt(None, "trigger word prepended to every caption", "data")
@@ -97,7 +99,7 @@ class TrainConfig:
     rank_dropout: float = opt(0.0, "drop whole ranks (kohya's rank_dropout)", "network")
     module_dropout: float = opt(0.0, "skip a whole module for a step (kohya's module_dropout)", "network")
     # optimizer
-    optimizer: str = opt("adamw", "adamw, adamw8bit, lion or prodigy", "optimizer")
+    optimizer: str = opt("adamw", "adamw, adamw8bit, lion, prodigy or adafactor", "optimizer")
     lr: float = opt(1e-4, "learning rate (UNet LoRA; Prodigy: use 1.0)", "optimizer")
     text_encoder_lr: Optional[float] = opt(None, "text-encoder LoRA learning rate (default: lr)", "optimizer")
     weight_decay: float = opt(1e-2, "weight decay", "optimizer")
@@ -129,6 +131,13 @@ class TrainConfig:
                                "in fp32); auto: bf16 on GPUs that have it (else fp16), bf16 on CPUs with AVX512-BF16 "
                                "or AMX when the model is large enough for it to pay, else fp32", "run")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward: less memory, more time", "run")
+    memory_budget: Optional[str] = opt(None, "fit the run in this much memory (e.g. 12GB): the cheapest of gradient "
+                                       "checkpointing, an fp8/int8/nf4 base, an 8-bit or factored optimizer and "
+                                       "block swap that fits; refused when nothing does", "run",
+                                       resume_may_change=True)
+    blocks_to_swap: int = opt(0, "CUDA: keep N transformer blocks in CPU memory, each copied to the GPU just before "
+                              "use (frozen weights only; implies --gradient-checkpointing)", "run",
+                              resume_may_change=True)
     sdpa: bool = opt(True, "scaled-dot-product attention (off: the classic attention processor)", "run")
     seed: int = opt(0, "seed of everything random (data order, noise, augmentation)", "run")
     device: Optional[str] = opt(None, "device (default: what accelerate picks)", "run", resume_may_change=True)
@@ -184,7 +193,8 @@ class TrainConfig:
                    "init": ("kaiming", "gaussian"),
                    "weighting_scheme": ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap", "none"),
                    "save_format": (None, "kohya", "diffusers", "comfyui", "onetrainer"),
-                   "optimizer": ("adamw", "adamw8bit", "lion", "prodigy"),
+                   "optimizer": ("adamw", "adamw8bit", "lion", "prodigy", "adafactor"),
+                   "base_precision": ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "nf4"),
                    "prior_target": ("base", "image"),
                    "mixed_precision": ("auto", "no", "fp16", "bf16"), "save_dtype": ("fp16", "bf16", "fp32"),
                    "scheduler": ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
@@ -193,6 +203,8 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 bad(f"--{_flag(key)} must be one of {', '.join(a for a in allowed if a)}, not {getattr(self, key)!r}")
+        if self.blocks_to_swap < 0:
+            bad(f"--blocks-to-swap must be ≥ 0, not {self.blocks_to_swap}")
         positive = ("rank", "steps", "batch_size", "grad_accum", "resolution", "repeats", "keep_states", "evaluate_n")
         for key in positive:
             if getattr(self, key) < 1:
