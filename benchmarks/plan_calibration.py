@@ -77,7 +77,9 @@ def build(name: str, work: Path) -> Path:
     for part, entry in index.items():
         if part.startswith("tokenizer") and entry[1].startswith("T5"):
             t5_tokenizer(spec["t5_tokens"]).save_pretrained(tmp / part)
-    index = {k: v for k, v in index.items() if not (k.startswith("tokenizer") and v[1].startswith("CLIP"))}
+    # the CLIP tokenizers stay listed without a folder: the loader gives them the shipped one
+    index = {k: (["transformers", "PreTrainedTokenizerFast"] if k.startswith("tokenizer") and v[1].startswith("T5")
+                 else v) for k, v in index.items()}
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
     torch.set_default_dtype(torch.float32)
     tmp.rename(folder)

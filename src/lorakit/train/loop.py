@@ -445,8 +445,12 @@ class Trainer:
             from diffusers.models.attention_processor import AttnProcessor
 
             unet.set_attn_processor(AttnProcessor())
-        if cfg.gradient_checkpointing:
+        if cfg.gradient_checkpointing or cfg.blocks_to_swap:  # a swapped block's weights must not wait for backward
             unet.enable_gradient_checkpointing()
+        if cfg.blocks_to_swap:
+            from ..block_swap import apply as swap_blocks
+
+            swap_blocks(unet, cfg.blocks_to_swap, device)
         # encoders that never train (SD3's T5) get no LoRA; None keeps the others' kohya prefixes
         tes = [None if name in self.spec.frozen_text_encoders else getattr(pipe, name, None)
                for name in self.spec.text_encoders]

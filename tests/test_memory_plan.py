@@ -1,0 +1,153 @@
+"""The memory plan's parts against hand computation, its budget choices, and the CLI's --plan."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lorakit import memory_plan as mp
+from lorakit.errors import LoraKitError
+from lorakit.memory_budget import fit, parse_size
+from lorakit.models.sketch import Sketch, sketch
+from lorakit.quantized import BYTES_PER_WEIGHT, quantize_linears, stored_bytes
+
+CONFIGS = __import__("pathlib").Path(mp.__file__).parent / "models" / "configs"
+
+
+def test_plain_weight_bytes_are_parameters_times_bytes():
+    model = nn.Sequential(nn.Linear(64, 256), nn.LayerNorm(256), nn.Linear(256, 32))
+    n = sum(p.numel() for p in model.parameters())  # 64*256+256 + 2*256 + 256*32+32 = 25376
+    assert n == 25376
+    assert mp.weight_bytes(model, "fp32", torch.float32) == 4 * n
+    assert mp.weight_bytes(model, "bf16", torch.bfloat16) == 2 * n
+
+
+def test_quantized_weight_bytes_by_hand_and_as_torchao_stores_them():
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.Linear(1024, 8))  # the second is quantizable too (8192 ≥ 256)
+    others = 1024 + 8  # biases, kept in bf16
+    for fmt in ("fp8", "int8"):
+        want = (1024 * 1024 + 8 * 1024) * BYTES_PER_WEIGHT[fmt] + 2 * others
+        assert mp.weight_bytes(model, fmt, torch.bfloat16) == int(want)
+    # nf4 takes only weights in whole blocks of 64 × 256: the 8 × 1024 layer stays bf16
+    want = 1024 * 1024 * BYTES_PER_WEIGHT["nf4"] + 2 * (8 * 1024 + others)
+    assert mp.weight_bytes(model, "nf4", torch.bfloat16) == int(want)
+    pytest.importorskip("torchao")
+    for fmt in ("fp8", "int8", "nf4"):
+        real = nn.Sequential(nn.Linear(1024, 1024), nn.Linear(1024, 8)).to(torch.bfloat16)
+        planned = mp.weight_bytes(real, fmt, torch.bfloat16)
+        quantize_linears(real, fmt, torch.bfloat16)
+        # per-row fp32 scales (4 bytes a row) are what the plan leaves out for fp8/int8: 0.4 % here
+        assert abs(stored_bytes(real) - planned) / planned < 0.006, fmt
+
+
+def test_real_size_sketches_read_from_configs_alone():
+    flux = sketch(str(CONFIGS / "flux1-dev"))
+    assert flux.family.name == "flux" and flux.denoiser.device.type == "meta"
+    assert sum(p.numel() for p in flux.denoiser.parameters()) == 11_901_408_320
+    assert mp.weight_bytes(flux.denoiser, "bf16", torch.bfloat16) == 2 * 11_901_408_320
+    t5 = flux.text_encoders["text_encoder_2"]
+    assert sum(p.numel() for p in t5.parameters()) == 4_762_310_656
+    sd35l = sketch(str(CONFIGS / "sd35-large"))
+    assert sd35l.family.name == "sd3" and len(sd35l.text_encoders) == 3
+
+
+def test_lora_parameters_are_what_training_creates():
+    from sd3_support import tiny_sd3_pipeline
+
+    from lorakit.lora import LoRANetwork, ModelParts
+
+    pipe = tiny_sd3_pipeline()
+    sk = Sketch(__import__("lorakit.families", fromlist=["get"]).get("sd3"), "folder", pipe.transformer,
+                dict(pipe.transformer.config), {"text_encoder": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2,
+                                                "text_encoder_3": pipe.text_encoder_3}, pipe.vae, dict(pipe.vae.config))
+    settings = mp.Settings(rank=4, train_text_encoder=False)
+    shapes = mp.lora_parameters(sk, settings)
+    net = LoRANetwork.create(ModelParts("sd3", pipe.transformer, [], dict(pipe.transformer.config)), rank=4,
+                             text_encoder=False)
+    n = sum(p.numel() for p in net.parameters())
+    assert n > 0 and mp.lora_bytes(shapes) == 4 * n
+    assert mp.optimizer_bytes("adamw", shapes) == 12 * n  # two fp32 moments + foreach's temporary
+    assert mp.optimizer_bytes("lion", shapes) == 4 * n
+
+
+def test_adafactor_state_is_the_planned_factored_moment():
+    from lorakit.train.optim import build_optimizer
+
+    a, b = nn.Parameter(torch.randn(4, 96)), nn.Parameter(torch.randn(80, 4))
+    opt = build_optimizer("adafactor", [{"params": [a, b]}], lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
+    (a.sum() + b.square().sum()).backward()
+    opt.step()
+    state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
+                if torch.is_tensor(t) and t.dim() > 0)
+    assert state == mp.optimizer_bytes("adafactor", [(4, 96), (80, 4)]) == 4 * (4 + 96 + 80 + 4)
+
+
+def test_cache_and_activation_parts_by_hand():
+    flux = sketch(str(CONFIGS / "flux1-dev"))
+    s = mp.Settings(resolution=512, images=3, captions=2)
+    # 16 latent channels × 64 × 64 fp32 per image
+    assert mp.latent_cache_bytes(flux, s) == 3 * 16 * 64 * 64 * 4
+    # 512 T5 tokens × 4096 + the 768 pooled, fp32, per caption
+    assert mp.text_cache_bytes(flux, s) == 2 * (512 * 4096 + 768) * 4
+    units = (32 * 32 + 512) * 3072 * 57  # image tokens (2×2 latent pixels each) and text tokens × width × blocks
+    assert mp.training_activation_bytes(flux, s, torch.bfloat16) == units * mp.DIT_TRAIN_VALUES[False] * 2
+    gc = s.but(gradient_checkpointing=True)
+    assert mp.training_activation_bytes(flux, gc, torch.bfloat16) == units * mp.DIT_TRAIN_VALUES[True] * 2
+
+
+def _flux_plan(**changes):
+    flux = sketch(str(CONFIGS / "flux1-dev"))
+    settings = mp.Settings(device="cpu", mixed_precision="bf16", **changes)
+    return flux, settings, (lambda s: mp.train_plan(flux, s))
+
+
+def test_budget_that_fits_changes_nothing():
+    _, settings, plan_of = _flux_plan()
+    choice = fit(settings, 10**13, plan_of)
+    assert choice.settings == settings and choice.steps == []
+
+
+def test_tight_budgets_pick_fp8_then_nf4():
+    _, settings, plan_of = _flux_plan()
+    gc = plan_of(settings.but(gradient_checkpointing=True, base_precision="fp8"))
+    choice = fit(settings, gc.total, plan_of)
+    assert (choice.settings.base_precision, choice.settings.gradient_checkpointing) == ("fp8", True)
+    nf4 = plan_of(settings.but(gradient_checkpointing=True, base_precision="nf4"))
+    assert nf4.total < gc.total
+    choice = fit(settings, nf4.total, plan_of)
+    assert choice.settings.base_precision == "nf4" and choice.settings.optimizer == "adamw"
+    assert any(step.startswith("base nf4") for step in choice.steps)
+
+
+def test_impossible_budget_is_refused_in_one_line():
+    _, settings, plan_of = _flux_plan()
+    with pytest.raises(LoraKitError) as e:
+        fit(settings, parse_size("1GB"), plan_of)
+    assert "nothing fits" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_parse_size():
+    assert parse_size("12GB") == 12 * 10**9 and parse_size("12GiB") == 12 * 2**30 and parse_size("900MB") == 9 * 10**8
+    with pytest.raises(LoraKitError):
+        parse_size("twelve")
+
+
+def test_cli_train_plan_prints_the_table(tmp_path, capsys):
+    from lorakit.cli import main
+
+    assert main(["train", "--model", "toy", "--plan", "--out", str(tmp_path / "x.safetensors")]) in (0, None)
+    out = capsys.readouterr().out
+    for part in ("denoiser weights", "text encoders", "activations", "optimizer state", "peak"):
+        assert part in out
+    assert not (tmp_path / "x-run").exists()
+
+
+def test_cli_generate_plan_and_impossible_budget(capsys):
+    from lorakit.cli import main
+
+    assert main(["generate", "--model", "toy", "--prompt", "x", "--plan"]) in (0, None)
+    assert "peak" in capsys.readouterr().out
+    rc = main(["generate", "--model", "toy", "--prompt", "x", "--plan", "--memory-budget", "1MB"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "nothing fits" in err and len(err.splitlines()) == 1
