@@ -68,13 +68,20 @@ def apply(denoiser: nn.Module, n: int, device: str | torch.device) -> int:
         print(f"--blocks-to-swap {n}: nothing to do on {device.type} (the weights already live in its memory)",
               file=sys.stderr)
         return 0
+    hook_blocks(blocks, device, use_stream=True)
+    return len(blocks)
+
+
+def hook_blocks(blocks: list[nn.Module], device: str | torch.device, use_stream: bool) -> nn.Module:
+    """diffusers' block-level group offloading on these blocks alone (one group each), chained to prefetch
+    in their order; returns the holder they were gathered under."""
     from diffusers.hooks import apply_group_offloading
 
     holder = _Holder(blocks)
-    apply_group_offloading(holder, onload_device=device, offload_device=torch.device("cpu"),
-                           offload_type="block_level", num_blocks_per_group=1, use_stream=True)
+    apply_group_offloading(holder, onload_device=torch.device(device), offload_device=torch.device("cpu"),
+                           offload_type="block_level", num_blocks_per_group=1, use_stream=use_stream)
     chain(blocks)
-    return len(blocks)
+    return holder
 
 
 def chain(blocks: list[nn.Module]) -> None:

@@ -259,6 +259,7 @@ class Trainer:
             if getattr(pipe, name, None) is not None:
                 pipe.register_modules(**{name: None})
         gc.collect()
+        release_free_memory()  # glibc keeps the freed weights' smaller tensors in its heap, not given back
 
     def _model_tag(self) -> str:
         p = Path(self.cfg.model)
@@ -389,10 +390,7 @@ class Trainer:
         self.texts = TensorStore(text_mode, cache_dir / "text",
                                  max_items=TEXT_MEMO_ITEMS if varying_captions else None)
         self.tag = self._model_tag()
-        for name in ("vae", *self.spec.text_encoders):
-            module = getattr(self.model.pipe, name, None)
-            if module is not None:
-                _cast(module.requires_grad_(False), device)
+        self._freeze_encoders(device)
         self._require_text_cache_fits()
         if self.main:  # only once the model loaded and the run fits: a refused run leaves nothing behind
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -421,6 +419,14 @@ class Trainer:
         from ..precision import announce
 
         announce(self.precision, self.main)
+
+    def _freeze_encoders(self, device) -> None:
+        """The VAE and text encoders frozen on the device. A method of its own: a loop variable left in
+        `setup`'s frame would keep the last encoder (T5-XXL) alive after its release."""
+        for name in ("vae", *self.spec.text_encoders):
+            module = getattr(self.model.pipe, name, None)
+            if module is not None:
+                _cast(module.requires_grad_(False), device)
 
     def _add_denoiser(self) -> None:
         unet_model = self._load(("unet",))
