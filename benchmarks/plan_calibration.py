@@ -7,7 +7,7 @@ Models (diffusers folders, bf16 weights, written once under WORK):
 - flux-2-4: Flux.1-dev's transformer config with 2 double and 4 single blocks, real CLIP-L and VAE,
   the same T5.
 Each is trained one step (512 px, batch 1, rank 16, one image) with and without gradient checkpointing
-and made to generate one 4-step image; peak RSS is the child's ru_maxrss, the estimate `--plan`'s total.
+and made to generate one 4-step image in bf16; peak RSS is the child's ru_maxrss, the estimate `--plan`'s total.
 
     python benchmarks/plan_calibration.py [--work /tmp/plancal] [--models sd35m-8,flux-2-4]
 """
@@ -155,7 +155,7 @@ def main(argv=None) -> None:
             "train": ["train", *common, "--data", str(images), "--steps", "1", "--resolution", "512", "--rank", "16",
                       "--out", str(a.work / "out" / f"{name}.safetensors"), "--no-progress", "--no-tensorboard"],
             "generate": ["generate", *common, "--prompt", "a photo of sks dog", "--steps", "4", "--width", "512",
-                         "--height", "512", "--out", str(a.work / "out" / f"{name}.png")],
+                         "--height", "512", "--dtype", "bf16", "--out", str(a.work / "out" / f"{name}.png")],
         }
         runs["train-gc"] = runs["train"] + ["--gradient-checkpointing"]
         for run in a.runs.split(","):

@@ -90,10 +90,11 @@ def test_cache_and_activation_parts_by_hand():
     assert mp.latent_cache_bytes(flux, s) == 3 * 16 * 64 * 64 * 4
     # 512 T5 tokens × 4096 + the 768 pooled, fp32, per caption
     assert mp.text_cache_bytes(flux, s) == 2 * (512 * 4096 + 768) * 4
-    units = (32 * 32 + 512) * 3072 * 57  # image tokens (2×2 latent pixels each) and text tokens × width × blocks
-    assert mp.training_activation_bytes(flux, s, torch.bfloat16) == units * mp.DIT_TRAIN_VALUES[False] * 2
-    gc = s.but(gradient_checkpointing=True)
-    assert mp.training_activation_bytes(flux, gc, torch.bfloat16) == units * mp.DIT_TRAIN_VALUES[True] * 2
+    block = (32 * 32 + 512) * 3072  # image tokens (2×2 latent pixels each) and text tokens × width
+    assert mp.training_activation_bytes(flux, s, torch.bfloat16) == block * 57 * mp.DIT_TRAIN_VALUES[False] * 2
+    gc = s.but(gradient_checkpointing=True)  # every block's inputs kept, one block recomputed
+    per = 57 * mp.DIT_TRAIN_VALUES[True] + mp.DIT_RECOMPUTED_BLOCK_VALUES
+    assert mp.training_activation_bytes(flux, gc, torch.bfloat16) == int(block * per * 2)
 
 
 def _flux_plan(**changes):

@@ -18,18 +18,25 @@ from .quantized import BYTES_PER_WEIGHT, QUANTIZED, quantizable
 
 GiB = 2**30
 
-# The process before any model: Python, torch, diffusers, transformers, accelerate and lorakit imported
-# (RSS measured on this project's CPU machine: 0.93 GiB for the train command, 0.88 GiB for generate).
-# A CUDA device holds its context instead (CUDA 12 on an H100: about 0.5 GiB before any tensor).
-BASELINE_CPU, BASELINE_CUDA = int(0.93 * GiB), int(0.5 * GiB)
+# The process beside its models: Python, torch, diffusers, transformers, accelerate and lorakit imported,
+# tokenizers and the allocator's own keep (RSS measured by benchmarks/plan_calibration.py's phase probe:
+# 0.37 GiB before the first load, 0.48-0.54 GiB once the text encoders are released). A CUDA device
+# holds its context instead (CUDA 12: about 0.5 GiB before any tensor).
+BASELINE_CPU, BASELINE_CUDA = int(0.45 * GiB), int(0.5 * GiB)
 
 # Activations a LoRA training step keeps for backward, per unit `Family.activation_units` gives.
 # UNet (unit: latent pixel × channel of its first level): measured with saved-tensor hooks on SD 1.5 at
 # 256 px, rank 16 (fit_check's notes): 377 plain, 61 with gradient checkpointing.
-# MMDiT (unit: token × token width × block, image and text tokens): measured as peak RSS minus the
-# other parts (benchmarks/plan_calibration.py, 512 px, batch 1, rank 16, bf16 weights).
+# MMDiT (unit: token × token width × block, image and text tokens): measured as the training step's peak
+# RSS minus the other parts (benchmarks/plan_calibration.py's phase probe, 512 px, batch 1, rank 16, bf16
+# weights): Flux with 2 + 4 blocks 34 plain, SD 3.5-medium's config with 8 blocks 36 (its 4 blocks with a
+# second attention counted 1.5 blocks each: Family.activation_units). With gradient checkpointing a block keeps only its inputs
+# (1.27 a unit, fit_check's saved-tensor count) and one block at a time is recomputed, forward and
+# backward at once: 73 per unit of that one block (measured in all: Flux 2 + 4 blocks 84 per unit of a
+# block, the SD 3.5-medium config 80; 6 × 1.27 + 73 = 81, 10 × 1.27 + 73 = 86).
 UNET_TRAIN_VALUES = {False: 377, True: 61}
-DIT_TRAIN_VALUES = {False: 30, True: 3}
+DIT_TRAIN_VALUES = {False: 35, True: 1.27}
+DIT_RECOMPUTED_BLOCK_VALUES = 73
 # A forward without gradients keeps one block's intermediates at a time: per token × width (no block
 # factor), and per latent pixel × first-level channel for a UNet.
 UNET_INFER_VALUES, DIT_INFER_VALUES = 40, 24
@@ -201,6 +208,13 @@ def encoder_format(settings: Settings, training: bool) -> tuple[str, torch.dtype
     return "", None  # the denoiser's (the caller fills it in)
 
 
+def encoder_load_bytes(sketch) -> int:
+    """Loading a text encoder holds the pages of its file it has read beside the weights it built: the
+    largest encoder's weights as files hold them (bf16); measured 0.48-0.95 GiB over the loaded weights for
+    a 0.92 GiB T5 file (benchmarks/plan_calibration.py)."""
+    return max((weight_bytes(m, "bf16", torch.bfloat16) for m in sketch.text_encoders.values()), default=0)
+
+
 def encoders_bytes(sketch, fmt: str, dtype: torch.dtype) -> int:
     """Every text encoder's weights in (fmt, dtype): see weight_bytes."""
     return sum(weight_bytes(m, fmt, dtype) for m in sketch.text_encoders.values())
@@ -243,13 +257,16 @@ def vae_pass_bytes(sketch, side: int, dtype: torch.dtype) -> int:
 def training_activation_bytes(sketch, settings: Settings, dtype: torch.dtype) -> int:
     """What one micro-batch keeps for backward: the family's activation units (Family.activation_units: a
     UNet's latent pixels × first-level width; a DiT's image and text tokens × width × blocks) times the
-    values per unit measured for it (UNET_TRAIN_VALUES, DIT_TRAIN_VALUES), with or without gradient
-    checkpointing, at the largest bucket (resolution²)."""
+    values per unit measured for it (UNET_TRAIN_VALUES, DIT_TRAIN_VALUES; checkpointed, a DiT also holds one
+    block recomputed: DIT_RECOMPUTED_BLOCK_VALUES), at the largest bucket (resolution²)."""
     side = settings.resolution // sketch.vae_scale
-    units, kind = sketch.family.activation_units(sketch.denoiser_config, side, side)
-    per = (UNET_TRAIN_VALUES if kind == "unet" else DIT_TRAIN_VALUES)[settings.gradient_checkpointing]
+    per_block, blocks, kind = sketch.family.activation_units(sketch.denoiser_config, side, side)
+    checkpointed = settings.gradient_checkpointing
+    values = per_block * blocks * (UNET_TRAIN_VALUES if kind == "unet" else DIT_TRAIN_VALUES)[checkpointed]
+    if kind == "dit" and checkpointed:
+        values += per_block * DIT_RECOMPUTED_BLOCK_VALUES
     size = torch.empty((), dtype=dtype).element_size()
-    return settings.batch_size * units * per * size
+    return int(settings.batch_size * values * size)
 
 
 def inference_activation_bytes(sketch, settings: Settings, dtype: torch.dtype) -> int:
@@ -257,12 +274,8 @@ def inference_activation_bytes(sketch, settings: Settings, dtype: torch.dtype) -
     classifier-free-guidance batch where the model has no guidance embedding: the units of one block
     (a DiT's units over its blocks) × UNET_INFER_VALUES / DIT_INFER_VALUES."""
     side = settings.resolution // sketch.vae_scale
-    units, kind = sketch.family.activation_units(sketch.denoiser_config, side, side)
-    if kind == "unet":
-        per_unit = UNET_INFER_VALUES
-    else:
-        units //= max(1, sketch.family.block_count(sketch.denoiser_config))
-        per_unit = DIT_INFER_VALUES
+    units, _, kind = sketch.family.activation_units(sketch.denoiser_config, side, side)
+    per_unit = UNET_INFER_VALUES if kind == "unet" else DIT_INFER_VALUES
     guided = 1 if sketch.denoiser_config.get("guidance_embeds") or settings.guidance <= 1 else 2
     size = torch.empty((), dtype=dtype).element_size()
     return guided * units * per_unit * size
@@ -380,8 +393,9 @@ def train_plan(sketch, settings: Settings) -> Plan:
     vae = Part("VAE", vae_bytes(sketch, vae_dtype), _format("", vae_dtype))
     encode = max(encoding_bytes(sketch, settings.captions, enc_dtype), vae_pass_bytes(sketch, settings.resolution,
                                                                                        torch.float32))
-    caching = Phase("caching (text encoders and VAE)", [base, encoders, vae,
-                                                        Part("encoding activations", encode), *caches])
+    reading = Phase("loading text encoders and VAE", [base, encoders, vae,
+                                                      Part("load transient", encoder_load_bytes(sketch))])
+    caching = Phase("filling the caches", [base, encoders, vae, Part("encoding activations", encode), *caches])
     loading = Phase("loading the denoiser", [base, *caches, denoiser,
                                              Part("load transient", load_transient_bytes(sketch, settings))])
     step = [base, *caches, denoiser,
@@ -394,7 +408,7 @@ def train_plan(sketch, settings: Settings) -> Plan:
     if not settings.staged:  # encoders and VAE stay beside the denoiser
         step[1:1] = [encoders, vae]
         loading.parts[1:1] = [encoders, vae]
-    phases = [caching, loading, Phase("training step", [p for p in step if p.bytes])]
+    phases = [reading, caching, loading, Phase("training step", [p for p in step if p.bytes])]
     for phase in phases:
         phase.parts = [p for p in phase.parts if p.bytes or p is base]
     return Plan(phases, settings, {"denoiser": _format(fmt, dtype), "text encoders": _format(enc_fmt, enc_dtype)})
