@@ -152,3 +152,37 @@ def test_cli_generate_plan_and_impossible_budget(capsys):
     rc = main(["generate", "--model", "toy", "--prompt", "x", "--plan", "--memory-budget", "1MB"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "nothing fits" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_plan_within_20_percent_of_the_measured_peak(tmp_path):
+    """Flux.1-dev's width with 1 double and 1 single block, real CLIP-L and VAE, a T5 of XXL width with one
+    layer (random bf16 weights, a diffusers folder): one training step at 512 px, rank 16, in a child
+    process; its peak RSS against `train --plan`."""
+    import importlib.util
+    import shutil
+
+    bench = CONFIGS.parents[3] / "benchmarks" / "plan_calibration.py"
+    spec = importlib.util.spec_from_file_location("plan_calibration", bench)
+    cal = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cal)
+    cal.MODELS["flux-1-1"] = dict(config="flux1-dev", transformer=dict(num_layers=1, num_single_layers=1),
+                                  encoders={"text_encoder_2": dict(num_layers=1)}, t5_tokens=512)
+    try:
+        folder = cal.build("flux-1-1", tmp_path)
+        args = ["train", "--model", str(folder), "--data", str(cal.data(tmp_path)), "--steps", "1", "--resolution",
+                "512", "--rank", "16", "--out", str(tmp_path / "out.safetensors"), "--no-progress",
+                "--no-tensorboard"]
+        estimate, _ = cal.estimate(args)
+        peak, _, _ = cal.measure(args)
+        assert 0.8 <= estimate / peak <= 1.2, (estimate / 2**30, peak / 2**30)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_cli_train_impossible_budget_exits_2_in_one_line(capsys):
+    from lorakit.cli import main
+
+    rc = main(["train", "--model", "toy", "--memory-budget", "1MB", "--plan"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "nothing fits" in err and len(err.splitlines()) == 1

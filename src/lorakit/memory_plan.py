@@ -208,10 +208,13 @@ def encoder_format(settings: Settings, training: bool) -> tuple[str, torch.dtype
     return "", None  # the denoiser's (the caller fills it in)
 
 
-def encoder_load_bytes(sketch) -> int:
-    """Loading a text encoder holds the pages of its file it has read beside the weights it built: the
-    largest encoder's weights as files hold them (bf16); measured 0.48-0.95 GiB over the loaded weights for
-    a 0.92 GiB T5 file (benchmarks/plan_calibration.py)."""
+def encoder_load_bytes(sketch, fmt: str) -> int:
+    """Loading a text encoder in a plain format holds the pages of its file it has read beside the weights it
+    built: the largest encoder's weights as files hold them (bf16); measured 0.48-0.95 GiB over the loaded
+    weights for a 0.92 GiB T5 file (benchmarks/plan_calibration.py). Into a quantized format the load goes
+    tensor by tensor (the streamed loads of this format): its largest tensor in bf16."""
+    if fmt in QUANTIZED:
+        return max((2 * t.numel() for m in sketch.text_encoders.values() for t in m.parameters()), default=0)
     return max((weight_bytes(m, "bf16", torch.bfloat16) for m in sketch.text_encoders.values()), default=0)
 
 
@@ -394,7 +397,7 @@ def train_plan(sketch, settings: Settings) -> Plan:
     encode = max(encoding_bytes(sketch, settings.captions, enc_dtype), vae_pass_bytes(sketch, settings.resolution,
                                                                                        torch.float32))
     reading = Phase("loading text encoders and VAE", [base, encoders, vae,
-                                                      Part("load transient", encoder_load_bytes(sketch))])
+                                                      Part("load transient", encoder_load_bytes(sketch, enc_fmt))])
     caching = Phase("filling the caches", [base, encoders, vae, Part("encoding activations", encode), *caches])
     loading = Phase("loading the denoiser", [base, *caches, denoiser,
                                              Part("load transient", load_transient_bytes(sketch, settings))])
