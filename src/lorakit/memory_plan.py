@@ -419,11 +419,9 @@ def train_plan(sketch, settings: Settings) -> Plan:
 
 def generate_plan(sketch, settings: Settings) -> Plan:
     """Generation: every part loaded at once in the inference format, one denoiser forward at a time, then
-    the VAE decodes each image at full resolution."""
+    the VAE decodes each image at full resolution; the text encoders in the drawing dtype."""
     fmt, dtype = generation_format(sketch, settings)
-    enc_fmt, enc_dtype = encoder_format(settings, training=False)
-    if enc_dtype is None:
-        enc_fmt, enc_dtype = fmt, dtype
+    enc_fmt, enc_dtype = "", dtype  # generate quantizes the denoiser only (commands/generate.py)
     base = Part("process baseline", baseline_bytes(settings.device), "torch and libraries imported")
     denoiser = Part("denoiser weights", weight_bytes(sketch.denoiser, fmt, dtype), _format(fmt, dtype))
     swapped = swapped_bytes(sketch, settings, fmt, dtype)
@@ -444,21 +442,25 @@ def generate_plan(sketch, settings: Settings) -> Plan:
 
 
 def generation_format(sketch, settings: Settings) -> tuple[str, torch.dtype]:
-    """The denoiser's format for drawing: a base precision asked for, else precision.choose_for_images
-    (fp32 on a CPU unless fp32 weights would not fit the memory there, fp16 on a GPU)."""
+    """The denoiser's format for drawing: a plain base precision asked for, else the dtype the pipeline draws
+    in (generate's --dtype, carried as `mixed_precision`; auto: precision.choose_for_images, fp32 on a CPU
+    unless fp32 weights would not fit the memory there, fp16 on a GPU), with a quantized base's Linear
+    weights in their format (commands/generate.py quantizes them to compute in that dtype)."""
     from .fit_check import available_bytes
     from .precision import choose_for_images
-    from .quantized import PLAIN_DTYPES, compute_dtype
+    from .quantized import PLAIN_DTYPES
 
     fmt = settings.base_precision
-    if fmt in QUANTIZED:
-        return fmt, compute_dtype(settings.device)
     if fmt in PLAIN_DTYPES:
         return fmt, PLAIN_DTYPES[fmt]
-    weights = sum(p.numel() for m in (sketch.denoiser, sketch.vae, *sketch.text_encoders.values())
-                  if m is not None for p in m.parameters())
-    chosen = choose_for_images(settings.device, weights, available_bytes(settings.device))
-    return chosen.name, chosen.dtype
+    if settings.mixed_precision in PLAIN_DTYPES:
+        plain, dtype = settings.mixed_precision, PLAIN_DTYPES[settings.mixed_precision]
+    else:
+        weights = sum(p.numel() for m in (sketch.denoiser, sketch.vae, *sketch.text_encoders.values())
+                      if m is not None for p in m.parameters())
+        chosen = choose_for_images(settings.device, weights, available_bytes(settings.device))
+        plain, dtype = chosen.name, chosen.dtype
+    return (fmt if fmt in QUANTIZED else plain), dtype
 
 
 def _format(fmt: str, dtype: torch.dtype) -> str:

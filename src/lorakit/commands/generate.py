@@ -74,10 +74,8 @@ def _plan(model, device, dtype, base_precision, blocks_to_swap, memory_budget, p
     sk = sketch(model, text_encoders=text_encoders, allow_pickle=allow_pickle, prediction_type=prediction_type)
     side = max(width or 0, height or 0) or sk.family.resolution(False)
     fmt = normalise(base_precision)
-    if fmt == "auto" and dtype != "auto":
-        fmt = normalise(dtype)
     settings = Settings(device=default_device(device), base_precision=fmt, resolution=side, n=n, guidance=guidance,
-                        blocks_to_swap=blocks_to_swap)
+                        blocks_to_swap=blocks_to_swap, mixed_precision=normalise(dtype))
     if memory_budget is not None:
         settings = budget_generate(sk, settings, parse_size(memory_budget),
                                    echo=lambda line: typer.echo(line, err=not plan))
@@ -89,17 +87,13 @@ def _plan(model, device, dtype, base_precision, blocks_to_swap, memory_budget, p
 
 def _hold(base, base_precision: str, blocks_to_swap: int) -> None:
     """The denoiser's Linear weights in a quantized base precision (quantized.quantize_linears, after the load),
-    and its block swap."""
+    computing in the dtype the pipeline draws in, and its block swap."""
     from .. import block_swap
-    from ..quantized import QUANTIZED, compute_dtype, normalise, quantize_linears
+    from ..quantized import QUANTIZED, normalise, quantize_linears
 
     fmt = normalise(base_precision)
     denoiser = base.unet
     if fmt in QUANTIZED:
-        dtype = compute_dtype(denoiser.device)
-        from ..quantized import cast_plain
-
-        cast_plain(denoiser, dtype)
-        quantize_linears(denoiser, fmt, dtype)
+        quantize_linears(denoiser, fmt, denoiser.dtype)
     if blocks_to_swap:
         block_swap.apply(denoiser, blocks_to_swap, denoiser.device)
