@@ -60,3 +60,12 @@ def test_hooks_on_the_swapped_blocks_only_chained_in_order():
     with torch.no_grad():
         after = tr(**x).sample
     assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("command", [["train", "--data", "."], ["generate", "--prompt", "x"]])
+def test_cli_refuses_block_swap_on_a_unet_in_one_line(command, capsys):
+    from lorakit.cli import main
+
+    rc = main([command[0], "--model", "toy", "--blocks-to-swap", "2", *command[1:]])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "no transformer blocks" in err and len(err.splitlines()) == 1

@@ -51,6 +51,17 @@ def swapped_blocks(denoiser: nn.Module, n: int) -> list[nn.Module]:
     return blocks[len(blocks) - n:]
 
 
+def check_model(n: int, sketch) -> None:
+    """Refuse, before any weight is read, block swap on a model without transformer blocks (from the
+    family's count in the model's config) or with fewer than `n`."""
+    count = sketch.family.block_count(sketch.denoiser_config)
+    if not count:
+        raise LoraKitError(f"--blocks-to-swap: a {sketch.family.label} model has no transformer blocks to swap "
+                           f"(SD 3.x and Flux.1 have; leave it 0)")
+    if n > count:
+        raise LoraKitError(f"--blocks-to-swap {n}: the model has {count} transformer blocks")
+
+
 class _Holder(nn.Module):
     def __init__(self, blocks: list[nn.Module]):
         super().__init__()

@@ -46,6 +46,11 @@ def generate(
 
     from ..writable import require_writable
 
+    if blocks_to_swap:
+        from ..block_swap import check_model
+        from ..models.sketch import sketch
+
+        check_model(blocks_to_swap, sketch(model, text_encoders=text_encoders, allow_pickle=allow_pickle))
     if plan or memory_budget is not None:
         base_precision, blocks_to_swap = _plan(model, device, dtype, base_precision, blocks_to_swap, memory_budget,
                                                plan, width, height, n, guidance, prediction_type, text_encoders,

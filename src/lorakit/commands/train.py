@@ -24,6 +24,12 @@ def _train(config: Optional[Path] = None, print_config: bool = False, plan: bool
     if print_config:
         typer.echo(cfg.to_toml())
         return
+    if cfg.blocks_to_swap:
+        from ..block_swap import check_model
+        from ..models.sketch import sketch
+
+        check_model(cfg.blocks_to_swap, sketch(cfg.model, config_dir=cfg.config_dir, text_encoders=cfg.text_encoders,
+                                               allow_pickle=cfg.allow_pickle))
     if cfg.memory_budget is not None or plan:
         from ..memory_budget import budget_train, plan_train
 
