@@ -186,3 +186,27 @@ def test_cli_train_impossible_budget_exits_2_in_one_line(capsys):
     rc = main(["train", "--model", "toy", "--memory-budget", "1MB", "--plan"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "nothing fits" in err and len(err.splitlines()) == 1
+
+
+def test_gpu_budget_below_every_format_swaps_the_fewest_blocks():
+    flux = sketch(str(CONFIGS / "flux1-dev"))
+    settings = mp.Settings(device="cuda", mixed_precision="bf16")
+    plan_of = lambda s: mp.train_plan(flux, s)  # noqa: E731
+    smallest = settings.but(gradient_checkpointing=True, base_precision="nf4", optimizer="adamw8bit")
+    budget = plan_of(smallest.but(blocks_to_swap=20)).total
+    assert budget < plan_of(smallest).total
+    choice = fit(settings, budget, plan_of, blocks=57)
+    assert choice.settings == smallest.but(blocks_to_swap=20)  # 19 blocks would not fit
+    assert choice.steps[-1].startswith("block swap of 20 blocks")
+    # on a CPU there is no block swap to fall back on
+    with pytest.raises(LoraKitError, match="nothing fits"):
+        fit(settings.but(device="cpu"), budget, plan_of, blocks=57)
+
+
+def test_swapped_bytes_are_the_last_blocks_less_the_one_in_flight():
+    flux = sketch(str(CONFIGS / "flux1-dev"))
+    single = flux.denoiser.single_transformer_blocks[-1]
+    size = 2 * sum(p.numel() for p in single.parameters())  # bf16
+    s = mp.Settings(device="cuda", blocks_to_swap=3)
+    assert mp.swapped_bytes(flux, s, "bf16", torch.bfloat16) == 2 * size
+    assert mp.swapped_bytes(flux, s.but(device="cpu"), "bf16", torch.bfloat16) == 0

@@ -112,12 +112,15 @@ def fit(settings: Settings, budget: int, plan_of: Callable[[Settings], Plan], bl
         if least is None or plan.total < least.total:
             best, least = s, plan
     if torch.device(settings.device).type == "cuda" and blocks > 0 and best.blocks_to_swap == 0:
-        for n in range(1, blocks + 1):
-            s = best.but(blocks_to_swap=n, gradient_checkpointing=True)
-            plan = plan_of(s)
-            if plan.total <= budget:
-                return Choice(s, plan, _changes(settings, s))
-        best, least = s, plan
+        swap = lambda n: best.but(blocks_to_swap=n, gradient_checkpointing=True)  # noqa: E731
+        most = plan_of(swap(blocks))
+        if most.total <= budget:  # the fewest blocks that fit: the plan falls as blocks swap
+            low, high = 1, blocks
+            while low < high:
+                mid = (low + high) // 2
+                low, high = (low, mid) if plan_of(swap(mid)).total <= budget else (mid + 1, high)
+            return Choice(swap(low), plan_of(swap(low)), _changes(settings, swap(low)))
+        best, least = swap(blocks), most
     raise LoraKitError(f"memory budget {budget / GiB:.1f} GiB: nothing fits; the smallest settings "
                        f"({_summary(best)}) need {least.total / GiB:.1f} GiB")
 
@@ -151,7 +154,8 @@ def _summary(s: Settings) -> str:
 
 def report(choice: Choice, asked: Plan, budget: int) -> list[str]:
     """A few lines: the budget, what the run as asked needs, what was picked and why."""
-    head = f"memory budget {budget / GiB:.1f} GiB: the run as asked needs {asked.total / GiB:.1f} GiB"
+    head = f"memory budget {budget / GiB:.1f} GiB: the run as asked needs {asked.total / GiB:.1f} GiB (peak in " \
+           f"{asked.peak.name})"
     if not choice.steps:
         return [head + ": it fits, nothing changed"]
     lines = [head + "; picked, cheapest first:"]

@@ -360,17 +360,17 @@ def text_cache_bytes(sketch, settings: Settings) -> int:
 # --- block swap -------------------------------------------------------------------------------------------
 
 def swapped_bytes(sketch, settings: Settings, fmt: str, dtype: torch.dtype) -> int:
-    """Device memory that block swap frees: N transformer blocks' weights stay in CPU memory, less the one
-    in flight (block_swap.py streams the next block while the current one computes)."""
+    """Device memory that block swap frees: the swapped blocks' weights (the last N, as block_swap.py picks
+    them) stay in CPU memory, less the largest of them, in flight (the next block streams in while the
+    current one computes)."""
     from .block_swap import transformer_blocks
 
     n = settings.blocks_to_swap
     if n <= 0 or torch.device(settings.device).type != "cuda":
         return 0
     blocks = transformer_blocks(sketch.denoiser)
-    sizes = sorted((weight_bytes(b, fmt, dtype) for b in blocks), reverse=True)
-    n = min(n, len(sizes))
-    return sum(sizes[:n]) - (sizes[0] if n else 0)
+    sizes = [weight_bytes(b, fmt, dtype) for b in blocks[max(0, len(blocks) - n):]]
+    return sum(sizes) - max(sizes, default=0)
 
 
 # --- the plans -------------------------------------------------------------------------------------------
