@@ -24,6 +24,8 @@ def _train(config: Optional[Path] = None, print_config: bool = False, plan: bool
     if print_config:
         typer.echo(cfg.to_toml())
         return
+    if plan or cfg.memory_budget is not None:  # the options are checked before planning; a plan needs no data
+        (cfg if cfg.data is not None else cfg.override({"data": "."})).validate()
     if cfg.blocks_to_swap:
         from ..block_swap import check_model
         from ..models.sketch import sketch
