@@ -210,3 +210,34 @@ def test_swapped_bytes_are_the_last_blocks_less_the_one_in_flight():
     s = mp.Settings(device="cuda", blocks_to_swap=3)
     assert mp.swapped_bytes(flux, s, "bf16", torch.bfloat16) == 2 * size
     assert mp.swapped_bytes(flux, s.but(device="cpu"), "bf16", torch.bfloat16) == 0
+
+
+def test_single_file_sketch_reads_the_header_and_configs(tmp_path):
+    """A BFL single file (the family from its header), the encoders' configs from --text-encoders: the same
+    parts as the pipeline it was written from, no weight read."""
+    import json
+
+    from flux_support import tiny_flux_pipeline
+    from safetensors.torch import save_file
+
+    from lorakit.families.flux import naming as flux_naming
+    from lorakit.families.flux.family import FAMILY
+
+    pipe = tiny_flux_pipeline()
+    ckpt = tmp_path / "flux1-tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in flux_naming.diffusers_state_to_bfl(pipe.transformer.state_dict()).items()},
+              str(ckpt))
+    parts, config = tmp_path / "parts", tmp_path / "config"
+    pipe.save_pretrained(str(parts))
+    (config / "transformer").mkdir(parents=True)
+    (config / "transformer" / "config.json").write_text(json.dumps(dict(pipe.transformer.config)))
+    pipe.scheduler.save_pretrained(str(config / "scheduler"))
+    (config / "model_index.json").write_text((FAMILY.config_dir(variant="dev") / "model_index.json").read_text())
+    sk = sketch(str(ckpt), config_dir=config, text_encoders=parts)
+    assert sk.kind == "single_file" and sk.family.name == "flux"
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(sk.denoiser) == count(pipe.transformer)
+    assert {n: count(m) for n, m in sk.text_encoders.items()} == \
+        {"text_encoder": count(pipe.text_encoder), "text_encoder_2": count(pipe.text_encoder_2)}
+    assert count(sk.vae) == count(pipe.vae)  # Flux's VAE comes from that folder too
+    assert mp.weight_bytes(sk.denoiser, "bf16", torch.bfloat16) == 2 * count(pipe.transformer)

@@ -83,10 +83,11 @@ def _build(folder: Path, index: dict, kind: str, prediction_type: str | None, el
                                                                                   "feature_extractor",
                                                                                   "safety_checker", "image_encoder")):
             continue
-        where = folder
-        if name.startswith("text_encoder") and elsewhere.get("encoders") is not None \
-                and (elsewhere["encoders"] / name / "config.json").is_file():
-            where = elsewhere["encoders"]
+        where, other = folder, elsewhere.get("encoders")
+        # the parts a single file lacks come from --text-encoders (the text encoders; Flux's VAE too)
+        if other is not None and (other / name / "config.json").is_file() and (
+                name.startswith("text_encoder") or not (folder / name / "config.json").is_file()):
+            where = other
         config_file = where / name / "config.json"
         if not config_file.is_file():
             continue
