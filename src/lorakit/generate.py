@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -171,6 +172,7 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
     sampler = effective_name(sampler, pipe.scheduler.config)  # what PNG info records is what ran
     pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=not progress)
+    merge = merge and not _keep_quantized(model, specs)
     networks = attach_loras(model, specs, merge=merge, allow_pickle=allow_pickle)
     _announce_precision(model)
     images, seeds = [], [seed + i for i in range(n)]
@@ -189,13 +191,31 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
     return GenerateResult(images, seeds, infos)
 
 
+def _keep_quantized(model, specs) -> bool:
+    """LoRAs go on the fly onto a base stored in fp8/int8/nf4: merged, each adapted layer would be kept
+    dequantized in the compute precision (lora/compose.py), giving back the memory the format saves."""
+    from .quantized import format_of, has_quantized
+
+    unet = model.unet
+    if not specs or unet is None or not has_quantized(unet):
+        return False
+    if not getattr(model, "_on_the_fly_said", False):
+        fmt = next(format_of(p) for p in unet.parameters() if format_of(p) in ("fp8", "int8", "nf4"))
+        print(f"LoRAs applied on the fly on the {fmt} base (merged, the adapted layers would be kept dequantized)",
+              file=sys.stderr, flush=True)
+        model._on_the_fly_said = True
+    return True
+
+
 def _announce_precision(model) -> None:
     """Say once per loaded model which number format it runs in (set by load_model_for_inference)."""
     precision = getattr(model, "precision", None)
     if precision is not None and not getattr(model, "_precision_said", False):
+        from .models import base_precision
         from .precision import announce
 
         announce(precision)
+        base_precision.announce(model, getattr(model, "base_precision", "auto"), precision.dtype)
         model._precision_said = True
 
 

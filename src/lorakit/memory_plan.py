@@ -134,19 +134,19 @@ def baseline_bytes(device: str) -> int:
 
 def held_format(model: nn.Module, settings: Settings, parameters: int | None = None) -> tuple[str, torch.dtype]:
     """(format of the Linear weights, dtype of everything else) the denoiser is held in: the base precision
-    asked for (a quantized one computes in quantized.compute_dtype), else what precision.choose picks for
-    the device and the model's size (train/loop.py `_choose_precision`)."""
+    asked for (a quantized one computes as models.base_precision.compute_dtype says), else what
+    precision.choose picks for the device and the model's size (train/loop.py `_choose_precision`)."""
+    from .models.base_precision import compute_dtype
     from .precision import choose
-    from .quantized import PLAIN_DTYPES, compute_dtype
+    from .quantized import PLAIN_DTYPES
 
     fmt = settings.base_precision
-    if fmt in QUANTIZED:
-        dtype = compute_dtype(settings.device)
-        return fmt, dtype
     if fmt in PLAIN_DTYPES:
         return fmt, PLAIN_DTYPES[fmt]
     n = parameters if parameters is not None else sum(p.numel() for p in model.parameters())
     chosen = choose(settings.device, n, settings.mixed_precision)
+    if fmt in QUANTIZED:
+        return fmt, compute_dtype(fmt, settings.device, chosen.dtype)
     return chosen.name, chosen.dtype
 
 
@@ -192,35 +192,48 @@ def load_transient_bytes(sketch, settings: Settings) -> int:
     return GROUP_BYTES
 
 
-def encoder_format(settings: Settings, training: bool) -> tuple[str, torch.dtype]:
-    """The text encoders' format: a quantized base precision applies to them too (T5-XXL is the second
-    largest part); else, when training stages them (loaded alone to fill the caches), fp32 as train/loop.py
-    `_load_once` loads every part but the denoiser; else the denoiser's plain format."""
-    from .quantized import PLAIN_DTYPES, compute_dtype
+def encoder_formats(sketch, settings: Settings, load_dtype: torch.dtype) -> dict[str, tuple[str, torch.dtype]]:
+    """{text encoder: (format, dtype)}: the family's big ones (Family.big_text_encoders: T5-XXL) in the base
+    precision as models/base_precision.py holds them (a quantized one computing in its compute_dtype of the
+    load's dtype), the others in the load's dtype: fp32 when training stages them (train/loop.py `_load_once`
+    loads every part but the denoiser in fp32), else the run's or the drawing dtype."""
+    from .models.base_precision import compute_dtype
+    from .quantized import PLAIN_DTYPES
 
     fmt = settings.base_precision
-    if fmt in QUANTIZED:
-        return fmt, compute_dtype(settings.device)
-    if training and settings.staged:
-        return "fp32", torch.float32
-    if fmt in PLAIN_DTYPES:
-        return fmt, PLAIN_DTYPES[fmt]
-    return "", None  # the denoiser's (the caller fills it in)
+    plain = {v: k for k, v in PLAIN_DTYPES.items()}[load_dtype]
+    out = {}
+    for name in sketch.text_encoders:
+        if name in sketch.family.big_text_encoders and fmt in QUANTIZED:
+            out[name] = fmt, compute_dtype(fmt, settings.device, load_dtype)
+        elif name in sketch.family.big_text_encoders and fmt in PLAIN_DTYPES:
+            out[name] = fmt, PLAIN_DTYPES[fmt]
+        else:
+            out[name] = plain, load_dtype
+    return out
 
 
-def encoder_load_bytes(sketch, fmt: str) -> int:
+def encoder_load_bytes(sketch, formats: dict[str, tuple[str, torch.dtype]]) -> int:
     """Loading a text encoder in a plain format holds the pages of its file it has read beside the weights it
-    built: the largest encoder's weights as files hold them (bf16); measured 0.48-0.95 GiB over the loaded
-    weights for a 0.92 GiB T5 file (benchmarks/plan_calibration.py). Into a quantized format the load goes
-    tensor by tensor (the streamed loads of this format): its largest tensor in bf16."""
-    if fmt in QUANTIZED:
-        return max((2 * t.numel() for m in sketch.text_encoders.values() for t in m.parameters()), default=0)
-    return max((weight_bytes(m, "bf16", torch.bfloat16) for m in sketch.text_encoders.values()), default=0)
+    built: the largest such encoder's weights as files hold them (bf16); measured 0.48-0.95 GiB over the
+    loaded weights for a 0.92 GiB T5 file (benchmarks/plan_calibration.py). One going into a quantized
+    format is read tensor by tensor, quantized as read (models/): its largest tensor in bf16."""
+    worst = 0
+    for name, module in sketch.text_encoders.items():
+        if formats[name][0] in QUANTIZED:
+            worst = max(worst, max((2 * t.numel() for t in module.parameters()), default=0))
+        else:
+            worst = max(worst, weight_bytes(module, "bf16", torch.bfloat16))
+    return worst
 
 
-def encoders_bytes(sketch, fmt: str, dtype: torch.dtype) -> int:
-    """Every text encoder's weights in (fmt, dtype): see weight_bytes."""
-    return sum(weight_bytes(m, fmt, dtype) for m in sketch.text_encoders.values())
+def encoders_bytes(sketch, formats: dict[str, tuple[str, torch.dtype]]) -> int:
+    """Every text encoder's weights in its (format, dtype) (encoder_formats): see weight_bytes."""
+    return sum(weight_bytes(m, *formats[n]) for n, m in sketch.text_encoders.items())
+
+
+def _formats_note(formats: dict[str, tuple[str, torch.dtype]]) -> str:
+    return ", ".join(sorted({_format(f, d) for f, d in formats.values()}))
 
 
 def vae_bytes(sketch, dtype: torch.dtype) -> int:
@@ -379,9 +392,8 @@ def train_plan(sketch, settings: Settings) -> Plan:
     """A training run's phases: caching (encoders and VAE, staged before the denoiser), loading the
     denoiser, and the training step."""
     fmt, dtype = held_format(sketch.denoiser, settings)
-    enc_fmt, enc_dtype = encoder_format(settings, training=True)
-    if enc_dtype is None:
-        enc_fmt, enc_dtype = fmt, dtype
+    load_dtype = torch.float32 if settings.staged else dtype
+    formats = encoder_formats(sketch, settings, load_dtype)
     base = Part("process baseline", baseline_bytes(settings.device), "torch and libraries imported")
     shapes = lora_parameters(sketch, settings)
     caches = [Part("latent cache", latent_cache_bytes(sketch, settings), f"{settings.images} image(s)"),
@@ -391,13 +403,12 @@ def train_plan(sketch, settings: Settings) -> Plan:
     if swapped:
         denoiser = Part(denoiser.name, denoiser.bytes - swapped,
                         f"{denoiser.note}, {settings.blocks_to_swap} blocks swapped to CPU")
-    encoders = Part("text encoders", encoders_bytes(sketch, enc_fmt, enc_dtype), _format(enc_fmt, enc_dtype))
-    vae_dtype = torch.float32 if settings.staged else dtype
-    vae = Part("VAE", vae_bytes(sketch, vae_dtype), _format("", vae_dtype))
-    encode = max(encoding_bytes(sketch, settings.captions, enc_dtype), vae_pass_bytes(sketch, settings.resolution,
-                                                                                       torch.float32))
+    encoders = Part("text encoders", encoders_bytes(sketch, formats), _formats_note(formats))
+    vae = Part("VAE", vae_bytes(sketch, load_dtype), _format("", load_dtype))
+    encode = max(encoding_bytes(sketch, settings.captions, load_dtype), vae_pass_bytes(sketch, settings.resolution,
+                                                                                        torch.float32))
     reading = Phase("loading text encoders and VAE", [base, encoders, vae,
-                                                      Part("load transient", encoder_load_bytes(sketch, enc_fmt))])
+                                                      Part("load transient", encoder_load_bytes(sketch, formats))])
     caching = Phase("filling the caches", [base, encoders, vae, Part("encoding activations", encode), *caches])
     loading = Phase("loading the denoiser", [base, *caches, denoiser,
                                              Part("load transient", load_transient_bytes(sketch, settings))])
@@ -414,14 +425,14 @@ def train_plan(sketch, settings: Settings) -> Plan:
     phases = [reading, caching, loading, Phase("training step", [p for p in step if p.bytes])]
     for phase in phases:
         phase.parts = [p for p in phase.parts if p.bytes or p is base]
-    return Plan(phases, settings, {"denoiser": _format(fmt, dtype), "text encoders": _format(enc_fmt, enc_dtype)})
+    return Plan(phases, settings, {"denoiser": _format(fmt, dtype), "text encoders": _formats_note(formats)})
 
 
 def generate_plan(sketch, settings: Settings) -> Plan:
     """Generation: every part loaded at once in the inference format, one denoiser forward at a time, then
-    the VAE decodes each image at full resolution; the text encoders in the drawing dtype."""
+    the VAE decodes each image at full resolution."""
     fmt, dtype = generation_format(sketch, settings)
-    enc_fmt, enc_dtype = "", dtype  # generate quantizes the denoiser only (commands/generate.py)
+    formats = encoder_formats(sketch, settings, dtype)
     base = Part("process baseline", baseline_bytes(settings.device), "torch and libraries imported")
     denoiser = Part("denoiser weights", weight_bytes(sketch.denoiser, fmt, dtype), _format(fmt, dtype))
     swapped = swapped_bytes(sketch, settings, fmt, dtype)
@@ -429,37 +440,42 @@ def generate_plan(sketch, settings: Settings) -> Plan:
         denoiser = Part(denoiser.name, denoiser.bytes - swapped,
                         f"{denoiser.note}, {settings.blocks_to_swap} blocks swapped to CPU")
     parts = [base, denoiser,
-             Part("text encoders", encoders_bytes(sketch, enc_fmt, enc_dtype), _format(enc_fmt, enc_dtype)),
+             Part("text encoders", encoders_bytes(sketch, formats), _formats_note(formats)),
              Part("VAE", vae_bytes(sketch, dtype), _format("", dtype)),
              Part("load transient", load_transient_bytes(sketch, settings.but(base_precision=fmt))),
              Part("activations", max(inference_activation_bytes(sketch, settings, dtype),
                                      vae_pass_bytes(sketch, settings.resolution, dtype),
-                                     encoding_bytes(sketch, 2, enc_dtype)), "largest of denoiser, decode, encode"),
+                                     encoding_bytes(sketch, 2, dtype)), "largest of denoiser, decode, encode"),
              Part("dequantized layer", dequantize_bytes(sketch.denoiser, fmt, dtype) // 2),
              Part("images", 3 * settings.resolution ** 2 * settings.n * 2)]
     return Plan([Phase("generation", [p for p in parts if p.bytes or p is base])], settings,
-                {"denoiser": _format(fmt, dtype), "text encoders": _format(enc_fmt, enc_dtype)})
+                {"denoiser": _format(fmt, dtype), "text encoders": _formats_note(formats)})
 
 
 def generation_format(sketch, settings: Settings) -> tuple[str, torch.dtype]:
-    """The denoiser's format for drawing: a plain base precision asked for, else the dtype the pipeline draws
-    in (generate's --dtype, carried as `mixed_precision`; auto: precision.choose_for_images, fp32 on a CPU
-    unless fp32 weights would not fit the memory there, fp16 on a GPU), with a quantized base's Linear
-    weights in their format (commands/generate.py quantizes them to compute in that dtype)."""
+    """(format, dtype) the pipeline draws in, as devices.py resolves generate's options: --dtype (carried as
+    `mixed_precision`) when given, else a plain base precision, else precision.choose_for_images (fp32 on a
+    CPU unless fp32 weights would not fit the memory there, fp16 on a GPU), a quantized base computing in
+    models.base_precision.compute_dtype of that."""
     from .fit_check import available_bytes
+    from .models.base_precision import compute_dtype
     from .precision import choose_for_images
     from .quantized import PLAIN_DTYPES
 
     fmt = settings.base_precision
-    if fmt in PLAIN_DTYPES:
-        return fmt, PLAIN_DTYPES[fmt]
     if settings.mixed_precision in PLAIN_DTYPES:
-        plain, dtype = settings.mixed_precision, PLAIN_DTYPES[settings.mixed_precision]
+        dtype = PLAIN_DTYPES[settings.mixed_precision]
+    elif fmt in PLAIN_DTYPES:
+        dtype = PLAIN_DTYPES[fmt]
     else:
-        weights = sum(p.numel() for m in (sketch.denoiser, sketch.vae, *sketch.text_encoders.values())
-                      if m is not None for p in m.parameters())
-        chosen = choose_for_images(settings.device, weights, available_bytes(settings.device))
-        plain, dtype = chosen.name, chosen.dtype
+        weights = None
+        if fmt == "auto":
+            weights = sum(p.numel() for m in (sketch.denoiser, sketch.vae, *sketch.text_encoders.values())
+                          if m is not None for p in m.parameters())
+        dtype = choose_for_images(settings.device, weights, available_bytes(settings.device)).dtype
+        if fmt in QUANTIZED:
+            dtype = compute_dtype(fmt, settings.device, dtype)
+    plain = {v: k for k, v in PLAIN_DTYPES.items()}[dtype]
     return (fmt if fmt in QUANTIZED else plain), dtype
 
 

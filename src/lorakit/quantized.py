@@ -18,8 +18,7 @@ precision (lora/compose.py): never a silent requantization.
 
 from __future__ import annotations
 
-import logging
-from contextlib import contextmanager
+import dataclasses
 from typing import Callable
 
 import torch
@@ -43,23 +42,9 @@ NF4_BLOCK, NF4_SCALER_BLOCK = 64, 256
 MIN_QUANTIZED_WEIGHTS = 256
 
 
-@contextmanager
-def _quiet_torchao():
-    """torchao logs, on import, every optional CUDA extension this build lacks; that is no news."""
-    logger = logging.getLogger("torchao")
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
-
-
 def _torchao():
     try:
-        with _quiet_torchao():
-            import torchao  # noqa: F401
-            from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_  # noqa: F401
+        import torchao  # noqa: F401  (its import-time logging is quieted in lorakit/__init__.py)
     except ImportError as e:
         raise LoraKitError("base precision fp8/int8/nf4 needs torchao: pip install torchao (or install lorakit[train])"
                            ) from e
@@ -101,16 +86,32 @@ def compute_dtype(device: str | torch.device = "cpu") -> torch.dtype:
     return torch.float32
 
 
+def is_gguf(t: Tensor | None) -> bool:
+    """A GGUF file's quantized weight as diffusers holds it (GGUFParameter: raw blocks + quant type)."""
+    return getattr(t, "quant_type", None) is not None
+
+
+def logical_shape(t: Tensor) -> tuple[int, ...]:
+    """A weight's shape in weights: a GGUF one holds bytes, one row of blocks per weight row, and
+    keeps the shape it stands for in `quant_shape` (torchao's tensors report theirs as shape)."""
+    return tuple(getattr(t, "quant_shape", t.shape))
+
+
 def is_quantized(t: Tensor | None) -> bool:
-    """A torchao quantized weight (any subclass of a tensor that is not a plain Parameter/Tensor)."""
+    """A torchao quantized weight (any subclass of a tensor that is not a plain Parameter/Tensor), or a
+    GGUF file's quantized weight."""
     if t is None:
         return False
+    if is_gguf(t):
+        return True
     data = t.data if isinstance(t, nn.Parameter) else t
     return type(data) not in (Tensor, nn.Parameter) and type(data).__module__.startswith("torchao")
 
 
 def format_of(t: Tensor) -> str:
     """fp8, int8 or nf4 for a quantized weight, else the plain dtype's name."""
+    if is_gguf(t):
+        return "gguf-" + t.quant_type.name
     if is_quantized(t):
         name = type(t.data if isinstance(t, nn.Parameter) else t).__name__
         return {"Float8Tensor": "fp8", "Int8Tensor": "int8", "NF4Tensor": "nf4"}.get(name, name)
@@ -122,8 +123,17 @@ def quantizable(weight: Tensor, fmt: str) -> bool:
     if weight.dim() != 2 or weight.numel() < MIN_QUANTIZED_WEIGHTS:
         return False
     if fmt == "nf4":
-        return weight.numel() % (NF4_BLOCK * NF4_SCALER_BLOCK) == 0
+        return weight.numel() % NF4_BLOCK == 0
     return True
+
+
+def nf4_scaler_block(numel: int) -> int:
+    """Blocks sharing one double-quantized scale: QLoRA's 256 where the weight's blocks divide by it,
+    else the largest power of two that divides them (narrow layers: a few more bytes of scales)."""
+    blocks, size = numel // NF4_BLOCK, NF4_SCALER_BLOCK
+    while blocks % size:
+        size //= 2
+    return size
 
 
 @torch.no_grad()
@@ -131,21 +141,20 @@ def quantize(weight: Tensor, fmt: str, dtype: torch.dtype) -> Tensor:
     """`weight` (any float dtype, any device) as a quantized tensor computing in `dtype`."""
     _torchao()
     w = weight.detach().to(dtype)
-    with _quiet_torchao():
-        if fmt == "fp8":
-            from torchao.quantization import Float8Tensor
-            from torchao.quantization.granularity import PerRow
+    if fmt == "fp8":
+        from torchao.quantization import Float8Tensor
+        from torchao.quantization.granularity import PerRow
 
-            return Float8Tensor.from_hp(w, granularity=PerRow())
-        if fmt == "int8":
-            from torchao.quantization.granularity import PerRow
-            from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
+        return Float8Tensor.from_hp(w, granularity=PerRow())
+    if fmt == "int8":
+        from torchao.quantization.granularity import PerRow
+        from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
 
-            return Int8Tensor.from_hp(w, PerRow())
-        if fmt == "nf4":
-            from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import to_nf4
+        return Int8Tensor.from_hp(w, PerRow())
+    if fmt == "nf4":
+        from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import to_nf4
 
-            return to_nf4(w, NF4_BLOCK, NF4_SCALER_BLOCK)
+        return to_nf4(w, NF4_BLOCK, nf4_scaler_block(w.numel()))
     raise ValueError(f"not a quantized format: {fmt}")
 
 
@@ -164,19 +173,55 @@ def from_fp8(data: Tensor, scale: Tensor | float | None, dtype: torch.dtype) -> 
         s = s.reshape(1).expand(rows).reshape(rows, 1).contiguous()
     else:
         s = s.reshape(rows, 1).to(torch.float32)
-    with _quiet_torchao():
-        return Float8Tensor(data, s.to(data.device), block_size=[1, data.shape[1]], dtype=dtype)
+    return Float8Tensor(data, s.to(data.device), block_size=[1, data.shape[1]], dtype=dtype)
 
 
 @torch.no_grad()
 def dequantize(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """The weight as a plain tensor in `dtype` (a plain weight is cast)."""
+    if is_gguf(t):
+        return _gguf_dequantize(t).to(dtype)
     data = t.data if isinstance(t, nn.Parameter) else t
     if not is_quantized(data):
         return data.to(dtype)
     if format_of(data) == "nf4":
         return data.get_original_weight().to(dtype)
     return data.dequantize(dtype)
+
+
+def _gguf_dequantize(t: Tensor) -> Tensor:
+    """A GGUF weight's numbers in fp32 through diffusers' block functions (its own
+    `dequantize_gguf_tensor` multiplies Q8_0's scales in fp16, for speed)."""
+    from diffusers.quantizers.gguf.utils import GGML_QUANT_SIZES, dequantize_functions
+
+    block, size = GGML_QUANT_SIZES[t.quant_type]
+    raw = t.as_tensor().view(torch.uint8)
+    shape = (*raw.shape[:-1], raw.shape[-1] // size * block)
+    out = dequantize_functions[t.quant_type](raw.reshape(-1, size), block, size, dtype=torch.float32)
+    return out.reshape(shape).to(torch.float32)
+
+
+@torch.no_grad()
+def with_compute_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """The same quantized weight computing in `dtype`: its stored data shared, never dequantized
+    (through the subclass's own flatten/unflatten, whose metadata carries the compute dtype)."""
+    data = t.data if isinstance(t, nn.Parameter) else t
+    if data.dtype == dtype:
+        return data
+    names, meta = data.__tensor_flatten__()
+    meta = dict(meta)
+    if "tensor_meta" in meta:  # nf4: the dtype sits in its tensor_meta
+        meta["tensor_meta"] = dataclasses.replace(meta["tensor_meta"], dtype=dtype)
+    else:
+        meta["dtype"] = dtype
+    return type(data).__tensor_unflatten__({n: getattr(data, n) for n in names}, meta, data.size(), data.stride())
+
+
+def plain_copy(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A new plain tensor holding the weight in `dtype`, dequantized when quantized: safe to change in
+    place (dequantize gives a plain weight itself back when it is already in `dtype`)."""
+    data = t.data if isinstance(t, nn.Parameter) else t
+    return dequantize(data, dtype) if is_quantized(data) else data.detach().to(dtype, copy=True)
 
 
 def stored_bytes(module: nn.Module) -> int:
@@ -188,6 +233,8 @@ def stored_bytes(module: nn.Module) -> int:
 
 
 def tensor_bytes(t: Tensor) -> int:
+    if is_gguf(t):
+        return t.numel() * t.element_size()  # the blocks as stored, scales included
     data = t.data if isinstance(t, nn.Parameter) else t
     if not is_quantized(data):
         return data.numel() * data.element_size()
@@ -219,21 +266,30 @@ def has_quantized(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def cast_plain(model: nn.Module, dtype: torch.dtype, device: str | torch.device | None = None) -> nn.Module:
-    """`model.to(device, dtype)` for its plain floating tensors; quantized weights only move."""
+def cast_plain(model: nn.Module, dtype: torch.dtype | None, device: str | torch.device | None = None) -> nn.Module:
+    """`model.to(device, dtype)`: quantized weights move and compute in `dtype` from then on, their stored
+    data untouched (dtype None: only move)."""
     for module in model.modules():
         for name, p in list(module._parameters.items()):
             if p is None:
                 continue
             if is_quantized(p):
                 if device is not None and p.device != torch.device(device):
-                    module._parameters[name] = nn.Parameter(p.data.to(device), requires_grad=False)
+                    moved = p.to(device) if is_gguf(p) else nn.Parameter(p.data.to(device), requires_grad=False)
+                    module._parameters[name] = moved
+
+
+                q = p.data if dtype is None else with_compute_dtype(p, dtype)
+                if device is not None and q.device != torch.device(device):
+                    q = q.to(device)
+                if q is not p.data:
+                    module._parameters[name] = nn.Parameter(q, requires_grad=False)
                 continue
-            target = dtype if p.is_floating_point() else p.dtype
+            target = dtype if dtype is not None and p.is_floating_point() else p.dtype
             if p.dtype != target or (device is not None and p.device != torch.device(device)):
                 p.data = p.data.to(device=device, dtype=target)
         for name, b in list(module._buffers.items()):
             if b is not None:
-                target = dtype if b.is_floating_point() else b.dtype
+                target = dtype if dtype is not None and b.is_floating_point() else b.dtype
                 module._buffers[name] = b.to(device=device, dtype=target)
     return model

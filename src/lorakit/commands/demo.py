@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..train.demo import DEFAULT_STEPS
+from .options import BASE_PRECISION
 
 
 def demo(
@@ -15,6 +16,7 @@ def demo(
     steps: int = typer.Option(DEFAULT_STEPS, "--steps", help="training steps"),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads", help="CPU threads for torch (the toy model is faster on one)"),
+    base_precision: str = BASE_PRECISION,
 ) -> None:
     """Teach the toy base a shape it has never seen (the real `train` path) and score it before/after."""
     import torch
@@ -26,7 +28,12 @@ def demo(
         raise LoraKitError("--steps must be at least 1")
     if threads >= 1:
         torch.set_num_threads(threads)
-    r = run_demo(out, steps=steps, seed=seed)
+    from ..models.base_precision import parse
+    from ..quantized import require
+
+    fmt = parse(base_precision)
+    require(fmt)
+    r = run_demo(out, steps=steps, seed=seed, base_precision=fmt)
     b, a = r["before"], r["after"]
     typer.echo(f"concept fidelity ({r['trigger']} → {r['concept']}): {b['concept_fidelity']:.0%} → "
                f"{a['concept_fidelity']:.0%} (goal ≥ {r['goals']['concept_fidelity']:.0%})")

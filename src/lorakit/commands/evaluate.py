@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from ..evaluation.encoders import DEFAULT_CLIP, DEFAULT_DINO
-from .options import ALLOW_PICKLE
+from .options import ALLOW_PICKLE, BASE_PRECISION
 
 
 def evaluate(
@@ -42,6 +42,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     device: str = typer.Option("auto", "--device"),
     dtype: str = typer.Option("auto", "--dtype"),
+    base_precision: str = BASE_PRECISION,
     allow_pickle: bool = ALLOW_PICKLE,
 ) -> None:
     """Draw the same prompts and seeds at several LoRA strengths and measure subject fidelity (DINO,
@@ -67,7 +68,7 @@ def evaluate(
         from ..writable import require_writable
 
         require_writable(out, folder=out.suffix.lower() != ".png")
-    base = load_model_for_inference(model, device, dtype, allow_pickle=allow_pickle)
+    base = load_model_for_inference(model, device, dtype, base_precision, allow_pickle=allow_pickle)
     if not texts and trigger:
         texts, own = default_prompts(trigger, toy=getattr(base, "kind", None) == "toy")
     report = run(base, specs, texts, strengths=levels, trigger=trigger, n=n, seed=seed, steps=steps,

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .options import ALLOW_PICKLE, TEXT_ENCODERS
+from .options import ALLOW_PICKLE, BASE_PRECISION, TEXT_ENCODERS
 
 
 def generate(
@@ -27,12 +27,12 @@ def generate(
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="a .png file or a folder"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU; fp32 on CPU, where bf16 would blur a LoRA's "
-                              "effect, bf16 only if fp32 weights would not fit in memory), fp16, bf16, fp32"),
+                              "effect, bf16 only if fp32 weights would not fit in memory; with --base-precision: "
+                              "its dtype, or what fp8/int8/nf4 compute in), fp16, bf16, fp32"),
+    base_precision: str = BASE_PRECISION,
     prediction_type: Optional[str] = typer.Option(None, "--prediction-type", help="epsilon or v_prediction"),
     allow_pickle: bool = ALLOW_PICKLE,
     text_encoders: Optional[Path] = TEXT_ENCODERS,
-    base_precision: str = typer.Option("auto", "--base-precision", help="denoiser weights: auto (as --dtype), fp8, "
-                                       "int8 or nf4 (weight-only, computed in bf16/fp16 layer by layer)"),
     blocks_to_swap: int = typer.Option(0, "--blocks-to-swap", help="CUDA: keep N transformer blocks in CPU "
                                        "memory, each copied to the GPU just before use"),
     memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="fit in this much memory (e.g. "
@@ -58,9 +58,12 @@ def generate(
         if plan:
             return
     require_writable(out, folder=out.suffix.lower() != ".png")
-    base = load_model_for_inference(model, device, dtype, prediction_type=prediction_type,
+    base = load_model_for_inference(model, device, dtype, base_precision, prediction_type=prediction_type,
                                     text_encoders=text_encoders, allow_pickle=allow_pickle)
-    _hold(base, base_precision, blocks_to_swap)
+    if blocks_to_swap:
+        from .. import block_swap
+
+        block_swap.apply(base.unet, blocks_to_swap, base.unet.device)
     result = run(base, prompt, negative=negative, loras=[parse_lora_arg(x) for x in lora], n=n, steps=steps,
                  guidance=guidance, seed=seed, width=width, height=height, sampler=sampler, merge=not on_the_fly,
                  lora_dir=lora_dir, allow_pickle=allow_pickle)
@@ -89,16 +92,3 @@ def _plan(model, device, dtype, base_precision, blocks_to_swap, memory_budget, p
     chosen = settings.base_precision if settings.base_precision != fmt else base_precision
     return chosen, settings.blocks_to_swap
 
-
-def _hold(base, base_precision: str, blocks_to_swap: int) -> None:
-    """The denoiser's Linear weights in a quantized base precision (quantized.quantize_linears, after the load),
-    computing in the dtype the pipeline draws in, and its block swap."""
-    from .. import block_swap
-    from ..quantized import QUANTIZED, normalise, quantize_linears
-
-    fmt = normalise(base_precision)
-    denoiser = base.unet
-    if fmt in QUANTIZED:
-        quantize_linears(denoiser, fmt, denoiser.dtype)
-    if blocks_to_swap:
-        block_swap.apply(denoiser, blocks_to_swap, denoiser.device)

@@ -27,3 +27,13 @@ def _text_encoders_help() -> str:
 FAMILY = typer.Option(None, "--family", help=_family_help())
 # the wording of `train --text-encoders`, so that the three commands never describe it apart
 TEXT_ENCODERS = typer.Option(None, "--text-encoders", help=_text_encoders_help())
+
+
+def _base_precision_help() -> str:
+    from ..models.base_precision import HELP
+
+    return HELP
+
+
+# the wording of `train --base-precision`'s choices, shared by generate, evaluate and demo
+BASE_PRECISION = typer.Option("auto", "--base-precision", help=_base_precision_help())

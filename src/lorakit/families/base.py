@@ -210,9 +210,10 @@ class Family:
         return None
 
     def pipeline_from_checkpoint(self, ckpt, config_dir: Path, *, dtype, prediction_type: str, components,
-                                 **options):
+                                 base_precision: str = "auto", **options):
         """A diffusers pipeline from an original-layout single file and a config folder (`options`:
-        family-specific sources, e.g. SD3's `text_encoders` folder)."""
+        family-specific sources, e.g. SD3's `text_encoders` folder). `base_precision`: the format the
+        denoiser and `big_text_encoders` end in (the loader converts what the pipeline leaves otherwise)."""
         raise NotImplementedError
 
     def to_original(self, denoiser=None, denoiser_config=None, vae=None, vae_config=None,
@@ -288,6 +289,9 @@ class Family:
 
     # --- conditioning and the denoiser call --------------------------------------------------------
     frozen_text_encoders: tuple[str, ...] = ()  # encoders that never get a LoRA; cached, then released
+    # encoders as big as a denoiser (T5-XXL, 4.7 B): stored in the base precision the denoiser is (fp8,
+    # int8, nf4...), where the small CLIPs stay in the run's own precision
+    big_text_encoders: tuple[str, ...] = ()
     # whether `train` adds a text-encoder LoRA when the user does not say: kohya's train_network and
     # sdxl_train_network do (unless --network_train_unet_only), and on the toy world a UNet-only LoRA
     # let the trigger leak into the shape whose prompts sit nearest it (benchmarks/demo_seeds.py)

@@ -119,6 +119,9 @@ def detect(shapes: Mapping[str, Sequence[int]], metadata: Mapping[str, str] | No
     if fmt == "diffusers":
         provisional = _diffusers_reading(shapes)
         return Detection(fmt, families_of_parts(provisional, md) if provisional else ())
+    if fmt == "checkpoint":  # a base model (fp8 and GGUF-named ones too): the family its names say
+        found = families.detect_checkpoint(shapes, md)
+        return Detection(fmt, (found.name,) if found is not None else ())
     return Detection(fmt)
 
 

@@ -8,16 +8,24 @@ fused `qkv`, `linear1`), that weight is the whole named layer gathered from its 
 norm that runs across rows sees every row.
 
 Merging (network.py) and the on-the-fly effective weight (live.py) both come here, so they agree.
+
+A layer whose weight is stored in fp8, int8 or nf4 (--base-precision) is merged as dequantized W + ΔW
+in fp32, kept in the layer's compute precision: requantizing would round the LoRA's ΔW away into
+the quantization error without saying so. Unmerging gives the quantized weight itself back.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .. import quantized
 from .modules import LoRAModule
+
+_SAID: set[tuple[str, torch.dtype]] = set()  # (format, compute dtype) already said, once per process
 
 Site = tuple[nn.Module, Tensor | None]  # (live layer, rows of the named layer it holds, or None for all)
 
@@ -60,13 +68,27 @@ def add_site_delta(weight: Tensor, adapter: nn.Module, rows: Tensor | None, mult
 @torch.no_grad()
 def merge_into(sites: Sequence[Site], adapter: nn.Module, multiplier: float) -> None:
     """Every piece's weight += m·ΔW in fp32, rounded once to the weight's dtype; a weight-dependent
-    ΔW is computed from the pieces' weights as they are before this adapter."""
+    ΔW is computed from the pieces' weights as they are before this adapter. A quantized weight is
+    replaced by its dequantized W + m·ΔW in its compute precision (the caller keeps the original)."""
     layer = None
     if depends_on_weight(adapter):
-        layer = gather(sites, [module.weight.detach().float() for module, _ in sites])
+        layer = gather(sites, [quantized.dequantize(module.weight, torch.float32) for module, _ in sites])
     for module, rows in sites:
         w = module.weight
-        if w.dtype == torch.float32:
+        if quantized.is_quantized(w):
+            merged = add_site_delta(quantized.plain_copy(w, torch.float32), adapter, rows, multiplier, layer)
+            module.weight = nn.Parameter(merged.to(w.dtype), requires_grad=w.requires_grad)
+            _say_dequantized(quantized.format_of(w), w.dtype)
+        elif w.dtype == torch.float32:
             add_site_delta(w, adapter, rows, multiplier, layer)
         else:
             w.copy_(add_site_delta(w.float(), adapter, rows, multiplier, layer))
+
+
+def _say_dequantized(fmt: str, dtype: torch.dtype) -> None:
+    if (fmt, dtype) in _SAID:
+        return
+    _SAID.add((fmt, dtype))
+    name = quantized.format_of(torch.empty((), dtype=dtype))
+    print(f"merging into {fmt} weights: the merged layers are kept dequantized in {name} (W + ΔW, not "
+          f"requantized); unmerging gives the {fmt} weights back", file=sys.stderr, flush=True)

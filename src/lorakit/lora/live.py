@@ -19,12 +19,14 @@ runs after the base layer has computed W·x, which the effective-weight path mus
 
 from __future__ import annotations
 
+import math
 import types
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import quantized
 from . import compose
 from .modules import LoRAModule
 
@@ -105,12 +107,15 @@ def _needs_branch(adapter: nn.Module) -> bool:
 def _weight_space_pays(module: nn.Module, x: Tensor, live: _Live) -> bool:
     if live.previous is not None:  # e.g. an offloading wrapper that must run around the layer
         return False
+    if quantized.is_quantized(module.weight):  # W_q·x + B·A·x: a merged copy would be a full-precision weight
+        return False
     if any(_needs_branch(e[1]) for e in live.entries):
         return False
     if any(not isinstance(e[1], LoRAModule) for e in live.entries):
         return True  # its branch builds the full ΔW and runs a second GEMM of the base's size
     w = module.weight
-    d, k = w.shape[0], w[0].numel()
+    shape = quantized.logical_shape(w)
+    d, k = shape[0], math.prod(shape[1:])
     if isinstance(module, nn.Linear):
         tokens = x.numel() // max(x.shape[-1], 1)
     else:
@@ -122,7 +127,8 @@ def _weight_space_pays(module: nn.Module, x: Tensor, live: _Live) -> bool:
 @torch.no_grad()
 def effective_weight(module: nn.Module, entries: list) -> Tensor:
     """W + Σ m·ΔW in the weight's dtype, computed in fp32 as `LoRANetwork.merge` computes it (so a
-    LoRA on the fly draws what the same LoRA merged draws)."""
+    LoRA on the fly draws what the same LoRA merged draws). An fp8/int8/nf4 weight gives W + ΔW in its
+    compute precision, as merging into it does."""
     w = module.weight
     out = _weight_before(module, entries)
     return out if w.dtype == torch.float32 else out.to(w.dtype)
@@ -130,7 +136,7 @@ def effective_weight(module: nn.Module, entries: list) -> Tensor:
 
 def _weight_before(module: nn.Module, entries: list, stop: nn.Module | None = None) -> Tensor:
     """The layer's weight (fp32) with the ΔW of its adapters before `stop` (all when None) added."""
-    out = module.weight.detach().to(torch.float32, copy=True)
+    out = quantized.plain_copy(module.weight, torch.float32)
     for entry in entries:
         adapter, rows = entry[1], entry[2]
         if adapter is stop:

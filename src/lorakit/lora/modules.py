@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..quantized import logical_shape
 from . import functional as LF
 
 
@@ -212,7 +213,7 @@ class DeltaModule(nn.Module):
         super().__init__()
         self.kind = kind
         self.layer = layer_kind(base)
-        self.shape = tuple(base.weight.shape)
+        self.shape = logical_shape(base.weight)
         self.alpha_value = alpha
         self.multiplier = 1.0
         self._names = {}

@@ -16,6 +16,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from .. import quantized
 from . import compose
 from . import functional as LF
 from . import live
@@ -30,7 +31,9 @@ class _MergeState:
     the model in memory); fp16/bf16 layers and layers holding a DoRA (whose ΔW depends on the
     weight it lands on, so that subtracting cannot undo it) keep the original: an unmerge puts it
     back and merges again, in their order, the networks that stay, which gives exactly the weight
-    those alone would have given, and the original itself bit for bit once none stays.
+    those alone would have given, and the original itself bit for bit once none stays. A quantized
+    layer (fp8/int8/nf4) keeps its quantized weight itself, no copy: merging replaced it with a
+    plain one (compose.merge_into), and the unmerge puts the very same tensor back.
     """
 
     def __init__(self):
@@ -192,11 +195,12 @@ class LoRANetwork(nn.Module):
         sites = self.targets[name].sites()
         states = [_merge_state(module) for module, _ in sites]
         keep = (compose.depends_on_weight(adapter) or any(module.weight.dtype != torch.float32 for module, _ in sites)
+                or any(quantized.is_quantized(module.weight) for module, _ in sites)
                 or any(s.original is not None for s in states))
         if keep:
             for (module, _), state in zip(sites, states):
                 if state.original is None:
-                    state.original = state.rebuild_original(module) if state.merged else module.weight.detach().clone()
+                    state.original = _original(module, state)
         compose.merge_into(sites, adapter, self._multiplier)
         for (_, rows), state in zip(sites, states):
             state.merged[(id(self), name)] = (self, name, rows)
@@ -251,10 +255,21 @@ class LoRANetwork(nn.Module):
         return len(self.adapters)
 
 
+def _original(module: nn.Module, state: _MergeState) -> Tensor:
+    """What an unmerge puts back: a quantized weight itself (merging replaces it, never changes it), else
+    a copy of the weight, rebuilt when earlier merges went in without one."""
+    if quantized.is_quantized(module.weight):
+        return module.weight
+    return state.rebuild_original(module) if state.merged else module.weight.detach().clone()
+
+
 def _remerge(sites: list, states: list[_MergeState]) -> None:
     """The original weights back, then the networks still merged, in the order they were merged."""
     for (module, _), state in zip(sites, states):
-        module.weight.copy_(state.original)
+        if quantized.is_quantized(state.original):
+            module.weight = state.original  # the quantized Parameter itself
+        else:
+            module.weight.copy_(state.original)
     for net, name, _ in list(states[0].merged.values()):
         compose.merge_into(net.targets[name].sites(), net.adapters[name], net.multiplier)
 
@@ -262,7 +277,7 @@ def _remerge(sites: list, states: list[_MergeState]) -> None:
 def _check_shapes(name: str, kind: str, w: Mapping[str, Tensor], module: nn.Module, alpha, source: str) -> None:
     from ..errors import LoraKitError
 
-    shape = tuple(module.weight.shape)
+    shape = quantized.logical_shape(module.weight)
     if kind == "unknown":
         raise LoraKitError(f"module {name} has keys {sorted(w)} that form no known adapter", source)
     if "dora_scale" in w:

@@ -35,6 +35,8 @@ class Checkpoint:
     shapes: dict[str, tuple[int, ...]]
     metadata: dict[str, str] = field(default_factory=dict)
     _tensors: dict[str, torch.Tensor] | None = None  # only for pickle files, loaded whole
+    dtypes: dict[str, str] = field(default_factory=dict)  # safetensors' names: F32, BF16, F8_E4M3...
+    _file: object = field(default=None, repr=False)
 
     def read(self, prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
         """Every tensor whose name starts with one of `prefixes`."""
@@ -42,6 +44,8 @@ class Checkpoint:
         names = [k for k in self.shapes if k.startswith(prefixes)]
         if self._tensors is not None:
             return {k: self._tensors[k] for k in names}
+        if self._file is not None:  # a GGUF file: read one tensor at a time
+            return {k: self.tensor(k) for k in names}
         from safetensors import safe_open
 
         try:
@@ -49,6 +53,20 @@ class Checkpoint:
                 return {k: f.get_tensor(k) for k in names}
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
             raise LoraKitError(f"cannot read tensors (truncated or corrupt file?): {e}", self.path) from e
+
+    def tensor(self, key: str) -> torch.Tensor:
+        """One tensor, read alone (pread, nothing else of the file kept): what streamed loads read."""
+        if self._tensors is not None:
+            return self._tensors[key]
+        if self._file is None:
+            from .streaming import TensorFile
+
+            self._file = TensorFile(self.path)
+        return self._file.get(key)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
     def has(self, prefix: str) -> bool:
         return any(k.startswith(prefix) for k in self.shapes)
@@ -63,9 +81,19 @@ def open_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Checkpoi
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
         return _open_pickle(path, allow_pickle)
+    if suffix == ".gguf":
+        return _open_gguf(path)
     if suffix != ".safetensors":
-        raise LoraKitError("not a checkpoint file: expected .safetensors (or .ckpt with --allow-pickle)", path)
+        raise LoraKitError("not a checkpoint file: expected .safetensors or .gguf (or .ckpt with --allow-pickle)",
+                           path)
     return _open_safetensors(path)
+
+
+def _open_gguf(path: Path) -> Checkpoint:
+    from .gguf_file import GGUFFile
+
+    f = GGUFFile(path)
+    return Checkpoint(path, f.shapes, f.metadata, dtypes=f.dtypes, _file=f)
 
 
 def _open_safetensors(path: Path) -> Checkpoint:
@@ -75,10 +103,11 @@ def _open_safetensors(path: Path) -> Checkpoint:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
     except Exception as e:  # noqa: BLE001
         size = path.stat().st_size
         raise LoraKitError(f"not a readable safetensors file ({size} bytes; truncated or corrupt?): {e}", path) from e
-    return Checkpoint(path, shapes, metadata)
+    return Checkpoint(path, shapes, metadata, dtypes=dtypes)
 
 
 def _open_pickle(path: Path, allow_pickle: bool) -> Checkpoint:

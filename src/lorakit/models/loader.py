@@ -22,20 +22,27 @@ from .base import PREDICTION_TYPES, BaseModel, detect_family
 from .single_file import quiet_loading
 
 COMPONENTS = ("unet", "text_encoders", "vae")
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".gguf", ".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                prediction_type: str | None = None, config_dir: str | os.PathLike | None = None,
                components=COMPONENTS, allow_pickle: bool = False,
-               text_encoders: str | os.PathLike | None = None) -> BaseModel:
+               text_encoders: str | os.PathLike | None = None, base_precision: str = "auto") -> BaseModel:
     """Load a Stable Diffusion 1.x / 2.x / XL / 3.x base model.
 
     `components` picks the parts to load (others are None in the pipeline); `config_dir` overrides
     the shipped diffusers configs for single files; `.ckpt` files need `allow_pickle=True`;
     `text_encoders` is the folder SD3 single files without their text encoders take them from.
+    `base_precision` (auto, fp32, bf16, fp16, fp8, int8, nf4) is the format of the denoiser and the
+    family's big text encoders (models/base_precision.py); fp8/int8/nf4 compute in `dtype`.
     """
+    from . import base_precision as bp
+    from .. import quantized
+
+    fmt = bp.parse(base_precision)
+    quantized.require(fmt, device)
     prediction_type = _normalise_prediction(prediction_type)
     components = tuple(components)
     unknown = set(components) - set(COMPONENTS)
@@ -51,11 +58,13 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | t
             model = _load_folder(path, "diffusers", dtype, prediction_type, components, allow_pickle)
         elif path.is_file():
             model = _load_single_file(path, dtype, prediction_type, config_dir, components, allow_pickle,
-                                      text_encoders)
+                                      text_encoders, fmt)
         elif _looks_like_hub_id(spec):
             model = _load_hub(spec, dtype, prediction_type, components, allow_pickle)
         else:
             raise LoraKitError("no such file or folder (and not a hub id like org/name)", spec)
+    bp.apply(model, fmt, dtype, components)  # what the family's loader left in another format
+    model.base_precision = fmt
     if torch.device(device).type != "cpu":
         model.pipe.to(device)
     return model
@@ -96,7 +105,7 @@ def _offline() -> bool:
 # --- single files ------------------------------------------------------------------------------
 
 def _load_single_file(path: Path, dtype, prediction_type, config_dir, components, allow_pickle,
-                      text_encoders=None) -> BaseModel:
+                      text_encoders=None, base_precision: str = "auto") -> BaseModel:
     from .checkpoint import open_checkpoint
 
     ckpt = open_checkpoint(path, allow_pickle=allow_pickle)
@@ -105,7 +114,7 @@ def _load_single_file(path: Path, dtype, prediction_type, config_dir, components
     options = {"text_encoders": Path(text_encoders)} if text_encoders is not None else {}
     with quiet_loading():
         pipe = spec.pipeline_from_checkpoint(ckpt, folder, dtype=dtype, prediction_type=pt, components=components,
-                                             **options)
+                                             base_precision=base_precision, **options)
     config_file = folder / spec.denoiser / "config.json"
     denoiser_config = (json.loads(config_file.read_text()) if "unet" not in components and config_file.is_file()
                        else None)

@@ -33,6 +33,8 @@ def opt(default, help: str, section: str, *, resume_may_change: bool = False, cl
     return field(default=default, metadata=dict(help=help, section=section, resume=resume_may_change, cli=cli))
 
 
+# models.base_precision.CHOICES (spelt here: this module imports no torch)
+BASE_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "nf4")
 SECTIONS = ("model", "data", "prior", "network", "optimizer", "loss", "run", "output")
 
 
@@ -49,8 +51,6 @@ class TrainConfig:
                                      "from the shipped configs", "model", resume_may_change=True)
     prediction_type: Optional[str] = opt(None, "epsilon or v_prediction (default: from the model)", "model")
     allow_pickle: bool = opt(False, PICKLE_HELP, "model", resume_may_change=True)
-    base_precision: str = opt("auto", "frozen base weights: auto (as --mixed-precision), fp32, bf16, fp16, fp8, int8 "
-                              "or nf4 (weight-only, computed in bf16/fp16 layer by layer)", "model")
     # data
     data: Optional[Path] = opt(None, "image folder (captions alongside, N_name repeat folders) or dataset TOML", "data")
     trigger: Optional[str] = opt(None, "trigger word prepended to every caption", "data")
@@ -130,6 +130,10 @@ class TrainConfig:
     mixed_precision: str = opt("auto", "auto, no, fp16 or bf16 (frozen base weights in that dtype, LoRA and optimizer "
                                "in fp32); auto: bf16 on GPUs that have it (else fp16), bf16 on CPUs with AVX512-BF16 "
                                "or AMX when the model is large enough for it to pay, else fp32", "run")
+    base_precision: str = opt("auto", "storage of the frozen denoiser and big text encoders (T5): auto (as "
+                              "--mixed-precision), fp32, bf16, fp16, or fp8, int8, nf4 (Linear weights quantized "
+                              "through torchao, computed in bf16, fp16 on GPUs without it; LoRA and optimizer as "
+                              "--mixed-precision says)", "run")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward: less memory, more time", "run")
     memory_budget: Optional[str] = opt(None, "fit the run in this much memory (e.g. 12GB): the cheapest of gradient "
                                        "checkpointing, an fp8/int8/nf4 base, an 8-bit or factored optimizer and "
@@ -194,9 +198,9 @@ class TrainConfig:
                    "weighting_scheme": ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap", "none"),
                    "save_format": (None, "kohya", "diffusers", "comfyui", "onetrainer"),
                    "optimizer": ("adamw", "adamw8bit", "lion", "prodigy", "adafactor"),
-                   "base_precision": ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "nf4"),
                    "prior_target": ("base", "image"),
-                   "mixed_precision": ("auto", "no", "fp16", "bf16"), "save_dtype": ("fp16", "bf16", "fp32"),
+                   "mixed_precision": ("auto", "no", "fp16", "bf16"),
+                   "base_precision": BASE_PRECISIONS, "save_dtype": ("fp16", "bf16", "fp32"),
                    "scheduler": ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                                  "polynomial"),
                    "prediction_type": (None, "epsilon", "v_prediction"), "nan_policy": ("stop", "skip")}

@@ -108,8 +108,8 @@ def evaluate(pipe, n_concept: int, n_base: int, seed: int) -> dict:
 def run_demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, n_concept: int = 48, n_base: int = 96,
              progress: bool = True, model: str = "toy", prior: bool = True, **overrides) -> dict:
     """Train, draw before/after, score; returns what report.json holds."""
+    from ..devices import load_model_for_inference
     from ..formats import load_network
-    from ..models import load_model
     from ..toy import concept, world
     from .loop import run
 
@@ -121,7 +121,8 @@ def run_demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, n_concept: in
     train_s = time.perf_counter() - t0
     write_bytes_atomic(out / "loss.png", (cfg.resolved_run_dir() / "loss.png").read_bytes())
 
-    model = load_model(model)
+    # drawn on the base the LoRA was trained on: its --base-precision, if any (a run's option, see overrides)
+    model = load_model_for_inference(model, "cpu", "auto", cfg.base_precision)
     pipe = model.pipe
     pipe.set_progress_bar_config(disable=True)
     show = [f"a {c} {concept.TRIGGER} on a {b} background" for c, b in
@@ -146,6 +147,7 @@ def run_demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, n_concept: in
         "goals": {"concept_fidelity": FIDELITY_GOAL, "base_accuracy_kept": KEEP_GOAL,
                   "met": bool(after["concept_fidelity"] >= FIDELITY_GOAL and kept is not None and kept >= KEEP_GOAL)},
         "n_images": {"concept": n_concept, "base": n_base},
+        "base_precision": cfg.base_precision,
         "training": {"images": result.metadata.get("ss_num_train_images"),
                      "regularisation_images": result.metadata.get("ss_num_reg_images"),
                      "preset": cfg.preset, "rank": cfg.rank, "conv_rank": cfg.conv_rank, "lr": cfg.lr,

@@ -26,13 +26,13 @@ def _components(trainer) -> None:
     names = [n for n in pipe.components if n == "vae" or n.startswith("text_encoder")]
     if all(getattr(pipe, n, None) is not None for n in names):
         return
-    from torch import nn
+    from .loop import _cast
 
     extra = trainer._load(("vae", "text_encoders")).pipe
     for name in names:
         module = getattr(extra, name, None)
         if getattr(pipe, name, None) is None and module is not None:
-            nn.Module.to(module.requires_grad_(False), device=trainer.acc.device, dtype=trainer.weight_dtype)
+            _cast(module.requires_grad_(False), trainer.acc.device, trainer.weight_dtype)
             pipe.register_modules(**{name: module})
 
 

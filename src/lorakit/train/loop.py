@@ -75,8 +75,16 @@ def _accelerator_device_type() -> str:
 
 
 def _cast(module: nn.Module, device=None, dtype=None) -> nn.Module:
-    """nn.Module.to without diffusers' override, which warns on every dtype cast."""
-    return nn.Module.to(module, device=device, dtype=dtype) if (device, dtype) != (None, None) else module
+    """nn.Module.to without diffusers' override, which warns on every dtype cast; a module holding
+    fp8/int8/nf4 weights (--base-precision) casts only its plain tensors: the quantized ones move, never
+    dequantized (nn.Module.to would relabel an nf4 weight's dtype)."""
+    if (device, dtype) == (None, None):
+        return module
+    from .. import quantized
+
+    if quantized.has_quantized(module):
+        return quantized.cast_plain(module, dtype, device)
+    return nn.Module.to(module, device=device, dtype=dtype)
 
 
 class Denoiser(nn.Module):
@@ -175,6 +183,9 @@ class Trainer:
             raise LoraKitError(f"--mixed-precision {self.precision.mixed_precision}: {exc}") from None
         if cfg.device not in (None, "cpu") and acc.device.type != str(cfg.device).split(":")[0]:
             raise LoraKitError(f"--device {cfg.device}: not available here (accelerate found {acc.device.type})")
+        from .. import quantized
+
+        quantized.require(cfg.base_precision, acc.device)  # before minutes of loading
         if acc.device.type == "cpu" and self.precision.name == "fp16" and acc.is_main_process:
             print("note: fp16 on CPU: weights are stored in fp16 but there is no autocast or loss scaling; "
                   "bf16 is the better choice on CPU", file=sys.stderr)
@@ -184,6 +195,7 @@ class Trainer:
         """Pick the format from the device and the denoiser's size (read from its config, or counted on
         the loaded `unet`); True when it changed the weight dtype. Printed when training starts (after
         every check of the input, so that a refused run still ends in one line)."""
+        from ..models import base_precision
         from ..models.size import denoiser_parameters
         from ..precision import choose, count_parameters
 
@@ -193,7 +205,8 @@ class Trainer:
             params = denoiser_parameters(str(cfg.model))
         self.precision = choose(device, params, cfg.mixed_precision)
         self._precision_final = self.precision.final
-        before, self.weight_dtype = self.weight_dtype, self.precision.dtype
+        before, self.weight_dtype = self.weight_dtype, base_precision.compute_dtype(cfg.base_precision, device,
+                                                                                     self.precision.dtype)
         return before != self.weight_dtype
 
     def _subsets(self) -> list[Subset]:
@@ -249,7 +262,7 @@ class Trainer:
         model = load_model(self.cfg.model, dtype=dtype, prediction_type=self.cfg.prediction_type,
                            components=components, text_encoders=self.cfg.text_encoders,
                            allow_pickle=self.cfg.allow_pickle,
-                           config_dir=self.cfg.config_dir)
+                           config_dir=self.cfg.config_dir, base_precision=self.cfg.base_precision)
         model.pipe.set_progress_bar_config(disable=True)
         return model
 
@@ -416,9 +429,11 @@ class Trainer:
             self._release_unneeded()
         self._check_divisible()
         self._build_training(device)
+        from ..models import base_precision
         from ..precision import announce
 
         announce(self.precision, self.main)
+        base_precision.announce(self.model, self.cfg.base_precision, self.weight_dtype, self.main)
 
     def _freeze_encoders(self, device) -> None:
         """The VAE and text encoders frozen on the device. A method of its own: a loop variable left in

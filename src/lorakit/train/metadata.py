@@ -46,6 +46,7 @@ def training_fields(cfg: TrainConfig, data: TrainingData, *, family: str, predic
         "gradient_accumulation_steps": cfg.grad_accum,
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "mixed_precision": mixed_precision or cfg.mixed_precision,  # what ran: auto resolved
+        "lorakit_base_precision": cfg.base_precision,
         "seed": cfg.seed,
         "resolution": f"({cfg.resolution}, {cfg.resolution})",
         "enable_bucket": cfg.bucket,

@@ -37,6 +37,7 @@ class Chroma(Flux):
     tokenizer_pads = (None,)  # T5's tokenizer cannot ship
     te_prefixes = t5_te_prefixes = ("lora_te3",)  # sd-scripts keeps Flux's T5 prefix for Chroma
     frozen_text_encoders = ("text_encoder",)
+    big_text_encoders = ("text_encoder",)  # T5-XXL: stored in --base-precision with the denoiser
     frozen_outputs = ("t5",)
     checkpoint_implementation = lora_implementation = _IMPL
     lora_formats = ("kohya", "diffusers", "comfyui")
@@ -72,11 +73,12 @@ class Chroma(Flux):
     def config_dir(self, prediction_type: str = "flow_matching", ckpt=None, variant: str | None = None) -> Path:
         return CONFIGS_DIR / "chroma"
 
-    def pipeline_from_checkpoint(self, ckpt, config_dir, *, dtype, prediction_type: str, components, **options):
+    def pipeline_from_checkpoint(self, ckpt, config_dir, *, dtype, prediction_type: str, components,
+                                 base_precision: str = "auto", **options):
         from .loading import build_pipeline
 
         return build_pipeline(ckpt, Path(config_dir), dtype=dtype, text_encoders=options.get("text_encoders"),
-                              components=components)
+                              components=components, base_precision=base_precision)
 
     def to_original(self, denoiser=None, denoiser_config=None, vae=None, vae_config=None,
                     text_encoders: list | None = None) -> dict:

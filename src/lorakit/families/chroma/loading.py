@@ -2,13 +2,13 @@
 
 - A diffusers folder or hub id: `ChromaPipeline.from_pretrained` (loader.py).
 - The transformer as lodestones ship it (`Chroma1-HD.safetensors`: BFL's `double_blocks.*` plus
-  `distilled_guidance_layer.*`, with or without `model.diffusion_model.`):
-  `ChromaTransformer2DModel.from_single_file` with the shipped config (no network). The VAE (Flux's
+  `distilled_guidance_layer.*`, with or without `model.diffusion_model.`; fp8 files too): streamed
+  a block at a time into the model built from the shipped config (no network). The VAE (Flux's
   AE), T5-XXL and T5's tokenizer are not in that file: they come from `text_encoders` (a folder
   with vae, text_encoder, tokenizer: the diffusers Chroma download will do) or the hub cache.
 
-diffusers' converter fixes the width at 3072; a narrower transformer (tests) goes through
-`naming.bfl_state_to_diffusers`.
+Names go through `naming.bfl_state_to_diffusers` a block at a time (diffusers' converter fixes
+the width at 3072 and wants the whole state dict).
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ import torch
 from . import naming as chroma_naming
 from ...errors import LoraKitError
 from ...models.checkpoint import Checkpoint
-from ...models.single_file import check_complete, quiet_loading
-from ..dit.loading import flow_scheduler, gather, parts_folder, transformer_state
+from ..dit.loading import flow_scheduler, gather, parts_folder, stream_transformer, transformer_names
 
-REAL_WIDTH = 3072
 HUB = "lodestones/Chroma1-HD"
 PARTS = {"vae": ("diffusers", "AutoencoderKL", "the VAE (vae)"),
          "text_encoder": ("transformers", "T5EncoderModel", "T5-XXL (text_encoder)"),
@@ -31,32 +29,19 @@ PARTS = {"vae": ("diffusers", "AutoencoderKL", "the VAE (vae)"),
 _HEADS = ("double_blocks.", "single_blocks.", "img_in.", "txt_in.", "final_layer.", chroma_naming.APPROXIMATOR)
 
 
-def load_transformer(ckpt: Checkpoint, config_dir: Path, dtype):
+def load_transformer(ckpt: Checkpoint, config_dir: Path, dtype, base_precision: str = "auto"):
+    """Streamed, a block at a time, into `dtype` or the quantized `base_precision` (dit/loading.py)."""
     import diffusers
 
-    state = transformer_state(ckpt, chroma_naming.BFL, _HEADS)
-    if "img_in.weight" not in state:
+    names = transformer_names(ckpt, chroma_naming.BFL, _HEADS)
+    if "img_in.weight" not in names:
         raise LoraKitError("the file has no Chroma transformer (img_in.weight missing)", ckpt.path)
-    cls = diffusers.ChromaTransformer2DModel
-    try:
-        with quiet_loading():
-            if state["img_in.weight"].shape[0] == REAL_WIDTH:
-                model = cls.from_single_file(state, config=str(config_dir), subfolder="transformer",
-                                             local_files_only=True, torch_dtype=dtype)
-            else:
-                model = cls.from_config(cls.load_config(str(config_dir), subfolder="transformer",
-                                                        local_files_only=True))
-                model.load_state_dict(chroma_naming.bfl_state_to_diffusers(state), strict=True)
-                model = model.to(dtype)
-    except Exception as e:  # noqa: BLE001 - shape and name mismatches surface as several error types
-        raise LoraKitError(f"the transformer tensors do not fit the config in {config_dir / 'transformer'}: {e}",
-                           ckpt.path) from e
-    check_complete(model, "transformer", ckpt)
-    return model.eval()
+    return stream_transformer(ckpt, diffusers.ChromaTransformer2DModel, config_dir, names,
+                              chroma_naming.bfl_state_to_diffusers, dtype, base_precision)
 
 
 def build_pipeline(ckpt: Checkpoint, config_dir: Path, *, dtype=torch.float32, text_encoders: Path | None = None,
-                   components=("unet", "text_encoders", "vae")):
+                   components=("unet", "text_encoders", "vae"), base_precision: str = "auto"):
     """A ChromaPipeline from the single file (see the module docstring for the other parts)."""
     import diffusers
 
@@ -68,5 +53,5 @@ def build_pipeline(ckpt: Checkpoint, config_dir: Path, *, dtype=torch.float32, t
         raise LoraKitError(f"a Chroma file holds the transformer only; {', '.join(PARTS[m][2] for m in missing)} "
                            f"not found: pass --text-encoders DIR, a folder with {', '.join(missing)} (e.g. the "
                            f"diffusers {HUB} download), or put that repository in the Hugging Face cache", ckpt.path)
-    transformer = load_transformer(ckpt, config_dir, dtype) if "unet" in components else None
+    transformer = load_transformer(ckpt, config_dir, dtype, base_precision) if "unet" in components else None
     return diffusers.ChromaPipeline(transformer=transformer, scheduler=flow_scheduler(config_dir), **parts)

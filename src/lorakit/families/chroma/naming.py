@@ -28,8 +28,8 @@ BFL = "model.diffusion_model."  # the prefix ComfyUI-style repacks put before ev
 APPROXIMATOR = "distilled_guidance_layer."
 _PRUNED_INNER = ("img_mod.lin", "txt_mod.lin", "modulation.lin")
 _PRUNED_TOP = ("time_in.", "vector_in.", "guidance_in.", "final_layer.adaLN_modulation.")
-_TO_DIFFUSERS = ((re.compile(r"^layers\.(\d+)\.in_layer\.(weight|bias)$"), r"layers.\1.linear_1.\2"),
-                 (re.compile(r"^layers\.(\d+)\.out_layer\.(weight|bias)$"), r"layers.\1.linear_2.\2"),
+_TO_DIFFUSERS = ((re.compile(r"^layers\.(\d+)\.in_layer\.(weight|bias|weight_scale)$"), r"layers.\1.linear_1.\2"),
+                 (re.compile(r"^layers\.(\d+)\.out_layer\.(weight|bias|weight_scale)$"), r"layers.\1.linear_2.\2"),
                  (re.compile(r"^norms\.(\d+)\.scale$"), r"norms.\1.weight"))
 _TO_BFL = ((re.compile(r"^layers\.(\d+)\.linear_1\.(weight|bias)$"), r"layers.\1.in_layer.\2"),
            (re.compile(r"^layers\.(\d+)\.linear_2\.(weight|bias)$"), r"layers.\1.out_layer.\2"),

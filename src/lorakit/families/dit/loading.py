@@ -76,13 +76,78 @@ def gather(parts: Mapping[str, Part], wanted, folder: Path | None, repo: str, dt
     return found, missing
 
 
-def transformer_state(ckpt, prefix: str, heads: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """The transformer's tensors of a single file, without `prefix` when the file nests them under it
-    (ComfyUI's repacks: `model.diffusion_model.`), else those under the top-level `heads` its authors
-    ship (a file that also bundles a VAE or text encoders keeps them out)."""
+FP8_MARKER = "scaled_fp8"  # ComfyUI's marker tensor of a scaled-fp8 file (its dtype: the fp8 format)
+SCALE_WEIGHT, SCALE_INPUT = ".scale_weight", ".scale_input"  # ComfyUI's per-layer fp8 scales
+_ROW_SCALE = ".weight_scale"  # an fp8 weight's per-row scale, named so the converters split it with the rows
+
+
+def transformer_names(ckpt, prefix: str, heads: tuple[str, ...]) -> dict[str, str]:
+    """{name without `prefix`: name in the file} of a single file's transformer tensors: those under
+    `prefix` when the file nests them there (ComfyUI's repacks: `model.diffusion_model.`), else those
+    under the top-level `heads` its authors ship (a file that also bundles a VAE or text encoders
+    keeps them out)."""
     if any(k.startswith(prefix) for k in ckpt.shapes):
-        return {k[len(prefix):]: v for k, v in ckpt.read([prefix]).items()}
-    return ckpt.read(list(heads))
+        return {k[len(prefix):]: k for k in ckpt.shapes if k.startswith(prefix)}
+    return {k: k for k in ckpt.shapes if k.startswith(heads)}
+
+
+def _group(name: str) -> str:
+    """Tensors read together: one module's (weight, bias, fp8 scale), which is what the converters
+    need together (a fused layer's bias is split by its weight's rows), and the least to hold."""
+    return name.rpartition(".")[0]
+
+
+def stream_transformer(ckpt, cls, config_dir: Path, names: Mapping[str, str],
+                       to_diffusers: Callable[[dict], dict], dtype, base_precision: str = "auto"):
+    """The transformer built on `meta` from its config, its tensors read a module at a time (`names`:
+    {original name: name in the file}), converted with the family's `to_diffusers` and put in
+    already in the target format (`placing`): the model plus one layer at the peak, never the state
+    dict, a converted copy and the model at once. fp8 file tensors keep their data and scale, GGUF
+    ones their blocks, where the target allows."""
+    from accelerate import init_empty_weights
+
+    from ...models import placing
+    from ...quantized import cast_plain
+
+    scales = {k[:-len(SCALE_WEIGHT)] + ".weight": v for k, v in names.items() if k.endswith(SCALE_WEIGHT)}
+    tensors = {k: v for k, v in names.items()
+               if not k.endswith((SCALE_WEIGHT, SCALE_INPUT)) and k != FP8_MARKER}
+    stored = {ckpt.dtypes.get(v, "") for v in tensors.values()}
+    to = placing.target(base_precision, dtype, fp8_file=any(d.startswith("F8") for d in stored),
+                        gguf_file=any(d.startswith("GGUF_") and d not in ("GGUF_F32", "GGUF_F16") for d in stored))
+    config = cls.load_config(str(config_dir), subfolder="transformer", local_files_only=True)
+    with init_empty_weights(), quiet_loading():
+        model = cls.from_config(config)
+    groups: dict[str, list[str]] = {}
+    for k in tensors:
+        groups.setdefault(_group(k), []).append(k)
+    try:
+        for keys in groups.values():
+            state = {}
+            for k in keys:
+                state[k] = t = ckpt.tensor(tensors[k])
+                if k in scales and placing.is_fp8(t):
+                    s = ckpt.tensor(scales[k]).to(torch.float32).reshape(-1)
+                    state[k[:-len(".weight")] + _ROW_SCALE] = s.expand(t.shape[0]).clone() if s.numel() == 1 else s
+            converted = to_diffusers(state)
+            del state
+            row_scales = {k[:-len(_ROW_SCALE)] + ".weight": converted.pop(k)
+                          for k in [k for k in converted if k.endswith(_ROW_SCALE)]}
+            unknown = placing.place(model, converted, to, row_scales)
+            if unknown:
+                raise KeyError(f"the model has no {unknown[0]}")
+            del converted, row_scales
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise LoraKitError(f"the transformer tensors do not fit the config in {config_dir / 'transformer'}: {e}",
+                           ckpt.path) from e
+    finally:
+        ckpt.close()
+    missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if missing:
+        raise LoraKitError(f"the transformer tensors do not fit the config in {config_dir / 'transformer'}: the file "
+                           f"lacks {len(missing)} the model needs, e.g. {', '.join(missing[:3])}", ckpt.path)
+    cast_plain(model, to.dtype)  # buffers built with the model (rotary tables...) as a cast model has them
+    return model.eval()
 
 
 def flow_scheduler(config_dir: Path):

@@ -13,6 +13,8 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import Tensor
 
+from ...quantized import logical_shape as weight_shape  # noqa: F401 - the converters' shape of a weight
+
 UNET_PREFIX = "lora_unet_"
 
 
@@ -24,6 +26,15 @@ def swap_rows(rows: int) -> Tensor:
     """Row order of an adaLN layer whose two halves diffusers stores the other way round."""
     half = rows // 2
     return torch.cat([torch.arange(half, rows), torch.arange(0, half)])
+
+
+def take_rows(value: Tensor, idx: Tensor) -> Tensor:
+    """value's rows idx: a view where they are consecutive (q, k, v of a fused layer: a streamed load
+    then holds no second copy of the layer), a copy otherwise (swapped adaLN halves)."""
+    n = idx.numel()
+    if n and torch.equal(idx, torch.arange(int(idx[0]), int(idx[0]) + n)):
+        return value.narrow(0, int(idx[0]), n)
+    return value[idx].contiguous()
 
 
 def underscored(paths: Iterable[str]) -> dict[str, str]:

@@ -40,6 +40,7 @@ class Flux(DitLoraFiles, Family):
     bucket_step = 64  # multiples of 16 px are needed (VAE 8 × packing 2); 64 as for the others
     checkpoint_implementation = lora_implementation = _IMPL
     frozen_text_encoders = ("text_encoder_2",)  # T5-XXL (4.7 B) is never trained here: cached, then released
+    big_text_encoders = ("text_encoder_2",)  # T5-XXL: stored in --base-precision with the denoiser
     # a prompt's meaning comes mostly from the T5, which never trains here; a CLIP LoRA is opt-in
     trains_text_encoder_by_default = False
     frozen_outputs = ("t5",)
@@ -71,11 +72,12 @@ class Flux(DitLoraFiles, Family):
             variant = variant_of_file(ckpt.shapes) if ckpt is not None else "dev"
         return CONFIGS_DIR / SHIPPED[variant]
 
-    def pipeline_from_checkpoint(self, ckpt, config_dir, *, dtype, prediction_type: str, components, **options):
+    def pipeline_from_checkpoint(self, ckpt, config_dir, *, dtype, prediction_type: str, components,
+                                 base_precision: str = "auto", **options):
         from .loading import build_pipeline
 
         return build_pipeline(ckpt, self, dtype=dtype, config_dir=config_dir, text_encoders=options.get("text_encoders"),
-                              components=components)
+                              components=components, base_precision=base_precision)
 
     def to_original(self, denoiser=None, denoiser_config=None, vae=None, vae_config=None,
                     text_encoders: list | None = None) -> dict:

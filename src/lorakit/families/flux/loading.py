@@ -2,13 +2,13 @@
 
 - A diffusers folder or hub id: `FluxPipeline.from_pretrained` (loader.py).
 - The transformer as BFL ships it (`flux1-dev.safetensors`: `double_blocks.*` … with or without
-  ComfyUI's `model.diffusion_model.` prefix): `FluxTransformer2DModel.from_single_file` with the
-  shipped dev/schnell config (no network). The VAE, CLIP-L, T5 and T5's tokenizer are not in that
+  ComfyUI's `model.diffusion_model.` prefix; ComfyUI's and Kijai's fp8 files too): streamed a
+  block at a time into the model built from the shipped dev/schnell config (no network). The VAE, CLIP-L, T5 and T5's tokenizer are not in that
   file: they come from `text_encoders` (a diffusers-style folder with vae, text_encoder,
   text_encoder_2, tokenizer_2: the FLUX.1 download will do) or the hub cache.
 
-diffusers' single-file converter fixes the width at Flux's 3072; a narrower transformer (tests,
-pruned models) goes through `flux_naming.bfl_state_to_diffusers`, checked row for row against it.
+Names go through `flux_naming.bfl_state_to_diffusers` a block at a time (checked row for row
+against diffusers' converter, which fixes the width at 3072 and wants the whole state dict).
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ import torch
 
 from ...errors import LoraKitError
 from ...models.checkpoint import Checkpoint
-from ...models.single_file import check_complete, quiet_loading
-from ..dit.loading import flow_scheduler, gather, parts_folder, transformer_state, write_original
+from ..dit.loading import flow_scheduler, gather, parts_folder, stream_transformer, transformer_names, write_original
 
 BFL = "model.diffusion_model."
-REAL_WIDTH = 3072
 HUB = {"dev": "black-forest-labs/FLUX.1-dev", "schnell": "black-forest-labs/FLUX.1-schnell"}
 PARTS = {"vae": ("diffusers", "AutoencoderKL", "the VAE (vae)"),
          "text_encoder": ("transformers", "CLIPTextModel", "CLIP-L (text_encoder)"),
@@ -40,40 +38,22 @@ _HEADS = ("double_blocks.", "single_blocks.", "img_in.", "txt_in.", "time_in.", 
           "final_layer.")
 
 
-def load_transformer(ckpt: Checkpoint, config_dir: Path, dtype):
+def load_transformer(ckpt: Checkpoint, config_dir: Path, dtype, base_precision: str = "auto"):
+    """Streamed, a block at a time, into `dtype` or the quantized `base_precision` (dit/loading.py)."""
     import diffusers
 
-    state = transformer_state(ckpt, BFL, _HEADS)
-    if "img_in.weight" not in state:
-        raise LoraKitError("the file has no Flux transformer (img_in.weight missing)", ckpt.path)
-    cls = diffusers.FluxTransformer2DModel
-    width = state["img_in.weight"].shape[0]
-    with quiet_loading():
-        if width == REAL_WIDTH:
-            try:
-                model = cls.from_single_file(state, config=str(config_dir), subfolder="transformer",
-                                             local_files_only=True, torch_dtype=dtype)
-            except Exception as e:  # noqa: BLE001 - shape mismatches surface as several error types
-                raise LoraKitError(f"the transformer tensors do not fit the config in {config_dir / 'transformer'}: "
-                                   f"{e}", ckpt.path) from e
-        else:
-            from . import naming as flux_naming
+    from . import naming as flux_naming
 
-            config = cls.load_config(str(config_dir), subfolder="transformer", local_files_only=True)
-            model = cls.from_config(config)
-            try:
-                converted = flux_naming.bfl_state_to_diffusers(state)
-                model.load_state_dict(converted, strict=True)
-            except (KeyError, RuntimeError) as e:
-                raise LoraKitError(f"the transformer tensors do not fit the config in "
-                                   f"{config_dir / 'transformer'}: {e}", ckpt.path) from e
-            model = model.to(dtype)
-    check_complete(model, "transformer", ckpt)
-    return model.eval()
+    names = transformer_names(ckpt, BFL, _HEADS)
+    if "img_in.weight" not in names:
+        raise LoraKitError("the file has no Flux transformer (img_in.weight missing)", ckpt.path)
+    return stream_transformer(ckpt, diffusers.FluxTransformer2DModel, config_dir, names,
+                              flux_naming.bfl_state_to_diffusers, dtype, base_precision)
 
 
 def build_pipeline(ckpt: Checkpoint, family, *, dtype=torch.float32, config_dir: Path | None = None,
-                   text_encoders: Path | None = None, components=("unet", "text_encoders", "vae")):
+                   text_encoders: Path | None = None, components=("unet", "text_encoders", "vae"),
+                   base_precision: str = "auto"):
     """A FluxPipeline from a BFL transformer file (see the module docstring for the other parts)."""
     import diffusers
 
@@ -83,7 +63,7 @@ def build_pipeline(ckpt: Checkpoint, family, *, dtype=torch.float32, config_dir:
     config_dir = Path(config_dir) if config_dir is not None else family.config_dir(variant=name)
     te_dir = parts_folder(text_encoders, "vae, text_encoder, text_encoder_2 and tokenizer_2 "
                                          "(a diffusers FLUX.1 folder will do)")
-    parts: dict = {"transformer": load_transformer(ckpt, config_dir, dtype) if "unet" in components else None}
+    parts: dict = {"transformer": load_transformer(ckpt, config_dir, dtype, base_precision) if "unet" in components else None}
     wanted = [s for s, on in (("vae", "vae" in components), ("text_encoder", "text_encoders" in components),
                               ("text_encoder_2", "text_encoders" in components),
                               ("tokenizer_2", "text_encoders" in components)) if on]

@@ -39,6 +39,7 @@ class SD3(DitLoraFiles, Family):
     checkpoint_implementation = "https://github.com/Stability-AI/sd3.5"
     lora_implementation = _IMPL
     frozen_text_encoders = ("text_encoder_3",)  # T5-XXL (4.7 B) is never trained here: cached, then released
+    big_text_encoders = ("text_encoder_3",)  # T5-XXL: stored in --base-precision with the denoiser
     # a prompt's meaning comes mostly from the T5, which never trains here; a CLIP LoRA is opt-in
     trains_text_encoder_by_default = False
     frozen_outputs = ("t5",)
@@ -103,11 +104,12 @@ class SD3(DitLoraFiles, Family):
 
         return shipped_config(variant(ckpt.shapes) if ckpt is not None else "5-medium")
 
-    def pipeline_from_checkpoint(self, ckpt, config_dir, *, dtype, prediction_type: str, components, **options):
+    def pipeline_from_checkpoint(self, ckpt, config_dir, *, dtype, prediction_type: str, components,
+                                 base_precision: str = "auto", **options):
         from .loading import build_pipeline
 
         return build_pipeline(ckpt, dtype=dtype, config_dir=config_dir, text_encoders=options.get("text_encoders"),
-                              components=components)
+                              components=components, base_precision=base_precision)
 
     def to_original(self, denoiser=None, denoiser_config=None, vae=None, vae_config=None,
                     text_encoders: list | None = None) -> dict:

@@ -3,9 +3,11 @@
 - A diffusers folder or hub id: `StableDiffusion3Pipeline.from_pretrained`.
 - A single `.safetensors` as SAI ships it: `model.diffusion_model.*` (MMDiT), `first_stage_model.*`
   (VAE) and, in the `_incl_clips` / `_incl_clips_t5xxlfp8` files, `text_encoders.clip_l|clip_g|t5xxl.
-  transformer.*`. The transformer and VAE go through diffusers' `from_single_file` with the shipped
-  configs (no network); text encoders missing from the file come from `text_encoders` (a diffusers-
-  style folder with text_encoder, text_encoder_2, text_encoder_3, tokenizer_3) or the hub cache.
+  transformer.*`. The transformer is streamed a block at a time into the model built from the
+  shipped config (fp8 files too, dit/loading.py); the VAE goes through diffusers' `from_single_file`
+  (no network); a VAE or text encoders missing from the file (GGUF files hold the MMDiT only) come
+  from `text_encoders` (a diffusers-style folder with vae, text_encoder, text_encoder_2,
+  text_encoder_3, tokenizer_3) or the hub cache.
 
 The CLIP tokenizers ship with lorakit; T5's (sentencepiece, Apache-2.0 but 800 kB of model data
 tied to a hub repo) does not, so T5 always needs a folder or the hub cache.
@@ -19,14 +21,20 @@ import torch
 
 from ...errors import LoraKitError
 from ...models.checkpoint import Checkpoint
+from ...models.placing import apply_scales
 from ...models.single_file import CONFIGS_DIR, check_complete, load_diffusers_part, quiet_loading, tie_position_ids
-from ..dit.loading import flow_scheduler, gather, parts_folder, write_original
+from ..dit.loading import flow_scheduler, gather, parts_folder, stream_transformer, transformer_names, write_original
 
 MMDIT = "model.diffusion_model."
+# the MMDiT's top-level heads, for files that hold it without MMDIT (GGUF files, some repacks)
+_HEADS = ("joint_blocks.", "x_embedder.", "pos_embed", "t_embedder.", "y_embedder.", "context_embedder.",
+          "final_layer.")
 TE_PREFIX = {"text_encoder": "text_encoders.clip_l.transformer.",
              "text_encoder_2": "text_encoders.clip_g.transformer.",
              "text_encoder_3": "text_encoders.t5xxl.transformer."}
-PARTS = {"text_encoder": ("transformers", "CLIPTextModelWithProjection", "CLIP-L (text_encoder)"),
+VAE_PREFIX = "first_stage_model."
+PARTS = {"vae": ("diffusers", "AutoencoderKL", "the VAE (vae)"),
+         "text_encoder": ("transformers", "CLIPTextModelWithProjection", "CLIP-L (text_encoder)"),
          "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", "CLIP-G (text_encoder_2)"),
          "text_encoder_3": ("transformers", "T5EncoderModel", "T5-XXL (text_encoder_3)"),
          "tokenizer_3": ("transformers", "AutoTokenizer", "the T5 tokenizer (tokenizer_3)")}
@@ -66,7 +74,7 @@ def _clip(ckpt: Checkpoint, sub: str, config_dir: Path, dtype):
     config = CLIPTextConfig.from_pretrained(str(config_dir / sub), local_files_only=True)
     with init_empty_weights():
         model = CLIPTextModelWithProjection(config)
-    state = {k[len(prefix):]: v for k, v in ckpt.read([prefix]).items()}
+    state = apply_scales({k[len(prefix):]: v for k, v in ckpt.read([prefix]).items()})
     if "text_projection.weight" not in state and sub == "text_encoder":
         # SAI files hold no CLIP-L projection: diffusers' own single-file loader uses the identity
         state["text_projection.weight"] = torch.eye(config.hidden_size, config.projection_dim)
@@ -90,7 +98,7 @@ def _t5(ckpt: Checkpoint, config_dir: Path, dtype):
     config = T5Config.from_pretrained(str(config_dir / "text_encoder_3"), local_files_only=True)
     with init_empty_weights():
         model = T5EncoderModel(config)
-    state = {k[len(prefix):]: v for k, v in ckpt.read([prefix]).items()}
+    state = apply_scales({k[len(prefix):]: v for k, v in ckpt.read([prefix]).items()})
     if "encoder.embed_tokens.weight" not in state and "shared.weight" in state:
         state["encoder.embed_tokens.weight"] = state["shared.weight"]
     expected = model.state_dict()
@@ -99,8 +107,22 @@ def _t5(ckpt: Checkpoint, config_dir: Path, dtype):
     return model.to(dtype).eval()
 
 
+def load_transformer(ckpt: Checkpoint, config_dir: Path, dtype, base_precision: str = "auto"):
+    """Streamed, a block at a time, into `dtype` or the quantized `base_precision` (dit/loading.py)."""
+    import diffusers
+
+    from . import naming as sd3_naming
+
+    names = transformer_names(ckpt, MMDIT, _HEADS)
+    if not any(k.startswith("joint_blocks.") for k in names):
+        raise LoraKitError(f"the file has no transformer ({MMDIT}* tensors)", ckpt.path)
+    return stream_transformer(ckpt, diffusers.SD3Transformer2DModel, config_dir, names,
+                              sd3_naming.sai_state_to_diffusers, dtype, base_precision)
+
+
 def build_pipeline(ckpt: Checkpoint, *, dtype=torch.float32, config_dir: Path | None = None,
-                   text_encoders: Path | None = None, components=("unet", "text_encoders", "vae")):
+                   text_encoders: Path | None = None, components=("unet", "text_encoders", "vae"),
+                   base_precision: str = "auto"):
     """A StableDiffusion3Pipeline from an SAI single file (see the module docstring for the sources)."""
     import diffusers
 
@@ -110,21 +132,22 @@ def build_pipeline(ckpt: Checkpoint, *, dtype=torch.float32, config_dir: Path | 
     config_dir = Path(config_dir) if config_dir is not None else shipped_config(name)
     te_dir = parts_folder(text_encoders, "text_encoder, text_encoder_2, text_encoder_3 and tokenizer_3 "
                                          "(a diffusers SD3 folder will do)")
-    parts: dict = {"transformer": None, "vae": None}
-    with quiet_loading():
-        if "unet" in components:
-            parts["transformer"] = load_diffusers_part(diffusers.SD3Transformer2DModel, ckpt, MMDIT, "transformer",
-                                                       config_dir, dtype)
-        if "vae" in components:
-            parts["vae"] = load_diffusers_part(diffusers.AutoencoderKL, ckpt, "first_stage_model.", "vae",
-                                               config_dir, dtype)
+    parts: dict = {"transformer": None}
+    if "unet" in components:
+        parts["transformer"] = load_transformer(ckpt, config_dir, dtype, base_precision)
 
     def in_file(sub: str):
+        if sub == "vae":  # SAI's files hold it; GGUF and transformer-only files do not
+            if not ckpt.has(VAE_PREFIX):
+                return None
+            with quiet_loading():
+                return load_diffusers_part(diffusers.AutoencoderKL, ckpt, VAE_PREFIX, "vae", config_dir, dtype)
         if sub == "tokenizer_3" or not ckpt.has(TE_PREFIX[sub]):
             return None
         return _t5(ckpt, config_dir, dtype) if sub == "text_encoder_3" else _clip(ckpt, sub, config_dir, dtype)
 
-    wanted = PARTS if "text_encoders" in components else ()
+    wanted = [s for s in PARTS if (s == "vae" and "vae" in components)
+              or (s != "vae" and "text_encoders" in components)]
     found, missing = gather(PARTS, wanted, te_dir, HUB[name], dtype, in_file)
     parts.update(found)
     if missing:

@@ -20,7 +20,7 @@ import re
 import torch
 from torch import Tensor
 
-from ..dit.naming import UNET_PREFIX, kohya_name, stack_pieces, swap_rows, underscored
+from ..dit.naming import UNET_PREFIX, kohya_name, stack_pieces, swap_rows, take_rows, underscored, weight_shape
 
 
 # SAI path inside a joint block → diffusers path(s) inside a transformer block; "qkv" splits in three
@@ -211,4 +211,33 @@ def diffusers_state_to_sai(state: dict[str, Tensor]) -> dict[str, Tensor]:
             continue
         raise KeyError(f"no SAI name for {key}")
     out.update(stack_pieces(grouped, diffusers_rows))
+    return out
+
+
+_NORMS_BACK = {v: k for k, v in _NORMS.items()}
+
+
+def sai_state_to_diffusers(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """SAI's MMDiT keys (without `model.diffusion_model.`) → SD3Transformer2DModel's, at any width and
+    for any subset holding whole modules (a streamed load converts a block at a time; diffusers'
+    converter wants the whole state dict). Rows come from `diffusers_rows`; a leaf other than weight
+    and bias (an fp8 weight's row scale) is split with the rows as a bias is; GGUF blocks (one row
+    of them per weight row) split as the weights do."""
+    weights = {k[:-len(".weight")]: v for k, v in state.items() if k.endswith(".weight")}
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key == "pos_embed":
+            out["pos_embed.pos_embed"] = value
+            continue
+        module, _, leaf = key.rpartition(".")
+        if is_sai_path(module):
+            rows, in_features = weight_shape(weights[module])[:2]
+            for path, idx in diffusers_rows(module, rows, in_features):
+                out[f"{path}.{leaf}"] = take_rows(value, idx)
+            continue
+        m = _SAI_BLOCK.match(module)
+        if m and m[2] in _NORMS_BACK:
+            out[f"transformer_blocks.{m[1]}.{_NORMS_BACK[m[2]]}.{leaf}"] = value
+            continue
+        raise KeyError(f"not an SD3 transformer weight: {key}")
     return out

@@ -89,11 +89,11 @@ class UNetFamily(Family):
         return CONFIGS_DIR / self.shipped_configs.get(prediction_type, self.shipped_configs["epsilon"])
 
     def pipeline_from_checkpoint(self, ckpt, config_dir: Path, *, dtype, prediction_type: str, components,
-                                 **options):
+                                 base_precision: str = "auto", **options):
         from .loading import build_pipeline
 
         return build_pipeline(ckpt, self.name, config_dir, dtype=dtype, prediction_type=prediction_type,
-                              components=components)
+                              components=components, base_precision=base_precision)
 
     def to_original(self, denoiser=None, denoiser_config=None, vae=None, vae_config=None,
                     text_encoders: list | None = None) -> dict:

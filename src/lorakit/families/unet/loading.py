@@ -1,8 +1,9 @@
 """Build an SD 1.x/2.x/XL pipeline from an original-layout single file and a local config folder.
 
 No network: the configs come from a folder (the ones shipped in the package, or the caller's),
-the tokenizers are the shipped CLIP BPE files passed in explicitly. The UNet and VAE go through
-diffusers' own `from_single_file` (models/single_file.py); the text encoders through diffusers'
+the tokenizers are the shipped CLIP BPE files passed in explicitly. The UNet is streamed a tensor
+at a time into the model built from its config, in its base precision (`load_unet`); the VAE goes
+through diffusers' own `from_single_file` (models/single_file.py); the text encoders through diffusers'
 own key converters, but chosen by the family (its `checkpoint_text_encoders`) rather than by
 diffusers' shape sniffing, which picks the wrong encoder when SDXL's two encoders have equal
 widths (as in small test models). A tensor the model needs and the file lacks is an error.
@@ -19,6 +20,8 @@ from ... import families
 from ...errors import LoraKitError
 from ...models.checkpoint import Checkpoint
 from ...models.single_file import check_complete, load_diffusers_part, read_index, tie_position_ids
+
+UNET = "model.diffusion_model."
 
 
 def _text_encoder(ckpt: Checkpoint, family: str, index: int, config_dir: Path, dtype):
@@ -76,8 +79,45 @@ def _scheduler(config_dir: Path, prediction_type: str):
     return cls.from_config(config, prediction_type=prediction_type)
 
 
+def load_unet(ckpt: Checkpoint, config_dir: Path, dtype, base_precision: str = "auto"):
+    """The UNet streamed a tensor at a time into the model built on `meta` from its config, in `dtype`
+    or the quantized `base_precision` (models/placing.py): each diffusers name's original one is
+    `naming.diffusers_to_sai_unet_path` (the exact inverse of diffusers' reader, which the tests check
+    to the bit), and no tensor changes on the way. diffusers' own whole-state load where a name has
+    no original spelling (a layout this table does not know)."""
+    import diffusers
+    from accelerate import init_empty_weights
+
+    from . import naming
+    from ...models import placing
+    from ...models.single_file import quiet_loading
+    from ..dit.loading import SCALE_WEIGHT
+
+    cls = diffusers.UNet2DConditionModel
+    config = cls.load_config(str(config_dir), subfolder="unet", local_files_only=True)
+    with init_empty_weights(), quiet_loading():
+        model = cls.from_config(config)
+    layout = naming.UNetLayout.from_config(config)
+    names = {k: UNET + naming.diffusers_to_sai_unet_path(k, layout) for k in model.state_dict()}
+    if any(v == UNET + k for k, v in names.items()) or not all(v in ckpt.shapes for v in names.values()):
+        return load_diffusers_part(cls, ckpt, UNET, "unet", config_dir, dtype)
+    stored = {ckpt.dtypes.get(v, "") for v in names.values()}
+    to = placing.target(base_precision, dtype, fp8_file=any(d.startswith("F8") for d in stored))
+    try:
+        for key, name in names.items():
+            scale = name[:-len(".weight")] + SCALE_WEIGHT
+            scales = {key: ckpt.tensor(scale)} if name.endswith(".weight") and scale in ckpt.shapes else None
+            placing.place(model, {key: ckpt.tensor(name)}, to, scales)
+    except ValueError as e:
+        raise LoraKitError(f"the unet tensors do not fit the config in {config_dir / 'unet'}: {e}", ckpt.path) from e
+    finally:
+        ckpt.close()
+    return model
+
+
 def build_pipeline(ckpt: Checkpoint, family: str, config_dir: Path, *, dtype=torch.float32,
-                   prediction_type: str = "epsilon", components=("unet", "text_encoders", "vae")):
+                   prediction_type: str = "epsilon", components=("unet", "text_encoders", "vae"),
+                   base_precision: str = "auto"):
     """The family's pipeline holding the file's tensors; parts not in `components` are None."""
     import diffusers
 
@@ -93,8 +133,7 @@ def build_pipeline(ckpt: Checkpoint, family: str, config_dir: Path, *, dtype=tor
                            f"{class_name}", config_dir)
     parts: dict = {"unet": None, "vae": None, **{name: None for name in spec.text_encoders}}
     if "unet" in components:
-        parts["unet"] = load_diffusers_part(diffusers.UNet2DConditionModel, ckpt, "model.diffusion_model.",
-                                             "unet", config_dir, dtype)
+        parts["unet"] = load_unet(ckpt, config_dir, dtype, base_precision)
     if "vae" in components:
         parts["vae"] = load_diffusers_part(diffusers.AutoencoderKL, ckpt, "first_stage_model.", "vae",
                                             config_dir, dtype)
