@@ -152,20 +152,34 @@ def held_format(model: nn.Module, settings: Settings, parameters: int | None = N
 
 def weight_bytes(model: nn.Module, fmt: str, dtype: torch.dtype) -> int:
     """Every parameter and buffer of `model` as held: Linear weights that `quantized.quantizable` lets into
-    a quantized `fmt` at BYTES_PER_WEIGHT[fmt] (scales included), the rest in `dtype` (integer buffers in
-    their own). Exact for plain formats: parameters × bytes per value."""
+    a quantized `fmt` as quantized_bytes counts them, the rest in `dtype` (integer buffers in their own).
+    Plain formats: parameters × bytes per value."""
     size = torch.empty((), dtype=dtype).element_size()
     total, quantized_ids = 0.0, set()
     if fmt in QUANTIZED:
         for module in model.modules():
             if isinstance(module, nn.Linear) and quantizable(module.weight, fmt):
                 quantized_ids.add(id(module.weight))
-                total += module.weight.numel() * BYTES_PER_WEIGHT[fmt]
+                total += quantized_bytes(tuple(module.weight.shape), fmt, dtype)
     for t in list(model.parameters()) + list(model.buffers()):
         if id(t) in quantized_ids:
             continue
         total += t.numel() * (size if t.is_floating_point() else t.element_size())
     return int(total)
+
+
+def quantized_bytes(shape: tuple[int, int], fmt: str, dtype: torch.dtype) -> int:
+    """A weight's bytes as torchao stores it (quantized.py, counted as quantized.tensor_bytes counts them):
+    fp8 and int8 one byte a weight and one fp32 scale a row; nf4 half a byte a weight, an int8 scale per
+    block of 64 and a scale of scales in the compute `dtype` per group of blocks (quantized.nf4_scaler_block)."""
+    from .quantized import NF4_BLOCK, nf4_scaler_block
+
+    rows, cols = shape
+    n = rows * cols
+    if fmt == "nf4":
+        blocks = n // NF4_BLOCK
+        return n // 2 + blocks + torch.empty((), dtype=dtype).element_size() * (blocks // nf4_scaler_block(n))
+    return int(n * BYTES_PER_WEIGHT[fmt]) + 4 * rows
 
 
 def dequantize_bytes(model: nn.Module, fmt: str, dtype: torch.dtype) -> int:
