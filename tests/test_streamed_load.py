@@ -201,3 +201,36 @@ def test_unet_single_files_stream_equal_to_diffusers_load(tmp_path, monkeypatch,
     int8 = load_unet(open_checkpoint(path), config, torch.bfloat16, "int8")
     n = quantized.quantize_linears(ref.to(torch.bfloat16), "int8", torch.bfloat16)
     assert n > 3 and sum(quantized.is_quantized(p) for p in int8.parameters()) == n
+
+
+def test_a_big_text_encoder_is_read_into_its_quantized_format(tmp_path, monkeypatch):
+    """T5 from the parts folder of a single file goes tensor by tensor into int8 (the bf16 encoder is
+    never built through transformers' loader) and holds what quantizing the plainly loaded one holds."""
+    from flux_support import tiny_flux_pipeline
+
+    from lorakit import families, quantized
+    from lorakit.families.dit import loading as dit_loading
+    from lorakit.families.flux.loading import save_single_file
+    from lorakit.models import load_model
+
+    pipe = tiny_flux_pipeline()
+    pipe.save_pretrained(tmp_path / "parts")
+    flux = families.get("flux")
+    save_single_file(pipe, tmp_path / "flux.safetensors", flux)
+    through_library = []
+    original = dit_loading._load
+    monkeypatch.setattr(dit_loading, "_load", lambda part, where, sub, *a, **k: (
+        through_library.append(sub), original(part, where, sub, *a, **k))[1])
+    model = load_model(tmp_path / "flux.safetensors", dtype=torch.bfloat16, text_encoders=tmp_path / "parts",
+                       config_dir=tmp_path / "parts", base_precision="int8")
+    assert "text_encoder_2" not in through_library and "text_encoder" in through_library
+    t5 = model.pipe.text_encoder_2
+    reference = pipe.text_encoder_2.to(torch.bfloat16)
+    quantized.quantize_linears(reference, "int8", torch.bfloat16)
+    ours, theirs = dict(t5.named_parameters()), dict(reference.named_parameters())
+    assert set(ours) == set(theirs)
+    held = [n for n, p in ours.items() if quantized.is_quantized(p)]
+    assert held and all(quantized.is_quantized(theirs[n]) for n in held)
+    for name in ours:
+        assert torch.equal(quantized.dequantize(ours[name]), quantized.dequantize(theirs[name])), name
+    assert t5.encoder.embed_tokens.weight is t5.shared.weight

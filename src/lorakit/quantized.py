@@ -273,12 +273,13 @@ def cast_plain(model: nn.Module, dtype: torch.dtype | None, device: str | torch.
         for name, p in list(module._parameters.items()):
             if p is None:
                 continue
-            if is_quantized(p):
+            if is_gguf(p):  # diffusers' GGUFLinear dequantizes into the layer's own compute_dtype
                 if device is not None and p.device != torch.device(device):
-                    moved = p.to(device) if is_gguf(p) else nn.Parameter(p.data.to(device), requires_grad=False)
-                    module._parameters[name] = moved
-
-
+                    module._parameters[name] = p.to(device)
+                if dtype is not None and hasattr(module, "compute_dtype"):
+                    module.compute_dtype = dtype
+                continue
+            if is_quantized(p):
                 q = p.data if dtype is None else with_compute_dtype(p, dtype)
                 if device is not None and q.device != torch.device(device):
                     q = q.to(device)

@@ -259,10 +259,16 @@ class Trainer:
         from ..models import load_model
 
         dtype = torch.float32 if "unet" not in components else self.weight_dtype
+        fmt = self.cfg.base_precision
+        if (fmt == "auto" and "unet" not in components and self._precision_final
+                and self.weight_dtype != torch.float32):
+            # the encoders-only stage encodes in fp32, but a half-precision run holds its big text encoders
+            # (T5-XXL: 19 GB in fp32) in the run's format, as its denoiser
+            fmt = {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.weight_dtype]
         model = load_model(self.cfg.model, dtype=dtype, prediction_type=self.cfg.prediction_type,
                            components=components, text_encoders=self.cfg.text_encoders,
                            allow_pickle=self.cfg.allow_pickle,
-                           config_dir=self.cfg.config_dir, base_precision=self.cfg.base_precision)
+                           config_dir=self.cfg.config_dir, base_precision=fmt)
         model.pipe.set_progress_bar_config(disable=True)
         return model
 

@@ -41,14 +41,16 @@ def load_transformer(ckpt: Checkpoint, config_dir: Path, dtype, base_precision: 
 
 
 def build_pipeline(ckpt: Checkpoint, config_dir: Path, *, dtype=torch.float32, text_encoders: Path | None = None,
-                   components=("unet", "text_encoders", "vae"), base_precision: str = "auto"):
+                   components=("unet", "text_encoders", "vae"), base_precision: str = "auto",
+                   big_text_encoders: tuple[str, ...] = ()):
     """A ChromaPipeline from the single file (see the module docstring for the other parts)."""
     import diffusers
 
     te_dir = parts_folder(text_encoders, "vae, text_encoder and tokenizer (a diffusers Chroma folder will do)")
     wanted = [s for s, on in (("vae", "vae" in components), ("text_encoder", "text_encoders" in components),
                               ("tokenizer", "text_encoders" in components)) if on]
-    parts, missing = gather(PARTS, wanted, te_dir, HUB, dtype)
+    parts, missing = gather(PARTS, wanted, te_dir, HUB, dtype, base_precision=base_precision,
+                            big=big_text_encoders)
     if missing:
         raise LoraKitError(f"a Chroma file holds the transformer only; {', '.join(PARTS[m][2] for m in missing)} "
                            f"not found: pass --text-encoders DIR, a folder with {', '.join(missing)} (e.g. the "

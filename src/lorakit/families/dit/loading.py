@@ -13,6 +13,7 @@ from typing import Callable, Mapping
 import torch
 
 from ...errors import LoraKitError
+from ...quantized import PLAIN_DTYPES
 from ...models.single_file import quiet_loading
 
 # sub-folder → (library, class, what the error calls it)
@@ -27,12 +28,21 @@ def _load(part: Part, where: str, sub: str, dtype, **kwargs):
         return getattr(importlib.import_module(lib), cls).from_pretrained(where, local_files_only=True, **kwargs)
 
 
-def from_folder(folder: Path, sub: str, part: Part, dtype):
-    """A component from a diffusers-style folder, or None when it has none."""
+def from_folder(folder: Path, sub: str, part: Part, dtype, base_precision: str = "auto"):
+    """A component from a diffusers-style folder, or None when it has none; a transformers encoder asked
+    in fp8/int8/nf4 is read tensor by tensor straight into that format where its files allow."""
+    from ...quantized import QUANTIZED
+
     path = folder / sub
     if not path.is_dir():
         return None
     try:
+        if base_precision in QUANTIZED and part[0] == "transformers":
+            from ...models.streamed import load_encoder
+
+            model = load_encoder(path, part[1], dtype, base_precision)
+            if model is not None:
+                return model
         return _load(part, str(path), sub, dtype)
     except Exception as e:  # noqa: BLE001 - missing or corrupt files come in many error types
         raise LoraKitError(f"cannot load {sub}: {e}", path) from e
@@ -57,9 +67,12 @@ def parts_folder(text_encoders: Path | None, holding: str) -> Path | None:
 
 
 def gather(parts: Mapping[str, Part], wanted, folder: Path | None, repo: str, dtype,
-           in_file: Callable[[str], object] = lambda sub: None) -> tuple[dict, list[str]]:
+           in_file: Callable[[str], object] = lambda sub: None, *, base_precision: str = "auto",
+           big: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
     """{sub: component or None} for every part, and the wanted subs found nowhere: each comes from
-    the file itself (`in_file`), else the folder, else the hub cache."""
+    the file itself (`in_file`), else the folder, else the hub cache. The `big` ones (the family's big
+    text encoders) are read from the folder in `base_precision` (from_folder), a plain one straight
+    in its dtype (T5-XXL is 19 GB in fp32)."""
     found, missing = {}, []
     for sub, part in parts.items():
         if sub not in wanted:
@@ -67,7 +80,8 @@ def gather(parts: Mapping[str, Part], wanted, folder: Path | None, repo: str, dt
             continue
         model = in_file(sub)
         if model is None and folder is not None:
-            model = from_folder(folder, sub, part, dtype)
+            fmt = base_precision if sub in big else "auto"
+            model = from_folder(folder, sub, part, PLAIN_DTYPES.get(fmt, dtype), fmt)
         if model is None:
             model = from_hub_cache(repo, sub, part, dtype)
         if model is None:

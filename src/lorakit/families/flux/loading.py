@@ -67,7 +67,8 @@ def build_pipeline(ckpt: Checkpoint, family, *, dtype=torch.float32, config_dir:
     wanted = [s for s, on in (("vae", "vae" in components), ("text_encoder", "text_encoders" in components),
                               ("text_encoder_2", "text_encoders" in components),
                               ("tokenizer_2", "text_encoders" in components)) if on]
-    found, missing = gather(PARTS, wanted, te_dir, HUB[name], dtype)
+    found, missing = gather(PARTS, wanted, te_dir, HUB[name], dtype, base_precision=base_precision,
+                            big=family.big_text_encoders)
     parts.update(found)
     if missing:
         what = ", ".join(PARTS[m][2] for m in missing)

@@ -109,7 +109,8 @@ class SD3(DitLoraFiles, Family):
         from .loading import build_pipeline
 
         return build_pipeline(ckpt, dtype=dtype, config_dir=config_dir, text_encoders=options.get("text_encoders"),
-                              components=components, base_precision=base_precision)
+                              components=components, base_precision=base_precision,
+                              big_text_encoders=self.big_text_encoders)
 
     def to_original(self, denoiser=None, denoiser_config=None, vae=None, vae_config=None,
                     text_encoders: list | None = None) -> dict:

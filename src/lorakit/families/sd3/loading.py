@@ -122,7 +122,8 @@ def load_transformer(ckpt: Checkpoint, config_dir: Path, dtype, base_precision: 
 
 def build_pipeline(ckpt: Checkpoint, *, dtype=torch.float32, config_dir: Path | None = None,
                    text_encoders: Path | None = None, components=("unet", "text_encoders", "vae"),
-                   base_precision: str = "auto"):
+                   base_precision: str = "auto",
+                   big_text_encoders: tuple[str, ...] = ()):
     """A StableDiffusion3Pipeline from an SAI single file (see the module docstring for the sources)."""
     import diffusers
 
@@ -148,7 +149,8 @@ def build_pipeline(ckpt: Checkpoint, *, dtype=torch.float32, config_dir: Path | 
 
     wanted = [s for s in PARTS if (s == "vae" and "vae" in components)
               or (s != "vae" and "text_encoders" in components)]
-    found, missing = gather(PARTS, wanted, te_dir, HUB[name], dtype, in_file)
+    found, missing = gather(PARTS, wanted, te_dir, HUB[name], dtype, in_file, base_precision=base_precision,
+                            big=big_text_encoders)
     parts.update(found)
     if missing:
         what = ", ".join(PARTS[m][2] for m in missing)
