@@ -407,7 +407,13 @@ def train_plan(sketch, settings: Settings) -> Plan:
     denoiser, and the training step."""
     fmt, dtype = held_format(sketch.denoiser, settings)
     load_dtype = torch.float32 if settings.staged else dtype
-    formats = encoder_formats(sketch, settings, load_dtype)
+    held = settings
+    if settings.base_precision == "auto" and settings.staged and dtype != torch.float32 and (
+            sketch.kind != "single_file" or torch.device(settings.device).type == "cuda"):
+        # a half-precision run holds its big text encoders in its format in the encoders' stage too, where it
+        # knows that format before loading (train/loop.py `_load_once`: not a single file's on a CPU)
+        held = settings.but(base_precision={torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype])
+    formats = encoder_formats(sketch, held, load_dtype)
     base = Part("process baseline", baseline_bytes(settings.device), "torch and libraries imported")
     shapes = lora_parameters(sketch, settings)
     caches = [Part("latent cache", latent_cache_bytes(sketch, settings), f"{settings.images} image(s)"),
