@@ -15,15 +15,18 @@ Measured on this project's 2-core CPU (avx512_bf16, bf16 weights chosen by --mix
 
 | model | run | estimate GiB | peak RSS GiB | estimate/peak |
 |---|---|---|---|---|
-| sd35m-8 | train | 4.94 | 4.65 | 1.063 |
-| sd35m-8 | train --gradient-checkpointing | 4.94 | 4.66 | 1.059 |
-| sd35m-8 | generate | 4.51 | 4.57 | 0.988 |
-| flux-2-4 | train | 4.89 | 4.92 | 0.994 |
-| flux-2-4 | train --gradient-checkpointing | 4.11 | 3.98 | 1.032 |
-| flux-2-4 | generate | 4.74 | 4.61 | 1.029 |
+| sd35m-8 | train | 3.98 | 4.34 | 0.917 |
+| sd35m-8 | train --gradient-checkpointing | 3.98 | 4.89 | 0.813 |
+| sd35m-8 | generate | 4.51 | 4.55 | 0.990 |
+| flux-2-4 | train | 4.89 | 5.07 | 0.964 |
+| flux-2-4 | train --gradient-checkpointing | 3.76 | 3.62 | 1.039 |
+| flux-2-4 | generate | 4.74 | 4.62 | 1.026 |
 
-The training step alone (peak RSS between its start and end, /proc/self/clear_refs): sd35m-8 3.73
-measured / 3.60 planned, checkpointed 2.79 / 2.71; flux-2-4 4.90 / 4.89, checkpointed 3.82 / 3.76.
+Per phase (peak RSS between phase boundaries, /proc/self/clear_refs; measured / planned GiB): sd35m-8
+checkpointed: loading the encoders 4.19 / 3.98, filling the caches 3.66 / 3.52, loading the denoiser
+3.82 / 2.49 (its file holds pos_embed in fp32, cast while read: not in the plan), training step 2.75 /
+2.71 (plain 3.73 / 3.60); flux-2-4: training step 4.90 / 4.89, checkpointed 3.82 / 3.76. Whole-process
+peaks vary by up to 0.7 GiB between runs of the same command (mapped file pages counted while resident).
 """
 
 from __future__ import annotations
