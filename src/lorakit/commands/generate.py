@@ -33,6 +33,12 @@ def generate(
     prediction_type: Optional[str] = typer.Option(None, "--prediction-type", help="epsilon or v_prediction"),
     allow_pickle: bool = ALLOW_PICKLE,
     text_encoders: Optional[Path] = TEXT_ENCODERS,
+    blocks_to_swap: int = typer.Option(0, "--blocks-to-swap", help="CUDA: keep N transformer blocks in CPU "
+                                       "memory, each copied to the GPU just before use"),
+    memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="fit in this much memory (e.g. "
+                                                "12GB): the cheapest base format and block swap that fit"),
+    plan: bool = typer.Option(False, "--plan", help="print the estimated peak memory, part by part, and exit "
+                              "(reads configs and file headers, no weights)"),
 ) -> None:
     """Generate images with one or several LoRAs at chosen strengths."""
     from ..devices import load_model_for_inference
@@ -40,11 +46,49 @@ def generate(
 
     from ..writable import require_writable
 
+    if blocks_to_swap:
+        from ..block_swap import check_model
+        from ..models.sketch import sketch
+
+        check_model(blocks_to_swap, sketch(model, text_encoders=text_encoders, allow_pickle=allow_pickle))
+    if plan or memory_budget is not None:
+        base_precision, blocks_to_swap = _plan(model, device, dtype, base_precision, blocks_to_swap, memory_budget,
+                                               plan, width, height, n, guidance, prediction_type, text_encoders,
+                                               allow_pickle)
+        if plan:
+            return
     require_writable(out, folder=out.suffix.lower() != ".png")
     base = load_model_for_inference(model, device, dtype, base_precision, prediction_type=prediction_type,
                                     text_encoders=text_encoders, allow_pickle=allow_pickle)
+    if blocks_to_swap:
+        from .. import block_swap
+
+        block_swap.apply(base.unet, blocks_to_swap, base.unet.device)
     result = run(base, prompt, negative=negative, loras=[parse_lora_arg(x) for x in lora], n=n, steps=steps,
                  guidance=guidance, seed=seed, width=width, height=height, sampler=sampler, merge=not on_the_fly,
                  lora_dir=lora_dir, allow_pickle=allow_pickle)
     for path in write_outputs(result, out):
         typer.echo(str(path))
+
+
+def _plan(model, device, dtype, base_precision, blocks_to_swap, memory_budget, plan, width, height, n, guidance,
+          prediction_type, text_encoders, allow_pickle) -> tuple[str, int]:
+    """Print the plan (`--plan`) and/or fit `--memory-budget`: the base precision and block swap to use."""
+    from ..memory_budget import budget_generate, default_device, parse_size
+    from ..memory_plan import Settings, generate_plan
+    from ..models.sketch import sketch
+    from ..quantized import normalise
+
+    sk = sketch(model, text_encoders=text_encoders, allow_pickle=allow_pickle, prediction_type=prediction_type)
+    side = max(width or 0, height or 0) or sk.family.resolution(False)
+    fmt = normalise(base_precision)
+    settings = Settings(device=default_device(device), base_precision=fmt, resolution=side, n=n, guidance=guidance,
+                        blocks_to_swap=blocks_to_swap, mixed_precision=normalise(dtype))
+    if memory_budget is not None:
+        settings = budget_generate(sk, settings, parse_size(memory_budget),
+                                   echo=lambda line: typer.echo(line, err=not plan))
+    if plan:
+        typer.echo(generate_plan(sk, settings).table())
+    chosen = settings.base_precision if settings.base_precision != fmt else base_precision
+    return chosen, settings.blocks_to_swap
+

@@ -18,12 +18,28 @@ from ..train.config import ModelSource, TrainConfig
 _SHORT = {"model": ["-m"], "data": ["-d"], "out": ["-o"], "rank": ["-r"]}
 
 
-def _train(config: Optional[Path] = None, print_config: bool = False, **flags) -> None:
+def _train(config: Optional[Path] = None, print_config: bool = False, plan: bool = False, **flags) -> None:
     cfg = TrainConfig.from_toml(config) if config is not None else TrainConfig()
     cfg = cfg.override(flags)
     if print_config:
         typer.echo(cfg.to_toml())
         return
+    if plan or cfg.memory_budget is not None:  # the options are checked before planning; a plan needs no data
+        (cfg if cfg.data is not None else cfg.override({"data": "."})).validate()
+    if cfg.blocks_to_swap:
+        from ..block_swap import check_model
+        from ..models.sketch import sketch
+
+        check_model(cfg.blocks_to_swap, sketch(cfg.model, config_dir=cfg.config_dir, text_encoders=cfg.text_encoders,
+                                               allow_pickle=cfg.allow_pickle))
+    if cfg.memory_budget is not None or plan:
+        from ..memory_budget import budget_train, plan_train
+
+        if cfg.memory_budget is not None:
+            cfg = budget_train(cfg, echo=lambda line: typer.echo(line, err=not plan))
+        if plan:
+            typer.echo(plan_train(cfg)[0].table())
+            return
     from ..errors import Interrupted
     from ..train.loop import run
 
@@ -72,6 +88,10 @@ def _signature() -> inspect.Signature:
                           default=typer.Option(False, "--print-config",
                                                help="print the resolved config as TOML and exit"),
                           annotation=bool),
+        inspect.Parameter("plan", inspect.Parameter.KEYWORD_ONLY,
+                          default=typer.Option(False, "--plan", help="print the estimated peak memory, part by "
+                                               "part, and exit (reads configs and file headers, no weights)"),
+                          annotation=bool),
     ]
     for f in fields(TrainConfig):
         if not f.metadata.get("cli", True):
@@ -92,7 +112,8 @@ def train(**kwargs) -> None:
     """Train a LoRA ({families}) from a folder of images; `lorakit train --help` lists every option."""
     config = kwargs.pop("config", None)
     print_config = kwargs.pop("print_config", False)
-    _train(config, print_config, **kwargs)
+    plan = kwargs.pop("plan", False)
+    _train(config, print_config, plan, **kwargs)
 
 
 def _families() -> str:

@@ -243,6 +243,19 @@ class Family:
         fit is refused before any work."""
         raise NotImplementedError
 
+    # Text tokens the denoiser attends to per caption (the text cache's length; a DiT's joint sequence).
+    context_tokens: int = 77
+
+    def activation_units(self, config: Mapping, latent_height: int, latent_width: int) -> tuple[int, float, str]:
+        """(units per block, blocks, kind) the memory plan scales activations by: kind `unet` counts latent
+        pixels × the width of the first level (one "block"), kind `dit` image and text tokens × token width,
+        times its blocks weighed by their work (memory_plan.py holds the values per unit, measured)."""
+        raise NotImplementedError
+
+    def block_count(self, config: Mapping) -> int:
+        """Transformer blocks in the denoiser (what block swap can move); 0 for none."""
+        return 0
+
     # --- kohya names of denoiser modules -------------------------------------------------------
     def denoiser_layout(self, config: Mapping | None):
         """Whatever the name translation needs from the denoiser config (None when there is none)."""

@@ -99,7 +99,7 @@ class TrainConfig:
     rank_dropout: float = opt(0.0, "drop whole ranks (kohya's rank_dropout)", "network")
     module_dropout: float = opt(0.0, "skip a whole module for a step (kohya's module_dropout)", "network")
     # optimizer
-    optimizer: str = opt("adamw", "adamw, adamw8bit, lion or prodigy", "optimizer")
+    optimizer: str = opt("adamw", "adamw, adamw8bit, lion, prodigy or adafactor", "optimizer")
     lr: float = opt(1e-4, "learning rate (UNet LoRA; Prodigy: use 1.0)", "optimizer")
     text_encoder_lr: Optional[float] = opt(None, "text-encoder LoRA learning rate (default: lr)", "optimizer")
     weight_decay: float = opt(1e-2, "weight decay", "optimizer")
@@ -135,6 +135,13 @@ class TrainConfig:
                               "through torchao, computed in bf16, fp16 on GPUs without it; LoRA and optimizer as "
                               "--mixed-precision says)", "run")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward: less memory, more time", "run")
+    memory_budget: Optional[str] = opt(None, "fit the run in this much memory (e.g. 12GB): the cheapest of gradient "
+                                       "checkpointing, an fp8/int8/nf4 base, an 8-bit or factored optimizer and "
+                                       "block swap that fits; refused when nothing does", "run",
+                                       resume_may_change=True)
+    blocks_to_swap: int = opt(0, "CUDA: keep N transformer blocks in CPU memory, each copied to the GPU just before "
+                              "use (frozen weights only; implies --gradient-checkpointing)", "run",
+                              resume_may_change=True)
     sdpa: bool = opt(True, "scaled-dot-product attention (off: the classic attention processor)", "run")
     seed: int = opt(0, "seed of everything random (data order, noise, augmentation)", "run")
     device: Optional[str] = opt(None, "device (default: what accelerate picks)", "run", resume_may_change=True)
@@ -190,7 +197,7 @@ class TrainConfig:
                    "init": ("kaiming", "gaussian"),
                    "weighting_scheme": ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap", "none"),
                    "save_format": (None, "kohya", "diffusers", "comfyui", "onetrainer"),
-                   "optimizer": ("adamw", "adamw8bit", "lion", "prodigy"),
+                   "optimizer": ("adamw", "adamw8bit", "lion", "prodigy", "adafactor"),
                    "prior_target": ("base", "image"),
                    "mixed_precision": ("auto", "no", "fp16", "bf16"),
                    "base_precision": BASE_PRECISIONS, "save_dtype": ("fp16", "bf16", "fp32"),
@@ -200,6 +207,8 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 bad(f"--{_flag(key)} must be one of {', '.join(a for a in allowed if a)}, not {getattr(self, key)!r}")
+        if self.blocks_to_swap < 0:
+            bad(f"--blocks-to-swap must be ≥ 0, not {self.blocks_to_swap}")
         positive = ("rank", "steps", "batch_size", "grad_accum", "resolution", "repeats", "keep_states", "evaluate_n")
         for key in positive:
             if getattr(self, key) < 1:

@@ -278,6 +278,7 @@ class Trainer:
             if getattr(pipe, name, None) is not None:
                 pipe.register_modules(**{name: None})
         gc.collect()
+        release_free_memory()  # glibc keeps the freed weights' smaller tensors in its heap, not given back
 
     def _model_tag(self) -> str:
         p = Path(self.cfg.model)
@@ -408,10 +409,7 @@ class Trainer:
         self.texts = TensorStore(text_mode, cache_dir / "text",
                                  max_items=TEXT_MEMO_ITEMS if varying_captions else None)
         self.tag = self._model_tag()
-        for name in ("vae", *self.spec.text_encoders):
-            module = getattr(self.model.pipe, name, None)
-            if module is not None:
-                _cast(module.requires_grad_(False), device)
+        self._freeze_encoders(device)
         self._require_text_cache_fits()
         if self.main:  # only once the model loaded and the run fits: a refused run leaves nothing behind
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -443,6 +441,14 @@ class Trainer:
         announce(self.precision, self.main)
         base_precision.announce(self.model, self.cfg.base_precision, self.weight_dtype, self.main)
 
+    def _freeze_encoders(self, device) -> None:
+        """The VAE and text encoders frozen on the device. A method of its own: a loop variable left in
+        `setup`'s frame would keep the last encoder (T5-XXL) alive after its release."""
+        for name in ("vae", *self.spec.text_encoders):
+            module = getattr(self.model.pipe, name, None)
+            if module is not None:
+                _cast(module.requires_grad_(False), device)
+
     def _add_denoiser(self) -> None:
         unet_model = self._load(("unet",))
         self.model.pipe.register_modules(**{self.spec.denoiser: unet_model.unet})
@@ -466,8 +472,12 @@ class Trainer:
             from diffusers.models.attention_processor import AttnProcessor
 
             unet.set_attn_processor(AttnProcessor())
-        if cfg.gradient_checkpointing:
+        if cfg.gradient_checkpointing or cfg.blocks_to_swap:  # a swapped block's weights must not wait for backward
             unet.enable_gradient_checkpointing()
+        if cfg.blocks_to_swap:
+            from ..block_swap import apply as swap_blocks
+
+            swap_blocks(unet, cfg.blocks_to_swap, device)
         # encoders that never train (SD3's T5) get no LoRA; None keeps the others' kohya prefixes
         tes = [None if name in self.spec.frozen_text_encoders else getattr(pipe, name, None)
                for name in self.spec.text_encoders]

@@ -1,7 +1,7 @@
-"""Optimizers (AdamW, AdamW8bit, Lion, Prodigy) and LR schedules with warmup.
+"""Optimizers (AdamW, AdamW8bit, Lion, Prodigy, Adafactor) and LR schedules with warmup.
 
 Schedules come from diffusers.optimization.get_scheduler; the optimizers from torch,
-bitsandbytes, lion-pytorch and prodigyopt. Only the choice by name lives here.
+bitsandbytes, lion-pytorch, prodigyopt and transformers (Adafactor). Only the choice by name lives here.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 
 from ..errors import LoraKitError
 
-OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy")
+OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "adafactor")
 
 
 def build_optimizer(name: str, groups: list[dict], *, lr: float, weight_decay: float, betas, eps: float):
@@ -41,6 +41,14 @@ def build_optimizer(name: str, groups: list[dict], *, lr: float, weight_decay: f
             raise LoraKitError("--optimizer prodigy finds one step size for all weights: leave --text-encoder-lr "
                                "unset (and use --lr 1.0)")
         return Prodigy(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if name == "adafactor":
+        # kohya's settings for a LoRA (sd-scripts' docs): the given lr, no relative step, no scaling by the
+        # parameter's size, no warmup-init; no first moment (beta1 None) and a factored second moment per
+        # matrix (a row and a column of statistics): the smallest state of the choices here.
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=lr, relative_step=False, scale_parameter=False, warmup_init=False,
+                         weight_decay=weight_decay)
     raise LoraKitError(f"unknown optimizer {name!r}: choose from {', '.join(OPTIMIZERS)}")
 
 

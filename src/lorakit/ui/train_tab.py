@@ -18,7 +18,7 @@ from ..atomic import write_text_atomic
 from ..errors import LoraKitError
 
 PRESETS = ["transformer", "attn", "cross-attn", "attn-mlp", "full"]
-OPTIMIZERS = ["adamw", "adamw8bit", "lion", "prodigy"]
+OPTIMIZERS = ["adamw", "adamw8bit", "lion", "prodigy", "adafactor"]
 SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
 
 

@@ -140,6 +140,16 @@ class Flux(DitLoraFiles, Family):
         width = config["num_attention_heads"] * config["attention_head_dim"]
         return mmdit_values(tokens, width, config["num_layers"] + config["num_single_layers"], checkpointed)
 
+    context_tokens = T5_TOKENS
+
+    def activation_units(self, config: Mapping, latent_height: int, latent_width: int) -> tuple[int, float, str]:
+        tokens = (latent_height // 2) * (latent_width // 2) + self.context_tokens
+        width = config["num_attention_heads"] * config["attention_head_dim"]
+        return tokens * width, self.block_count(config), "dit"
+
+    def block_count(self, config: Mapping) -> int:
+        return config["num_layers"] + config["num_single_layers"]
+
     # --- objective --------------------------------------------------------------------------------
     def timestep_shift(self, scheduler_config: Mapping, height: int, width: int) -> float:
         """The timestep shift for a latent of `height`×`width` (before packing): FluxPipeline's

@@ -130,6 +130,20 @@ class SD3(DitLoraFiles, Family):
         width = config["num_attention_heads"] * config["attention_head_dim"]
         return mmdit_values(tokens, width, config["num_layers"], checkpointed)
 
+    context_tokens = 77 + T5_TOKENS  # CLIP-L/G's 77 and T5's, one after the other
+
+    def activation_units(self, config: Mapping, latent_height: int, latent_width: int) -> tuple[int, float, str]:
+        """A block with SD 3.5-medium's second attention on the image tokens counts 1.5 blocks (measured:
+        memory_plan.py)."""
+        patch = self.denoiser_downsampling(config)
+        tokens = (latent_height // patch) * (latent_width // patch) + self.context_tokens
+        width = config["num_attention_heads"] * config["attention_head_dim"]
+        dual = len([i for i in config.get("dual_attention_layers") or () if i < config["num_layers"]])
+        return tokens * width, self.block_count(config) + 0.5 * dual, "dit"
+
+    def block_count(self, config: Mapping) -> int:
+        return config["num_layers"]
+
     # --- targets -------------------------------------------------------------------------------
     def denoiser_targets(self, denoiser) -> dict:
         from . import naming as sd3_naming

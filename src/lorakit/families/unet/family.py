@@ -121,6 +121,9 @@ class UNetFamily(Family):
 
         return unet_values(config, latent_height, latent_width, checkpointed)
 
+    def activation_units(self, config: Mapping, latent_height: int, latent_width: int) -> tuple[int, float, str]:
+        return latent_height * latent_width * config["block_out_channels"][0], 1, "unet"
+
     # --- kohya names ---------------------------------------------------------------------------
     def denoiser_layout(self, config: Mapping | None):
         return naming.UNetLayout.from_config(config) if config else None
