@@ -334,3 +334,14 @@ def cast_plain(model: nn.Module, dtype: torch.dtype | None, device: str | torch.
                 target = dtype if dtype is not None and b.is_floating_point() else b.dtype
                 module._buffers[name] = b.to(device=device, dtype=target)
     return model
+
+
+def cast_module(module: nn.Module, device=None, dtype=None) -> nn.Module:
+    """nn.Module.to without diffusers' override, which warns on every dtype cast; a module holding
+    fp8/int8/nf4 weights (--base-precision) casts only its plain tensors: the quantized ones move, never
+    dequantized (nn.Module.to would relabel an nf4 weight's dtype)."""
+    if (device, dtype) == (None, None):
+        return module
+    if has_quantized(module):
+        return cast_plain(module, dtype, device)
+    return nn.Module.to(module, device=device, dtype=dtype)

@@ -59,7 +59,7 @@ class Checkpoint:
         if self._tensors is not None:
             return self._tensors[key]
         if self._file is None:
-            from .streaming import TensorFile
+            from .tensor_file import TensorFile
 
             self._file = TensorFile(self.path)
         return self._file.get(key)

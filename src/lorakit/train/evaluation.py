@@ -26,13 +26,13 @@ def _components(trainer) -> None:
     names = [n for n in pipe.components if n == "vae" or n.startswith("text_encoder")]
     if all(getattr(pipe, n, None) is not None for n in names):
         return
-    from .loop import _cast
+    from ..quantized import cast_module
 
     extra = trainer._load(("vae", "text_encoders")).pipe
     for name in names:
         module = getattr(extra, name, None)
         if getattr(pipe, name, None) is None and module is not None:
-            _cast(module.requires_grad_(False), trainer.acc.device, trainer.weight_dtype)
+            cast_module(module.requires_grad_(False), trainer.acc.device, trainer.weight_dtype)
             pipe.register_modules(**{name: module})
 
 

@@ -39,6 +39,7 @@ from .heap_trim import release_free_memory
 from .metadata import network_args, training_fields
 from .optim import build_optimizer, build_scheduler
 from ..generate import image_grid, save_png
+from ..quantized import cast_module
 from .evaluation import evaluate_run
 from .sampling import count_images, generate_class_images, read_class_prompts, read_prompts, render
 
@@ -72,19 +73,6 @@ def _accelerator_device_type() -> str:
         return "cuda"
     mps = getattr(torch.backends, "mps", None)
     return "mps" if mps is not None and mps.is_available() else "xpu"
-
-
-def _cast(module: nn.Module, device=None, dtype=None) -> nn.Module:
-    """nn.Module.to without diffusers' override, which warns on every dtype cast; a module holding
-    fp8/int8/nf4 weights (--base-precision) casts only its plain tensors: the quantized ones move, never
-    dequantized (nn.Module.to would relabel an nf4 weight's dtype)."""
-    if (device, dtype) == (None, None):
-        return module
-    from .. import quantized
-
-    if quantized.has_quantized(module):
-        return quantized.cast_plain(module, dtype, device)
-    return nn.Module.to(module, device=device, dtype=dtype)
 
 
 class Denoiser(nn.Module):
@@ -447,7 +435,7 @@ class Trainer:
         for name in ("vae", *self.spec.text_encoders):
             module = getattr(self.model.pipe, name, None)
             if module is not None:
-                _cast(module.requires_grad_(False), device)
+                cast_module(module.requires_grad_(False), device)
 
     def _add_denoiser(self) -> None:
         unet_model = self._load(("unet",))
@@ -467,7 +455,7 @@ class Trainer:
     def _build_training(self, device) -> None:
         cfg, acc = self.cfg, self.acc
         pipe = self.model.pipe
-        unet = _cast(self.model.unet.requires_grad_(False), device, self.weight_dtype)
+        unet = cast_module(self.model.unet.requires_grad_(False), device, self.weight_dtype)
         if not cfg.sdpa and self.spec.classic_attention:
             from diffusers.models.attention_processor import AttnProcessor
 
@@ -483,7 +471,7 @@ class Trainer:
                for name in self.spec.text_encoders]
         for te in tes:
             if te is not None:
-                _cast(te, device, self.weight_dtype)
+                cast_module(te, device, self.weight_dtype)
                 if cfg.train_text_encoder and cfg.gradient_checkpointing:
                     te.gradient_checkpointing_enable()
                     te.train()  # transformers checkpoints only in train mode; CLIP has no dropout
@@ -555,12 +543,12 @@ class Trainer:
             vae = self.model.vae
             if vae is not None and todo:
                 vae_dtype = vae.dtype
-                _cast(vae, dtype=torch.float32)  # encode in fp32: SDXL's VAE overflows in fp16
+                cast_module(vae, dtype=torch.float32)  # encode in fp32: SDXL's VAE overflows in fp16
             for item, placement, flip in tqdm(todo, desc="caching latents", disable=not show or not todo):
                 lat = encode_pixels(vae, pixels(item, placement, flip)[None].to(self.acc.device))[0]
                 self.latents.put(self._latent_key(item, placement, flip), {"latents": lat})
             if vae is not None and todo:
-                _cast(vae, dtype=vae_dtype)
+                cast_module(vae, dtype=vae_dtype)
         captions = self.data.fixed_captions()
         if self.texts.enabled and captions is not None:
             todo = [c for c in captions if self._text_key(c) not in self.texts]
