@@ -28,6 +28,14 @@ def swap_rows(rows: int) -> Tensor:
     return torch.cat([torch.arange(half, rows), torch.arange(0, half)])
 
 
+def split_rows(out: dict, module: str, leaf: str, value: Tensor, weight: Tensor, diffusers_rows) -> None:
+    """A fused layer's tensor (`leaf` of `module`, whose weight is `weight`) into `out` as the pieces
+    diffusers names, each its rows of `value` (the family's `diffusers_rows` says which)."""
+    rows, in_features = weight_shape(weight)[:2]
+    for path, idx in diffusers_rows(module, rows, in_features):
+        out[f"{path}.{leaf}"] = take_rows(value, idx)
+
+
 def take_rows(value: Tensor, idx: Tensor) -> Tensor:
     """value's rows idx: a view where they are consecutive (q, k, v of a fused layer: a streamed load
     then holds no second copy of the layer), a copy otherwise (swapped adaLN halves)."""

@@ -22,7 +22,7 @@ import re
 import torch
 from torch import Tensor
 
-from ..dit.naming import UNET_PREFIX, kohya_name, stack_pieces, swap_rows, take_rows, underscored, weight_shape
+from ..dit.naming import UNET_PREFIX, kohya_name, split_rows, stack_pieces, swap_rows, underscored
 
 
 # BFL path inside a block → diffusers path(s) inside the matching diffusers block
@@ -251,9 +251,7 @@ def bfl_state_to_diffusers(state: dict[str, Tensor]) -> dict[str, Tensor]:
         key = key[len("model.diffusion_model."):] if key.startswith("model.diffusion_model.") else key
         module, _, leaf = key.rpartition(".")
         if is_sai_path(module):
-            rows, in_features = weight_shape(weights[module])[:2]
-            for path, idx in diffusers_rows(module, rows, in_features):
-                out[f"{path}.{leaf}"] = take_rows(value, idx)
+            split_rows(out, module, leaf, value, weights[module], diffusers_rows)
             continue
         m = _BLOCK.match(module)
         if m and leaf == "scale" and m[3] in _NORMS_BACK[m[1]]:

@@ -20,7 +20,7 @@ import re
 import torch
 from torch import Tensor
 
-from ..dit.naming import UNET_PREFIX, kohya_name, stack_pieces, swap_rows, take_rows, underscored, weight_shape
+from ..dit.naming import UNET_PREFIX, kohya_name, split_rows, stack_pieces, swap_rows, underscored
 
 
 # SAI path inside a joint block → diffusers path(s) inside a transformer block; "qkv" splits in three
@@ -231,9 +231,7 @@ def sai_state_to_diffusers(state: dict[str, Tensor]) -> dict[str, Tensor]:
             continue
         module, _, leaf = key.rpartition(".")
         if is_sai_path(module):
-            rows, in_features = weight_shape(weights[module])[:2]
-            for path, idx in diffusers_rows(module, rows, in_features):
-                out[f"{path}.{leaf}"] = take_rows(value, idx)
+            split_rows(out, module, leaf, value, weights[module], diffusers_rows)
             continue
         m = _SAI_BLOCK.match(module)
         if m and m[2] in _NORMS_BACK:
