@@ -376,7 +376,8 @@ def main(argv=None) -> None:
         peak = r.get("peak_vram_gb" if cuda else "peak_rss_gb")
         est = r.get("estimate_gb")
         ratio = f"{est / peak:.2f}" if peak and est else "—"
-        lines.append([base, job, precision, swap or "—", f"{peak:.1f}" if peak else "does not fit here",
+        missing = "plan only" if row.endswith("-plan") else "does not fit in 24 GB"
+        lines.append([base, job, precision, swap or "—", f"{peak:.1f}" if peak else missing,
                       f"{r['step_s']:.1f}" if r.get("step_s") else "—", f"{est:.1f}" if est else "—", ratio])
     what = "peak VRAM (GB)" if cuda else "peak RSS (GB)"
     print(table(lines, ["base", "job", "base precision", "blocks swapped", what, "s/step", "plan (GB)", "plan/peak"]))
