@@ -131,9 +131,17 @@ def data(work: Path) -> Path:
 def measure(args: list[str]) -> tuple[int, float, str]:
     """(peak RSS bytes, seconds, output) of `lorakit ARGS` in a child process."""
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    code = ("import resource, sys\nfrom lorakit.cli import main\nrc = 0\ntry:\n    rc = main(sys.argv[1:]) or 0\n"
+    # VmHWM: the high-water mark of this process's own memory since its exec. ru_maxrss would also count
+    # the parent's RSS at the fork (Linux carries it over the exec), e.g. a test runner's whole heap.
+    code = ("import resource, sys\nfrom lorakit.cli import main\n"
+            "def peak():\n"
+            "    for line in open('/proc/self/status'):\n"
+            "        if line.startswith('VmHWM:'):\n"
+            "            return int(line.split()[1]) * 1024\n"
+            "    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+            "rc = 0\ntry:\n    rc = main(sys.argv[1:]) or 0\n"
             "except SystemExit as e:\n    rc = e.code or 0\n"
-            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, file=sys.stderr)\n"
+            "print('PEAK', peak(), file=sys.stderr)\n"
             "sys.exit(rc)\n")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
