@@ -496,3 +496,42 @@ def test_training_keeps_no_dequantized_copy_of_a_quantized_weight(fmt):
     y.backward(g)
     expected = g.float() @ Q.dequantize(layer.weight, torch.bfloat16).float()
     assert rel(x.grad.float(), expected) < 1e-2
+
+
+# --- the matmul's weight on a CPU ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "fp8-file"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_compute_weight_is_dequantize_bit_for_bit(fmt, dtype, monkeypatch):
+    """The layer's weight for its matmul comes from the compiled per-row dequantize, equal bit for bit
+    to torchao's own dequantize (any row count, one per-tensor scale from a file as well)."""
+    monkeypatch.setattr(Q, "_compiled_dequantize", None)
+    monkeypatch.setattr(Q, "_compile_failed", False)
+    for rows, cols in ((512, 256), (300, 96)):
+        w = torch.randn(rows, cols) * 0.05
+        if fmt == "fp8-file":
+            q = Q.from_fp8((w / 0.01).to(torch.float8_e4m3fn), torch.tensor(0.01), dtype)
+        else:
+            q = Q.quantize(w, fmt, dtype)
+        assert torch.equal(Q.compute_weight(q, dtype), Q.dequantize(q, dtype)), (rows, cols)
+    assert Q._compiled_dequantize is not None and not Q._compile_failed
+
+
+def test_compute_weight_falls_back_to_eager_in_one_line(monkeypatch, caplog):
+    """Without a working torch.compile (no C++ compiler) the layers still compute, through torchao's eager
+    dequantize, and the run says so once."""
+    monkeypatch.setattr(Q, "_compiled_dequantize", None)
+    monkeypatch.setattr(Q, "_compile_failed", False)
+
+    def broken(*a, **k):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    layer = _quantized(nn.Linear(512, 256), "fp8")
+    x = _x(4, 512)
+    with caplog.at_level("WARNING", logger="lorakit"):
+        y1, y2 = layer(x), layer(x)
+    expected = torch.nn.functional.linear(x, Q.dequantize(layer.weight, torch.bfloat16), layer.bias)
+    assert torch.equal(y1, expected) and torch.equal(y2, expected)
+    notes = [r for r in caplog.records if "eager dequantize" in r.getMessage()]
+    assert len(notes) == 1 and "C++ compiler" in notes[0].getMessage()

@@ -263,6 +263,45 @@ def quantize_linears(model: nn.Module, fmt: str, dtype: torch.dtype,
     return count
 
 
+def _per_row_dequantize(qdata: Tensor, scale: Tensor, zero: Tensor, dtype: torch.dtype) -> Tensor:
+    # torchao's own arithmetic for its per-row fp8 and int8 weights (quant_primitives'
+    # _dequantize_affine_float8 / dequantize_affine): upcast to fp32, shift, scale, cast down.
+    return ((qdata.to(torch.float32) - zero) * scale).to(dtype)
+
+
+_compiled_dequantize: Callable | None = None
+_compile_failed = False
+
+
+def compute_weight(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """The weight in `dtype` for one matmul: what `dequantize` gives, bit for bit, made faster on a CPU.
+    PyTorch's eager fp8/int8 → fp32 → bf16 casts run at ~0.2 GB/s on a CPU (a 12288×3072 layer: 218 ms,
+    three passes and a 150 MB fp32 temporary), which doubled a training step; the same arithmetic through
+    torch.compile is one fused loop (33 ms, no temporary). CUDA's casts are fast: it keeps torchao's
+    eager path there. Where no compiler is present, the eager path is used (said once)."""
+    global _compiled_dequantize, _compile_failed
+    data = t.data if isinstance(t, nn.Parameter) else t
+    kind = format_of(data) if is_quantized(data) else None
+    if kind not in ("fp8", "int8") or data.qdata.device.type != "cpu" or _compile_failed \
+            or tuple(data.block_size) != (1, data.shape[1]):
+        return dequantize(data, dtype)
+    zero = getattr(data, "zero_point", None)
+    zero = torch.zeros((), dtype=torch.float32) if zero is None else zero.reshape(-1, 1).to(torch.float32)
+    args = (data.qdata, data.scale.reshape(-1, 1), zero, dtype)
+    try:
+        if _compiled_dequantize is None:
+            _compiled_dequantize = torch.compile(_per_row_dequantize, dynamic=True)
+        with torch.no_grad():
+            return _compiled_dequantize(*args)
+    except Exception as e:  # no C++ compiler, or an inductor that cannot build here
+        _compile_failed = True
+        import logging
+
+        logging.getLogger("lorakit").warning("quantized layers use PyTorch's eager dequantize (slower on a CPU): "
+                                             "torch.compile is unavailable here (%s)", str(e).splitlines()[0][:120])
+        return dequantize(data, dtype)
+
+
 class _FrozenQuantizedLinear(torch.autograd.Function):
     """y = x·deq(W_q)ᵀ + b for a frozen quantized W whose backward dequantizes W again. Through torchao's
     own weight-only linears autograd saves the dequantized bf16 weight of every layer until the backward
@@ -274,13 +313,13 @@ class _FrozenQuantizedLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         ctx.weight = weight
         ctx.bias_shape = None if bias is None else bias.shape
-        return F.linear(x, dequantize(weight, x.dtype), bias)
+        return F.linear(x, compute_weight(weight, x.dtype), bias)
 
     @staticmethod
     def backward(ctx, grad):
         grad_x = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad @ dequantize(ctx.weight, grad.dtype)
+            grad_x = grad @ compute_weight(ctx.weight, grad.dtype)
         if ctx.bias_shape is not None and ctx.needs_input_grad[2]:
             grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
         return grad_x, None, grad_bias
