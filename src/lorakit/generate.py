@@ -104,10 +104,12 @@ def infotext(prompt: str, negative: str, steps: int, sampler: str, guidance: flo
     return "\n".join(lines)
 
 
-def attach_loras(model, specs: Sequence[LoraSpec], merge: bool = True, *, allow_pickle: bool = False):
+def attach_loras(model, specs: Sequence[LoraSpec], merge: bool = True, *, allow_pickle: bool = False,
+                 stage: str | None = None):
     """Load each LoRA onto the model at its strength; returns the networks (detach with `detach_loras`).
 
     Pickled LoRAs (.ckpt/.pt/.bin) are refused unless `allow_pickle` (then read with weights_only).
+    `stage` ("text" / "denoiser"): only the modules of the parts a staged generation holds now.
     """
     from .formats import load_network
 
@@ -115,16 +117,21 @@ def attach_loras(model, specs: Sequence[LoraSpec], merge: bool = True, *, allow_
     networks = []
     try:
         for spec in specs:
-            net = load_network(parts, spec.path, multiplier=spec.weight, allow_pickle=allow_pickle)
+            net = load_network(parts, spec.path, multiplier=spec.weight, allow_pickle=allow_pickle, stage=stage)
             # the factors as the file holds them, either way: merged and on the fly build W + ΔW from
             # the same numbers in fp32 (the branch casts them to the activations' dtype per call)
-            net.to(device=model.unet.device)
+            net.to(device=_device(model))
             net.merge() if merge else net.apply()
             networks.append(net)
     except Exception:
         detach_loras(networks)
         raise
     return networks
+
+
+def _device(model):
+    part = model.unet if model.unet is not None else next(m for m in model.text_encoders if m is not None)
+    return next(part.parameters()).device
 
 
 def detach_loras(networks) -> None:
@@ -147,8 +154,12 @@ def lora_short_hash(path: Path) -> str:
 def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec] = (), n: int = 1, steps: int = 25,
              guidance: float = 7.0, seed: int = 0, width: int | None = None, height: int | None = None,
              sampler: str = "euler_a", merge: bool = True, lora_dir: Path | None = None,
-             progress: bool = True, allow_pickle: bool = False) -> GenerateResult:
-    """n images, seeds seed, seed+1, … (A1111's batch seeds), LoRAs detached again afterwards."""
+             progress: bool = True, allow_pickle: bool = False, add_denoiser=None) -> GenerateResult:
+    """n images, seeds seed, seed+1, … (A1111's batch seeds), LoRAs detached again afterwards.
+
+    A model loaded without its denoiser is generated from in stages: the prompts are encoded (with the
+    LoRAs' text-encoder modules), the text encoders released where the family's are big (T5-XXL), and
+    only then `add_denoiser()` loads the denoiser, so the two never sit in memory together."""
     from .samplers import effective_name, make_scheduler
 
     prompt, tagged = split_prompt_loras(prompt, lora_dir)
@@ -160,27 +171,36 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
         raise LoraKitError(f"--n and --steps must be ≥ 1 (got n={n}, steps={steps})")
     pipe = model.pipe
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    sample = getattr(model.unet.config, "sample_size", None)  # Flux's transformer has none: its native size
+    config = model.unet.config if model.unet is not None else (model.denoiser_config or {})
+    sample = config.get("sample_size")  # Flux's transformer has none: its native size
     default = sample * scale if sample else model.spec.resolution(False)
     width, height = width or default, height or default
     if width % 8 or height % 8 or width < 8 or height < 8:
         raise LoraKitError(f"--width and --height must be multiples of 8 (got {width}x{height})")
     from .fit_check import generation_bytes, require_fits
 
+    inputs = None
+    if model.unet is None:
+        if add_denoiser is None:
+            raise LoraKitError("the model was loaded without its denoiser", model.source)
+        inputs = _encode_prompts(model, specs, prompt, negative, guidance, merge, allow_pickle)
+        add_denoiser()
+    merge = merge and not _keep_quantized(model, specs)
     require_fits(generation_bytes(pipe, width, height, n, grid=n > 1), pipe.device,
                  f"{n} image(s) of {width}x{height}", "lower --width/--height or --n")
     sampler = effective_name(sampler, pipe.scheduler.config)  # what PNG info records is what ran
     pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=not progress)
-    merge = merge and not _keep_quantized(model, specs)
-    networks = attach_loras(model, specs, merge=merge, allow_pickle=allow_pickle)
+    networks = attach_loras(model, specs, merge=merge, allow_pickle=allow_pickle,
+                            stage=None if inputs is None else "denoiser")
     _announce_precision(model)
+    text = {"prompt": prompt, "negative_prompt": negative or None} if inputs is None else inputs
     images, seeds = [], [seed + i for i in range(n)]
     try:
         for s in seeds:
             gen = torch.Generator(device="cpu").manual_seed(s)
-            out = pipe(prompt, negative_prompt=negative or None, num_inference_steps=steps, guidance_scale=guidance,
-                       width=width, height=height, generator=gen)
+            out = pipe(**text, num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
+                       generator=gen)
             images.append(out.images[0])
     finally:
         detach_loras(networks)
@@ -189,6 +209,31 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
     infos = [infotext(prompt, negative, steps, sampler, guidance, s, width, height, name, model_hash, lora_info)
              for s in seeds]
     return GenerateResult(images, seeds, infos)
+
+
+def _encode_prompts(model, specs, prompt: str, negative: str, guidance: float, merge: bool,
+                    allow_pickle: bool) -> dict | None:
+    """The pipeline's text inputs from the family's encode (the LoRAs' text-encoder modules applied),
+    then the text encoders released; None where the family keeps its encoders (small ones)."""
+    import gc
+
+    pipe, family = model.pipe, model.spec
+    networks = attach_loras(model, specs, merge=merge, allow_pickle=allow_pickle, stage="text")
+    try:
+        with torch.no_grad():
+            inputs = family.prompt_inputs(pipe, prompt, negative, guidance)
+    finally:
+        detach_loras(networks)
+    if inputs is not None:
+        del networks
+        for name in family.text_encoders:
+            if getattr(pipe, name, None) is not None:
+                pipe.register_modules(**{name: None})
+        gc.collect()
+        from .train.heap_trim import release_free_memory
+
+        release_free_memory()
+    return inputs
 
 
 def _keep_quantized(model, specs) -> bool:

@@ -58,15 +58,24 @@ def generate(
         if plan:
             return
     require_writable(out, folder=out.suffix.lower() != ".png")
-    base = load_model_for_inference(model, device, dtype, base_precision, prediction_type=prediction_type,
-                                    text_encoders=text_encoders, allow_pickle=allow_pickle)
-    if blocks_to_swap:
-        from .. import block_swap
+    def load(components):
+        return load_model_for_inference(model, device, dtype, base_precision, prediction_type=prediction_type,
+                                        text_encoders=text_encoders, allow_pickle=allow_pickle,
+                                        components=components)
 
-        block_swap.apply(base.unet, blocks_to_swap, base.unet.device)
+    # in stages: the prompts are encoded and big text encoders (T5-XXL) released before the denoiser loads
+    base = load(("vae", "text_encoders"))
+
+    def add_denoiser():
+        base.pipe.register_modules(**{base.spec.denoiser: load(("unet",)).unet})
+        if blocks_to_swap:
+            from .. import block_swap
+
+            block_swap.apply(base.unet, blocks_to_swap, base.unet.device)
+
     result = run(base, prompt, negative=negative, loras=[parse_lora_arg(x) for x in lora], n=n, steps=steps,
                  guidance=guidance, seed=seed, width=width, height=height, sampler=sampler, merge=not on_the_fly,
-                 lora_dir=lora_dir, allow_pickle=allow_pickle)
+                 lora_dir=lora_dir, allow_pickle=allow_pickle, add_denoiser=add_denoiser)
     for path in write_outputs(result, out):
         typer.echo(str(path))
 

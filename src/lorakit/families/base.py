@@ -309,6 +309,12 @@ class Family:
         `cached` holds what released `frozen_text_encoders` gave."""
         raise NotImplementedError
 
+    def prompt_inputs(self, pipe, prompt: str, negative: str, guidance: float) -> dict | None:
+        """The pipeline's call arguments that stand for `prompt` and `negative` (its own encode_prompt's
+        embeddings), so that generation can encode first and release the text encoders before the
+        denoiser loads; None: this family's encoders are small enough to stay beside the denoiser."""
+        return None
+
     def timestep_shift(self, scheduler_config: Mapping, height: int, width: int) -> float | None:
         """A flow-matching timestep shift μ for latents of this size (Flux's resolution-dependent one);
         None: the scheduler's own sigmas."""

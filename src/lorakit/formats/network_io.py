@@ -14,8 +14,11 @@ from .lorafile import LoRAFile, load_lora
 
 
 def load_network(parts: ModelParts, path_or_file: str | os.PathLike | LoRAFile,
-                 multiplier: float = 1.0, *, allow_pickle: bool = False) -> LoRANetwork:
-    """Load (if a path), check family and module names against the model, build the network."""
+                 multiplier: float = 1.0, *, allow_pickle: bool = False, stage: str | None = None) -> LoRANetwork:
+    """Load (if a path), check family and module names against the model, build the network.
+
+    `stage` builds the part of the file one stage of a staged generation has loaded: "text" the
+    text-encoder modules (no denoiser loaded yet), "denoiser" the denoiser's (the encoders released)."""
     if isinstance(path_or_file, LoRAFile):
         lf = path_or_file
     else:
@@ -29,11 +32,15 @@ def load_network(parts: ModelParts, path_or_file: str | os.PathLike | LoRAFile,
     if lf.family is None and parts.family and lf.format in ("diffusers", "peft") and lf.path:
         lf = load_lora(lf.path, parts.family, allow_pickle=allow_pickle)  # names depend on the family (SAI spelling, lora_te1)
     index = parts.index()
-    missing = [n for n in lf.modules if n not in index]
+    modules = lf.modules
+    if stage is not None:
+        denoiser = stage == "denoiser"
+        modules = {n: m for n, m in modules.items() if n.startswith(parts.spec.denoiser_prefix + "_") == denoiser}
+    missing = [n for n in modules if n not in index]
     if missing:
         raise LoraKitError(f"{len(missing)} of {len(lf.modules)} modules are not in the model: {_listing(missing)}",
                            source)
-    return LoRANetwork.from_modules(parts, lf.modules, multiplier, source)
+    return LoRANetwork.from_modules(parts, modules, multiplier, source)
 
 
 def _check_family(fits, parts: ModelParts, source) -> None:

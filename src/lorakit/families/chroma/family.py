@@ -110,6 +110,14 @@ class Chroma(Flux):
         """T5 ids padded to 512 (`T5_TOKENS`), as ChromaPipeline tokenizes."""
         return tokenize(tokenizers, captions, lambda i, tok: min(T5_TOKENS, tok.model_max_length))
 
+    def prompt_inputs(self, pipe, prompt: str, negative: str, guidance: float) -> dict | None:
+        """ChromaPipeline's embeddings and attention masks (the negative ones with classifier-free guidance)."""
+        embeds, _, mask, neg, _, neg_mask = pipe.encode_prompt(
+            prompt=prompt, negative_prompt=negative or None, device=pipe._execution_device,
+            do_classifier_free_guidance=guidance > 1)
+        return {"prompt_embeds": embeds, "prompt_attention_mask": mask, "negative_prompt_embeds": neg,
+                "negative_prompt_attention_mask": neg_mask}
+
     def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence, cached=None) -> dict:
         """As ChromaPipeline._get_t5_prompt_embeds: T5 run with the tokenizer's mask (the ids that are
         not padding), and the transformer's text mask keeping the real tokens and the first pad token.

@@ -168,6 +168,12 @@ class Flux(DitLoraFiles, Family):
 
         return tokenize(tokenizers, captions, lambda i, tok: min(T5_TOKENS, tok.model_max_length) if i == 1 else tok.model_max_length)
 
+    def prompt_inputs(self, pipe, prompt: str, negative: str, guidance: float) -> dict | None:
+        """FluxPipeline's embeddings of the prompt (guidance is distilled into the model: the negative
+        prompt only counts with true CFG, which generation does not use)."""
+        embeds, pooled, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=pipe._execution_device)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
     def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence, cached=None) -> dict:
         """As FluxPipeline.encode_prompt: the sequence is T5's last hidden state, the pooled vector
         CLIP-L's pooled output. T5 comes from `cached["t5"]` once released."""

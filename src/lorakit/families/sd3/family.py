@@ -162,6 +162,14 @@ class SD3(DitLoraFiles, Family):
 
         return tokenize(tokenizers, captions, lambda i, tok: T5_TOKENS if i == 2 else tok.model_max_length)
 
+    def prompt_inputs(self, pipe, prompt: str, negative: str, guidance: float) -> dict | None:
+        """StableDiffusion3Pipeline's four embeddings (the negative ones with classifier-free guidance)."""
+        embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, prompt_3=None, device=pipe._execution_device,
+            do_classifier_free_guidance=guidance > 1, negative_prompt=negative or None)
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": neg, "pooled_prompt_embeds": pooled,
+                "negative_pooled_prompt_embeds": neg_pooled}
+
     def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence, cached=None) -> dict:
         """As StableDiffusion3Pipeline.encode_prompt: [CLIP-L ⊕ CLIP-G penultimate states, zero-padded
         to T5's width ; T5's last state] and the two pooled projections side by side. T5 comes from
