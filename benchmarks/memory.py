@@ -9,10 +9,12 @@ and written one at a time (never a whole model in memory):
   `sd3.5_large.safetensors` is shipped), their text encoders (CLIP-L, CLIP-G, the same T5-XXL) in a
   folder.
 Each row is one run of lorakit in its own process (so the peak RSS, ru_maxrss, is that run's alone),
-at 512 px, batch 1, rank 16 on the default preset, gradient checkpointing on: `train` for one step
+at 512 px, batch 1, rank 16 on the default preset, gradient checkpointing on: `train` for two steps
 (text encoders first, their outputs cached, then released; then the denoiser), or one 4-step
-`generate` with that LoRA on the fly. Its seconds per step is the training step itself (the first
-step: it includes the first call's warm-up), or the generation's per-denoising-step time.
+`generate` with that LoRA on the fly, in stages as `lorakit generate` does (prompts encoded, the text
+encoders released, then the denoiser loaded). Its seconds per step is the second training step (the
+first includes the first call's warm-up and runs without optimizer state), or the generation's time
+per denoising step, loading the denoiser included. Each row also keeps a timeline of its RSS.
 
     python benchmarks/memory.py --work /big/disk/lorakit-mem                # every row
     python benchmarks/memory.py --work DIR --rows sd35m-bf16-train,sd35m-fp8-train
@@ -38,6 +40,8 @@ sys.path.insert(0, str(HERE))
 from _common import machine, peak_rss_gb, run_worker, table, write_results  # noqa: E402
 
 RESOLUTION, RANK = 512, 16
+# two steps, the second reported: the first compiles the quantized layers' dequantize and has no optimizer state yet
+TRAIN_STEPS = 2
 PROMPT = "a photo of sks dog on the beach"
 
 # row name: (base, job, base precision)
@@ -53,7 +57,11 @@ ROWS = {
     "sd35m-fp8-train": ("sd35m", "train", "fp8"),
     "sd35m-int8-train": ("sd35m", "train", "int8"),
     "sd35m-nf4-train": ("sd35m", "train", "nf4"),
+    "flux-fp8-train-adafactor": ("flux", "train", "fp8"),
+    "sd35l-fp8-train-adafactor": ("sd35l", "train", "fp8"),
 }
+# rows trained with another optimizer than AdamW (the low-memory recipes' Adafactor)
+OPTIMIZERS = {"flux-fp8-train-adafactor": "adafactor", "sd35l-fp8-train-adafactor": "adafactor"}
 # GPU only (--device cuda): the same with sd-scripts' block swap, the blocks' weights in CPU memory
 SWAP_ROWS = {"flux-fp8-train-swap18": ("flux", "train", "fp8", 18),
              "flux-bf16-train-swap28": ("flux", "train", "bf16", 28),
@@ -248,19 +256,19 @@ def prepare(work: Path, bases) -> None:
 
 # --- the runs -----------------------------------------------------------------------------------------
 
-def _train_config(work: Path, base: str, precision: str, out: str, swap: int = 0):
+def _train_config(work: Path, base: str, precision: str, out: str, swap: int = 0, optimizer: str = "adamw"):
     from lorakit.train.config import TrainConfig
 
     model, parts = BASES[base]
     extra = {"blocks_to_swap": swap} if swap else {}
     return TrainConfig(model=str(work / model), text_encoders=work / parts, data=work / "data",
                        out=work / f"{out}.safetensors",
-                       resolution=RESOLUTION, batch_size=1, rank=RANK, steps=1, gradient_checkpointing=True,
-                       base_precision=precision, seed=0, **extra)
+                       resolution=RESOLUTION, batch_size=1, rank=RANK, steps=TRAIN_STEPS, gradient_checkpointing=True,
+                       base_precision=precision, seed=0, optimizer=optimizer, **extra)
 
 
 def plan_estimate(work: Path, base: str, job: str, precision: str, device: str = "cpu",
-                  swap: int = 0) -> float | None:
+                  swap: int = 0, optimizer: str = "adamw") -> float | None:
     """The total of `lorakit train|generate ... --plan` (GB) for the row, as a user would ask it."""
     import re
     import subprocess
@@ -273,7 +281,8 @@ def plan_estimate(work: Path, base: str, job: str, precision: str, device: str =
                 "--steps", "4", "--out", str(work / "plan.png")]
     else:
         args = ["train", *common, "--data", str(work / "data"), "--resolution", str(RESOLUTION), "--rank",
-                str(RANK), "--steps", "1", "--gradient-checkpointing", "--out", str(work / "plan.safetensors")]
+                str(RANK), "--steps", "1", "--gradient-checkpointing", "--optimizer", optimizer,
+                "--out", str(work / "plan.safetensors")]
     env = dict(os.environ, HF_HUB_OFFLINE="1", **({} if device.startswith("cuda") else {"CUDA_VISIBLE_DEVICES": ""}))
     proc = subprocess.run([sys.executable, "-m", "lorakit", *args], capture_output=True, text=True, env=env)
     found = re.search(r"peak ([0-9.]+) (GiB|MiB)", proc.stdout + proc.stderr)
@@ -289,9 +298,29 @@ def _row(row: str) -> tuple[str, str, str, int]:
     return (*{**ROWS, **PLAN_ONLY}[row], 0)
 
 
+def _rss_timeline(t0: float, every: float = 1.0) -> list:
+    """[seconds, resident GB] sampled in a thread until the process ends."""
+    import threading
+
+    samples: list = []
+
+    def sample():
+        while True:
+            try:
+                kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS"))
+            except (OSError, StopIteration):
+                return
+            samples.append([round(time.perf_counter() - t0, 1), round(kb * 1024 / 1e9, 2)])
+            time.sleep(every)
+
+    threading.Thread(target=sample, daemon=True).start()
+    return samples
+
+
 def worker(work: Path, row: str, device: str = "cpu") -> dict:
     base, job, precision, swap = _row(row)
-    estimate = plan_estimate(work, base, job, precision, device, swap)
+    optimizer = OPTIMIZERS.get(row.removesuffix("-plan"), "adamw")
+    estimate = plan_estimate(work, base, job, precision, device, swap, optimizer)
     if row in PLAN_ONLY:
         return {"estimate_gb": estimate}
     import torch
@@ -299,11 +328,13 @@ def worker(work: Path, row: str, device: str = "cpu") -> dict:
     cuda = device.startswith("cuda")
     t0 = time.perf_counter()
     out: dict = {"estimate_gb": estimate}
+    timeline = _rss_timeline(t0)
     if job == "train":
         from lorakit.train.loop import Trainer
 
-        result = Trainer(_train_config(work, base, precision, f"out-{row}", swap)).run()
-        out["step_s"] = result.step_times[0] if result.step_times else None
+        result = Trainer(_train_config(work, base, precision, f"out-{row}", swap, optimizer)).run()
+        out["step_s"] = result.step_times[-1] if result.step_times else None
+        out["first_step_s"] = result.step_times[0] if result.step_times else None
     elif job == "load":
         from lorakit.models import load_model
 
@@ -317,20 +348,30 @@ def worker(work: Path, row: str, device: str = "cpu") -> dict:
         from lorakit.models import load_model
 
         model, parts = BASES[base]
-        m = load_model(str(work / model), text_encoders=work / parts, base_precision=precision, device=device)
-        if swap:
-            from lorakit import block_swap
 
-            block_swap.apply(m.unet, swap, device)
+        def load(components):
+            return load_model(str(work / model), text_encoders=work / parts, base_precision=precision,
+                              device=device, components=components)
+
+        m = load(("vae", "text_encoders"))  # as `lorakit generate` does: encoders, then the denoiser
+
+        def add_denoiser():
+            m.pipe.register_modules(**{m.spec.denoiser: load(("unet",)).unet})
+            if swap:
+                from lorakit import block_swap
+
+                block_swap.apply(m.unet, swap, device)
+
         lora = work / f"out-{base}-{precision}-train.safetensors"
         loras = [LoraSpec(lora, 1.0)] if lora.is_file() else []
         t = time.perf_counter()
         with torch.inference_mode():
             generate(m, PROMPT, loras=loras, steps=4, width=RESOLUTION, height=RESOLUTION, guidance=3.5,
-                     merge=False, progress=False)
-        out["step_s"] = (time.perf_counter() - t) / 4
+                     merge=False, progress=False, add_denoiser=add_denoiser)
+        out["step_s"] = (time.perf_counter() - t) / 4  # loading the denoiser included
     out["seconds"] = time.perf_counter() - t0
     out["peak_rss_gb"] = peak_rss_gb() * 1.073741824  # GiB → GB, as the goals are written
+    out["rss_timeline"] = timeline[::max(1, len(timeline) // 60)]  # [seconds, GB]: where the peak falls
     if cuda:
         out["peak_vram_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return out

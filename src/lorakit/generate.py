@@ -230,7 +230,7 @@ def _encode_prompts(model, specs, prompt: str, negative: str, guidance: float, m
             if getattr(pipe, name, None) is not None:
                 pipe.register_modules(**{name: None})
         gc.collect()
-        from .train.heap_trim import release_free_memory
+        from .heap_trim import release_free_memory
 
         release_free_memory()
     return inputs

@@ -457,8 +457,9 @@ def train_plan(sketch, settings: Settings) -> Plan:
 
 
 def generate_plan(sketch, settings: Settings) -> Plan:
-    """Generation: every part loaded at once in the inference format, one denoiser forward at a time, then
-    the VAE decodes each image at full resolution."""
+    """Generation: one denoiser forward at a time, then the VAE decodes each image at full resolution. A
+    family with a big text encoder (T5-XXL) generates in stages (generate.py): the prompts are encoded
+    and the encoders released before the denoiser loads; the others hold every part at once."""
     fmt, dtype = generation_format(sketch, settings)
     formats = encoder_formats(sketch, settings, dtype)
     base = Part("process baseline", baseline_bytes(settings.device), "torch and libraries imported")
@@ -467,17 +468,27 @@ def generate_plan(sketch, settings: Settings) -> Plan:
     if swapped:
         denoiser = Part(denoiser.name, denoiser.bytes - swapped,
                         f"{denoiser.note}, {settings.blocks_to_swap} blocks swapped to CPU")
-    parts = [base, denoiser,
-             Part("text encoders", encoders_bytes(sketch, formats), _formats_note(formats)),
-             Part("VAE", vae_bytes(sketch, dtype), _format("", dtype)),
-             Part("load transient", load_transient_bytes(sketch, settings.but(base_precision=fmt))),
-             Part("activations", max(inference_activation_bytes(sketch, settings, dtype),
-                                     vae_pass_bytes(sketch, settings.resolution, dtype),
-                                     encoding_bytes(sketch, 2, dtype)), "largest of denoiser, decode, encode"),
-             Part("dequantized layer", dequantize_bytes(sketch.denoiser, fmt, dtype) // 2),
-             Part("images", 3 * settings.resolution ** 2 * settings.n * 2)]
-    return Plan([Phase("generation", [p for p in parts if p.bytes or p is base])], settings,
-                {"denoiser": _format(fmt, dtype), "text encoders": _formats_note(formats)})
+    encoders = Part("text encoders", encoders_bytes(sketch, formats), _formats_note(formats))
+    vae = Part("VAE", vae_bytes(sketch, dtype), _format("", dtype))
+    encode = Part("encoding activations", encoding_bytes(sketch, 2, dtype))
+    drawing = [base, denoiser, vae,
+               Part("load transient", load_transient_bytes(sketch, settings.but(base_precision=fmt))),
+               Part("activations", max(inference_activation_bytes(sketch, settings, dtype),
+                                       vae_pass_bytes(sketch, settings.resolution, dtype)),
+                    "largest of denoiser and decode"),
+               Part("dequantized layer", dequantize_bytes(sketch.denoiser, fmt, dtype) // 2),
+               Part("images", 3 * settings.resolution ** 2 * settings.n * 2)]
+    if sketch.family.big_text_encoders:
+        phases = [Phase("encoding the prompts", [base, encoders, vae,
+                                                 Part("load transient", encoder_load_bytes(sketch, formats)), encode]),
+                  Phase("generation", drawing)]
+    else:
+        drawing[3:3] = [encoders]
+        drawing[5] = Part("activations", max(drawing[5].bytes, encode.bytes), "largest of denoiser, decode, encode")
+        phases = [Phase("generation", drawing)]
+    for phase in phases:
+        phase.parts = [p for p in phase.parts if p.bytes or p is base]
+    return Plan(phases, settings, {"denoiser": _format(fmt, dtype), "text encoders": _formats_note(formats)})
 
 
 def generation_format(sketch, settings: Settings) -> tuple[str, torch.dtype]:

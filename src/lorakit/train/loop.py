@@ -35,7 +35,7 @@ from .conditioning import Conditioner, encode_pixels
 from .interrupt import EXIT_CODES, StopRequests, signal_name
 from .config import TrainConfig
 from .logs import LossHistory
-from .heap_trim import release_free_memory
+from ..heap_trim import release_free_memory
 from .metadata import network_args, training_fields
 from .optim import build_optimizer, build_scheduler
 from ..generate import image_grid, save_png

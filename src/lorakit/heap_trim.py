@@ -1,4 +1,5 @@
-"""Give freed host memory back to the OS between the forward and the backward pass.
+"""Give freed host memory back to the OS: between a training step's forward and backward pass, after
+each group of tensors a streamed load placed, and once generation releases its text encoders.
 
 glibc keeps freed activation buffers in its heap for reuse; the backward's differently sized
 allocations then land beside them, and the process's peak RSS grows. `malloc_trim(0)` returns the
