@@ -353,7 +353,10 @@ def worker(work: Path, row: str, device: str = "cpu") -> dict:
             return load_model(str(work / model), text_encoders=work / parts, base_precision=precision,
                               device=device, components=components)
 
-        m = load(("vae", "text_encoders"))  # as `lorakit generate` does: encoders, then the denoiser
+        from lorakit.heap_trim import map_large_blocks
+
+        map_large_blocks()  # as `lorakit generate` does, and loads the encoders, then the denoiser
+        m = load(("vae", "text_encoders"))
 
         def add_denoiser():
             m.pipe.register_modules(**{m.spec.denoiser: load(("unet",)).unet})

@@ -241,3 +241,20 @@ def test_single_file_sketch_reads_the_header_and_configs(tmp_path):
         {"text_encoder": count(pipe.text_encoder), "text_encoder_2": count(pipe.text_encoder_2)}
     assert count(sk.vae) == count(pipe.vae)  # Flux's VAE comes from that folder too
     assert mp.weight_bytes(sk.denoiser, "bf16", torch.bfloat16) == 2 * count(pipe.transformer)
+
+
+def test_generate_plan_stages_big_text_encoders_apart_from_the_denoiser():
+    """Flux (T5-XXL) generates in two phases, the denoiser never beside the text encoders; the peak is the
+    larger phase. SD 1.5's encoder stays beside its UNet."""
+    flux = sketch(str(CONFIGS / "flux1-dev"))
+    settings = mp.Settings(device="cpu", base_precision="fp8", resolution=512, n=1, guidance=3.5)
+    plan = mp.generate_plan(flux, settings)
+    names = [[p.name for p in phase.parts] for phase in plan.phases]
+    assert [phase.name for phase in plan.phases] == ["encoding the prompts", "generation"]
+    assert "text encoders" in names[0] and "denoiser weights" not in names[0]
+    assert "denoiser weights" in names[1] and "text encoders" not in names[1]
+    encoders = next(p.bytes for p in plan.phases[0].parts if p.name == "text encoders")
+    assert encoders == mp.encoders_bytes(flux, mp.encoder_formats(flux, settings, torch.bfloat16))
+    assert plan.total == max(ph.total for ph in plan.phases) == plan.phases[1].total  # 11.9 GB of fp8 weights outweigh 4.8 GB of fp8 T5 + CLIP-L
+    sd15 = sketch("toy")
+    assert [phase.name for phase in mp.generate_plan(sd15, settings.but(base_precision="auto")).phases] == ["generation"]

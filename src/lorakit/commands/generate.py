@@ -58,6 +58,9 @@ def generate(
         if plan:
             return
     require_writable(out, folder=out.suffix.lower() != ".png")
+    from ..heap_trim import map_large_blocks
+
+    map_large_blocks()
     def load(components):
         return load_model_for_inference(model, device, dtype, base_precision, prediction_type=prediction_type,
                                         text_encoders=text_encoders, allow_pickle=allow_pickle,

@@ -35,7 +35,7 @@ from .conditioning import Conditioner, encode_pixels
 from .interrupt import EXIT_CODES, StopRequests, signal_name
 from .config import TrainConfig
 from .logs import LossHistory
-from ..heap_trim import release_free_memory
+from ..heap_trim import map_large_blocks, release_free_memory
 from .metadata import network_args, training_fields
 from .optim import build_optimizer, build_scheduler
 from ..generate import image_grid, save_png
@@ -338,6 +338,7 @@ class Trainer:
 
     def setup(self) -> None:
         cfg = self.cfg
+        map_large_blocks()
         self.acc = acc = self._accelerator()
         self.rank, self.world = acc.process_index, acc.num_processes
         self.main = acc.is_main_process
