@@ -1,0 +1,146 @@
+"""The layers a LoRA can reach: every Linear and Conv2d of a family's denoiser and text encoders,
+with the block class around it (sd-scripts picks layers by that class) and every kohya name
+lorakit knows for it (`lora.targets`).
+
+Taken from the model at hand (a pipeline: `train`, the tests) or, without one, built from the
+family's shipped diffusers configs on the meta device (real sizes, no weights, no download).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from .. import families
+from ..kohya_names import te_path_for_name
+
+# block classes that tools choose layers by (sd-scripts' target modules)
+CONTAINERS = frozenset({"Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D",
+                        "CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "CLIPMLP"})
+
+
+@dataclass(frozen=True)
+class Layer:
+    part: str  # unet (the denoiser), te, te1, te2, te3
+    path: str  # module path in the diffusers/transformers model (CLIP text encoders: with `text_model.`)
+    kind: str  # linear, conv (kxk), conv1x1
+    container: str  # the nearest enclosing class in CONTAINERS, "" when none
+
+
+@dataclass
+class Universe:
+    family: str
+    components: dict  # pipeline attribute → model (denoiser and text encoders; meta tensors when built)
+    layers: tuple[Layer, ...] = ()
+    _parts: object = field(default=None, repr=False)
+
+    @property
+    def spec(self) -> families.Family:
+        return families.get(self.family)
+
+    @property
+    def denoiser_config(self) -> dict:
+        return dict(getattr(self.components[self.spec.denoiser], "config", {}) or {})
+
+    @property
+    def layout(self):
+        return self.spec.denoiser_layout(self.denoiser_config)
+
+    def of_part(self, part: str) -> list[Layer]:
+        return [layer for layer in self.layers if layer.part == part]
+
+    def te_index(self, part: str) -> int:
+        return self.spec.te_parts.index(part)
+
+    def parts(self):
+        """lorakit's ModelParts of these components (its kohya-name index)."""
+        if self._parts is None:
+            from ..lora import ModelParts
+
+            spec = self.spec
+            tes = [self.components[a] for a in spec.text_encoders if a in self.components]
+            self._parts = ModelParts(self.family, self.components[spec.denoiser], tes, self.denoiser_config)
+        return self._parts
+
+
+def _layers(part: str, model, clip: bool) -> list[Layer]:
+    import torch.nn as nn
+
+    classes = {name: type(m).__name__ for name, m in model.named_modules()}
+    out = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or not name:
+            continue
+        container, parent = "", name
+        while "." in parent:
+            parent = parent.rsplit(".", 1)[0]
+            if classes.get(parent) in CONTAINERS:
+                container = classes[parent]
+                break
+        if isinstance(module, nn.Conv2d):
+            kind = "conv1x1" if tuple(module.kernel_size) == (1, 1) else "conv"
+        else:
+            kind = "linear"
+        out.append(Layer(part, te_path_for_name(name) if clip else name, kind, container))
+    return out
+
+
+def from_pipeline(family: str, pipe) -> Universe:
+    """The layers of a loaded pipeline (or of any object holding the family's components as attributes)."""
+    spec = families.get(family)
+    components = {spec.denoiser: getattr(pipe, spec.denoiser)}
+    layers = _layers("unet", components[spec.denoiser], False)
+    for attribute, part in zip(spec.text_encoders, spec.te_parts):
+        encoder = getattr(pipe, attribute, None)
+        if encoder is not None:
+            components[attribute] = encoder
+            layers += _layers(part, encoder, type(encoder).__name__.startswith("CLIP"))
+    return Universe(family, components, tuple(layers))
+
+
+def meta_copy(universe: Universe) -> dict:
+    """Fresh weightless copies of the components (for a loader to attach to and be thrown away)."""
+    import diffusers
+    import torch
+    import transformers
+
+    out = {}
+    with torch.device("meta"):
+        for attribute, model in universe.components.items():
+            if isinstance(model, diffusers.ModelMixin):
+                out[attribute] = type(model).from_config(model.config)
+            elif isinstance(model, transformers.PreTrainedModel):
+                out[attribute] = type(model)._from_config(model.config)
+    return out
+
+
+@lru_cache(maxsize=8)
+def reference(family: str) -> Universe:
+    """The layers of the family's base model, from the shipped configs on the meta device."""
+    import diffusers
+    import torch
+    import transformers
+
+    spec = families.get(family)
+    folder = spec.config_dir(spec.prediction_types[0])
+    index = json.loads((folder / "model_index.json").read_text())
+
+    class Components:
+        pass
+
+    components = Components()
+    for attribute in (spec.denoiser, *spec.text_encoders):
+        entry = index.get(attribute)
+        if not entry or not (folder / attribute).is_dir():
+            continue
+        library, cls_name = entry
+        with torch.device("meta"):
+            if library == "diffusers":
+                cls = getattr(diffusers, cls_name)
+                model = cls.from_config(cls.load_config(folder / attribute))
+            else:
+                cls = getattr(transformers, cls_name)
+                model = cls._from_config(transformers.AutoConfig.from_pretrained(folder / attribute))
+        setattr(components, attribute, model)
+    return from_pipeline(family, components)
