@@ -99,11 +99,17 @@ def family_of(fk: filekeys.FileKeys, family: str | None) -> str:
                        f"({', '.join(families.names())})", fk.path)
 
 
-def check(path: str | Path, family: str | None = None, *, pipe=None, tools=TOOLS) -> CheckReport:
-    """Check a file against every tool (`pipe`: the model to check against, else the family's base)."""
+def check(path: str | Path, family: str | None = None, *, pipe=None, model=None, tools=TOOLS) -> CheckReport:
+    """Check a file against every tool: against `pipe` (a pipeline) or `model` (a lorakit BaseModel)
+    when given, else against the family's base model."""
     fk = filekeys.read(path)
-    family = family_of(fk, family)
-    u = universe.from_pipeline(family, pipe) if pipe is not None else universe.reference(family)
+    family = family_of(fk, model.family if model is not None else family)
+    if model is not None:
+        u = universe.from_model(model)
+    elif pipe is not None:
+        u = universe.from_pipeline(family, pipe)
+    else:
+        u = universe.reference(family)
     stems = fk.modules()
     spec = families.get(family)
     meant = {s: meaning.meant_scale(fk, s, k) for s, k in stems.items()}
@@ -131,4 +137,13 @@ def _fill(result: ToolResult, outcome: Outcome, stems: dict, meant: dict) -> Non
             result.strength.append((s, got, want))
 
 
-__all__ = ["TOOLS", "CheckReport", "ToolResult", "check"]
+def summary(path: str | Path, family: str | None = None, *, model=None) -> list[str]:
+    """`check: TOOL: …` lines for `train` and `convert` to print after writing a file."""
+    try:
+        report = check(path, family, model=model)
+    except LoraKitError as exc:
+        return [f"check: {' '.join(str(exc).split())}"]
+    return [f"check: {line}" for line in report.lines()]
+
+
+__all__ = ["TOOLS", "CheckReport", "ToolResult", "check", "summary"]

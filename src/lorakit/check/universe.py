@@ -101,18 +101,44 @@ def from_pipeline(family: str, pipe) -> Universe:
 
 def meta_copy(universe: Universe) -> dict:
     """Fresh weightless copies of the components (for a loader to attach to and be thrown away)."""
+    return _meta_components(universe.components)
+
+
+def _meta_components(components: dict) -> dict:
     import diffusers
     import torch
     import transformers
 
     out = {}
     with torch.device("meta"):
-        for attribute, model in universe.components.items():
+        for attribute, model in components.items():
             if isinstance(model, diffusers.ModelMixin):
                 out[attribute] = type(model).from_config(model.config)
             elif isinstance(model, transformers.PreTrainedModel):
                 out[attribute] = type(model)._from_config(model.config)
     return out
+
+
+def from_model(model) -> Universe:
+    """The layers of a lorakit BaseModel (`train`'s), as weightless copies: what a LoRA attached to
+    the live model adds is not counted, and a denoiser released after training is rebuilt from its
+    config."""
+    import diffusers
+    import torch
+
+    spec = families.get(model.family)
+
+    class Components:
+        pass
+
+    components = Components()
+    live = {a: getattr(model.pipe, a, None) for a in (spec.denoiser, *spec.text_encoders)}
+    for attribute, copy in _meta_components({a: m for a, m in live.items() if m is not None}).items():
+        setattr(components, attribute, copy)
+    if live[spec.denoiser] is None and model.denoiser_config:
+        with torch.device("meta"):
+            setattr(components, spec.denoiser, getattr(diffusers, spec.denoiser_class).from_config(model.denoiser_config))
+    return from_pipeline(model.family, components)
 
 
 @lru_cache(maxsize=8)
