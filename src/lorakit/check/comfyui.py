@@ -127,7 +127,7 @@ def _clip_keys(u: Universe, m: dict, live: dict) -> None:
                 m[f"lora_te{n}_{us(layer.path)}"] = ((part, layer.path),)
     for part, head in comfy_te.items():
         for layer in u.of_part(part):
-            m[f"text_encoders.{head}.{layer.path}"] = ((part, _live_path(u, part, layer.path)),)
+            m[f"{head}.{layer.path}"] = ((part, _live_path(u, part, layer.path)),)
 
 
 def _is_t5(u: Universe, part: str) -> bool:
