@@ -209,3 +209,30 @@ def test_cli_exit_codes_and_fix(tmp_path, capsys):
     report = check(fixed, "sd1", pipe=tiny("sd1"))
     assert report.ok
     assert main(["check", "--fix", str(diff), "--for", "musubi", "--out", str(fixed)]) == 2
+    capsys.readouterr()
+    # convert prints one check line per tool after the file it wrote
+    assert main(["convert", str(good), "--to", "diffusers", "--out", str(tmp_path / "c.safetensors")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[1].strip() for line in lines[1:]] == ["ComfyUI", "Forge", "A1111", "diffusers",
+                                                                  "kohya sd-scripts", "musubi-tuner"]
+    assert lines[3].startswith("check: A1111: 0/")
+
+
+@pytest.mark.slow
+def test_train_prints_the_check_of_what_it_wrote(tmp_path, capsys):
+    """After writing, `train` prints one check line per tool, against the model it trained on."""
+    from train_support import make_images, tiny_model_dir
+
+    model = tiny_model_dir(tmp_path, "sd1")
+    data = make_images(tmp_path / "photos")
+    out = tmp_path / "lora.safetensors"
+    code = main(["train", "--model", str(model), "--data", str(data), "--out", str(out), "--resolution", "32",
+                 "--bucket-step", "8", "--rank", "4", "--steps", "1", "--no-progress", "--no-tensorboard",
+                 "--save-dtype", "fp32"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and lines[-1] == str(out)
+    checks = [line for line in lines if line.startswith("check: ")]
+    n = len(filekeys.read(out).modules())
+    assert checks[:5] == [f"check: {t}: {n}/{n} modules, strength as meant"
+                          for t in ("ComfyUI", "Forge", "A1111", "diffusers", "kohya sd-scripts")]
+    assert checks[5] == "check: musubi-tuner: does not run this model family"
