@@ -80,8 +80,11 @@ class CheckReport:
                 out.append(f"      skips {key}: {why}")
             for note in r.notes:
                 out.append(f"      note: {note}")
-        verdict = "every tool applies every module as meant" if self.ok else "not every tool applies every module as meant"
-        out.append(verdict)
+        if self.ok:
+            out.append("every tool applies every module as meant")
+        else:
+            out.append("not every tool applies every module as meant (lorakit check --fix FILE --for "
+                       "comfyui|a1111|diffusers|kohya --out NEW writes the layout one tool applies fully)")
         return "\n".join(out)
 
 
