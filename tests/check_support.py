@@ -24,6 +24,10 @@ def tiny(family: str):
         from chroma_support import tiny_chroma_pipeline
 
         return tiny_chroma_pipeline()
+    if family == "sd3":
+        from sd3_support import tiny_sd3_pipeline
+
+        return tiny_sd3_pipeline()
     from lorakit.models.tiny import tiny_pipeline
 
     return tiny_pipeline(family)
@@ -79,6 +83,10 @@ def _fresh(family: str):
         from flux_support import tiny_flux_pipeline
 
         return tiny_flux_pipeline()
+    if family == "sd3":
+        from sd3_support import tiny_sd3_pipeline
+
+        return tiny_sd3_pipeline()
     from lorakit.models.tiny import tiny_pipeline
 
     return tiny_pipeline(family)

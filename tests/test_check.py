@@ -102,6 +102,37 @@ def test_lorakit_files_of_every_layout(family, tmp_path):
     assert len(truth) == n and not result.strength
 
 
+@pytest.mark.slow
+def test_flux_and_sd3_files(tmp_path):
+    """Flux.1 in diffusers' layout: ComfyUI and diffusers apply all but the T5 modules
+    (`text_encoder_2.*`: neither maps them), sd-scripts and musubi-tuner none; Flux.1 in kohya's
+    layout: musubi-tuner applies the transformer modules only. SD3 in sd-scripts' layout: diffusers
+    attaches nothing. diffusers' verdicts equal its real runs."""
+    mods = random_modules("flux")
+    path = save_lora(tmp_path / "fd.safetensors", mods, {}, family="flux", format="diffusers", dtype=None)
+    stems = filekeys.read(path).modules()
+    n, t5 = len(stems), sum(1 for s in stems if s.startswith("text_encoder_2."))
+    report = check(path, "flux", pipe=tiny("flux"))
+    assert 0 < t5 < n
+    assert _counts(report) == {"ComfyUI": n - t5, "Forge": n - t5, "A1111": None, "diffusers": n - t5,
+                               "kohya sd-scripts": 0, "musubi-tuner": 0}
+    result, truth = _diffusers_matches_real("flux", path, report)
+    assert len(truth) > 0
+
+    path = save_lora(tmp_path / "fk.safetensors", mods, {}, family="flux", format="kohya", dtype=None)
+    report = check(path, "flux", pipe=tiny("flux"))
+    unet = sum(1 for s in mods if s.startswith("lora_unet_"))
+    assert _counts(report)["musubi-tuner"] == unet < len(mods)
+    assert _counts(report)["ComfyUI"] == _counts(report)["kohya sd-scripts"] == len(mods)
+
+    mods = random_modules("sd3")
+    path = save_lora(tmp_path / "s.safetensors", mods, {}, family="sd3", format="kohya", dtype=None)
+    report = check(path, "sd3", pipe=tiny("sd3"))
+    counts = _counts(report)
+    assert counts["ComfyUI"] == counts["kohya sd-scripts"] == len(mods) and counts["diffusers"] == 0
+    _diffusers_matches_real("sd3", path, report)
+
+
 def test_other_trainers_files(tmp_path):
     """Files as other trainers write them, made with their key rules: diffusers' old attention-
     processor file (`…attn1.processor.to_q_lora.down.weight`, `unet.save_attn_procs`) and a LyCORIS
