@@ -169,7 +169,8 @@ def test_other_trainers_files(tmp_path):
 def _damaged(kind: str, mods: dict) -> tuple[dict, str]:
     """A kohya state dict with one kind of damage, and the module it hits."""
     state = {f"{n}.{k}": v for n, t in mods.items() for k, v in t.items()}
-    victim = next(n for n in mods if n.startswith("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"))
+    victim = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    assert victim in mods
     if kind == "renamed block":
         new = victim.replace("down_blocks_0", "down_blocks_7")
     elif kind == "wrong prefix":

@@ -68,7 +68,8 @@ def to_compvis(name: str, is_sd2: bool) -> str:
         return f"diffusion_model_time_embed_{int(m[1]) * 2 - 2}{m[2]}"
     if m := match(r"lora_unet_down_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)"):
         suffix = _RESNET.get(m[4], m[4]) if m[2] == "resnets" else m[4]
-        return f"diffusion_model_input_blocks_{1 + int(m[1]) * 3 + int(m[3])}_{1 if m[2] == 'attentions' else 0}_{suffix}"
+        block = 1 + int(m[1]) * 3 + int(m[3])
+        return f"diffusion_model_input_blocks_{block}_{1 if m[2] == 'attentions' else 0}_{suffix}"
     if m := match(r"lora_unet_mid_block_(attentions|resnets)_(\d+)_(.+)"):
         suffix = _RESNET.get(m[3], m[3]) if m[1] == "resnets" else m[3]
         return f"diffusion_model_middle_block_{1 if m[1] == 'attentions' else int(m[2]) * 2}_{suffix}"

@@ -65,7 +65,8 @@ def module_names(u: Universe) -> set[str]:
 
 
 def _t5_block(layer) -> bool:
-    return layer.path.startswith("encoder.block.") and (".SelfAttention." in layer.path or ".DenseReluDense." in layer.path)
+    path = layer.path
+    return path.startswith("encoder.block.") and (".SelfAttention." in path or ".DenseReluDense." in path)
 
 
 def _sai_of_diffusers(u: Universe) -> dict[str, str]:
@@ -105,7 +106,8 @@ def load(fk: FileKeys, u: Universe) -> Outcome:
         if ".lora_up.weight" not in keys:
             out.skip(keys.values(), "no lora_up: the module keeps its zero initialisation")
             continue
-        out.applied[next(iter(keys.values())).partition(".")[0]] = scale(fk, keys, fk.shapes[keys[".lora_down.weight"]][0])
+        rank = fk.shapes[keys[".lora_down.weight"]][0]
+        out.applied[next(iter(keys.values())).partition(".")[0]] = scale(fk, keys, rank)
         out.skip([k for s, k in keys.items() if s not in (".lora_down.weight", ".lora_up.weight", ".alpha")],
                  "not a LoRAModule weight: dropped")
     return out

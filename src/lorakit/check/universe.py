@@ -137,7 +137,8 @@ def from_model(model) -> Universe:
         setattr(components, attribute, copy)
     if live[spec.denoiser] is None and model.denoiser_config:
         with torch.device("meta"):
-            setattr(components, spec.denoiser, getattr(diffusers, spec.denoiser_class).from_config(model.denoiser_config))
+            cls = getattr(diffusers, spec.denoiser_class)
+            setattr(components, spec.denoiser, cls.from_config(model.denoiser_config))
     return from_pipeline(model.family, components)
 
 
