@@ -60,6 +60,13 @@ class FileKeys:
         """The stems that carry weights: the file's modules, as lorakit counts them."""
         return {s: k for s, k in self.stems().items() if any(SUFFIXES.get(x) in WEIGHT_ROLES for x in k)}
 
+    def tensor(self, key: str):
+        """One tensor of the file, read on demand."""
+        from safetensors import safe_open
+
+        with safe_open(self.path, framework="pt") as f:
+            return f.get_tensor(key)
+
     def rank(self, keys: Mapping[str, str]) -> int | None:
         """Rank of a module from its down (or LoHa w1_b) factor; None for full or unknown kinds."""
         for suffix in keys:
