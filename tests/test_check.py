@@ -133,6 +133,45 @@ def test_flux_and_sd3_files(tmp_path):
     _diffusers_matches_real("sd3", path, report)
 
 
+# (family, layout) → {tool: the stems it applies, by the rule read in its source}; T5 stems are
+# `text_encoder_2/3.*` (diffusers), `lora_te3_`/`lora_te2_` (kohya/OneTrainer) or `…t5xxl…` (ComfyUI)
+def _t5(stem: str) -> bool:
+    return stem.startswith(("text_encoder_3.", "lora_te3_")) or "t5xxl" in stem or ".block." in stem \
+        or "_encoder_block_" in stem
+
+
+DIT_LAYOUTS = {
+    ("flux", "comfyui"): {"ComfyUI": lambda s: True, "kohya sd-scripts": lambda s: False},
+    ("flux", "onetrainer"): {"ComfyUI": lambda s: True, "kohya sd-scripts": lambda s: s.startswith("lora_te1_"),
+                             "musubi-tuner": lambda s: False},
+    ("sd3", "diffusers"): {"ComfyUI": lambda s: not _t5(s), "diffusers": lambda s: not _t5(s),
+                           "kohya sd-scripts": lambda s: False},
+    ("sd3", "comfyui"): {"ComfyUI": lambda s: True, "kohya sd-scripts": lambda s: False},
+    ("sd3", "onetrainer"): {"ComfyUI": lambda s: True,
+                            "kohya sd-scripts": lambda s: s.startswith(("lora_te1_", "lora_te2_", "lora_te3_"))},
+    ("chroma", "kohya"): {"ComfyUI": lambda s: not _t5(s), "kohya sd-scripts": lambda s: True},
+    ("chroma", "diffusers"): {"ComfyUI": lambda s: not _t5(s), "diffusers": lambda s: not _t5(s)},
+    ("chroma", "comfyui"): {"ComfyUI": lambda s: True, "kohya sd-scripts": lambda s: False},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(DIT_LAYOUTS), ids=[f"{f}-{l}" for f, l in DIT_LAYOUTS])
+def test_dit_layouts_lorakit_writes(case, tmp_path):
+    """Every layout lorakit writes for SD3, Flux.1 and Chroma: each tool applies the modules its
+    source's key map holds (ComfyUI maps T5 of a family with CLIP-L only as lora_te2_/lora_te3_ and
+    with T5 alone as lora_te1_; neither it nor diffusers reads diffusers-spelled T5 keys)."""
+    family, layout = case
+    path = save_lora(tmp_path / "f.safetensors", random_modules(family), {}, family=family, format=layout,
+                     dtype=None)
+    stems = filekeys.read(path).modules()
+    report = check(path, family, pipe=tiny(family))
+    counts = _counts(report)
+    for tool, applies in DIT_LAYOUTS[case].items():
+        assert counts[tool] == sum(1 for s in stems if applies(s)), (tool, report.text())
+    assert any(_t5(s) for s in stems) or family == "flux"
+
+
 def test_other_trainers_files(tmp_path):
     """Files as other trainers write them, made with their key rules: diffusers' old attention-
     processor file (`…attn1.processor.to_q_lora.down.weight`, `unet.save_attn_procs`) and a LyCORIS

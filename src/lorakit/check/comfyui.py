@@ -13,7 +13,8 @@ The rules, as the source has them:
   `lycoris_<diffusers path>`, and `[unet.]<diffusers path>` with `.to_` spelled `.processor.to_`
   (the old attention-processor files): a PEFT-style `unet.….attn1.to_q` is not in the map; for
   SD3 / Flux-like transformers `transformer.<diffusers path>`, `lora_transformer_<…>`,
-  `lycoris_<…>` (SD3 also `base_model.model.<…>`, Flux also the bare diffusers path).
+  `lycoris_<…>` (SD3 also `base_model.model.<…>`, Flux also the bare diffusers path; Chroma takes
+  the Flux branch: comfy/model_base.py declares `class Chroma(Flux)`).
 - Text encoders: only self_attn q/k/v/out_proj and mlp fc1/fc2 of CLIP layers, as
   `lora_te_`/`lora_te1_` and `text_encoder.` for the first CLIP, `lora_te2_` and `text_encoder_2.`
   for a second; a T5 as `lora_te{1 + CLIP-G + CLIP-L}_` (both te2 and te3 when only CLIP-L is
