@@ -274,6 +274,10 @@ def test_cli_exit_codes_and_fix(tmp_path, capsys):
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     assert main(["check", str(tmp_path / "bad.safetensors")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    write(tmp_path / "model.safetensors", {"model.diffusion_model.out.2.weight": torch.zeros(4, 4)})
+    assert main(["check", str(tmp_path / "model.safetensors")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'model.safetensors'}: not a LoRA file: no LoRA "
+                                               "keys found (keys like model.diffusion_model.out.2.weight)")
     fixed = tmp_path / "fixed.safetensors"
     assert main(["check", "--fix", str(diff), "--for", "a1111", "--out", str(fixed)]) == 0
     assert capsys.readouterr().out.strip() == f"{fixed}: A1111: {len(mods)}/{len(mods)} modules, strength as meant"

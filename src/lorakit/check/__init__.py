@@ -106,6 +106,10 @@ def check(path: str | Path, family: str | None = None, *, pipe=None, model=None,
     """Check a file against every tool: against `pipe` (a pipeline) or `model` (a lorakit BaseModel)
     when given, else against the family's base model."""
     fk = filekeys.read(path)
+    stems = fk.modules()
+    if not stems:
+        sample = ", ".join(sorted(fk.shapes)[:3])
+        raise LoraKitError(f"not a LoRA file: no LoRA keys found (keys like {sample})", fk.path)
     family = family_of(fk, model.family if model is not None else family)
     if model is not None:
         u = universe.from_model(model)
@@ -113,7 +117,6 @@ def check(path: str | Path, family: str | None = None, *, pipe=None, model=None,
         u = universe.from_pipeline(family, pipe)
     else:
         u = universe.reference(family)
-    stems = fk.modules()
     spec = families.get(family)
     meant = {s: meaning.meant_scale(fk, s, k) for s, k in stems.items()}
     results = []
