@@ -269,6 +269,10 @@ def test_cli_exit_codes_and_fix(tmp_path, capsys):
     assert main(["check", str(good)]) == 1
     out = capsys.readouterr().out
     assert "A1111: 84/84 modules, strength as meant" in out.replace(str(len(mods)), "84")
+    # against the model it was made for (a diffusers folder: only its configs are read), all of it
+    tiny("sd1").save_pretrained(tmp_path / "tiny-sd1")
+    assert main(["check", str(good), "--model", str(tmp_path / "tiny-sd1")]) == 0
+    assert "every tool applies every module as meant" in capsys.readouterr().out
     assert main(["check", str(tmp_path / "none.safetensors")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {tmp_path / 'none.safetensors'}: no such file"]
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")

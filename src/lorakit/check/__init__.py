@@ -102,16 +102,21 @@ def family_of(fk: filekeys.FileKeys, family: str | None) -> str:
                        f"({', '.join(families.names())})", fk.path)
 
 
-def check(path: str | Path, family: str | None = None, *, pipe=None, model=None, tools=TOOLS) -> CheckReport:
-    """Check a file against every tool: against `pipe` (a pipeline) or `model` (a lorakit BaseModel)
-    when given, else against the family's base model."""
+def check(path: str | Path, family: str | None = None, *, pipe=None, model=None, base: str | None = None,
+          tools=TOOLS) -> CheckReport:
+    """Check a file against every tool: against `pipe` (a pipeline), `model` (a lorakit BaseModel)
+    or `base` (a model the user names: folder, single file, toy) when given, else against the
+    family's base model."""
     fk = filekeys.read(path)
     stems = fk.modules()
     if not stems:
         sample = ", ".join(sorted(fk.shapes)[:3])
         raise LoraKitError(f"not a LoRA file: no LoRA keys found (keys like {sample})", fk.path)
-    family = family_of(fk, model.family if model is not None else family)
-    if model is not None:
+    given = universe.for_model(base) if base is not None else None
+    family = family_of(fk, model.family if model is not None else given.family if given is not None else family)
+    if given is not None:
+        u = given
+    elif model is not None:
         u = universe.from_model(model)
     elif pipe is not None:
         u = universe.from_pipeline(family, pipe)

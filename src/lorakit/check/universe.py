@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 from .. import families
 from ..kohya_names import te_path_for_name
@@ -145,12 +146,51 @@ def from_model(model) -> Universe:
 @lru_cache(maxsize=8)
 def reference(family: str) -> Universe:
     """The layers of the family's base model, from the shipped configs on the meta device."""
+    spec = families.get(family)
+    return from_configs(family, spec.config_dir(spec.prediction_types[0]))
+
+
+def for_model(spec: str) -> Universe:
+    """The layers of a base model the user names (`--model`): a diffusers folder, `toy`, or a single
+    file (read for its header only: the shipped configs of the variant it is)."""
+    from ..errors import LoraKitError
+
+    if spec == "toy":
+        from ..toy import BASE_DIR
+
+        spec = str(BASE_DIR)
+    path = Path(spec)
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise LoraKitError("is a folder but not a diffusers model (no model_index.json)", path)
+        name = json.loads(index.read_text()).get("_class_name")
+        family = next((f.name for f in families.all() if f.pipeline_class == name), None)
+        if family is None:
+            raise LoraKitError(f"a {name} model: not a pipeline of a family lorakit knows", path)
+        return from_configs(family, path)
+    if not path.is_file():
+        raise LoraKitError("no such file or folder", path)
+    from ..models.checkpoint import detect_file_family, open_checkpoint
+
+    ckpt = open_checkpoint(path)
+    try:
+        family = detect_file_family(ckpt)
+        spec_ = families.get(family)
+        return from_configs(family, spec_.config_dir(spec_.prediction_types[0], ckpt))
+    finally:
+        ckpt.close()
+
+
+def from_configs(family: str, folder: Path) -> Universe:
+    """The layers of a diffusers folder's denoiser and text encoders, built from their configs
+    on the meta device."""
     import diffusers
     import torch
     import transformers
 
     spec = families.get(family)
-    folder = spec.config_dir(spec.prediction_types[0])
+    folder = Path(folder)
     index = json.loads((folder / "model_index.json").read_text())
 
     class Components:

@@ -14,6 +14,9 @@ from .options import FAMILY
 def check(
     file: Path = typer.Argument(..., help="LoRA file (.safetensors)"),
     family: Optional[str] = FAMILY,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="the base model to check against (a diffusers "
+                                        "folder, a single file, toy; default: the family's base, from the "
+                                        "shipped configs); only its configs and header are read"),
     fix: bool = typer.Option(False, "--fix", help="write the file in the layout that --for's tool applies fully"),
     target: Optional[str] = typer.Option(None, "--for", help="with --fix: comfyui, a1111, diffusers or kohya"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="with --fix: the file to write"),
@@ -34,7 +37,7 @@ def check(
         return
     from ..check import check as check_file
 
-    report = check_file(file, family)
+    report = check_file(file, family, base=model)
     if as_json:
         typer.echo(json.dumps({"path": report.path, "family": report.family, "modules": report.modules,
                                "ok": report.ok, "tools": [dict(vars(r), ok=r.ok) for r in report.results]},
