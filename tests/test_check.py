@@ -12,12 +12,12 @@ import torch
 
 from check_support import random_modules, real_diffusers_load, tiny, write
 
-from lorakit.check import a1111, check, comfyui, diffusers, filekeys, kohya, musubi, universe
+from lorakit.check import a1111, check, comfyui, diffusers, filekeys, forge, kohya, musubi, universe
 from lorakit.cli import main
 from lorakit.formats import save_lora
 
 RULES = json.loads((Path(__file__).parent / "data" / "check_rules.json").read_text())
-TOOLS = {"comfyui": comfyui, "a1111": a1111, "kohya": kohya, "musubi": musubi}
+TOOLS = {"comfyui": comfyui, "forge": forge, "a1111": a1111, "kohya": kohya, "musubi": musubi}
 RANK = 4
 
 

@@ -58,8 +58,15 @@ def runs(spec) -> bool:
     return True
 
 
-def key_map(u: Universe) -> dict[str, tuple[tuple[str, str], ...]]:
-    """ComfyUI's key map for this model: key-map entry → the layers (part, live path) it patches."""
+# Forge's copy (packages_3rdparty/comfyui_lora_collection/lora.py): the Flux branch without the bare
+# diffusers path, no SD3 branch; its backend/patcher/lora.py maps T5 as lora_te1_, lora_te2_ and lora_te3_
+_FORGE_TRANSFORMER_FORMS = {"FluxTransformer2DModel": ("transformer.{p}", "lycoris_{u}", "lora_transformer_{u}")}
+_FORGE_PAIRS = _LORA_PAIRS[:4] + _LORA_PAIRS[5:6]
+
+
+def key_map(u: Universe, forge: bool = False) -> dict[str, tuple[tuple[str, str], ...]]:
+    """ComfyUI's key map for this model (`forge`: Forge's copy of it): key-map entry → the layers
+    (part, live path) it patches."""
     spec = u.spec
     m: dict[str, tuple[tuple[str, str], ...]] = {}
     groups = kohya_groups(u)
@@ -80,9 +87,10 @@ def key_map(u: Universe) -> dict[str, tuple[tuple[str, str], ...]]:
                 processor = processor[:-2]
             m[processor] = one
             m["unet." + processor] = one
-        for form in _TRANSFORMER_FORMS.get(spec.denoiser_class, ()):
+        forms = (_FORGE_TRANSFORMER_FORMS if forge else _TRANSFORMER_FORMS).get(spec.denoiser_class, ())
+        for form in forms:
             m[form.format(p=layer.path, u=us(layer.path))] = one
-    _clip_keys(u, m, live)
+    _clip_keys(u, m, live, forge)
     return m
 
 
@@ -101,7 +109,7 @@ def _original_path(u: Universe, path: str) -> str | None:
             return None
 
 
-def _clip_keys(u: Universe, m: dict, live: dict) -> None:
+def _clip_keys(u: Universe, m: dict, live: dict, forge: bool) -> None:
     spec = u.spec
     clips = [p for p in spec.te_parts if not _is_t5(u, p)]
     t5s = [p for p in spec.te_parts if _is_t5(u, p)]
@@ -123,6 +131,8 @@ def _clip_keys(u: Universe, m: dict, live: dict) -> None:
     for part in t5s:
         index = 1 + (len(clips) >= 2) + (len(clips) >= 1)
         names = [index] if not (len(clips) == 1 and index == 2) else [2, 3]
+        if forge:
+            names = sorted({*names, 1, 2, 3})
         for layer in u.of_part(part):
             for n in names:
                 m[f"lora_te{n}_{us(layer.path)}"] = ((part, layer.path),)
@@ -142,10 +152,10 @@ def _live_path(u: Universe, part: str, path: str) -> str:
     return path if path in names else path[len("text_model."):] if path.startswith("text_model.") else path
 
 
-def load(fk: FileKeys, u: Universe) -> Outcome:
+def load(fk: FileKeys, u: Universe, forge: bool = False) -> Outcome:
     out = Outcome()
     stems = fk.stems()
-    kmap = key_map(u)
+    kmap = key_map(u, forge)
     used: set[str] = set()
     for x, keys in stems.items():
         if x not in kmap:
@@ -154,7 +164,7 @@ def load(fk: FileKeys, u: Universe) -> Outcome:
             if suffix in keys:
                 used.add(keys[suffix])
         loaded = None
-        for up, down in _LORA_PAIRS:
+        for up, down in _FORGE_PAIRS if forge else _LORA_PAIRS:
             if up in keys:
                 if down not in keys:
                     out.refused = f"{keys[up]} has no {down[1:]} partner: ComfyUI's loader raises a KeyError"
