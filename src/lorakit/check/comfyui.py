@@ -70,7 +70,6 @@ def key_map(u: Universe, forge: bool = False) -> dict[str, tuple[tuple[str, str]
     spec = u.spec
     m: dict[str, tuple[tuple[str, str], ...]] = {}
     groups = kohya_groups(u)
-    live = {(layer.part, layer.path): layer for layer in u.layers}
     for name, layers in groups.items():  # lora_unet_<original path> (and the diffusers spelling for UNets)
         if name.startswith("lora_unet_"):
             m[name] = layers
@@ -90,7 +89,7 @@ def key_map(u: Universe, forge: bool = False) -> dict[str, tuple[tuple[str, str]
         forms = (_FORGE_TRANSFORMER_FORMS if forge else _TRANSFORMER_FORMS).get(spec.denoiser_class, ())
         for form in forms:
             m[form.format(p=layer.path, u=us(layer.path))] = one
-    _clip_keys(u, m, live, forge)
+    _clip_keys(u, m, forge)
     return m
 
 
@@ -109,7 +108,7 @@ def _original_path(u: Universe, path: str) -> str | None:
             return None
 
 
-def _clip_keys(u: Universe, m: dict, live: dict, forge: bool) -> None:
+def _clip_keys(u: Universe, m: dict, forge: bool) -> None:
     spec = u.spec
     clips = [p for p in spec.te_parts if not _is_t5(u, p)]
     t5s = [p for p in spec.te_parts if _is_t5(u, p)]

@@ -3,7 +3,7 @@ device) pipeline of the family, built from the model's own configs, and the laye
 an adapter, with PEFT's scaling on each, are what diffusers applies.
 
 Source: the installed diffusers (its loaders/lora_pipeline.py, loaders/lora_conversion_utils.py
-and peft's injection), whatever version that is; `SOURCE` names it.
+and peft's injection), whatever version that is; `source()` names it.
 """
 
 from __future__ import annotations

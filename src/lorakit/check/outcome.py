@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from .filekeys import FileKeys, split_key
-from .universe import Layer, Universe
+from .universe import Universe
 
 
 @dataclass
@@ -50,11 +50,6 @@ def kohya_groups(u: Universe) -> dict[str, tuple[tuple[str, str], ...]]:
     return out
 
 
-def rank_of(fk: FileKeys, keys: Mapping[str, str], down_suffix: str) -> int | None:
-    shape = fk.shapes.get(keys.get(down_suffix, ""))
-    return shape[0] if shape else None
-
-
 def scale(fk: FileKeys, keys: Mapping[str, str], rank: int | None) -> float:
     """kohya's convention, which every loader here shares: alpha / rank, 1 without an alpha."""
     if ".alpha" not in keys or not rank:
@@ -66,4 +61,4 @@ def stem_of(key: str) -> str:
     return split_key(key)[0]
 
 
-__all__ = ["Layer", "Outcome", "kohya_groups", "module_paths", "rank_of", "scale", "stem_of", "us"]
+__all__ = ["Outcome", "kohya_groups", "module_paths", "scale", "stem_of", "us"]
