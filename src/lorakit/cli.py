@@ -32,6 +32,7 @@ _COMMANDS = {
     "merge": ("merge", "merge"),
     "convert": ("formats", "convert"),
     "inspect": ("formats", "inspect"),
+    "check": ("check", "check"),
     "resize": ("algebra", "resize"),
     "extract": ("algebra", "extract"),
     "train": ("train", "train"),

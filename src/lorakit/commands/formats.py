@@ -113,3 +113,8 @@ def convert(
         raise LoraKitError("output would overwrite the input; choose another --out", out)
     written = save_lora(out, lf, format=to, dtype=None if dtype is None else parse_dtype(dtype))
     typer.echo(f"{written}: {len(lf)} modules, {lf.format} → {to}")
+    if Path(written).is_file():  # a PEFT adapter folder is for PEFT itself
+        from ..check import summary
+
+        for line in summary(written, lf.family):
+            typer.echo(line)

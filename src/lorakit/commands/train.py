@@ -51,6 +51,10 @@ def _train(config: Optional[Path] = None, print_config: bool = False, plan: bool
                               run_dir=exc.run_dir, state=exc.state) from None
         raise
     if result.metadata:
+        from ..check import summary
+
+        for line in summary(result.out, model=result.model):
+            typer.echo(line)
         typer.echo(str(result.out))
 
 

@@ -279,6 +279,15 @@ class DitLayouts:
             return te_name(self._te_of_head[head], path)
         return module
 
+    def kohya_of_key_module(self, prefix: str) -> str | None:
+        """The kohya name of the module a key's prefix names in any of the family's own layouts
+        (a split diffusers piece names its fused layer); None when no layout reads it."""
+        for read in (self._comfy_module, self._onetrainer_module, self._diffusers_module):
+            module = read(prefix)
+            if module is not None:
+                return self._kohya_of(module)
+        return None
+
     def _module_of(self, layout: str) -> Callable[[str], str | None]:
         return {"comfyui": self._comfy_module, "onetrainer": self._onetrainer_module,
                 "diffusers": self._diffusers_module}[layout]
