@@ -50,7 +50,7 @@ demo: setup
 
 # The whole suite, slow tests included (a bare `pytest` skips the slow ones).
 test: setup
-	$(BIN)/python -m pytest -m "slow or not slow" -q
+	$(BIN)/python -m pytest -m "slow or not slow" -q --durations=25
 
 test-fast: setup
 	$(BIN)/python -m pytest -q

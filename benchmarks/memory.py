@@ -59,9 +59,10 @@ ROWS = {
     "sd35m-nf4-train": ("sd35m", "train", "nf4"),
     "flux-fp8-train-adafactor": ("flux", "train", "fp8"),
     "sd35l-fp8-train-adafactor": ("sd35l", "train", "fp8"),
+    "flux-nf4-train-adafactor": ("flux", "train", "nf4"),
 }
 # rows trained with another optimizer than AdamW (the low-memory recipes' Adafactor)
-OPTIMIZERS = {"flux-fp8-train-adafactor": "adafactor", "sd35l-fp8-train-adafactor": "adafactor"}
+OPTIMIZERS = {row: "adafactor" for row in ROWS if row.endswith("-adafactor")}
 # GPU only (--device cuda): the same with sd-scripts' block swap, the blocks' weights in CPU memory
 SWAP_ROWS = {"flux-fp8-train-swap18": ("flux", "train", "fp8", 18),
              "flux-bf16-train-swap28": ("flux", "train", "bf16", 28),

@@ -464,10 +464,11 @@ def test_missing_torchao_and_unsupported_device_are_one_line(tmp_path, toy_data,
 # --- the toy demo -----------------------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["fp8", "int8"])
+@pytest.mark.parametrize("fmt", ["fp8"])
 def test_demo_meets_both_goals_on_a_quantized_base(tmp_path, fmt):
-    """The demo (seed 0, 800 steps) trained and drawn on an fp8 / int8 toy base reaches ≥ 95 % concept
-    fidelity and keeps ≥ 95 % of the base accuracy, as on the fp32 base."""
+    """The demo (seed 0, 800 steps) trained and drawn on an fp8 toy base reaches ≥ 95 % concept fidelity
+    and keeps ≥ 95 % of the base accuracy, as on the fp32 base. fp8 is the one-byte format farther from
+    bf16 (2.7 % per layer against int8's 0.9 %); int8's and nf4's runs are in the README (Memory)."""
     from lorakit.train.demo import run_demo
 
     torch.set_num_threads(1)
