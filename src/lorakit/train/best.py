@@ -15,7 +15,7 @@ The scores of one step (a checkpoint):
   subject is learned and the drift has begun, so alone it tends to pick the last step. Without a
   fidelity measure, combined is the validation loss.
 
-The board of scores lives in RUN_DIR/evaluate/checkpoints.json, rewritten (atomically) after each
+The board of scores lives in RUN_DIR/checkpoints.json, rewritten (atomically) after each
 evaluation; a resumed run reads back the rows up to the step it resumes from (later ones came from
 a future it retraces), so it keeps its best so far. A later step replaces the best only when it
 scores strictly better.
@@ -90,7 +90,7 @@ class Board:
 
     @classmethod
     def load(cls, run_dir: Path, metric: str | None, up_to_step: int) -> "Board":
-        path = Path(run_dir) / "evaluate" / BOARD_FILE
+        path = Path(run_dir) / BOARD_FILE
         if up_to_step <= 0 or not path.is_file():
             return cls(metric)
         try:
@@ -153,7 +153,7 @@ class Board:
         return {"metric": self.metric, "best": self.best, "why": self.why(), "rows": [asdict(r) for r in self.rows]}
 
     def save(self, run_dir: Path) -> Path:
-        path = Path(run_dir) / "evaluate" / BOARD_FILE
+        path = Path(run_dir) / BOARD_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(self.as_dict(), indent=2) + "\n")
         return path
