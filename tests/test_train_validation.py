@@ -212,3 +212,16 @@ def test_the_train_toml_takes_the_validation_options(tmp_path, setup):
     cfg = TrainConfig.from_toml(toml)
     assert cfg.validation_data == tmp_path / "held" and cfg.keep_best == "combined" and cfg.evaluate_every == 50
     assert 'keep_best = "combined"' in cfg.to_toml()
+
+
+def test_a_state_from_before_the_validation_options_resumes_when_they_are_off(tmp_path):
+    from lorakit.errors import LoraKitError
+    from lorakit.train import state
+
+    new = ("validation_split", "validation_data", "keep_best")
+    defaults = TrainConfig().fingerprint()
+    old = {"step": 2, "config": {k: v for k, v in defaults.items() if k not in new}}
+    state.check_compatible(old, defaults, tmp_path, steps_may_grow=False, defaults=defaults)
+    wanted = {**defaults, "validation_split": 0.25}
+    with pytest.raises(LoraKitError, match=r"validation_split \(not in the state\)"):
+        state.check_compatible(old, wanted, tmp_path, steps_may_grow=False, defaults=defaults)

@@ -367,7 +367,8 @@ class Trainer:
                 if isinstance(saved, bool):
                     self.cfg = cfg = cfg.override({"train_text_encoder": saved})
             state.check_compatible(info, self._fingerprint(), self.resume_dir,
-                                   steps_may_grow=cfg.scheduler in ("constant", "constant_with_warmup"))
+                                   steps_may_grow=cfg.scheduler in ("constant", "constant_with_warmup"),
+                                   defaults=TrainConfig().fingerprint())
             self.history = LossHistory(**info.get("history", {}))
             self.skipped = list(info.get("skipped_steps", []))
             self.session_id = info.get("session_id") or uuid.uuid4().hex[:12]
