@@ -37,7 +37,8 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .meta{color:#555;margin:0 0 12px}.meta b{color:#1d1d1f;font-weight:600}
 .note{background:#fff4e5;border:1px solid #f0b35a;border-radius:6px;padding:8px 12px;margin:8px 0;max-width:1100px}
 table{border-collapse:collapse;margin:6px 0}th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
-th{background:#f5f5f7;font-weight:600}td.l,th.l{text-align:left}.na{color:#999}tr.best td{font-weight:600;background:#effaf3}
+th{background:#f5f5f7;font-weight:600}td.l,th.l{text-align:left}.na{color:#999}
+tr.best td{font-weight:600;background:#effaf3}
 .grid td{vertical-align:top;text-align:center;padding:4px}.grid img{margin:1px;image-rendering:pixelated}
 .grid .m{font-size:11px;color:#444;white-space:nowrap}.own{color:#0a6}
 .thumbs img{margin:2px;image-rendering:pixelated;border:1px solid #ddd}

@@ -96,7 +96,8 @@ class EvalReport:
     checkpoints: dict = field(default_factory=dict)  # a training run's board (lorakit.train.best), if any
 
     def as_dict(self) -> dict:
-        return {**({"checkpoints": self.checkpoints} if self.checkpoints else {}), "prompts": self.prompts, "trigger": self.trigger, "own": self.own, "seeds": self.seeds,
+        board = {"checkpoints": self.checkpoints} if self.checkpoints else {}
+        return {**board, "prompts": self.prompts, "trigger": self.trigger, "own": self.own, "seeds": self.seeds,
                 "strengths": self.strengths, "loras": self.loras, "settings": self.settings, "models": self.models,
                 "notes": self.notes, "data": self.data, "reference": self.reference,
                 "text_prompts": self.text_prompts, "rows": [r.as_dict() for r in self.rows],

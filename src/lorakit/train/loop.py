@@ -224,7 +224,8 @@ class Trainer:
         held = {it.path for it in self.validation_items}
         self.instance_count = sum(it.path not in held for it in instance)
         # as training reads them (trigger in front); the held-out images' too, for the validation loss
-        self.instance_captions = {with_trigger(it.caption, self.cfg.trigger) for it in instance + self.validation_items}
+        self.instance_captions = {with_trigger(it.caption, self.cfg.trigger)
+                                  for it in instance + self.validation_items}
         return subsets
 
     def _held_out(self, instance: list, defaults: Subset) -> list:
