@@ -11,9 +11,9 @@ The scores of one step (a checkpoint):
 - combined: fidelity − drift, ties to the lower validation loss. Fidelity and drift are the two
   things a LoRA trades (DreamBooth's subject fidelity against language drift) and both are on
   the same cosine (or share) scale, so equal weights say one point of fidelity is worth one point
-  of drift. The validation loss only breaks ties: on a few images it keeps falling long after the
-  subject is learned and the drift has begun, so alone it tends to pick the last step. Without a
-  fidelity measure, combined is the validation loss.
+  of drift. The validation loss only breaks ties: it measures denoising, not what the images show
+  (on the toy demo it was lowest at a step of lower fidelity, and moved by a few per cent while
+  fidelity rose from 0.56 to 0.94). Without a fidelity measure, combined is the validation loss.
 
 The board of scores lives in RUN_DIR/checkpoints.json, rewritten (atomically) after each
 evaluation; a resumed run reads back the rows up to the step it resumes from (later ones came from
