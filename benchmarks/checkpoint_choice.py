@@ -49,17 +49,31 @@ def _scores(model_source, lora, n_concept, n_base, seed, base_precision):
     return evaluate(model.pipe, n_concept, n_base, seed)
 
 
+def _trained(board_path: Path, steps: int) -> bool:
+    """Whether a run in this folder already reached its last evaluation (a rerun only scores it again)."""
+    try:
+        return json.loads(board_path.read_text())["rows"][-1]["step"] == steps
+    except (OSError, ValueError, KeyError, IndexError):
+        return False
+
+
 def one_seed(out, seed, steps, every, split, n_concept, n_base, evaluate_n) -> dict:
+    """Train (unless done) and score one seed; the result is also kept as OUT/result.json."""
     from lorakit.train import best
     from lorakit.train.demo import demo_config
     from lorakit.train.loop import run
 
+    done = Path(out) / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
     t0 = time.perf_counter()
     cfg = demo_config(Path(out), steps, seed, progress=False, evaluate_every=every, keep_best="combined",
                       validation_split=split, evaluate_n=evaluate_n, clip_model="none", dino_model="none",
                       tensorboard=False)
-    run(cfg)
-    board = json.loads((cfg.resolved_run_dir() / best.BOARD_FILE).read_text())
+    board_path = cfg.resolved_run_dir() / best.BOARD_FILE
+    if not _trained(board_path, steps):
+        run(cfg)
+    board = json.loads(board_path.read_text())
     fresh = seed + FRESH
     base = _scores("toy", None, n_concept, n_base, fresh, cfg.base_precision)
     out = {"seed": seed, "fresh_seed": fresh, "board": board, "base": base}
@@ -69,6 +83,7 @@ def one_seed(out, seed, steps, every, split, n_concept, n_base, evaluate_n) -> d
         out[name] = {**s, "kept": s["base_accuracy"] / base["base_accuracy"],
                      "combined": s["concept_fidelity"] - lost}
     out["seconds"] = round(time.perf_counter() - t0, 1)
+    done.write_text(json.dumps(out, indent=2) + "\n")
     return out
 
 
