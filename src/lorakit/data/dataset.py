@@ -88,13 +88,17 @@ class TrainingData:
     """Instance images (trigger prepended) and, for prior preservation, regularisation images."""
 
     def __init__(self, subsets: list[Subset], buckets: BucketSettings, *, batch_size: int = 1,
-                 trigger: str | None = None, seed: int = 0):
+                 trigger: str | None = None, seed: int = 0, validation: list[ImageItem] = ()):
+        """validation: held-out images (lorakit.data.holdout); training never sees them, even where they
+        lie in its folders. They are placed in buckets and captioned as training images are."""
         self.settings = buckets
         self.trigger = trigger or None
         self.seed = seed
         self.subsets = subsets
-        items = [it for s in subsets for it in scan(s)]
-        for it in items:  # regularisation images keep their own caption (or their folder's class prompt)
+        held = {Path(it.path).resolve() for it in validation}
+        items = [it for s in subsets for it in scan(s) if it.path.resolve() not in held]
+        self.validation = [ImageItem(it.path, it.caption, it.subset, it.size) for it in validation]
+        for it in items + self.validation:  # regularisation images keep their own caption (or class prompt)
             if not it.subset.is_reg:
                 it.caption = with_trigger(it.caption, self.trigger)
         if buckets.enable:
@@ -106,7 +110,7 @@ class TrainingData:
         if not self.instance:
             raise_no_instance(subsets)
         self.placements: dict[Path, Placement] = {}
-        for it in items:
+        for it in items + self.validation:
             b = nearest_bucket(*it.size, self.bucket_list)
             check_size(it.path, *it.size, b, buckets.max_upscale)
             self.placements[it.path] = place(*it.size, b)
@@ -144,13 +148,14 @@ class TrainingData:
             out.append((it, self.placements[it.path], False))
             if it.subset.flip:
                 out.append((it, self.placements[it.path], True))
+        out += [(it, self.placements[it.path], False) for it in self.validation]  # validated unflipped
         return out
 
     def fixed_captions(self) -> list[str] | None:
         """The only captions training can see, or None when shuffle/dropout make them vary."""
         if any(it.subset.shuffle_caption or it.subset.caption_dropout for it in self.instance + self.reg):
             return None
-        return sorted({it.caption for it in self.instance + self.reg})
+        return sorted({it.caption for it in self.instance + self.reg + self.validation})
 
     def tag_frequency(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}

@@ -24,6 +24,9 @@ LEGEND = {
              "base drift: what the LoRA moves that it should leave alone",
     "toy fidelity": "toy world only: share of images the scorer reads as what the prompt asks "
                     "(own prompts must show the concept shape)",
+    "checkpoints": "a training run's evaluated steps: the validation loss on the held-out images (fixed noise "
+                   "and timesteps), fidelity and drift at strength 1, and combined = fidelity − drift "
+                   "(lorakit.train.best says how each is measured)",
     "training self-similarity": "the training images compared with each other: a ceiling of sorts for "
                                 "subject fidelity",
 }
@@ -35,6 +38,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .note{background:#fff4e5;border:1px solid #f0b35a;border-radius:6px;padding:8px 12px;margin:8px 0;max-width:1100px}
 table{border-collapse:collapse;margin:6px 0}th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
 th{background:#f5f5f7;font-weight:600}td.l,th.l{text-align:left}.na{color:#999}
+tr.best td{font-weight:600;background:#effaf3}
 .grid td{vertical-align:top;text-align:center;padding:4px}.grid img{margin:1px;image-rendering:pixelated}
 .grid .m{font-size:11px;color:#444;white-space:nowrap}.own{color:#0a6}
 .thumbs img{margin:2px;image-rendering:pixelated;border:1px solid #ddd}
@@ -121,6 +125,24 @@ def chart_uri(report) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _checkpoints(board: dict) -> str:
+    """A training run's evaluated steps, one row each, the chosen one marked, and why it won."""
+    if not board:
+        return ""
+    rows = []
+    for r in board["rows"]:
+        won = r["step"] == board.get("best")
+        mark = '<span class="own">★ best</span>' if won else ""
+        loss = _num(None) if r["val_loss"] is None else f"{r['val_loss']:.6g}"  # its digits decide close calls
+        cells = f"<td>{loss}</td>" + "".join(f"<td>{_num(r[k])}</td>" for k in ("fidelity", "drift", "combined"))
+        rows.append(f'<tr{" class=best" if won else ""}><td>{r["step"]}</td>{cells}'
+                    f'<td class="l">{escape(r.get("measure") or "")}</td><td class="l">{mark}</td></tr>')
+    metric = escape(str(board.get("metric") or "none"))
+    return (f"<h2>Checkpoints</h2>\n<p>chosen by <b>{metric}</b>: {escape(board.get('why', ''))}</p>\n"
+            '<table class="checkpoints"><tr><th>step</th><th>validation loss</th><th>fidelity</th><th>drift</th>'
+            f'<th>combined</th><th class="l">measured with</th><th class="l"></th></tr>{"".join(rows)}</table>')
+
+
 def _cell(report, s: float, j: int) -> str:
     row = next(r for r in report.per_prompt if r.strength == s and r.prompt == report.prompts[j])
     imgs = "".join(f'<img src="{data_uri(im)}" alt="seed {seed}" title="seed {seed}">'
@@ -181,6 +203,7 @@ def render(report, title: str | None = None) -> str:
 <h1>What {escape(name)} learned and what it broke</h1>
 <p class="meta">{" · ".join(meta)}</p>
 {notes}
+{_checkpoints(getattr(report, "checkpoints", None) or {})}
 <h2>By strength</h2>
 {_summary(report)}
 {f'<img src="{chart}" alt="metrics against strength" width="1100">' if chart else ''}

@@ -93,9 +93,11 @@ class EvalReport:
     text_prompts: list[str] = field(default_factory=list)  # what CLIP-T compared each prompt's images with
     loras: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    checkpoints: dict = field(default_factory=dict)  # a training run's board (lorakit.train.best), if any
 
     def as_dict(self) -> dict:
-        return {"prompts": self.prompts, "trigger": self.trigger, "own": self.own, "seeds": self.seeds,
+        board = {"checkpoints": self.checkpoints} if self.checkpoints else {}
+        return {**board, "prompts": self.prompts, "trigger": self.trigger, "own": self.own, "seeds": self.seeds,
                 "strengths": self.strengths, "loras": self.loras, "settings": self.settings, "models": self.models,
                 "notes": self.notes, "data": self.data, "reference": self.reference,
                 "text_prompts": self.text_prompts, "rows": [r.as_dict() for r in self.rows],

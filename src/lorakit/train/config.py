@@ -67,6 +67,10 @@ class TrainConfig:
     max_bucket_side: Optional[int] = opt(None, "largest bucket side (default 2×resolution)", "data")
     max_upscale: float = opt(2.0, "refuse images that must be enlarged more than this", "data")
     batch_size: int = opt(1, "images per step per process", "data")
+    validation_split: float = opt(0.0, "share of the instance images held out of training for validation (chosen "
+                                  "by --seed; 0: none)", "data")
+    validation_data: Optional[Path] = opt(None, "a folder of held-out images (captions alongside) for validation, "
+                                          "instead of --validation-split", "data")
     cache_latents: str = opt("memory", "VAE latents cache: memory, disk or none", "data", resume_may_change=True)
     cache_text: str = opt("memory", "text-embedding cache: memory, disk or none (off when the text encoder trains)",
                           "data", resume_may_change=True)
@@ -176,6 +180,9 @@ class TrainConfig:
                                   "or hub id, read offline; none: skip)", "output", resume_may_change=True)
     dino_model: ModelSource = opt(ModelSource("facebook/dinov2-small"), "DINOv2 for the evaluation (folder or hub "
                                   "id, read offline; none: skip)", "output", resume_may_change=True)
+    keep_best: Optional[str] = opt(None, "write OUT.best.safetensors from the evaluated step that scores best: "
+                                   "val-loss, fidelity, drift or combined (fidelity − drift, ties to the lower "
+                                   "validation loss); needs --evaluate-every", "output")
     progress: bool = opt(True, "tqdm progress bar", "output", resume_may_change=True)
     tensorboard: bool = opt(True, "TensorBoard logs in RUN_DIR/logs", "output", resume_may_change=True)
     resume: Optional[Path] = opt(None, "resume state folder (or a run folder: its latest state)", "run",
@@ -203,7 +210,8 @@ class TrainConfig:
                    "base_precision": BASE_PRECISIONS, "save_dtype": ("fp16", "bf16", "fp32"),
                    "scheduler": ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                                  "polynomial"),
-                   "prediction_type": (None, "epsilon", "v_prediction"), "nan_policy": ("stop", "skip")}
+                   "prediction_type": (None, "epsilon", "v_prediction"), "nan_policy": ("stop", "skip"),
+                   "keep_best": (None, "val-loss", "fidelity", "drift", "combined")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 bad(f"--{_flag(key)} must be one of {', '.join(a for a in allowed if a)}, not {getattr(self, key)!r}")
@@ -229,6 +237,14 @@ class TrainConfig:
             bad("--class-data needs --class-prompt (the prompt the class images show)")
         if self.evaluate_every < 0:
             bad(f"--evaluate-every must be ≥ 0 (0: off), not {self.evaluate_every}")
+        if not 0 <= self.validation_split < 1:
+            bad(f"--validation-split must be in [0, 1), not {self.validation_split}")
+        if self.validation_split and self.validation_data is not None:
+            bad("give --validation-split or --validation-data, not both")
+        if self.keep_best and not self.evaluate_every:
+            bad(f"--keep-best {self.keep_best} needs --evaluate-every N (the steps it chooses among)")
+        if self.keep_best == "val-loss" and not (self.validation_split or self.validation_data):
+            bad("--keep-best val-loss needs held-out images: --validation-split F or --validation-data DIR")
         if self.warmup_steps > self.steps:
             bad(f"--warmup-steps {self.warmup_steps} is more than --steps {self.steps}")
         return self

@@ -3,8 +3,11 @@
 
 Each evaluation writes RUN_DIR/evaluate/step-NNNNNN/ (report.json, report.html, grid.png) and
 logs the figures at strength 1 (and the grid) to TensorBoard under `evaluate/`. The strength-0
-images (the base) are drawn once per run and kept. The training images of the instance subsets
-are the reference for subject fidelity (the first MAX_DATA_IMAGES of them).
+images (the base) are drawn once per run and kept. The held-out images (--validation-split,
+--validation-data) are the reference for subject fidelity, else the training images of the
+instance subsets (the first MAX_DATA_IMAGES of them). With held-out images each evaluation also
+gives the validation loss (lorakit.train.validation); every step's scores go on the run's board
+(lorakit.train.best), which the report shows and --keep-best chooses from.
 """
 
 from __future__ import annotations
@@ -73,8 +76,12 @@ def _evaluate_run(trainer, stop) -> Path:
     _components(trainer)
     pipe = trainer.model.pipe
     net = trainer._unwrapped_network()
+    from .validation import validation_loss
+
+    val_loss = validation_loss(trainer)
     prompts, own = _prompts(trainer)
     toy = getattr(trainer.model, "kind", None) == "toy"
+    reference = trainer.data.validation or trainer.data.instance
     scheduler, was_training = pipe.scheduler, net.training
     cache = trainer.__dict__.setdefault("_evaluation_base_images", {})
     net.eval()
@@ -83,25 +90,46 @@ def _evaluate_run(trainer, stop) -> Path:
                           n=cfg.evaluate_n, seed=cfg.sample_seed, steps=cfg.sample_steps,
                           guidance=GUIDANCE if toy else cfg.sample_guidance, sampler="ddim" if toy else "euler_a",
                           width=cfg.resolution, height=cfg.resolution, progress=False,
-                          data=[it.path for it in trainer.data.instance][:MAX_DATA_IMAGES],
+                          data=[it.path for it in reference][:MAX_DATA_IMAGES],
                           clip_model=cfg.clip_model, dino_model=cfg.dino_model, base_cache=cache, stop=stop)
     finally:
         pipe.scheduler = scheduler  # generate() installs its sampler on the pipeline
         if was_training:
             net.train()
     report.loras = [{"path": str(cfg.out), "weight": 1.0, "step": trainer.step}]
+    board = _score(trainer, val_loss, report)
+    report.checkpoints = board.as_dict()
     out = trainer.run_dir / "evaluate" / f"step-{trainer.step:06d}"
     write_report(report, out, title=f"{Path(cfg.out).name} at step {trainer.step}")
     if cfg.tensorboard:
         row = report.row(1.0)
-        trainer.acc.log({f"evaluate/{k}": getattr(row, k) for k in LOGGED if getattr(row, k) is not None},
-                        step=trainer.step)
+        logged = {f"evaluate/{k}": getattr(row, k) for k in LOGGED if getattr(row, k) is not None}
+        if val_loss is not None:
+            logged["evaluate/validation_loss"] = val_loss
+        trainer.acc.log(logged, step=trainer.step)
         try:
             writer = trainer.acc.get_tracker("tensorboard", unwrap=True)
             writer.add_image("evaluate/grid", np.asarray(report.grid()), trainer.step, dataformats="HWC")
         except (ValueError, AttributeError, ImportError):  # no TensorBoard tracker, or one without images
             pass
-    print(f"evaluation at step {trainer.step}: {out / 'report.html'}", file=sys.stderr)
+    print(f"evaluation at step {trainer.step}: {out / 'report.html'}"
+          + (f" (validation loss {val_loss:.6g})" if val_loss is not None else ""), file=sys.stderr)
+    if cfg.keep_best:
+        print(f"best so far by {cfg.keep_best}: {board.why()}", file=sys.stderr)
     for note in report.notes.values():
         print(f"note: {note}", file=sys.stderr)
     return out
+
+
+def _score(trainer, val_loss, report):
+    """This step's scores on the run's board; with --keep-best, OUT.best.safetensors rewritten when it wins."""
+    from . import best
+
+    cfg = trainer.cfg
+    board = trainer.__dict__.get("_board")
+    if board is None:
+        board = trainer._board = best.Board.load(trainer.run_dir, cfg.keep_best, trainer.resumed_from)
+    if board.add(best.scores(trainer.step, val_loss, report)) and cfg.keep_best:
+        trainer.save_lora(best.best_path(cfg.out), trainer.step, final=False, extra=best.metadata(board))
+    board.save(trainer.run_dir)
+    return board

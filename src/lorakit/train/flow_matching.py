@@ -44,16 +44,23 @@ class FlowMatching:
         return int(self.scheduler.config.num_train_timesteps)
 
     def sample(self, batch: int, generator: torch.Generator, mu: float | None = None) -> tuple[Tensor, Tensor]:
-        """(timesteps the transformer is given, sigmas) for a batch, from `generator` alone.
+        """(timesteps the transformer is given, sigmas) for a batch, from `generator` alone."""
+        return self.at(self.draw(batch, generator), mu)
+
+    def draw(self, batch: int, generator: torch.Generator) -> Tensor:
+        """Points in [0, 1) of the schedule, drawn with the scheme's density."""
+        from diffusers.training_utils import compute_density_for_timestep_sampling
+
+        return compute_density_for_timestep_sampling(self.scheme, batch, logit_mean=self.logit_mean,
+                                                     logit_std=self.logit_std, mode_scale=self.mode_scale,
+                                                     generator=generator)
+
+    def at(self, u: Tensor, mu: float | None = None) -> tuple[Tensor, Tensor]:
+        """(timesteps the transformer is given, sigmas) at the points `u` in [0, 1) of the schedule.
 
         `mu`: a resolution-dependent shift (Flux), applied with the scheduler's own `time_shift`
         to the unshifted sigmas of a scheduler that shifts dynamically (as FluxPipeline samples).
         """
-        from diffusers.training_utils import compute_density_for_timestep_sampling
-
-        u = compute_density_for_timestep_sampling(self.scheme, batch, logit_mean=self.logit_mean,
-                                                  logit_std=self.logit_std, mode_scale=self.mode_scale,
-                                                  generator=generator)
         idx = (u * self.num_train_timesteps).long().clamp(0, len(self.scheduler.timesteps) - 1)
         sigmas = self.scheduler.sigmas[idx].float()
         if mu is None or not self.scheduler.config.get("use_dynamic_shifting", False):

@@ -130,6 +130,7 @@ class Trainer:
         self.skipped: list[int] = []  # optimizer steps skipped for a non-finite loss (--nan-policy skip)
         self._bad_step = False
         self._saved_step: int | None = None  # the step of the last resume state this process wrote
+        self.resumed_from = 0  # the step of the resume state this run continues (0: a fresh run)
         self.stops = StopRequests(self.last_state)
 
     # --- set-up ----------------------------------------------------------------------------------
@@ -214,14 +215,28 @@ class Trainer:
             subsets = dc.subsets
         else:
             subsets = subsets_in(data, defaults)
-        self.instance_count = 0
-        self.instance_captions: set[str] = set()  # as training reads them (trigger in front)
+        instance = []
         for s in subsets:  # fail on a bad folder now, before minutes of model loading
             found = scan(s)
             if not s.is_reg:
-                self.instance_count += len(found)
-                self.instance_captions.update(with_trigger(it.caption, self.cfg.trigger) for it in found)
+                instance += found
+        self.validation_items = self._held_out(instance, defaults)
+        held = {it.path for it in self.validation_items}
+        self.instance_count = sum(it.path not in held for it in instance)
+        # as training reads them (trigger in front); the held-out images' too, for the validation loss
+        self.instance_captions = {with_trigger(it.caption, self.cfg.trigger)
+                                  for it in instance + self.validation_items}
         return subsets
+
+    def _held_out(self, instance: list, defaults: Subset) -> list:
+        from ..data import holdout
+
+        cfg = self.cfg
+        if cfg.validation_data is not None:
+            return holdout.folder(Path(cfg.validation_data), defaults)
+        if cfg.validation_split:
+            return holdout.split(instance, cfg.validation_split, cfg.seed, Path(cfg.data))
+        return []
 
     def _class_subset(self) -> Subset | None:
         cfg = self.cfg
@@ -354,7 +369,8 @@ class Trainer:
                 if isinstance(saved, bool):
                     self.cfg = cfg = cfg.override({"train_text_encoder": saved})
             state.check_compatible(info, self._fingerprint(), self.resume_dir,
-                                   steps_may_grow=cfg.scheduler in ("constant", "constant_with_warmup"))
+                                   steps_may_grow=cfg.scheduler in ("constant", "constant_with_warmup"),
+                                   defaults=TrainConfig().fingerprint())
             self.history = LossHistory(**info.get("history", {}))
             self.skipped = list(info.get("skipped_steps", []))
             self.session_id = info.get("session_id") or uuid.uuid4().hex[:12]
@@ -415,7 +431,7 @@ class Trainer:
         if class_subset is not None:
             subsets = subsets + [class_subset]
         self.data = TrainingData(subsets, self._bucket_settings(), batch_size=cfg.batch_size, trigger=cfg.trigger,
-                                 seed=cfg.seed)
+                                 seed=cfg.seed, validation=self.validation_items)
         self._fill_caches()
         if staged:
             self._release("vae", *self.spec.text_encoders)
@@ -518,7 +534,7 @@ class Trainer:
             self.num_timesteps = self.noise_scheduler.config.num_train_timesteps
         if self.resume_dir is not None:
             acc.load_state(str(self.resume_dir))
-            self.step = state.read_state(self.resume_dir)["step"]
+            self.step = self.resumed_from = state.read_state(self.resume_dir)["step"]
         if cfg.tensorboard:
             acc.init_trackers("lorakit", config={k: v for k, v in cfg.to_dict().items()
                                                  if isinstance(v, (int, float, str, bool))})
@@ -602,16 +618,27 @@ class Trainer:
         latents = self._latents(samples).float()
         g = torch.Generator("cpu").manual_seed(mix_seed(cfg.seed, micro, self.rank, salt, 0x7015E))
         noise = losses.noise_like(latents, g, cfg.noise_offset)
+        if self.flow is not None:
+            u = self.flow.draw(len(samples), g)
+        else:
+            u = torch.randint(0, self.num_timesteps, (len(samples),), generator=g)
+        return self.noised_job(samples, latents, noise, u)
+
+    def noised_job(self, samples: list[Sample], latents: torch.Tensor, noise: torch.Tensor,
+                   u: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
+        """The denoiser's inputs, target and loss weights for `samples` noised with `noise` at `u`: the
+        timestep indices (noise-prediction models) or the points in [0, 1) of the flow-matching schedule."""
+        cfg = self.cfg
         weights = None
         if self.flow is not None:
             mu = self.spec.timestep_shift(self.model.pipe.scheduler.config, *latents.shape[-2:])
-            t, sigmas = self.flow.sample(len(samples), g, mu)
+            t, sigmas = self.flow.at(u, mu)
             t = t.to(latents.device)
             noisy = self.flow.noisy(latents, noise, sigmas)
             tgt = self.flow.target(latents, noise)
             weights = self.flow.weights(sigmas).to(latents.device)
         else:
-            t = torch.randint(0, self.num_timesteps, (len(samples),), generator=g).to(latents.device)
+            t = u.to(latents.device)
             noisy = self.noise_scheduler.add_noise(latents, noise, t)
             tgt = losses.target(self.noise_scheduler, self.prediction_type, latents, noise, t)
         job = {"noisy": noisy, "t": t}
@@ -728,10 +755,10 @@ class Trainer:
     def _unwrapped_network(self) -> LoRANetwork:
         return self.acc.unwrap_model(self.model_wrapped).network
 
-    def save_lora(self, path: Path, step: int, final: bool) -> dict:
+    def save_lora(self, path: Path, step: int, final: bool, extra: dict[str, str] | None = None) -> dict:
         from ..formats import save_lora
 
-        md = self.metadata(step, final)
+        md = {**self.metadata(step, final), **(extra or {})}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fmt = self.cfg.save_format or self.spec.lora_formats[0]

@@ -69,16 +69,20 @@ def read_state(path: Path) -> dict:
         raise LoraKitError(f"cannot read the resume state ({exc.__class__.__name__}: {exc})", path) from None
 
 
-def check_compatible(state: dict, fingerprint: dict, path: Path, *, steps_may_grow: bool) -> None:
-    """Refuse a state written by a run with other settings (listing what differs)."""
+def check_compatible(state: dict, fingerprint: dict, path: Path, *, steps_may_grow: bool,
+                     defaults: dict | None = None) -> None:
+    """Refuse a state written by a run with other settings (listing what differs). An option the state
+    does not name (it predates the option) matches when it has its default value (`defaults`): the
+    run that wrote the state behaved as that default does."""
     saved = state.get("config", {})
+    defaults = defaults or {}
     diffs = []
     for key, value in fingerprint.items():
         if key == "steps" and steps_may_grow and isinstance(saved.get(key), int) and value >= state.get("step", 0):
             continue
         if key in saved and saved[key] != value:
             diffs.append(f"{key} {saved[key]!r} → {value!r}")
-        elif key not in saved:
+        elif key not in saved and not (key in defaults and defaults[key] == value):
             diffs.append(f"{key} (not in the state)")
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
