@@ -68,3 +68,12 @@ def run_worker(script: str, args: list[str], label: str) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"worker {label} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def seeds_arg(text: str) -> list[int]:
+    """`0-4`, `100-139`, `0,3,7`: a seed range for a benchmark's --seeds."""
+    out = []
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    return out

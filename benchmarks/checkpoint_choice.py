@@ -25,6 +25,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[0] / "src"))
+sys.path.insert(0, str(HERE))
+from _common import seeds_arg  # noqa: E402
 
 FRESH = 100  # the fresh prompts' seed is the training seed + FRESH
 
@@ -84,14 +86,6 @@ def one_seed(out, seed, steps, every, split, n_concept, n_base, evaluate_n) -> d
                      "combined": s["concept_fidelity"] - lost}
     out["seconds"] = round(time.perf_counter() - t0, 1)
     done.write_text(json.dumps(out, indent=2) + "\n")
-    return out
-
-
-def seeds_arg(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        a, _, b = part.partition("-")
-        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
     return out
 
 

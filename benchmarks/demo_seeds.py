@@ -26,6 +26,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[0] / "src"))
+sys.path.insert(0, str(HERE))
+from _common import seeds_arg  # noqa: E402
 
 from lorakit.train.demo import DEFAULT_STEPS  # noqa: E402
 
@@ -37,14 +39,6 @@ out, seed, steps, overrides = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), j
 sizes = json.loads(sys.argv[5])
 r = run_demo(out, steps=steps, seed=seed, progress=False, **sizes, **overrides)
 """
-
-
-def seeds_arg(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        a, _, b = part.partition("-")
-        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    return out
 
 
 def parse_set(items: list[str]) -> dict:

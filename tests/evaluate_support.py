@@ -31,3 +31,15 @@ def save_tiny_dino(path):
     BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
                       do_center_crop=True).save_pretrained(path)
     return path
+
+
+def evaluation_world(root, **extra):
+    """A tiny SD 1.x model folder, training images, the tiny CLIP and DINO, and two evaluation prompts
+    under `root` (`extra`: further entries, e.g. held-out images)."""
+    from train_support import make_images, tiny_model_dir
+
+    prompts = root / "prompts.txt"
+    prompts.write_text("zzt a square\na red house\n")
+    return {"root": root, "model": tiny_model_dir(root, "sd1"), "data": make_images(root / "data"),
+            "clip": save_tiny_clip(root / "clip"), "dino": save_tiny_dino(root / "dino"), "prompts": prompts,
+            **extra}

@@ -9,19 +9,15 @@ import pytest
 from safetensors.torch import load_file
 
 from lorakit.train.loop import run
-from evaluate_support import save_tiny_clip, save_tiny_dino
-from train_support import config, make_images, one_thread, tiny_model_dir
+from evaluate_support import evaluation_world
+from train_support import config, one_thread
 
 _threads = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train-evaluate")
-    prompts = root / "prompts.txt"
-    prompts.write_text("zzt a square\na red house\n")
-    return {"root": root, "model": tiny_model_dir(root, "sd1"), "data": make_images(root / "data"),
-            "clip": save_tiny_clip(root / "clip"), "dino": save_tiny_dino(root / "dino"), "prompts": prompts}
+    return evaluation_world(tmp_path_factory.mktemp("train-evaluate"))
 
 
 def test_evaluate_every_n_steps_logs_and_keeps_the_training(setup, tmp_path):

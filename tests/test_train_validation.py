@@ -17,8 +17,8 @@ from lorakit.train import best
 from lorakit.train.config import TrainConfig
 from lorakit.train.loop import Trainer
 from lorakit.train.validation import validation_loss
-from evaluate_support import save_tiny_clip, save_tiny_dino
-from train_support import config, make_images, one_thread, tiny_model_dir
+from evaluate_support import evaluation_world
+from train_support import config, make_images, one_thread
 
 _threads = pytest.fixture(scope="module", autouse=True)(one_thread)
 
@@ -26,11 +26,7 @@ _threads = pytest.fixture(scope="module", autouse=True)(one_thread)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("validation")
-    prompts = root / "prompts.txt"
-    prompts.write_text("zzt a square\na red house\n")
-    return {"root": root, "model": tiny_model_dir(root, "sd1"), "data": make_images(root / "data"),
-            "held": make_images(root / "held", sizes=((32, 32), (40, 40)), seed=5),
-            "clip": save_tiny_clip(root / "clip"), "dino": save_tiny_dino(root / "dino"), "prompts": prompts}
+    return evaluation_world(root, held=make_images(root / "held", sizes=((32, 32), (40, 40)), seed=5))
 
 
 def _trained(cfg) -> Trainer:
