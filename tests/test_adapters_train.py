@@ -219,3 +219,21 @@ def test_fused_layers_flux(tmp_path):
         assert change > 1e-4 * float(base.norm())
         assert float((fly - merged).norm()) <= 1e-5 * change, algo
         assert float((read - merged).norm()) <= 1e-5 * change, algo
+
+
+def test_sd3_writes_them_in_the_kohya_layout(tmp_path):
+    """SD 3.x's default layout (diffusers) holds plain LoRA only: a LoKr is written with sd-scripts'
+    names, fused qkv included, and reads back onto the model as trained."""
+    from sd3_support import tiny_sd3_pipeline
+
+    tiny_sd3_pipeline().save_pretrained(tmp_path / "model")
+    images = make_images(tmp_path / "data", sizes=((32, 32), (32, 32)))
+    cfg = config(tmp_path / "model", images, tmp_path, network="lokr", network_args=("factor=4",), steps=1,
+                 lr=1e-2, save_dtype="fp32")
+    result = run(cfg)
+    lf = load_lora(cfg.out)
+    assert any(n.startswith("lora_unet_joint_blocks_") and n.endswith("_attn_qkv") for n in lf.modules)
+    assert all({"lokr_w1", "lokr_w2"} & set(t) or "lokr_w1_a" in t for t in lf.modules.values())
+    trained = result.network.kohya_modules()
+    assert set(trained) == set(lf.modules)
+    assert all(torch.equal(trained[n][k].float(), lf.modules[n][k].float()) for n in trained for k in trained[n])
