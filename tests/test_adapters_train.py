@@ -201,8 +201,14 @@ def test_fused_layers_flux(tmp_path):
                 p.add_(torch.randn_like(p) * 0.05)
         fused = [n for n in net.adapters if n.endswith("_qkv")]
         assert fused, "the preset adapts the fused attention"
-        net.eval().apply()
+        net.train().apply()  # the training branch: one ΔW per call of the fused layer, shared by its pieces
+        trained = pipe.transformer(**inputs).sample
+        trained.square().mean().backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in net.adapters[fused[0]].parameters() if p.requires_grad)
+        net.eval()
         fly = out()
+        assert float((trained.detach() - fly).norm()) <= 1e-5 * float(fly.norm())
         net.remove()
         net.merge()
         merged = out()

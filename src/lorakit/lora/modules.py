@@ -4,7 +4,8 @@ An adapter never replaces the layer it adapts: on the fly the layer runs with it
 (lora/live.py gives the layer instance a forward that adds them), merged the network adds their ΔW
 to the layer's weight. `LoRAModule` is the trainable
 low-rank branch; `DeltaModule` carries any other kind read from a file (LoHa, LoKr, Tucker,
-DoRA) and applies its full ΔW, as A1111 and ComfyUI do.
+DoRA, OFT) and applies its full ΔW, as A1111 and ComfyUI do (the trainable LoHa/LoKr/DoRA/OFT
+adapters are LyCORIS' modules: lycoris_adapter.py).
 """
 
 from __future__ import annotations
