@@ -200,3 +200,48 @@ def test_network_args_forms():
     assert spec.uses_lycoris and not parse("locon", ["conv_dim=4"]).uses_lycoris
     assert parse("locon", ["use_tucker=true", "conv_dim=4"]).uses_lycoris  # Tucker: LyCORIS' LoCon
     assert parse("dora", []).dora and parse("loha", {"dora_wd": "true"}).dora
+
+
+def test_dropouts_mean_what_lycoris_means():
+    """rank_dropout drops whole rows of ΔW (LyCORIS' definition for its algos), module_dropout skips the
+    module for a call, dropout drops entries of ΔW·x; none of them acts outside training."""
+    from lorakit.lora.lycoris_adapter import LycorisAdapter
+
+    layer = _layer("linear")
+    w = layer.weight.detach()
+    a = LycorisAdapter(parse("loha", []), layer, 4, 2.0, lambda: w, rank_dropout=0.5, module_dropout=0.5,
+                       dropout=0.5)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    full = a.eval().delta_weight(w)
+    torch.manual_seed(0)
+    a.train()
+    dropped = a.delta_weight(w)
+    kept = [torch.equal(d, f) for d, f in zip(dropped, full)]
+    zero = [bool((d == 0).all()) for d in dropped]
+    assert all(k or z for k, z in zip(kept, zero)) and 0 < sum(zero) < len(zero)
+    x = torch.randn(5, 24)
+    skipped = sum(a.call_delta(x, 1, lambda: None) is None for _ in range(200))
+    assert 60 < skipped < 140  # p = 0.5 of 200 calls
+    h = a.drop(torch.ones(1000))
+    assert set(h.unique().tolist()) == {0.0, 2.0}
+    a.eval()
+    assert all(a.call_delta(x, 1, lambda: None) is not None for _ in range(20))
+
+
+def test_toml_and_print_config_round_trip(tmp_path):
+    from lorakit.train.config import TrainConfig
+
+    toml = tmp_path / "c.toml"
+    toml.write_text('[network]\nnetwork = "lokr"\nnetwork_args = ["factor=8", "decompose_both=true"]\n'
+                    'conv_rank = 4\n')
+    cfg = TrainConfig.from_toml(toml)
+    spec = cfg.network_spec()
+    assert spec.algo == "lokr" and dict(spec.args) == {"factor": 8, "decompose_both": True, "conv_dim": 4}
+    again = tmp_path / "again.toml"
+    again.write_text(cfg.to_toml())
+    assert TrainConfig.from_toml(again).network_spec() == spec
+    table = tmp_path / "t.toml"
+    table.write_text('[network]\nnetwork = "loha"\nnetwork_args = { use_tucker = true, conv_dim = 2 }\n')
+    assert dict(TrainConfig.from_toml(table).network_spec().args) == {"use_tucker": True, "conv_dim": 2}
