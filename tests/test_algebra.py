@@ -75,10 +75,19 @@ def test_tucker_mid_folds_into_a_conv_down():
     assert rel(delta(out2), best(full, 2)) <= 1e-5
 
 
-def test_refuses_lycoris_and_dora_kinds():
-    loha = {k: torch.randn(4, 4) for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}
-    with pytest.raises(LoraKitError, match="loha modules"):
-        A.resize_module(loha, 2, name="x")
+def test_resizes_loha_to_the_best_plain_lora_and_refuses_weight_dependent_kinds():
+    torch.manual_seed(0)
+    loha = {k: torch.randn(6, 4) if k.endswith("_a") else torch.randn(4, 5)
+            for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}
+    loha["alpha"] = torch.tensor(2.0)
+    exact = (loha["hada_w1_a"] @ loha["hada_w1_b"]) * (loha["hada_w2_a"] @ loha["hada_w2_b"]) * 0.5
+    out, _ = A.resize_module(loha, 2, name="x")
+    s = torch.linalg.svdvals(exact.double())
+    assert abs(float((delta(out).double() - exact).norm()) - float(s[2:].norm())) <= 1e-5 * float(s.norm())
+    assert rel(delta(A.resize_module(loha, 5, name="x")[0]), exact) <= 1e-6  # full rank: the same update
+    oft = {"oft_blocks": torch.randn(2, 4, 4), "alpha": torch.tensor(0.0)}
+    with pytest.raises(LoraKitError, match="OFT modules"):
+        A.resize_module(oft, 2, name="x")
     dora = dict(make_module(8, 8, 2), dora_scale=torch.ones(8, 1))
     with pytest.raises(LoraKitError, match="DoRA"):
         A.concat([dora], [1.0])

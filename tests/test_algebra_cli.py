@@ -61,7 +61,10 @@ def files(sd1, tmp_path_factory):
         k: torch.randn(*shape, generator=g) for k, shape in
         (("hada_w1_a", (32, 2)), ("hada_w1_b", (2, 32)), ("hada_w2_a", (32, 2)), ("hada_w2_b", (2, 32)))}}
     loha_path = save_lora(d / "loha.safetensors", loha, {}, family="sd1")
-    return {"a": a, "b": b, "xl": xl, "junk": junk, "dir": d, "loha": loha_path}
+    oft = {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q": {
+        "oft_blocks": torch.randn(4, 8, 8, generator=g) * 0.1, "alpha": torch.tensor(0.0)}}
+    oft_path = save_lora(d / "oft.safetensors", oft, {}, family="sd1")
+    return {"a": a, "b": b, "xl": xl, "junk": junk, "dir": d, "loha": loha_path, "oft": oft_path}
 
 
 def test_resize_cli_writes_optimal_truncation_with_new_metadata_and_hashes(files, capsys):
@@ -127,12 +130,12 @@ def test_merge_concat_is_exact_and_projection_optimal(files, capsys):
     (["merge", "--lora", "{a}", "--lora", "{junk}", "--out", "{o}"], "not a LoRA"),
     (["merge", "--lora", "{a}", "--lora", "{b}", "--rank", "0", "--out", "{o}"], "at least 1"),
     (["merge", "--lora", "{a}", "--lora", "{dir}/missing.safetensors", "--out", "{o}"], "no such file"),
-    (["resize", "{loha}", "--rank", "1", "--out", "{o}"], "loha modules have no low-rank factors"),
-    (["merge", "--lora", "{a}", "--lora", "{loha}:0.5", "--out", "{o}"], "loha modules have no low-rank factors"),
+    (["resize", "{oft}", "--rank", "1", "--out", "{o}"], "OFT modules turn the base weight"),
+    (["merge", "--lora", "{a}", "--lora", "{oft}:0.5", "--out", "{o}"], "OFT modules turn the base weight"),
 ])
 def test_bad_inputs_stop_with_one_line(files, capsys, args, message):
     fill = {"a": files["a"].path, "b": files["b"].path, "xl": files["xl"].path, "junk": str(files["junk"]),
-            "loha": str(files["loha"]),
+            "loha": str(files["loha"]), "oft": str(files["oft"]),
             "dir": str(files["dir"]), "o": str(files["dir"] / "bad.safetensors")}
     assert main([a.format(**fill) for a in args]) == 2
     err = capsys.readouterr().err.strip()
@@ -180,3 +183,22 @@ def test_extract_bad_inputs(models, capsys, tuned, extra, message):
     assert main(args + (extra or ["--rank", "2"])) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0]  # (model loading may draw progress bars above it)
+
+
+def test_lora_plus_loha_merge_is_the_exact_weighted_sum(files, tmp_path):
+    """A LoHa joins a LoRA+LoRA merge through its exact ΔW (a plain LoRA comes out)."""
+    from lorakit.formats import load_lora
+    from lorakit.lora.algebra import factors
+
+    out = tmp_path / "m.safetensors"
+    assert main(["merge", "--lora", files["a"].path, "--lora", f"{files['loha']}:0.5", "--out", str(out),
+                 "--dtype", "fp32"]) == 0
+    merged, a, loha = load_lora(out), files["a"], load_lora(files["loha"])
+    name = next(iter(loha.modules))
+    t = {k: v.double() for k, v in loha.modules[name].items()}
+    want = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"]) * 0.5
+    fa = factors(a.modules[name])
+    want = want + fa.scale * fa.up @ fa.down
+    fm = factors(merged.modules[name])
+    got = fm.scale * fm.up @ fm.down
+    assert float((got - want).norm() / want.norm()) <= 1e-5

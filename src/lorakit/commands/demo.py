@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import List, Optional
 
 import typer
 
@@ -17,6 +18,10 @@ def demo(
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads", help="CPU threads for torch (the toy model is faster on one)"),
     base_precision: str = BASE_PRECISION,
+    network: str = typer.Option("lora", "--network", help="adapter trained: lora, locon, loha, lokr, dora, oft "
+                                "(each with the settings LyCORIS' guidelines give it)"),
+    network_args: Optional[List[str]] = typer.Option(None, "--network-args", help="KEY=VALUE options, in place of "
+                                                     "those settings' (as on train)"),
 ) -> None:
     """Teach the toy base a shape it has never seen (the real `train` path) and score it before/after."""
     import torch
@@ -33,7 +38,8 @@ def demo(
 
     fmt = parse(base_precision)
     require(fmt)
-    r = run_demo(out, steps=steps, seed=seed, base_precision=fmt)
+    extra = {"network_args": tuple(network_args)} if network_args else {}
+    r = run_demo(out, steps=steps, seed=seed, base_precision=fmt, network=network, **extra)
     b, a = r["before"], r["after"]
     typer.echo(f"concept fidelity ({r['trigger']} → {r['concept']}): {b['concept_fidelity']:.0%} → "
                f"{a['concept_fidelity']:.0%} (goal ≥ {r['goals']['concept_fidelity']:.0%})")

@@ -54,6 +54,9 @@ def _table(report: dict) -> None:
     t.add_row("modules", f"{report['modules']}  (" + ", ".join(f"{k} {v}" for k, v in
                                                              sorted(report["parts"].items())) + ")")
     t.add_row("kinds", ", ".join(f"{k} {v}" for k, v in sorted(report["kinds"].items())))
+    net = report["network"]
+    if net["algo"]:
+        t.add_row("network", net["algo"] + "".join(f"  {k}={v}" for k, v in sorted(net["args"].items())))
     t.add_row("ranks", _fmt_summary(report["ranks"]))
     t.add_row("alphas", _fmt_summary(report["alphas"]))
     t.add_row("conv modules (kxk)", str(report["conv_modules"]))

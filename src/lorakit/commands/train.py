@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Optional, get_args, get_type_hints
+from typing import List, Optional, get_args, get_type_hints
 
 import typer
 
@@ -20,6 +20,8 @@ _SHORT = {"model": ["-m"], "data": ["-d"], "out": ["-o"], "rank": ["-r"]}
 
 def _train(config: Optional[Path] = None, print_config: bool = False, plan: bool = False, **flags) -> None:
     cfg = TrainConfig.from_toml(config) if config is not None else TrainConfig()
+    if not flags.get("network_args"):  # not given (typer: an empty list) keeps the config's
+        flags["network_args"] = None
     cfg = cfg.override(flags)
     if print_config:
         typer.echo(cfg.to_toml())
@@ -78,7 +80,7 @@ def resume_command(run_dir) -> str:
 def _cli_type(hint):
     args = [a for a in get_args(hint) if a is not type(None)]
     base = args[0] if args else hint
-    return {list: str, ModelSource: str}.get(base, base)
+    return {list: List[str], ModelSource: str}.get(base, base)
 
 
 def _signature() -> inspect.Signature:

@@ -91,6 +91,11 @@ def validate_module(name: str, t: Mapping[str, Tensor], source: str | None = Non
             if t[a].dim() != 2 or t[a].shape[1] != t[b].shape[0]:
                 raise LoraKitError(f"module {name}: {a} {tuple(t[a].shape)} does not match {b} "
                                    f"{tuple(t[b].shape)}", source)
+    elif kind == "oft":
+        blocks = t["oft_blocks"]
+        if blocks.dim() != 3 or blocks.shape[1] != blocks.shape[2]:
+            raise LoraKitError(f"module {name}: oft_blocks {tuple(blocks.shape)} are not square blocks "
+                               "[blocks, size, size]", source)
     elif kind == "lokr":
         for a, b in (("lokr_w1_a", "lokr_w1_b"), ("lokr_w2_a", "lokr_w2_b")):
             if a in t and "lokr_t2" not in t and t[a].shape[1] != t[b].shape[0]:

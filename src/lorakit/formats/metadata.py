@@ -41,8 +41,8 @@ def network_fields(modules: Modules, args: Mapping[str, Any] | None = None) -> d
     lyco = any(is_lycoris(t) for t in modules.values())
     if lyco:
         algos = {algo_of(t) for t in modules.values()}
-        algo = next((a for a in ("loha", "lokr", "full") if a in algos), "locon")
-        out_args["algo"] = algo
+        algo = next((a for a in ("loha", "lokr", "full", "oft") if a in algos), "locon")
+        out_args["algo"] = {"oft": "diag-oft"}.get(algo, algo)  # LyCORIS' names
         if "locon" in algos or any("hada_t1" in t or "lokr_t2" in t for t in modules.values()):
             out_args["use_tucker"] = "True"
         if any("dora_scale" in t for t in modules.values()):

@@ -11,16 +11,16 @@ from ..lora import functional as LF
 
 Modules = Mapping[str, Mapping[str, Tensor]]
 
-LYCORIS_KINDS = ("loha", "lokr", "full")
+LYCORIS_KINDS = ("loha", "lokr", "full", "oft")
 
 
 def kind_of(tensors: Mapping[str, Tensor]) -> str:
-    """lora, loha, lokr, full or unknown (Tucker and DoRA are LoRA with extra tensors)."""
+    """lora, loha, lokr, full, oft or unknown (Tucker and DoRA are LoRA with extra tensors)."""
     return LF.module_kind(tensors)
 
 
 def algo_of(tensors: Mapping[str, Tensor]) -> str:
-    """kohya/LyCORIS' name for what a module is: lora, locon (Tucker), loha, lokr, full; +dora."""
+    """kohya/LyCORIS' name for what a module is: lora, locon (Tucker), loha, lokr, full, oft; +dora."""
     kind = kind_of(tensors)
     if kind == "lora" and "lora_mid.weight" in tensors:
         kind = "locon"
@@ -43,6 +43,8 @@ def rank_of(tensors: Mapping[str, Tensor]) -> int | None:
         for key in ("lokr_w2_b", "lokr_w1_b"):
             if key in t:
                 return int(t[key].shape[0])
+    if kind == "oft":  # its block size, what LyCORIS takes as its dim
+        return int(t["oft_blocks"].shape[1]) if t["oft_blocks"].dim() == 3 else None
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -37,6 +38,11 @@ def inspect_lora(path: str | os.PathLike, family: str | None = None, *, allow_pi
     computed = file_hashes(p) if p.is_file() and p.suffix.lower() not in PICKLE_SUFFIXES else {}
     match = {k: computed.get(k) == v for k, v in stored.items()} if stored and computed else {}
     dtype = lf.dtype
+    try:
+        args = json.loads(lf.metadata.get("ss_network_args") or "{}")
+    except json.JSONDecodeError:
+        args = {}
+    args = args if isinstance(args, dict) else {}
     return {
         "path": str(p),
         "format": lf.format,
@@ -45,6 +51,9 @@ def inspect_lora(path: str | os.PathLike, family: str | None = None, *, allow_pi
         "modules": len(lf.modules),
         "parts": lf.parts(),
         "kinds": dict(kinds),
+        # what trained it, as the metadata says: the algorithm and its options (kinds: what the tensors are)
+        "network": {"algo": args.get("algo", "lora" if lf.metadata.get("ss_network_module") else None),
+                    "args": {k: v for k, v in args.items() if k != "algo"}},
         "ranks": _summary(lf.ranks().values()),
         "alphas": _summary(lf.alphas().values()),
         "conv_modules": len(conv),

@@ -11,10 +11,13 @@ Conventions for what is written (the same as kohya's tools, so their files and o
 - resize keeps each module's strength alpha/r: alpha' = (alpha/r)·k (kohya's resize_lora.py);
 - merge and extract, which have no single source strength, write alpha = rank (scale 1).
 
-Only plain LoRA modules (Tucker `lora_mid` included: it folds into a kxk `down` exactly) are
-accepted. LoHa and LoKr updates are Hadamard/Kronecker products, not low-rank products, and a
-file alone does not always give the layer shape their ΔW needs; DoRA's update depends on the
-base weight. Those are refused with the module named: merge them into a checkpoint instead.
+Plain LoRA modules (Tucker `lora_mid` included: it folds into a kxk `down` exactly) are taken as
+factors. LoHa and LoKr updates are Hadamard/Kronecker products, not low-rank products: their exact
+ΔW is formed and split by an SVD (U·S, Vᵀ), so that resize turns them into the best plain LoRA of
+the rank asked, one a loader without LyCORIS reads. Their layer shape is the one the factors tell:
+a 3×3 convolution's kernel only where the file carries it (Tucker, a 4-D `lokr_w2`). DoRA's and OFT's
+updates depend on the base weight; those are refused with the module named: merge them into a
+checkpoint instead.
 """
 
 from __future__ import annotations
@@ -76,6 +79,11 @@ def factors(module: Module, name: str = "") -> Factors:
     """A module's factors in working precision; refuses kinds without a low-rank product."""
     kind = module_kind(module.keys())
     where = f"module {name}: " if name else ""
+    if kind in ("loha", "lokr") and "dora_scale" not in module:
+        return _dense_factors(module, kind)
+    if kind == "oft":
+        raise LoraKitError(f"{where}OFT modules turn the base weight, so their update depends on it and cannot be "
+                           "resized or merged here; merge the file into a checkpoint instead")
     if kind != "lora":
         raise LoraKitError(f"{where}{kind} modules have no low-rank factors to resize or merge; "
                            "merge the file into a checkpoint instead")
@@ -93,6 +101,36 @@ def factors(module: Module, name: str = "") -> Factors:
     if up2.shape[1] != down2.shape[0]:
         raise LoraKitError(f"{where}lora_up has rank {up2.shape[1]} but lora_down has rank {down2.shape[0]}")
     return Factors(up2, down2, scale, tuple(down.shape[2:]))
+
+
+def _dense_shape(t: Module, kind: str) -> tuple[int, ...]:
+    """The adapted layer's weight shape as a LoHa's or LoKr's factors tell it (flattened for a
+    convolution whose kernel they do not carry)."""
+    if kind == "loha":
+        if "hada_t1" in t:
+            return (t["hada_w1_a"].shape[1], t["hada_w1_b"].shape[1], *t["hada_t1"].shape[2:])
+        return (t["hada_w1_a"].shape[0], t["hada_w1_b"].shape[1])
+    w1 = t["lokr_w1"].shape if "lokr_w1" in t else (t["lokr_w1_a"].shape[0], t["lokr_w1_b"].shape[1])
+    if "lokr_w2" in t:
+        w2 = tuple(t["lokr_w2"].shape)
+    elif "lokr_t2" in t:
+        w2 = (t["lokr_w2_a"].shape[1], t["lokr_w2_b"].shape[1], *t["lokr_t2"].shape[2:])
+    else:
+        w2 = (t["lokr_w2_a"].shape[0], t["lokr_w2_b"].shape[1])
+    return (w1[0] * w2[0], w1[1] * w2[1], *w2[2:])
+
+
+def _dense_factors(module: Module, kind: str) -> Factors:
+    """A LoHa's or LoKr's exact ΔW as full-rank factors (U·S, Vᵀ of its SVD, scale 1): what resize
+    truncates to the best plain LoRA of a lower rank."""
+    from .functional import module_delta
+
+    shape = _dense_shape(module, kind)
+    alpha = module.get("alpha")
+    t = {k: v.to(WORK) for k, v in module.items() if k != "alpha"}
+    delta = module_delta(kind, t, None if alpha is None else float(alpha), shape).reshape(shape[0], -1)
+    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    return Factors(u * s, vh, 1.0, tuple(shape[2:]))
 
 
 def to_module(up: Tensor, down: Tensor, alpha: float, kernel: tuple[int, ...], in_features: int,

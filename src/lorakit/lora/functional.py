@@ -108,9 +108,26 @@ def dora_delta(weight: Tensor, delta: Tensor, dora_scale: Tensor) -> Tensor:
     return merged * (dora_scale.reshape(norm.shape) / norm) - weight
 
 
+def oft_delta(weight: Tensor, blocks: Tensor, alpha: float | None) -> Tensor:
+    """OFT (LyCORIS diag-oft): each block of b output rows of W turned by the orthogonal R = (I+Q)(I−Q)⁻¹
+    (Cayley) of the skew Q = B − Bᵀ, as ΔW = R-turned W − W. alpha bounds ‖Q‖ at alpha·rows (LyCORIS,
+    A1111); 0 or none: no bound (LyCORIS, ComfyUI; A1111 reads 0 as "no turn at all")."""
+    n, b = blocks.shape[0], blocks.shape[1]
+    q = blocks - blocks.transpose(1, 2)
+    if alpha:
+        bound = float(alpha) * weight.shape[0]
+        norm = torch.norm(q) + 1e-8
+        if norm > bound:
+            q = q * (bound / norm)
+    eye = torch.eye(b, dtype=q.dtype, device=q.device)
+    r = (eye + q) @ torch.linalg.inv(eye - q)
+    w = weight.to(r.dtype).reshape(n, b, *weight.shape[1:])
+    return torch.einsum("k n m, k n ... -> k m ...", r - eye, w).reshape(weight.shape)
+
+
 def module_delta(kind: str, tensors: dict[str, Tensor], alpha: float | None,
                  shape: torch.Size | tuple) -> Tensor:
-    """ΔW of one module from its kohya/LyCORIS sub-tensors (no DoRA; see dora_delta)."""
+    """ΔW of one module from its kohya/LyCORIS sub-tensors (no DoRA; see dora_delta; OFT: oft_delta)."""
     t = tensors
     if kind == "lora":
         return lora_delta(t["lora_up.weight"], t["lora_down.weight"], alpha, shape, t.get("lora_mid.weight"))
@@ -137,7 +154,14 @@ def module_kind(subkeys) -> str:
         return "lokr"
     if "diff" in keys:
         return "full"
+    if "oft_blocks" in keys:
+        return "oft"
     return "unknown"
+
+
+def depends_on_weight(kind: str, subkeys) -> bool:
+    """Whether the module's ΔW is computed from the weight it lands on (DoRA's rescale, OFT's rotation)."""
+    return kind == "oft" or "dora_scale" in set(subkeys)
 
 
 KNOWN_SUBKEYS = {
@@ -146,4 +170,5 @@ KNOWN_SUBKEYS = {
     "lokr": {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha",
              "dora_scale"},
     "full": {"diff", "diff_b", "alpha"},
+    "oft": {"oft_blocks", "alpha"},
 }

@@ -81,10 +81,33 @@ def _live_forward(module: nn.Module, x: Tensor, *args, **kwargs) -> Tensor:
     for entry in live.entries:
         _, adapter, rows, sites = entry
         if not isinstance(adapter, LoRAModule):
-            out = out + _delta_forward(module, x, _entry_delta(module, live.entries, entry))
+            out = out + _delta_branch(module, x, live.entries, entry)
         else:
             out = out + (adapter(x) if rows is None else adapter.forward_rows(x, rows, len(sites)))
     return out
+
+
+def _delta_branch(module: nn.Module, x: Tensor, entries: list, entry: tuple) -> Tensor:
+    """x·(m·ΔW)ᵀ of one adapter beside the layer's output. An adapter read from a file: its ΔW, no
+    gradient. A trainable one (lycoris_adapter.py): ΔW with its gradient, built once per call of the
+    named layer (the pieces of a fused layer share it and its dropout draws), its dropouts applied."""
+    adapter, rows, sites = entry[1], entry[2], entry[3]
+    call_delta = getattr(adapter, "call_delta", None)
+    if call_delta is None:
+        return _delta_forward(module, x, _entry_delta(module, entries, entry))
+
+    def layer_weight() -> Tensor | None:
+        if not compose.depends_on_weight(adapter):
+            return None
+        with torch.no_grad():
+            return _layer_weight(module, _weight_before(module, entries, adapter), entry)
+
+    delta = call_delta(x, len(sites), layer_weight)
+    if delta is None:  # module dropout
+        return torch.zeros((), dtype=x.dtype, device=x.device)
+    if rows is not None:
+        delta = delta[rows.to(delta.device)]
+    return adapter.drop(_delta_forward(module, x, delta * adapter.multiplier))
 
 
 def _delta_forward(module: nn.Module, x: Tensor, delta: Tensor) -> Tensor:

@@ -4,7 +4,8 @@ An adapter never replaces the layer it adapts: on the fly the layer runs with it
 (lora/live.py gives the layer instance a forward that adds them), merged the network adds their ΔW
 to the layer's weight. `LoRAModule` is the trainable
 low-rank branch; `DeltaModule` carries any other kind read from a file (LoHa, LoKr, Tucker,
-DoRA) and applies its full ΔW, as A1111 and ComfyUI do.
+DoRA, OFT) and applies its full ΔW, as A1111 and ComfyUI do (the trainable LoHa/LoKr/DoRA/OFT
+adapters are LyCORIS' modules: lycoris_adapter.py).
 """
 
 from __future__ import annotations
@@ -221,8 +222,8 @@ class DeltaModule(nn.Module):
             buf = key.replace(".", "__")
             self._names[key] = buf
             self.register_buffer(buf, value)
-        # DoRA: ΔW rescales the weight it lands on, so it is computed from that weight (compose.py)
-        self.depends_on_weight = "dora_scale" in tensors
+        # DoRA rescales, OFT turns the weight it lands on: ΔW is computed from that weight (compose.py)
+        self.depends_on_weight = LF.depends_on_weight(kind, tensors)
 
     def tensors(self) -> dict[str, Tensor]:
         return {key: getattr(self, buf) for key, buf in self._names.items()}
@@ -230,11 +231,14 @@ class DeltaModule(nn.Module):
     def delta_weight(self, base_weight: Tensor | None = None) -> Tensor:
         """ΔW in fp32 (without the multiplier); DoRA's from `base_weight`, the whole weight it lands on."""
         t = {k: v.float() for k, v in self.tensors().items()}
+        if self.depends_on_weight and base_weight is None:
+            raise ValueError(f"a {self.kind} ΔW with DoRA or OFT depends on the weight it lands on: pass that weight")
+        if self.kind == "oft":
+            return LF.oft_delta(base_weight.to(t["oft_blocks"].device, torch.float32), t["oft_blocks"],
+                                self.alpha_value)
         dora = t.pop("dora_scale", None)
         delta = LF.module_delta(self.kind, t, self.alpha_value, self.shape)
         if dora is not None:
-            if base_weight is None:
-                raise ValueError("a DoRA ΔW depends on the weight it lands on: pass that weight")
             delta = LF.dora_delta(base_weight.to(delta.device, torch.float32), delta, dora)
         return delta
 

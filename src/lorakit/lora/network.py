@@ -20,6 +20,7 @@ from .. import quantized
 from . import compose
 from . import functional as LF
 from . import live
+from .algos import NetworkSpec
 from .modules import DeltaModule, LoRAModule
 from .targets import ModelParts, Target, select
 
@@ -74,8 +75,11 @@ class LoRANetwork(nn.Module):
     def create(cls, parts: ModelParts, *, rank: int = 16, alpha: float | None = None, preset: str = "transformer",
                conv_rank: int | None = None, conv_alpha: float | None = None, unet: bool = True,
                text_encoder: bool = True, dropout: float = 0.0, rank_dropout: float = 0.0,
-               module_dropout: float = 0.0, init: str = "kaiming", multiplier: float = 1.0) -> "LoRANetwork":
-        """A fresh trainable network on the layers a preset selects (kxk convs get `conv_rank`)."""
+               module_dropout: float = 0.0, init: str = "kaiming", multiplier: float = 1.0,
+               spec: NetworkSpec | None = None) -> "LoRANetwork":
+        """A fresh trainable network on the layers a preset selects (kxk convs get `conv_rank`); `spec`
+        names the algorithm (lora by default) and its options (algos.py)."""
+        spec = spec or NetworkSpec()
         net = cls(multiplier)
         for t in select(parts, preset, unet=unet, text_encoder=text_encoder):
             r, a = rank, alpha
@@ -83,8 +87,17 @@ class LoRANetwork(nn.Module):
                 if not conv_rank:
                     continue
                 r, a = conv_rank, conv_alpha if conv_alpha is not None else conv_rank
-            net.add(t, LoRAModule(t.module, r, a, dropout=dropout, rank_dropout=rank_dropout,
-                                  module_dropout=module_dropout, init=init))
+            if not spec.uses_lycoris:
+                if spec.get("rs_lora"):  # the file LyCORIS writes for it: alpha·√r, so that alpha/r is alpha/√r
+                    a = (r if a is None else a) * r ** 0.5
+                net.add(t, LoRAModule(t.module, r, a, dropout=dropout, rank_dropout=rank_dropout,
+                                      module_dropout=module_dropout, init=init))
+                continue
+            from .lycoris_adapter import LycorisAdapter, check_layer, dense_weight
+
+            check_layer(spec, t, r)
+            net.add(t, LycorisAdapter(spec, t.module, r, a, lambda t=t: dense_weight(t), dropout=dropout,
+                                      rank_dropout=rank_dropout, module_dropout=module_dropout))
         return net
 
     def add(self, target: Target, adapter: nn.Module) -> None:
@@ -295,6 +308,12 @@ def _check_shapes(name: str, kind: str, w: Mapping[str, Tensor], module: nn.Modu
             raise LoraKitError(
                 f"module {name}: lora_down {tuple(down.shape)} / lora_up {tuple(up.shape)} do not fit the "
                 f"layer's weight {shape}", source)
+        return
+    if kind == "oft":
+        blocks = w["oft_blocks"]
+        if blocks.dim() != 3 or blocks.shape[1] != blocks.shape[2] or blocks.shape[0] * blocks.shape[1] != shape[0]:
+            raise LoraKitError(f"module {name}: oft_blocks {tuple(blocks.shape)} do not split the layer's "
+                               f"{shape[0]} output rows into square blocks", source)
         return
     try:
         t = {k: v.float() for k, v in w.items() if k != "dora_scale"}

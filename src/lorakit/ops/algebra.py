@@ -114,8 +114,9 @@ def resize(lora: PathLike, rank: int | None = None, dynamic: str | Dynamic | Non
     _writable(out, format)
     lf = _load(lora, allow_pickle)
     path = lf.path
+    _check_kernels(lf)
     fs = {}
-    for name, m in lf.modules.items():  # refuses LoHa/LoKr/DoRA before any work
+    for name, m in lf.modules.items():  # refuses DoRA/OFT before any work
         try:
             fs[name] = factors(m, name)
         except LoraKitError as exc:
@@ -150,6 +151,23 @@ def resize(lora: PathLike, rank: int | None = None, dynamic: str | Dynamic | Non
     metadata = dict(lf.metadata, ss_training_comment=comment)
     result = AlgebraResult(modules, metadata, lf.family, infos)
     return _save(result, out, dtype, format)
+
+
+def _check_kernels(lf) -> None:
+    """A LoHa/LoKr trained on 3×3 convolutions without Tucker holds their factors flattened: the file
+    cannot tell which modules are such convolutions, so a plain LoRA of them cannot be laid out."""
+    import json
+
+    try:
+        args = json.loads(lf.metadata.get("ss_network_args") or "{}")
+    except json.JSONDecodeError:
+        return
+    if not isinstance(args, dict) or args.get("algo") not in ("loha", "lokr") or not args.get("conv_dim"):
+        return
+    if str(args.get("use_tucker", "")).lower() != "true":
+        raise LoraKitError(f"this {args['algo']} adapts 3×3 convolutions with flattened factors (conv_dim without "
+                           "use_tucker): their kernel is not in the file, so it cannot be resized to a plain LoRA; "
+                           "merge it into a checkpoint instead", lf.path)
 
 
 def resize_table(infos: dict[str, RankInfo]) -> list[tuple[str, int, int, float, float, float]]:

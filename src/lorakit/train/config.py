@@ -89,6 +89,11 @@ class TrainConfig:
     class_steps: int = opt(25, "sampling steps when generating class images", "prior")
     class_guidance: float = opt(7.5, "guidance scale when generating class images", "prior")
     # network
+    network: str = opt("lora", "adapter trained: lora, locon (LoRA + 3×3 convs), loha, lokr, dora, oft (the last four "
+                       "through LyCORIS; written in the layout A1111 and ComfyUI load)", "network")
+    network_args: list = opt((), "algorithm options KEY=VALUE, as LyCORIS names them (factor, decompose_both, "
+                             "full_matrix, use_tucker, conv_dim, conv_alpha, dora_wd, rank_dropout, module_dropout, "
+                             "rs_lora, constraint …); repeat the flag or quote several", "network")
     rank: int = opt(16, "LoRA rank", "network")
     alpha: Optional[float] = opt(None, "LoRA alpha (default: rank, i.e. scale 1)", "network")
     preset: str = opt("transformer", "target preset: attn, cross-attn, attn-mlp, transformer, full (SD 3.x, "
@@ -247,7 +252,34 @@ class TrainConfig:
             bad("--keep-best val-loss needs held-out images: --validation-split F or --validation-data DIR")
         if self.warmup_steps > self.steps:
             bad(f"--warmup-steps {self.warmup_steps} is more than --steps {self.steps}")
+        self.network_spec()
         return self
+
+    def network_spec(self):
+        """--network and --network-args checked, with the options they share with flags of their own
+        (conv_dim ↔ --conv-rank, the dropouts …) agreeing, and those flags folded in."""
+        from ..lora.algos import parse
+
+        spec = parse(self.network, self.network_args)
+        flags = {"conv_dim": ("conv_rank", None), "conv_alpha": ("conv_alpha", None), "dropout": ("dropout", 0.0),
+                 "rank_dropout": ("rank_dropout", 0.0), "module_dropout": ("module_dropout", 0.0)}
+        args = dict(spec.args)
+        for key, (flag, unset) in flags.items():
+            own = getattr(self, flag)
+            if key in args and own != unset and own != args[key]:
+                raise LoraKitError(f"--network-args {key}={args[key]} contradicts --{_flag(flag)} {own}")
+            if key not in args and own != unset:
+                args[key] = own
+        if self.network == "oft" and self.alpha is not None:
+            raise LoraKitError("--alpha means nothing to --network oft: its bound is --network-args constraint=…")
+        if self.network == "oft" and "rank_dropout" in args and args["rank_dropout"]:
+            raise LoraKitError("--rank-dropout does not apply to --network oft (it has no ranks)")
+        if args.get("use_tucker") and not args.get("conv_dim"):
+            raise LoraKitError("--network-args use_tucker decomposes 3×3 convolutions: give conv_dim (or --conv-rank)")
+        if self.init != "kaiming" and spec.uses_lycoris:
+            raise LoraKitError(f"--init {self.init} is for lorakit's LoRA: --network {self.network} initialises "
+                               "as LyCORIS does")
+        return type(spec)(spec.algo, args)
 
     # TOML ------------------------------------------------------------------------------------
     @classmethod
@@ -384,7 +416,9 @@ def _coerce(key: str, value, hint, source):
         if hint is ModelSource:
             return ModelSource(value)
         if hint is list:
-            return tuple(value)
+            if isinstance(value, dict):  # a TOML table of network_args
+                return tuple(f"{k}={v}" for k, v in value.items())
+            return tuple([value] if isinstance(value, str) else value)
         if hint is str:
             return str(value)
     except (TypeError, ValueError):

@@ -55,8 +55,19 @@ def write_dataset(out: Path, n_reg: int = N_REG, seed: int = 0) -> Path:
     return toml
 
 
+# Each algorithm as LyCORIS' guidelines (docs/Guidelines.md) set it up, on the demo's recipe: LoHa at half
+# the rank (its update has rank r², its file the size of a rank-8 LoRA's), LoKr with a low factor (4) and
+# full-rank factors ("dimension arbitrarily large"), OFT with blocks of 8 rows and no bound (its alpha).
+ALGO_SETTINGS = {
+    "lora": {}, "locon": {}, "dora": {},
+    "loha": dict(rank=4, alpha=4.0, conv_rank=4, conv_alpha=4.0),
+    "lokr": dict(network_args=("factor=4", "full_matrix=true")),
+    "oft": dict(alpha=None, conv_alpha=None),
+}
+
+
 def demo_config(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, progress: bool = True,
-                model: str = "toy", prior: bool = True, **overrides) -> TrainConfig:
+                model: str = "toy", prior: bool = True, network: str = "lora", **overrides) -> TrainConfig:
     """The LoRA the demo trains: rank 8 on the transformer blocks and the ResNet convolutions
     (the base cannot draw a hole from attention alone), min-SNR weighting as the base was trained.
 
@@ -75,11 +86,18 @@ def demo_config(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, progress: 
 
     out = Path(out)
     data = write_dataset(out, seed=seed) if prior else concept.dataset_path()
+    if network not in ALGO_SETTINGS:
+        from ..lora.algos import parse
+
+        parse(network, ())  # the one-line error that names the algorithms
+    recipe = dict(rank=8, alpha=8.0, conv_rank=8, conv_alpha=8.0)
+    recipe.update(ALGO_SETTINGS[network])
     cfg = TrainConfig(
-        model=model, data=data, trigger=concept.TRIGGER, resolution=32, steps=steps, rank=8, alpha=8.0,
-        preset="full", conv_rank=8, conv_alpha=8.0, lr=3e-3, batch_size=4, scheduler="cosine",
+        model=model, data=data, trigger=concept.TRIGGER, resolution=32, steps=steps, network=network,
+        preset="full", lr=3e-3, batch_size=4, scheduler="cosine",
         warmup_steps=max(1, steps // 20), min_snr_gamma=5.0, flip=True, seed=seed, prior_weight=2.0,
-        out=out / "lora.safetensors", run_dir=out / "run", progress=progress, tensorboard=True, save_dtype="fp16")
+        out=out / "lora.safetensors", run_dir=out / "run", progress=progress, tensorboard=True, save_dtype="fp16",
+        **recipe)
     return cfg.override(overrides)
 
 
@@ -106,7 +124,8 @@ def evaluate(pipe, n_concept: int, n_base: int, seed: int) -> dict:
 
 
 def run_demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, n_concept: int = 48, n_base: int = 96,
-             progress: bool = True, model: str = "toy", prior: bool = True, **overrides) -> dict:
+             progress: bool = True, model: str = "toy", prior: bool = True, network: str = "lora",
+             **overrides) -> dict:
     """Train, draw before/after, score; returns what report.json holds."""
     from ..devices import load_model_for_inference
     from ..formats import load_network
@@ -116,7 +135,7 @@ def run_demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, n_concept: in
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = demo_config(out, steps, seed, progress, model, prior, **overrides)
+    cfg = demo_config(out, steps, seed, progress, model, prior, network, **overrides)
     result = run(cfg)
     train_s = time.perf_counter() - t0
     write_bytes_atomic(out / "loss.png", (cfg.resolved_run_dir() / "loss.png").read_bytes())
@@ -151,7 +170,8 @@ def run_demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 0, n_concept: in
         "training": {"images": result.metadata.get("ss_num_train_images"),
                      "regularisation_images": result.metadata.get("ss_num_reg_images"),
                      "preset": cfg.preset, "rank": cfg.rank, "conv_rank": cfg.conv_rank, "lr": cfg.lr,
-                     "batch_size": cfg.batch_size},
+                     "batch_size": cfg.batch_size, "network": cfg.network, "network_args": list(cfg.network_args)},
+        "file_size": cfg.out.stat().st_size,
         "seconds": {"train": round(train_s, 1), "total": round(time.perf_counter() - t0, 1)},
         "files": {"lora": "lora.safetensors", "loss": "loss.png", "before": "before.png", "after": "after.png"},
     }

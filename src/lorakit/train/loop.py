@@ -496,11 +496,12 @@ class Trainer:
 
         parts = ModelParts(self.family, unet, tes if cfg.train_text_encoder else [], dict(unet.config))
         torch.manual_seed(mix_seed(cfg.seed, 0x1417))
+        spec = cfg.network_spec()
         self.network = LoRANetwork.create(parts, rank=cfg.rank, alpha=cfg.alpha, preset=cfg.preset,
-                                          conv_rank=cfg.conv_rank, conv_alpha=cfg.conv_alpha,
+                                          conv_rank=spec.get("conv_dim"), conv_alpha=spec.get("conv_alpha"),
                                           unet=cfg.train_unet, text_encoder=cfg.train_text_encoder,
-                                          dropout=cfg.dropout, rank_dropout=cfg.rank_dropout,
-                                          module_dropout=cfg.module_dropout, init=cfg.init)
+                                          dropout=spec.get("dropout", 0.0), rank_dropout=spec.get("rank_dropout", 0.0),
+                                          module_dropout=spec.get("module_dropout", 0.0), init=cfg.init, spec=spec)
         if len(self.network) == 0:
             raise LoraKitError(f"the preset {cfg.preset!r} selects no layers of this model")
         self.network.to(device).apply()
@@ -761,8 +762,8 @@ class Trainer:
         md = {**self.metadata(step, final), **(extra or {})}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fmt = self.cfg.save_format or self.spec.lora_formats[0]
-        save_lora(path, self._unwrapped_network().kohya_modules(), md, format=fmt,
+        # unset: the family's default layout, kohya for what only it holds (LoHa, LoKr, DoRA, OFT)
+        save_lora(path, self._unwrapped_network().kohya_modules(), md, format=self.cfg.save_format,
                   dtype=SAVE_DTYPES[self.cfg.save_dtype], family=self.family)
         return md
 

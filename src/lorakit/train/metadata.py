@@ -77,9 +77,9 @@ def training_fields(cfg: TrainConfig, data: TrainingData, *, family: str, predic
 
 def network_args(cfg: TrainConfig) -> dict[str, str]:
     """ss_network_args as kohya spells them (strings)."""
-    args = {"preset": cfg.preset, "init": cfg.init}
-    if cfg.rank_dropout:
-        args["rank_dropout"] = str(cfg.rank_dropout)
-    if cfg.module_dropout:
-        args["module_dropout"] = str(cfg.module_dropout)
+    spec = cfg.network_spec()
+    args = {"preset": cfg.preset}
+    if not spec.uses_lycoris:  # LyCORIS' modules initialise as LyCORIS does
+        args["init"] = cfg.init
+    args.update({k: str(v) for k, v in spec.args.items()})  # --rank-dropout & co. folded in
     return args
