@@ -504,11 +504,12 @@ def test_training_keeps_no_dequantized_copy_of_a_quantized_weight(fmt):
 @pytest.mark.parametrize("fmt", ["fp8", "int8", "fp8-file"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_compute_weight_is_dequantize_bit_for_bit(fmt, dtype, monkeypatch):
-    """The layer's weight for its matmul comes from the compiled per-row dequantize, equal bit for bit
-    to torchao's own dequantize (any row count, one per-tensor scale from a file as well)."""
+    """A big layer's weight for its matmul comes from the compiled per-row dequantize, equal bit for bit
+    to torchao's own dequantize (any row count, one per-tensor scale from a file as well); a small one
+    keeps the eager path."""
     monkeypatch.setattr(Q, "_compiled_dequantize", None)
     monkeypatch.setattr(Q, "_compile_failed", False)
-    for rows, cols in ((512, 256), (300, 96)):
+    for rows, cols in ((1024, 1024), (1100, 960)):  # at and above COMPILED_MIN_WEIGHTS
         w = torch.randn(rows, cols) * 0.05
         if fmt == "fp8-file":
             q = Q.from_fp8((w / 0.01).to(torch.float8_e4m3fn), torch.tensor(0.01), dtype)
@@ -516,6 +517,9 @@ def test_compute_weight_is_dequantize_bit_for_bit(fmt, dtype, monkeypatch):
             q = Q.quantize(w, fmt, dtype)
         assert torch.equal(Q.compute_weight(q, dtype), Q.dequantize(q, dtype)), (rows, cols)
     assert Q._compiled_dequantize is not None and not Q._compile_failed
+    monkeypatch.setattr(Q, "_compiled_dequantize", None)
+    small = Q.quantize(torch.randn(64, 64), "fp8", dtype)
+    assert torch.equal(Q.compute_weight(small, dtype), Q.dequantize(small, dtype)) and Q._compiled_dequantize is None
 
 
 def test_compute_weight_falls_back_to_eager_in_one_line(monkeypatch, caplog):
@@ -528,8 +532,8 @@ def test_compute_weight_falls_back_to_eager_in_one_line(monkeypatch, caplog):
         raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
 
     monkeypatch.setattr(torch, "compile", broken)
-    layer = _quantized(nn.Linear(512, 256), "fp8")
-    x = _x(4, 512)
+    layer = _quantized(nn.Linear(1024, 1024), "fp8")
+    x = _x(4, 1024)
     with caplog.at_level("WARNING", logger="lorakit"):
         y1, y2 = layer(x), layer(x)
     expected = torch.nn.functional.linear(x, Q.dequantize(layer.weight, torch.bfloat16), layer.bias)
