@@ -501,31 +501,36 @@ def test_training_keeps_no_dequantized_copy_of_a_quantized_weight(fmt):
 
 # --- the matmul's weight on a CPU ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt", ["fp8", "int8", "fp8-file"])
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "fp8-file", "nf4"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_compute_weight_is_dequantize_bit_for_bit(fmt, dtype, monkeypatch):
-    """A big layer's weight for its matmul comes from the compiled per-row dequantize, equal bit for bit
-    to torchao's own dequantize (any row count, one per-tensor scale from a file as well); a small one
-    keeps the eager path."""
-    monkeypatch.setattr(Q, "_compiled_dequantize", None)
+    """A big layer's weight for its matmul comes from the compiled dequantize, equal bit for bit to
+    torchao's own dequantize (any row count, one per-tensor scale from a file as well, nf4's two codes a
+    byte and double-quantized block scales); a small one keeps the eager path."""
+    monkeypatch.setattr(Q, "_compiled", {})
     monkeypatch.setattr(Q, "_compile_failed", False)
+    compiled = "_nf4_dequantize" if fmt == "nf4" else "_per_row_dequantize"
     for rows, cols in ((1024, 1024), (1100, 960)):  # at and above COMPILED_MIN_WEIGHTS
         w = torch.randn(rows, cols) * 0.05
         if fmt == "fp8-file":
             q = Q.from_fp8((w / 0.01).to(torch.float8_e4m3fn), torch.tensor(0.01), dtype)
         else:
             q = Q.quantize(w, fmt, dtype)
-        assert torch.equal(Q.compute_weight(q, dtype), Q.dequantize(q, dtype)), (rows, cols)
-    assert Q._compiled_dequantize is not None and not Q._compile_failed
-    monkeypatch.setattr(Q, "_compiled_dequantize", None)
-    small = Q.quantize(torch.randn(64, 64), "fp8", dtype)
-    assert torch.equal(Q.compute_weight(small, dtype), Q.dequantize(small, dtype)) and Q._compiled_dequantize is None
+        out = Q.compute_weight(q, dtype)
+        assert out.shape == (rows, cols) and out.dtype == dtype
+        assert torch.equal(out, Q.dequantize(q, dtype)), (rows, cols)
+        if fmt == "nf4":  # a weight computing in another dtype than it holds takes torchao's eager path
+            assert torch.equal(Q.compute_weight(q, torch.float64), Q.dequantize(q, torch.float64))
+    assert compiled in Q._compiled and not Q._compile_failed
+    monkeypatch.setattr(Q, "_compiled", {})
+    small = Q.quantize(torch.randn(64, 64), "fp8" if fmt == "fp8-file" else fmt, dtype)
+    assert torch.equal(Q.compute_weight(small, dtype), Q.dequantize(small, dtype)) and not Q._compiled
 
 
 def test_compute_weight_falls_back_to_eager_in_one_line(monkeypatch, caplog):
     """Without a working torch.compile (no C++ compiler) the layers still compute, through torchao's eager
     dequantize, and the run says so once."""
-    monkeypatch.setattr(Q, "_compiled_dequantize", None)
+    monkeypatch.setattr(Q, "_compiled", {})
     monkeypatch.setattr(Q, "_compile_failed", False)
 
     def broken(*a, **k):

@@ -269,34 +269,61 @@ def _per_row_dequantize(qdata: Tensor, scale: Tensor, zero: Tensor, dtype: torch
     return ((qdata.to(torch.float32) - zero) * scale).to(dtype)
 
 
+def _nf4_dequantize(packed: Tensor, scalers: Tensor, nf4: Tensor) -> Tensor:
+    # torchao's NF4Tensor.get_original_weight: two 4-bit codes a byte (the high nibble first), each looked
+    # up in the 16 NF4 values and multiplied by its block's absmax, in the tensor's dtype (one rounding)
+    blocks = scalers.shape[0]
+    pairs = packed.view(blocks, -1)
+    codes = torch.stack([pairs >> 4, pairs & 15], dim=-1).long()
+    return nf4[codes] * scalers.view(blocks, 1, 1)
+
+
 # below this many weights an eager cast takes well under a millisecond, no more than a compiled call's
 # guard checks (the toy's layers); above it the fused loop wins (6× on a 12288×3072 layer)
 COMPILED_MIN_WEIGHTS = 2**20
-_compiled_dequantize: Callable | None = None
+_compiled: dict[str, Callable] = {}
 _compile_failed = False
+
+
+def _compiled_arguments(data: Tensor, kind: str, dtype: torch.dtype) -> tuple[Callable, tuple] | None:
+    """The arithmetic and its arguments for a weight the compiled path takes, else None."""
+    if kind in ("fp8", "int8"):
+        if tuple(data.block_size) != (1, data.shape[1]):
+            return None
+        zero = getattr(data, "zero_point", None)
+        zero = torch.zeros((), dtype=torch.float32) if zero is None else zero.reshape(-1, 1).to(torch.float32)
+        return _per_row_dequantize, (data.qdata, data.scale.reshape(-1, 1), zero, dtype)
+    if kind == "nf4" and data.dtype == dtype:  # another dtype would round twice in eager: keep its path
+        # the per-block scales (1/64 of the weights) come from torchao's own eager code
+        scalers = data.dequantize_scalers(data.quantized_scalers, data.quantization_factor,
+                                          data.scaler_block_size)
+        return _nf4_dequantize, (data.quantized_data, scalers, data.nf4)
+    return None
 
 
 def compute_weight(t: Tensor, dtype: torch.dtype) -> Tensor:
     """The weight in `dtype` for one matmul: what `dequantize` gives, bit for bit, made faster on a CPU.
     PyTorch's eager fp8/int8 → fp32 → bf16 casts run at ~0.2 GB/s on a CPU (a 12288×3072 layer: 218 ms,
     three passes and a 150 MB fp32 temporary), which doubled a training step; the same arithmetic through
-    torch.compile is one fused loop (33 ms, no temporary). CUDA's casts are fast: it keeps torchao's
-    eager path there, as do small weights (COMPILED_MIN_WEIGHTS). Where no compiler is present, the
-    eager path is used (said once)."""
-    global _compiled_dequantize, _compile_failed
+    torch.compile is one fused loop (33 ms, no temporary). nf4's eager unpacking holds two int64 code
+    tensors (8 bytes a weight: 0.5 GB for Flux's 21504×3072 layer) and takes 455 ms there; compiled,
+    152 ms and no temporary. CUDA's casts are fast: it keeps torchao's eager path there, as do small
+    weights (COMPILED_MIN_WEIGHTS). Where no compiler is present, the eager path is used (said once)."""
+    global _compile_failed
     data = t.data if isinstance(t, nn.Parameter) else t
     kind = format_of(data) if is_quantized(data) else None
-    if kind not in ("fp8", "int8") or data.qdata.device.type != "cpu" or _compile_failed \
-            or data.numel() < COMPILED_MIN_WEIGHTS or tuple(data.block_size) != (1, data.shape[1]):
+    if kind not in ("fp8", "int8", "nf4") or _compile_failed or data.numel() < COMPILED_MIN_WEIGHTS \
+            or _storage_device(data) != "cpu":
         return dequantize(data, dtype)
-    zero = getattr(data, "zero_point", None)
-    zero = torch.zeros((), dtype=torch.float32) if zero is None else zero.reshape(-1, 1).to(torch.float32)
-    args = (data.qdata, data.scale.reshape(-1, 1), zero, dtype)
+    found = _compiled_arguments(data, kind, dtype)
+    if found is None:
+        return dequantize(data, dtype)
+    fn, args = found
     try:
-        if _compiled_dequantize is None:
-            _compiled_dequantize = torch.compile(_per_row_dequantize, dynamic=True)
+        if fn.__name__ not in _compiled:
+            _compiled[fn.__name__] = torch.compile(fn, dynamic=True)
         with torch.no_grad():
-            return _compiled_dequantize(*args)
+            return _compiled[fn.__name__](*args).reshape(data.shape)
     except Exception as e:  # no C++ compiler, or an inductor that cannot build here
         _compile_failed = True
         import logging
@@ -304,6 +331,13 @@ def compute_weight(t: Tensor, dtype: torch.dtype) -> Tensor:
         logging.getLogger("lorakit").warning("quantized layers use PyTorch's eager dequantize (slower on a CPU): "
                                              "torch.compile is unavailable here (%s)", str(e).splitlines()[0][:120])
         return dequantize(data, dtype)
+
+
+def _storage_device(data: Tensor) -> str:
+    inner = getattr(data, "qdata", None)
+    if inner is None:
+        inner = getattr(data, "quantized_data", data)
+    return inner.device.type
 
 
 class _FrozenQuantizedLinear(torch.autograd.Function):
