@@ -244,15 +244,19 @@ def test_single_file_sketch_reads_the_header_and_configs(tmp_path):
 
 
 def test_generate_plan_stages_big_text_encoders_apart_from_the_denoiser():
-    """Flux (T5-XXL) generates in two phases, the denoiser never beside the text encoders; the peak is the
-    larger phase. SD 1.5's encoder stays beside its UNet."""
+    """Flux (T5-XXL) generates in three phases, the denoiser never beside the text encoders nor beside
+    the VAE's decode; the peak is the largest phase. SD 1.5's encoder stays beside its UNet."""
     flux = sketch(str(CONFIGS / "flux1-dev"))
     settings = mp.Settings(device="cpu", base_precision="fp8", resolution=512, n=1, guidance=3.5)
     plan = mp.generate_plan(flux, settings)
     names = [[p.name for p in phase.parts] for phase in plan.phases]
-    assert [phase.name for phase in plan.phases] == ["encoding the prompts", "generation"]
+    assert [phase.name for phase in plan.phases] == ["encoding the prompts", "generation", "decoding"]
     assert "text encoders" in names[0] and "denoiser weights" not in names[0]
     assert "denoiser weights" in names[1] and "text encoders" not in names[1]
+    assert "denoiser weights" not in names[2] and "text encoders" not in names[2]
+    decode = next(p.bytes for p in plan.phases[2].parts if p.name == "activations")
+    assert decode == mp.vae_pass_bytes(flux, 512, torch.bfloat16)
+    assert all(p.bytes != decode for p in plan.phases[1].parts if p.name == "activations")
     encoders = next(p.bytes for p in plan.phases[0].parts if p.name == "text encoders")
     assert encoders == mp.encoders_bytes(flux, mp.encoder_formats(flux, settings, torch.bfloat16))
     assert plan.total == max(ph.total for ph in plan.phases) == plan.phases[1].total  # 11.9 GB of fp8 weights outweigh 4.8 GB of fp8 T5 + CLIP-L

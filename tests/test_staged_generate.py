@@ -73,9 +73,16 @@ def test_staged_generation_equals_the_whole_model(world):
     loras = [LoraSpec(lora, 0.8)]
     whole = generate(load_model(str(folder)), "a photo of sks dog", loras=loras, **KW)
     model, add, seen = _staged(folder)
+    decode = model.pipe.vae.decode
+
+    def recorded_decode(*a, **k):
+        seen.setdefault("denoiser at decode", []).append(model.unet)
+        return decode(*a, **k)
+
+    model.pipe.vae.decode = recorded_decode
     staged = generate(model, "a photo of sks dog", loras=loras, add_denoiser=add, **KW)
     assert seen["encoders"] and all(e is None for e in seen["encoders"])  # released before the denoiser
-    assert model.unet is not None
+    assert seen["denoiser at decode"] == [None]  # and the denoiser before the VAE decodes
     a, b = (np.asarray(r.images[0]) for r in (whole, staged))
     assert np.array_equal(a, b)
     assert staged.infotexts == whole.infotexts

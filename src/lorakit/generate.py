@@ -159,7 +159,8 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
 
     A model loaded without its denoiser is generated from in stages: the prompts are encoded (with the
     LoRAs' text-encoder modules), the text encoders released where the family's are big (T5-XXL), and
-    only then `add_denoiser()` loads the denoiser, so the two never sit in memory together."""
+    only then `add_denoiser()` loads the denoiser, so the two never sit in memory together; the denoiser
+    is released in turn before the VAE decodes the latents (the model is spent afterwards)."""
     from .samplers import effective_name, make_scheduler
 
     prompt, tagged = split_prompt_loras(prompt, lora_dir)
@@ -195,15 +196,19 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
                             stage=None if inputs is None else "denoiser")
     _announce_precision(model)
     text = {"prompt": prompt, "negative_prompt": negative or None} if inputs is None else inputs
+    staged = inputs is not None
     images, seeds = [], [seed + i for i in range(n)]
     try:
         for s in seeds:
             gen = torch.Generator(device="cpu").manual_seed(s)
             out = pipe(**text, num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
-                       generator=gen)
+                       generator=gen, output_type="latent" if staged else "pil")
             images.append(out.images[0])
     finally:
         detach_loras(networks)
+    if staged:
+        del networks
+        images = _decode_without_denoiser(model, images, height, width)
     lora_info = [(spec.name, spec.weight, lora_short_hash(spec.path)) for spec in specs]
     name, model_hash = model_label(model)
     infos = [infotext(prompt, negative, steps, sampler, guidance, s, width, height, name, model_hash, lora_info)
@@ -215,8 +220,6 @@ def _encode_prompts(model, specs, prompt: str, negative: str, guidance: float, m
                     allow_pickle: bool) -> dict | None:
     """The pipeline's text inputs from the family's encode (the LoRAs' text-encoder modules applied),
     then the text encoders released; None where the family keeps its encoders (small ones)."""
-    import gc
-
     pipe, family = model.pipe, model.spec
     networks = attach_loras(model, specs, merge=merge, allow_pickle=allow_pickle, stage="text")
     try:
@@ -226,14 +229,25 @@ def _encode_prompts(model, specs, prompt: str, negative: str, guidance: float, m
         detach_loras(networks)
     if inputs is not None:
         del networks
-        for name in family.text_encoders:
-            if getattr(pipe, name, None) is not None:
-                pipe.register_modules(**{name: None})
-        gc.collect()
-        from .heap_trim import release_free_memory
-
-        release_free_memory()
+        model.release(*family.text_encoders)
     return inputs
+
+
+def _decode_without_denoiser(model, latents: list, height: int, width: int) -> list:
+    """The images of a staged generation: the denoiser released first, then the latents decoded as the
+    pipeline's own call decodes them (its VAE activations would otherwise sit beside the whole denoiser:
+    the peak of a Flux.1-dev fp8 generation)."""
+    pipe, family = model.pipe, model.spec
+    model.release(family.denoiser)
+    vae = pipe.vae
+    shift = vae.config.get("shift_factor") or 0.0
+    images = []
+    with torch.no_grad():
+        for one in latents:
+            one = family.unpack_pipeline_latents(pipe, one.unsqueeze(0), height, width)
+            decoded = vae.decode(one / vae.config.scaling_factor + shift, return_dict=False)[0]
+            images.append(pipe.image_processor.postprocess(decoded, output_type="pil")[0])
+    return images
 
 
 def _keep_quantized(model, specs) -> bool:

@@ -459,7 +459,8 @@ def train_plan(sketch, settings: Settings) -> Plan:
 def generate_plan(sketch, settings: Settings) -> Plan:
     """Generation: one denoiser forward at a time, then the VAE decodes each image at full resolution. A
     family with a big text encoder (T5-XXL) generates in stages (generate.py): the prompts are encoded
-    and the encoders released before the denoiser loads; the others hold every part at once."""
+    and the encoders released before the denoiser loads, the denoiser released before the VAE decodes;
+    the others hold every part at once."""
     fmt, dtype = generation_format(sketch, settings)
     formats = encoder_formats(sketch, settings, dtype)
     base = Part("process baseline", baseline_bytes(settings.device), "torch and libraries imported")
@@ -478,10 +479,13 @@ def generate_plan(sketch, settings: Settings) -> Plan:
                     "largest of denoiser and decode"),
                Part("dequantized layer", dequantize_bytes(sketch.denoiser, fmt, dtype) // 2),
                Part("images", 3 * settings.resolution ** 2 * settings.n * 2)]
-    if sketch.family.big_text_encoders:
+    if sketch.family.big_text_encoders:  # and the denoiser released before the VAE decodes
+        drawing[4] = Part("activations", inference_activation_bytes(sketch, settings, dtype), "denoiser")
         phases = [Phase("encoding the prompts", [base, encoders, vae,
                                                  Part("load transient", encoder_load_bytes(sketch, formats)), encode]),
-                  Phase("generation", drawing)]
+                  Phase("generation", drawing[:-1]),
+                  Phase("decoding", [base, vae, Part("activations", vae_pass_bytes(sketch, settings.resolution, dtype),
+                                                     "VAE decode"), drawing[-1]])]
     else:
         drawing[3:3] = [encoders]
         drawing[5] = Part("activations", max(drawing[5].bytes, encode.bytes), "largest of denoiser, decode, encode")

@@ -315,6 +315,11 @@ class Family:
         denoiser loads; None: this family's encoders are small enough to stay beside the denoiser."""
         return None
 
+    def unpack_pipeline_latents(self, pipe, latents, height: int, width: int):
+        """The latents a pipeline returns with output_type="latent", in the VAE's layout (what its own call
+        does before decoding), so that generation can release the denoiser before the VAE decode."""
+        return latents
+
     def timestep_shift(self, scheduler_config: Mapping, height: int, width: int) -> float | None:
         """A flow-matching timestep shift μ for latents of this size (Flux's resolution-dependent one);
         None: the scheduler's own sigmas."""

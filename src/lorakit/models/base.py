@@ -49,6 +49,20 @@ class BaseModel:
         unet = self.unet
         return ModelParts(self.family, unet, self.text_encoders, dict(unet.config) if unet is not None else None)
 
+    def release(self, *names: str) -> None:
+        """The pipeline's components `names` dropped and their memory given back to the system: glibc
+        keeps a freed model's smaller tensors in its heap otherwise (models with a big text encoder load
+        and drop parts in stages so that no two big ones sit in memory together)."""
+        import gc
+
+        from ..heap_trim import release_free_memory
+
+        for name in names:
+            if getattr(self.pipe, name, None) is not None:
+                self.pipe.register_modules(**{name: None})
+        gc.collect()
+        release_free_memory()
+
     def require_finite(self) -> None:
         """A LoraKitError naming the first weight that holds NaN or Inf: merged into, extracted
         from or saved, it would poison everything downstream. One isfinite pass per tensor."""

@@ -275,14 +275,6 @@ class Trainer:
         model.pipe.set_progress_bar_config(disable=True)
         return model
 
-    def _release(self, *names: str) -> None:
-        pipe = self.model.pipe
-        for name in names:
-            if getattr(pipe, name, None) is not None:
-                pipe.register_modules(**{name: None})
-        gc.collect()
-        release_free_memory()  # glibc keeps the freed weights' smaller tensors in its heap, not given back
-
     def _model_tag(self) -> str:
         p = Path(self.cfg.model)
         target = p / "model_index.json" if p.is_dir() else p
@@ -434,7 +426,7 @@ class Trainer:
                                  seed=cfg.seed, validation=self.validation_items)
         self._fill_caches()
         if staged:
-            self._release("vae", *self.spec.text_encoders)
+            self.model.release("vae", *self.spec.text_encoders)
             self._add_denoiser()
         else:
             self._release_unneeded()
@@ -464,9 +456,9 @@ class Trainer:
         if cfg.sample_every or cfg.evaluate_every:
             return
         if cfg.cache_latents != "none":
-            self._release("vae")
+            self.model.release("vae")
         if self.texts.enabled and self.data.fixed_captions() is not None:
-            self._release(*(self.spec.text_encoders if not cfg.train_text_encoder
+            self.model.release(*(self.spec.text_encoders if not cfg.train_text_encoder
                             else self.spec.frozen_text_encoders))
 
     def _build_training(self, device) -> None:

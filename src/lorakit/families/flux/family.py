@@ -174,6 +174,10 @@ class Flux(DitLoraFiles, Family):
         embeds, pooled, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=pipe._execution_device)
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
+    def unpack_pipeline_latents(self, pipe, latents, height: int, width: int):
+        """FluxPipeline (and ChromaPipeline) return the latents packed in 2×2 patches."""
+        return pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+
     def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence, cached=None) -> dict:
         """As FluxPipeline.encode_prompt: the sequence is T5's last hidden state, the pooled vector
         CLIP-L's pooled output. T5 comes from `cached["t5"]` once released."""
