@@ -163,18 +163,20 @@ def test_a_resumed_board_forgets_steps_after_its_state(tmp_path):
     board.save(tmp_path)
     back = best.Board.load(tmp_path, "val-loss", up_to_step=4)
     assert [r.step for r in back.rows] == [2, 4] and back.best == 4
-    assert not back.add(best.Scores(5, 0.3))  # a tie is no win: the earlier step stays
+    assert back.add(best.Scores(5, 0.3)) and back.best == 5  # a tie goes to the later step
+    assert not back.add(best.Scores(6, 0.35)) and back.best == 5
     assert back.add(best.Scores(7, 0.2)) and back.best == 7
     assert best.Board.load(tmp_path, "val-loss", up_to_step=0).rows == []  # a fresh run starts a new board
 
 
-def test_combined_is_fidelity_minus_drift_with_ties_to_the_validation_loss():
-    a = best.Scores(2, 0.40, fidelity=0.80, drift=0.10, measure="DINO", combined=0.70)
-    b = best.Scores(4, 0.30, fidelity=0.90, drift=0.20, measure="DINO", combined=0.70)
+def test_combined_is_fidelity_minus_drift_with_ties_to_the_later_step():
+    a = best.Scores(2, 0.30, fidelity=0.80, drift=0.10, measure="DINO", combined=0.70)
+    b = best.Scores(4, 0.40, fidelity=0.90, drift=0.20, measure="DINO", combined=0.70)  # tied, higher loss
     c = best.Scores(6, 0.20, fidelity=0.95, drift=0.40, measure="DINO", combined=0.55)
     board = best.Board("combined")
     assert [board.add(s) for s in (a, b, c)] == [True, True, False] and board.best == 4
-    assert "0.9 − 0.2 = 0.7" in board.why()
+    assert "0.9 − 0.2 = 0.7" in board.why() and "ties go to the later step" in board.why()
+    assert best.Board("combined", [a, b, c])._argbest() == 4  # a board read back picks alike
     assert best.rank_key(best.Scores(8, 0.1), "combined") == (-0.1,)  # no fidelity measure: the loss alone
     assert best.rank_key(best.Scores(8, None), "fidelity") is None
 

@@ -186,8 +186,8 @@ class TrainConfig:
     dino_model: ModelSource = opt(ModelSource("facebook/dinov2-small"), "DINOv2 for the evaluation (folder or hub "
                                   "id, read offline; none: skip)", "output", resume_may_change=True)
     keep_best: Optional[str] = opt(None, "write OUT.best.safetensors from the evaluated step that scores best: "
-                                   "val-loss, fidelity, drift or combined (fidelity − drift, ties to the lower "
-                                   "validation loss); needs --evaluate-every", "output")
+                                   "val-loss, fidelity, drift or combined (fidelity − drift, ties to the later "
+                                   "step); needs --evaluate-every", "output")
     progress: bool = opt(True, "tqdm progress bar", "output", resume_may_change=True)
     tensorboard: bool = opt(True, "TensorBoard logs in RUN_DIR/logs", "output", resume_may_change=True)
     resume: Optional[Path] = opt(None, "resume state folder (or a run folder: its latest state)", "run",
