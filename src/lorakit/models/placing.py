@@ -97,6 +97,11 @@ def apply_scales(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def still_meta(model: nn.Module) -> list[str]:
+    """The parameters and buffers a streamed load left on `meta`: what the files did not cover."""
+    return [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+
+
 def place(model: nn.Module, state: dict[str, Tensor], to: Target,
           scales: dict[str, Tensor] | None = None) -> list[str]:
     """Put `state` (names of `model`'s state dict) into `model` in the format `to` asks for; `scales`:

@@ -29,13 +29,10 @@ def read_index(config_dir: Path) -> dict:
         raise LoraKitError(f"model_index.json is not valid JSON: {e}", index_file) from e
 
 
-def _meta_names(module: torch.nn.Module) -> list[str]:
-    tensors = list(module.named_parameters()) + list(module.named_buffers())
-    return [n for n, t in tensors if t.is_meta]
-
-
 def check_complete(module: torch.nn.Module, part: str, ckpt: Checkpoint) -> None:
-    missing = _meta_names(module)
+    from .placing import still_meta
+
+    missing = still_meta(module)
     if missing:
         raise LoraKitError(f"the file lacks {len(missing)} {part} tensor(s) the model needs, e.g. "
                            f"{', '.join(missing[:3])} (truncated, or not this architecture)", ckpt.path)

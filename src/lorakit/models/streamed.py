@@ -85,7 +85,7 @@ def _stream_into(model, files: list[Path], dtype: torch.dtype, base_precision: s
     format; False when the files do not cover the model (tied weights count once) or hold more."""
     from safetensors import safe_open
 
-    from .placing import place, target
+    from .placing import place, still_meta, target
 
     headers = {}
     for path in files:
@@ -116,4 +116,4 @@ def _stream_into(model, files: list[Path], dtype: torch.dtype, base_precision: s
                 return False
     if hasattr(model, "tie_weights"):  # transformers: T5's embed_tokens is its `shared` embedding
         model.tie_weights()
-    return not any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
+    return not still_meta(model)

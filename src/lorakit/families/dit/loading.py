@@ -156,7 +156,7 @@ def stream_transformer(ckpt, cls, config_dir: Path, names: Mapping[str, str],
                            ckpt.path) from e
     finally:
         ckpt.close()
-    missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    missing = placing.still_meta(model)
     if missing:
         raise LoraKitError(f"the transformer tensors do not fit the config in {config_dir / 'transformer'}: the file "
                            f"lacks {len(missing)} the model needs, e.g. {', '.join(missing[:3])}", ckpt.path)
