@@ -151,9 +151,13 @@ def test_train_page_status_shows_the_load_then_the_caching(tmp_path):
         statuses.append(job.status())
     job._on_stage = on_stage
     assert job.start().wait(timeout=300) and job.error is None, job.error
-    weights = sum(tensor_bytes(f) for f in (files / "model").glob("*/*.safetensors"))
+    part = {p: sum(tensor_bytes(f) for f in (files / "model" / p).glob("*.safetensors"))
+            for p in ("text_encoder", "unet", "vae")}
     loads = [s for s in seen if s.unit == "B"]
-    assert loads[-1].done == loads[-1].total == weights
+    # a staged run: the encoders and the VAE first (to cache), then the UNet alone; each load ends complete
+    totals = {part["text_encoder"] + part["vae"], part["unet"]}
+    assert {s.total for s in loads} == totals
+    assert {max(s.done for s in loads if s.total == t) for t in totals} == totals
     assert [s.done for s in seen if s.desc == "caching latents"] == [1, 2, 3, 4]  # four images, one bar step each
     assert any(line.startswith("preparing: loading model · unet: ") for line in statuses)
     assert any(line.startswith("preparing: caching latents: 4/4") for line in statuses)
