@@ -123,7 +123,7 @@ def test_generate_page_shows_the_load_through_gradios_tqdm_tracking(pipes, tmp_p
         return original(event_id, iterables)
     app._queue.set_progress = record
     try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, httpx_kwargs={"timeout": 600})  # a busy machine
         client.predict(str(folder), "a cat", "", 1, 2, 5.0, 0, 0, 0, "ddim", False, api_name="/generate")
     finally:
         app.close()
