@@ -95,6 +95,7 @@ def test_caching_passes_tell_their_steps():
 
 
 # --- the page -----------------------------------------------------------------------------------------
+@pytest.mark.slow  # a served app and a generation: 45 s and more on a shared 2-core machine
 def test_generate_page_shows_the_load_through_gradios_tqdm_tracking(pipes, tmp_path, monkeypatch):
     """The app served on loopback, its Generate button pressed through gradio's client (no browser):
     the updates gradio's queue sends to the page carry the load's bars, named, in bytes."""
@@ -134,6 +135,7 @@ def test_generate_page_shows_the_load_through_gradios_tqdm_tracking(pipes, tmp_p
     assert any(u[0] is None or "loading" not in (u[0] or "") for update in sent for u in update)  # then the steps
 
 
+@pytest.mark.slow  # a training run
 def test_train_page_status_shows_the_load_then_the_caching(tmp_path):
     from lorakit.ui.train_tab import TrainJob
     from test_ui import _form
