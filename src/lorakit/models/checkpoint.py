@@ -42,27 +42,25 @@ class Checkpoint:
         """Every tensor whose name starts with one of `prefixes`."""
         prefixes = tuple(prefixes)
         names = [k for k in self.shapes if k.startswith(prefixes)]
-        if self._tensors is not None:
-            return {k: self._tensors[k] for k in names}
-        if self._file is not None:  # a GGUF file: read one tensor at a time
+        if self._tensors is not None or self._file is not None:  # a pickle, or a GGUF file: one at a time
             return {k: self.tensor(k) for k in names}
         from safetensors import safe_open
 
         try:
             with safe_open(str(self.path), framework="pt", device="cpu") as f:
-                return {k: f.get_tensor(k) for k in names}
+                return {k: _counted(f.get_tensor(k)) for k in names}
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
             raise LoraKitError(f"cannot read tensors (truncated or corrupt file?): {e}", self.path) from e
 
     def tensor(self, key: str) -> torch.Tensor:
         """One tensor, read alone (pread, nothing else of the file kept): what streamed loads read."""
         if self._tensors is not None:
-            return self._tensors[key]
+            return _counted(self._tensors[key])
         if self._file is None:
             from .tensor_file import TensorFile
 
             self._file = TensorFile(self.path)
-        return self._file.get(key)
+        return _counted(self._file.get(key))
 
     def close(self) -> None:
         if self._file is not None:
@@ -70,6 +68,14 @@ class Checkpoint:
 
     def has(self, prefix: str) -> bool:
         return any(k.startswith(prefix) for k in self.shapes)
+
+
+def _counted(tensor: torch.Tensor) -> torch.Tensor:
+    """Every tensor a single-file load reads passes here: the load's progress counts its bytes."""
+    from .. import progress
+
+    progress.read(progress.nbytes(tensor))
+    return tensor
 
 
 def open_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Checkpoint:

@@ -19,7 +19,9 @@ import torch
 from .. import families
 from ..errors import LoraKitError
 from .base import PREDICTION_TYPES, BaseModel, detect_family
+from .. import progress
 from .single_file import quiet_loading
+from .tensor_file import data_bytes
 
 COMPONENTS = ("unet", "text_encoders", "vae")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".gguf", ".ckpt", ".pt", ".pth", ".bin")
@@ -112,7 +114,7 @@ def _load_single_file(path: Path, dtype, prediction_type, config_dir, components
     family, pt, folder = single_file_setup(ckpt, prediction_type, config_dir)
     spec = families.get(family)
     options = {"text_encoders": Path(text_encoders)} if text_encoders is not None else {}
-    with quiet_loading():
+    with quiet_loading(), progress.loading(path, data_bytes(path)):
         pipe = spec.pipeline_from_checkpoint(ckpt, folder, dtype=dtype, prediction_type=pt, components=components,
                                              base_precision=base_precision, **options)
     config_file = folder / spec.denoiser / "config.json"
@@ -234,22 +236,26 @@ def _from_pretrained(source: str, index: dict, dtype, components, *, local_only:
     kwargs: dict = {name: None for name in skip}
     if "unet" not in components:
         kwargs[spec.denoiser] = None
-    elif dtype in (torch.bfloat16, torch.float16) and Path(source).is_dir() and use_safetensors \
-            and isinstance(index.get(spec.denoiser), list):
-        from .streamed import load_denoiser
-
-        with quiet_loading():  # cast while reading: no full fp32 copy of the denoiser in memory
-            denoiser = load_denoiser(Path(source) / spec.denoiser, str(index[spec.denoiser][1]), dtype)
-        if denoiser is not None:
-            kwargs[spec.denoiser] = denoiser
     if "vae" not in components:
         kwargs["vae"] = None
     if "text_encoders" not in components:
         kwargs.update({n: None for n in spec.text_encoders if n in index})
     kwargs.update(spec.pipeline_kwargs)
+    folder = Path(source) if Path(source).is_dir() and use_safetensors else None
+    parts = _weight_parts(folder, index, kwargs) if folder is not None else {}
     cls = getattr(diffusers, class_name)
     try:
-        with quiet_loading():
+        with quiet_loading(), progress.loading(source, sum(data_bytes(f) for fs in parts.values() for f in fs)):
+            if spec.denoiser in parts and dtype in (torch.bfloat16, torch.float16):
+                from .streamed import load_denoiser
+
+                progress.begin(spec.denoiser)  # cast while reading: no full fp32 copy of the denoiser in memory
+                denoiser = load_denoiser(folder / spec.denoiser, str(index[spec.denoiser][1]), dtype)
+                if denoiser is not None:
+                    kwargs[spec.denoiser] = denoiser
+            for name, files in parts.items():
+                if name not in kwargs:
+                    kwargs[name] = _load_part(folder, name, index[name], dtype, files)
             return cls.from_pretrained(source, torch_dtype=dtype, local_files_only=local_only,
                                        use_safetensors=use_safetensors, **kwargs)
     except LoraKitError:
@@ -258,6 +264,37 @@ def _from_pretrained(source: str, index: dict, dtype, components, *, local_only:
         if not local_only or Path(source).is_dir():
             raise LoraKitError(f"cannot load the diffusers model: {e}", source) from e
         raise
+
+
+def _weight_parts(folder: Path, index: dict, given: dict) -> dict[str, list[Path]]:
+    """{component: its safetensors files} of the folder's weight components still to load."""
+    from .streamed import _weight_files
+
+    parts = {}
+    for name, entry in index.items():
+        if name in given or not (isinstance(entry, list) and len(entry) == 2 and entry[0] in _LIBRARIES):
+            continue
+        files = _weight_files(folder / name) or _weight_files(folder / name, "model.safetensors")
+        if files:
+            parts[name] = files
+    return parts
+
+
+_LIBRARIES = ("diffusers", "transformers")
+
+
+def _load_part(folder: Path, name: str, entry: list, dtype, files: list[Path]):
+    """One component by its own class, as the pipeline's loader would, but each alone: the load's
+    progress names it and counts its bytes (the library reads the files whole, so the count comes
+    when it is in)."""
+    import importlib
+
+    library, class_name = entry
+    progress.begin(name)
+    model = getattr(importlib.import_module(library), class_name).from_pretrained(
+        str(folder / name), dtype=dtype, local_files_only=True, use_safetensors=True)
+    progress.read(sum(data_bytes(f) for f in files))
+    return model
 
 
 def _denoiser_config(pipe, source: str, local_only: bool) -> dict | None:

@@ -85,6 +85,7 @@ def _stream_into(model, files: list[Path], dtype: torch.dtype, base_precision: s
     format; False when the files do not cover the model (tied weights count once) or hold more."""
     from safetensors import safe_open
 
+    from .. import progress
     from .placing import place, still_meta, target
 
     headers = {}
@@ -108,6 +109,7 @@ def _stream_into(model, files: list[Path], dtype: torch.dtype, base_precision: s
         for keys in groups:
             with safe_open(str(path), "pt") as f:  # reopened per group: closing unmaps the pages read
                 part = {key: f.get_tensor(key) for key in keys}
+            progress.read(sum(progress.nbytes(t) for t in part.values()))
             if set(part) - known:
                 return False
             try:

@@ -19,6 +19,18 @@ from ..errors import LoraKitError
 READ_BUDGET = 256 * 2**20
 
 
+def data_bytes(path: Path) -> int:
+    """Bytes of the tensors in a .safetensors file (all of it after its header), from the header's
+    length alone; a file of another kind counts whole."""
+    path = Path(path)
+    size = path.stat().st_size
+    if path.suffix.lower() != ".safetensors":
+        return size
+    with open(path, "rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+    return max(0, size - 8 - header)
+
+
 class TensorFile:
     """One .safetensors file, read one tensor at a time (see READ_BUDGET)."""
 

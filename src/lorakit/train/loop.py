@@ -545,7 +545,7 @@ class Trainer:
         return cache_key(item.path.resolve(), st.st_size, st.st_mtime_ns, placement, flip, self.tag)
 
     def _fill_caches(self) -> None:
-        from tqdm.auto import tqdm
+        from ..progress import track
 
         show = self.cfg.progress and self.main
         if self.latents.enabled:
@@ -554,7 +554,7 @@ class Trainer:
             if vae is not None and todo:
                 vae_dtype = vae.dtype
                 cast_module(vae, dtype=torch.float32)  # encode in fp32: SDXL's VAE overflows in fp16
-            for item, placement, flip in tqdm(todo, desc="caching latents", disable=not show or not todo):
+            for item, placement, flip in track(todo, "caching latents", disable=not show or not todo):
                 lat = encode_pixels(vae, pixels(item, placement, flip)[None].to(self.acc.device))[0]
                 self.latents.put(self._latent_key(item, placement, flip), {"latents": lat})
             if vae is not None and todo:
@@ -562,7 +562,7 @@ class Trainer:
         captions = self.data.fixed_captions()
         if self.texts.enabled and captions is not None:
             todo = [c for c in captions if self._text_key(c) not in self.texts]
-            for k in tqdm(range(0, len(todo), 16), desc="caching text", disable=not show or not todo):
+            for k in track(range(0, len(todo), 16), "caching text", disable=not show or not todo):
                 self._encode_text(todo[k:k + 16])
 
     def _text_key(self, caption: str) -> str:

@@ -19,7 +19,9 @@ def build_app(studio: Studio | None = None, allow_pickle: bool = False):
     def progress_wrap(fn):
         guarded = A.guarded(fn)
 
-        def run(*args, progress=gr.Progress(track_tqdm=True)):
+        # `progress` before *args: gradio looks for a Progress default only among the positional
+        # parameters that come before any *args (after them the page gets no bar at all)
+        def run(progress=gr.Progress(track_tqdm=True), *args):
             return guarded(*args)
         run.__name__ = fn.__name__
         return run

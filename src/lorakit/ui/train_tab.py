@@ -91,6 +91,7 @@ class TrainJob:
         self.result = None
         self.error: str | None = None
         self.stopped = False
+        self.stage = None  # the preparation's latest progress.Stage (loading a base, a caching pass)
         self._stop = threading.Event()
         self._plots = Path(tempfile.mkdtemp(prefix="lorakit-ui-"))
         self._thread = threading.Thread(target=self._work, name="lorakit-train", daemon=True)
@@ -116,11 +117,16 @@ class TrainJob:
         if self._stop.is_set():
             raise _Stop()
 
+    def _on_stage(self, stage) -> None:
+        self.stage = stage
+
     def _work(self) -> None:
+        from ..progress import listening
         from ..train.loop import run
 
         try:
-            self.result = run(self.cfg, on_step=self._on_step)
+            with listening(self._on_stage):  # the load's and the caching passes' bars, for the page
+                self.result = run(self.cfg, on_step=self._on_step)
         except _Stop:
             self.stopped = True
         except LoraKitError as exc:
@@ -161,7 +167,9 @@ class TrainJob:
                     f"(put that folder in 'Resume from' to continue)")
         if self.result is not None:
             return f"done in {elapsed:.0f} s: wrote {self.result.out}\n{line}"
-        return ("preparing (loading the model, caching latents)…" if not done else "training… ") + "\n" + line
+        if done:
+            return "training…\n" + line
+        return f"preparing: {self.stage.text() if self.stage else 'starting'}…\n{line}"
 
 
 _JOB: TrainJob | None = None
@@ -289,10 +297,10 @@ def build(gr, studio, progress_wrap) -> dict:
         def checked_config(values):
             return train_config(*guarded_form(studio, values), check=lambda cfg: guard_config(studio, cfg))
 
-        def train(*values, progress=gr.Progress()):
+        def train(progress=gr.Progress(), *values):  # progress first: see progress_wrap in app.py
             yield from watch(guarded(lambda *v: start_job(checked_config(v)))(*values), progress)
 
-        def resume_stopped(*values, progress=gr.Progress()):
+        def resume_stopped(progress=gr.Progress(), *values):
             def start(*v):
                 if _JOB is None or not _JOB.stopped:
                     raise LoraKitError("no stopped run to resume (Stop one first, or fill 'Resume from')")
@@ -305,7 +313,10 @@ def build(gr, studio, progress_wrap) -> dict:
             while True:
                 finished = job.wait(timeout=1.0)
                 done = job.steps[-1] if job.steps else 0
-                progress((done, job.cfg.steps), desc="train", unit="steps")
+                if done or job.stage is None:
+                    progress((done, job.cfg.steps), desc="train", unit="steps")
+                else:  # still loading the base or caching: that bar, with its own words
+                    progress(job.stage.done / max(job.stage.total, 1), desc=job.stage.text())
                 note = ""
                 if finished and job.result is not None:
                     note = _into_library(studio, Path(job.result.out))

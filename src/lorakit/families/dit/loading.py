@@ -12,6 +12,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from ... import progress
 from ...errors import LoraKitError
 from ...quantized import PLAIN_DTYPES
 from ...models.single_file import quiet_loading
@@ -78,6 +79,7 @@ def gather(parts: Mapping[str, Part], wanted, folder: Path | None, repo: str, dt
         if sub not in wanted:
             found[sub] = None
             continue
+        progress.begin(sub)
         model = in_file(sub)
         if model is None and folder is not None:
             fmt = base_precision if sub in big else "auto"
@@ -135,6 +137,7 @@ def stream_transformer(ckpt, cls, config_dir: Path, names: Mapping[str, str],
     groups: dict[str, list[str]] = {}
     for k in tensors:
         groups.setdefault(_group(k), []).append(k)
+    progress.begin("transformer")
     try:
         for keys in groups.values():
             state = {}

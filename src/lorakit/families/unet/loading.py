@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ... import families
+from ... import families, progress
 from ...errors import LoraKitError
 from ...models.checkpoint import Checkpoint
 from ...models.single_file import check_complete, load_diffusers_part, read_index, tie_position_ids
@@ -133,12 +133,15 @@ def build_pipeline(ckpt: Checkpoint, family: str, config_dir: Path, *, dtype=tor
                            f"{class_name}", config_dir)
     parts: dict = {"unet": None, "vae": None, **{name: None for name in spec.text_encoders}}
     if "unet" in components:
+        progress.begin("unet")
         parts["unet"] = load_unet(ckpt, config_dir, dtype, base_precision)
     if "vae" in components:
+        progress.begin("vae")
         parts["vae"] = load_diffusers_part(diffusers.AutoencoderKL, ckpt, "first_stage_model.", "vae",
                                             config_dir, dtype)
     if "text_encoders" in components:
         for i, name in enumerate(spec.text_encoders):
+            progress.begin(name)
             parts[name] = _text_encoder(ckpt, family, i, config_dir, dtype)
     parts["scheduler"] = _scheduler(config_dir, prediction_type)
     tokenizers = {name: clip_tokenizer(pad) for name, pad in zip(spec.tokenizers, spec.tokenizer_pads)}
