@@ -319,9 +319,9 @@ class TrainConfig:
         for key, value in values.items():
             key = key.replace("-", "_")
             if key not in names:
-                close = [n for n in names if n.startswith(key[:4])]
-                hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
-                raise LoraKitError(f"unknown option {key!r}{hint}", source)
+                from .kohya_options import config_hint
+
+                raise LoraKitError(f"unknown option {key!r}{config_hint(key)}", source)
             if value is None:
                 continue
             changes[key] = _coerce(key, value, hints[key], source)
