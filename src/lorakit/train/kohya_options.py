@@ -405,6 +405,8 @@ def translate(args: dict[str, Any], source: object = None) -> Translation:
 
     def put(option: str, value, kohya: str):
         if not has_option(option):
+            if _what_lorakit_does(kohya, value, args):
+                return
             bad(f"{kohya_flag(kohya)} needs lorakit's {_flag(option)}, which this lorakit does not have")
         out[option] = value
 
@@ -471,6 +473,18 @@ def translate(args: dict[str, Any], source: object = None) -> Translation:
         out.setdefault(option, value)
     out.setdefault("weight_decay", KOHYA_WEIGHT_DECAY[out.get("optimizer", "adamw")])
     return Translation(out, given, notes)
+
+
+def _what_lorakit_does(kohya: str, value, args) -> bool:
+    """Whether an option lorakit lacks asks for what lorakit does anyway (sd-scripts' l2 loss, the last
+    CLIP layer, Huber settings of an l2 loss)."""
+    if kohya == "loss_type":
+        return value == "l2"
+    if kohya in ("huber_c", "huber_schedule"):
+        return args.get("loss_type", "l2") == "l2"
+    if kohya == "clip_skip":
+        return value == 1
+    return False
 
 
 def _resolution(value, bad) -> int:
