@@ -10,6 +10,7 @@ source, not from lorakit's table).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -283,3 +284,231 @@ def test_what_lorakit_does_anyway_is_accepted_without_the_option(capsys):
     """sd-scripts' l2 loss and last CLIP layer are lorakit's own: accepted whether or not it has the options."""
     assert main(["train", "--data", ".", "--loss_type", "l2", "--huber_c", "0.3", "--clip_skip", "1",
                  "--print-config"]) == 0
+
+
+# --- sd-scripts' dataset TOML (library/config_util.py, docs/config_README-en.md) ---------------------
+
+def _doc_dataset(name: str, image_dir: Path) -> Path:
+    """The doc's dataset TOML with its image folders pointed at `image_dir`."""
+    import re
+
+    text = DATA["dataset_configs"][name]["toml"]
+    text = re.sub(r"image_dir = ['\"][^'\"]*['\"]", f"image_dir = '{image_dir.as_posix()}'", text)
+    path = Path("dataset.toml")
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _images(folder: Path, sizes, caption: str = "") -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (w, h) in enumerate(sizes):
+        Image.new("RGB", (w, h), (40 * i % 255, 120, 200)).save(folder / f"{i}.png")
+        if caption:
+            (folder / f"{i}.txt").write_text(caption, encoding="utf-8")
+    return folder
+
+
+def test_doc_dataset_config_with_caption_options_is_read_with_their_meaning(tmp_path):
+    from lorakit.data import load_dataset_config
+
+    _images(tmp_path / "img", [(64, 64)], "upper body, looking at viewer, sky;;;cloud;;;day, outdoors")
+    dc = load_dataset_config(_doc_dataset("subsets_and_captions", tmp_path / "img"))
+    assert dc.options == {"resolution": 1024, "batch_size": 6, "enable_bucket": True, "bucket_no_upscale": True}
+    (s,) = dc.subsets
+    assert (s.flip, s.color_aug, s.caption_ext, s.keep_tokens_separator, s.shuffle_caption, s.caption_tag_dropout,
+            s.secondary_separator, s.enable_wildcard, s.repeats) == (True, False, ".txt", "|||", True, 0.1, ";;;",
+                                                                      True, 1)
+    assert s.caption_prefix == "1girl, hatsune miku, vocaloid |||"
+    assert s.caption_suffix == ", anime screencap ||| masterpiece, rating: general"
+
+
+def test_doc_caption_options_train_the_captions_the_doc_describes(tmp_path):
+    """keep_tokens_separator pins the prefix's tags in front and the suffix's after the second |||;
+    the rest is shuffled, each tag dropped with probability 0.1; `sky;;;cloud;;;day` moves and drops
+    as one tag and reads `sky,cloud,day` (docs/config_README-en.md)."""
+    import random
+
+    from lorakit.data import load_dataset_config, scan
+    from lorakit.data.captions import augment
+
+    _images(tmp_path / "img", [(64, 64)], "upper body, looking at viewer, sky;;;cloud;;;day, outdoors")
+    (s,) = load_dataset_config(_doc_dataset("subsets_and_captions", tmp_path / "img")).subsets
+    (item,) = scan(s)
+    flex = ["upper body", "looking at viewer", "sky,cloud,day", "outdoors", "anime screencap"]
+    kept = {t: 0 for t in flex}
+    orders = set()
+    n = 4000
+    for i in range(n):
+        c = augment(item.caption, random.Random(i), shuffle=s.shuffle_caption, keep_tokens=s.keep_tokens,
+                    tag_dropout=s.caption_tag_dropout, keep_tokens_separator=s.keep_tokens_separator,
+                    secondary_separator=s.secondary_separator, wildcard=s.enable_wildcard)
+        assert c.startswith("1girl, hatsune miku, vocaloid, ") and c.endswith(", masterpiece, rating: general")
+        middle = c[len("1girl, hatsune miku, vocaloid, "):-len(", masterpiece, rating: general")]
+        tags = [t for t in ([] if not middle else middle.split(", "))]
+        assert set(tags) <= set(flex) and len(tags) == len(set(tags))
+        for t in tags:
+            kept[t] += 1
+        orders.add(tuple(tags))
+    for t in flex:  # each kept with probability 0.9: 3600 of 4000, binomial sd 19
+        assert abs(kept[t] - 0.9 * n) < 5 * math.sqrt(n * 0.9 * 0.1), (t, kept[t])
+    assert len([o for o in orders if len(o) == 5]) == 120  # all 5! orders of the full caption occur
+
+
+def test_keep_tokens_separator_without_shuffle_leaves_the_caption_as_sd_scripts_does():
+    """process_caption splits at the separator only when shuffling or dropping tags."""
+    import random
+
+    from lorakit.data.captions import augment
+
+    c = augment("a, b ||| c, d", random.Random(0), keep_tokens_separator="|||", secondary_separator=";;;")
+    assert c == "a, b ||| c, d"
+    assert augment("a;;;b, c", random.Random(0), secondary_separator=";;;") == "a,b, c"
+
+
+def test_wildcards_draw_each_choice_and_keep_escaped_braces():
+    import random
+
+    from lorakit.data.captions import augment
+
+    seen = {}
+    for i in range(2000):
+        c = augment("1girl, {simple|white} background", random.Random(i), wildcard=True)
+        seen[c] = seen.get(c, 0) + 1
+    assert set(seen) == {"1girl, simple background", "1girl, white background"}
+    assert abs(seen["1girl, simple background"] - 1000) < 5 * math.sqrt(500)
+    assert augment("1girl, {{retro style}}", random.Random(0), wildcard=True) == "1girl, {retro style}"
+    lines = {augment("a cat\na dog", random.Random(i), wildcard=True) for i in range(50)}
+    assert lines == {"a cat", "a dog"}  # one line of several, drawn
+    assert augment("sks, {a|a} cat", random.Random(0), trigger="sks", wildcard=True) == "sks, a cat"
+
+
+def test_wildcard_caption_file_keeps_its_lines_each_with_the_trigger(tmp_path):
+    from lorakit.data import BucketSettings, Subset, TrainingData
+
+    _images(tmp_path / "img", [(64, 64)], "a {red|blue} cat\n\na dog\n")
+    data = TrainingData([Subset(tmp_path / "img", enable_wildcard=True)], BucketSettings(64, 32), trigger="sks")
+    assert data.instance[0].caption == "sks, a {red|blue} cat\nsks, a dog"
+    got = {data.batch(i)[1][0].caption for i in range(80)}
+    assert got == {"sks, a red cat", "sks, a blue cat", "sks, a dog"}
+    assert data.fixed_captions() is None  # drawn each step: no text cache
+
+
+def test_caption_prefix_and_suffix_join_with_one_space(tmp_path):
+    from lorakit.data import Subset, scan
+
+    _images(tmp_path / "img", [(64, 64)], "a cat")
+    (item,) = scan(Subset(tmp_path / "img", caption_prefix="photo,", caption_suffix=", 4k"))
+    assert item.caption == "photo, a cat , 4k"  # process_caption: prefix + " " + caption + " " + suffix
+    (item,) = scan(Subset(tmp_path / "img", class_tokens="sks dog", caption_ext=".none", caption_prefix="a"))
+    assert item.caption == "a sks dog"  # a class-token caption gets them too
+
+
+@pytest.mark.parametrize("size, resized, bucket", [
+    ((300, 200), (300, 200), (256, 192)),  # under the budget: its own size, rounded down to the step
+    ((2000, 1000), (640, 320), (640, 320)),  # over it: scaled to 512², the ratio kept closest (by hand)
+    ((100, 700), (100, 700), (64, 640)),
+])
+def test_bucket_no_upscale_places_as_sd_scripts_select_bucket(tmp_path, size, resized, bucket):
+    from lorakit.data.buckets import no_upscale_placement
+
+    p = no_upscale_placement(tmp_path / "x.png", *size, 512, 64)
+    assert (p.resized, p.bucket) == (resized, bucket)
+    assert p.crop == ((resized[1] - bucket[1]) // 2, (resized[0] - bucket[0]) // 2)
+
+
+def test_bucket_no_upscale_in_training_data(tmp_path):
+    from lorakit.data import BucketSettings, Subset, TrainingData
+
+    _images(tmp_path / "img", [(300, 200), (90, 90)])
+    data = TrainingData([Subset(tmp_path / "img")], BucketSettings(512, 64, no_upscale=True))
+    assert sorted(p.bucket for p in data.placements.values()) == [(64, 64), (256, 192)]
+    # lorakit's own buckets would enlarge the 90×90 image 5.7× (refused above --max-upscale 2)
+    with pytest.raises(Exception, match="too small"):
+        TrainingData([Subset(tmp_path / "img")], BucketSettings(512, 64))
+
+
+def test_random_crop_draws_the_offset_each_step_and_crops_there(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from lorakit.data import BucketSettings, Subset, TrainingData, pixels
+
+    folder = tmp_path / "img"
+    folder.mkdir()
+    arr = np.random.default_rng(0).integers(0, 256, (64, 160, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(folder / "0.png")
+    data = TrainingData([Subset(folder, random_crop=True)], BucketSettings(64, 32, enable=False))
+    assert data.varies_pixels()
+    offsets = set()
+    for step in range(60):
+        (s,) = data.batch(step)[1]
+        top, left = s.offset
+        assert top == 0 and 0 <= left <= 96
+        offsets.add(left)
+        want = arr[:, left:left + 64].astype(np.float32) / 127.5 - 1.0
+        assert np.allclose(pixels(s).permute(1, 2, 0).numpy(), want, atol=1e-6)
+        assert s.crop == (0, left)  # the SDXL crop condition is where the crop really is
+    assert len(offsets) > 30  # uniform over 97 offsets: 60 draws hit ~45 distinct ones
+    still = TrainingData([Subset(folder)], BucketSettings(64, 32, enable=False))
+    assert {still.batch(i)[1][0].offset for i in range(5)} == {None} and not still.varies_pixels()
+
+
+def test_color_aug_draws_and_applies_as_sd_scripts_aug_helper():
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from lorakit.data.dataset import apply_color_aug, draw_color_aug
+
+    n = 6000
+    kinds = [draw_color_aug(random.Random(i)) for i in range(n)]
+    none = sum(k is None for k in kinds)
+    hue = [k[1] for k in kinds if k and k[0] == "hue"]
+    gamma = [k[1] for k in kinds if k and k[0] == "gamma"]
+    assert abs(none / n - 0.67) < 0.02 and abs(len(hue) / n - 0.165) < 0.015 and abs(len(gamma) / n - 0.165) < 0.015
+    assert max(map(abs, hue)) <= 8 and 0.95 <= min(gamma) and max(gamma) <= 1.05
+    im = Image.fromarray(np.array([[[100, 10, 250]]], dtype=np.uint8))
+    # x ** g on the 0–255 values: 100 ** 1.05 = 125.9, 10 ** 1.05 = 11.2, 250 ** 1.05 = 330 → 255
+    assert np.asarray(apply_color_aug(im, ("gamma", 1.05))).tolist() == [[[125, 11, 255]]]
+    # a hue shift of 60 (OpenCV units: 120°) on the array read as BGR cycles its channels
+    pure = Image.fromarray(np.array([[[0, 0, 255]]], dtype=np.uint8))  # RGB blue; as BGR: red
+    shifted = np.asarray(apply_color_aug(pure, ("hue", 60.0)))[0, 0]
+    assert shifted.argmax() == 1 and shifted[1] > 240 and shifted[0] < 10 and shifted[2] < 10  # as BGR: green
+
+
+def test_dataset_resolution_pair_and_unknown_keys(tmp_path):
+    from lorakit.data import load_dataset_config
+    from lorakit.errors import LoraKitError
+
+    _images(tmp_path / "img", [(64, 64)])
+    d = tmp_path / "img"
+    Path("a.toml").write_text(f"[[datasets]]\nresolution = [768, 768]\n[[datasets.subsets]]\nimage_dir = '{d}'\n")
+    assert load_dataset_config(Path("a.toml")).options["resolution"] == 768
+    Path("b.toml").write_text(f"[[datasets]]\nresolution = [768, 512]\n[[datasets.subsets]]\nimage_dir = '{d}'\n")
+    with pytest.raises(LoraKitError, match="square pixel budget"):
+        load_dataset_config(Path("b.toml"))
+    # the doc's cascade example trains two datasets at two resolutions; lorakit trains one
+    with pytest.raises(LoraKitError, match="datasets disagree on resolution"):
+        load_dataset_config(_doc_dataset("cascade", d))
+    Path("c.toml").write_text(f"[[datasets.subsets]]\nimage_dir = '{d}'\nmetadata_file = 'md.json'\n")
+    with pytest.raises(LoraKitError, match="unknown subset option 'metadata_file'"):
+        load_dataset_config(Path("c.toml"))
+
+
+def test_doc_cascade_keep_tokens(tmp_path):
+    """[general] keep_tokens 1, the dataset's 2, a subset's own 3 (docs/config_README-en.md)."""
+    from lorakit.data import load_dataset_config
+
+    text = DATA["dataset_configs"]["cascade"]["toml"]
+    text = text[:text.index("# This is a fine-tuning dataset")]
+    d = _images(tmp_path / "img", [(64, 64)]).as_posix()
+    import re
+
+    Path("c.toml").write_text(re.sub(r"image_dir = '[^']*'", f"image_dir = '{d}'", text), encoding="utf-8")
+    dc = load_dataset_config(Path("c.toml"))
+    assert [(s.keep_tokens, s.class_tokens, s.is_reg, s.shuffle_caption, s.caption_ext) for s in dc.subsets] == [
+        (2, "hoge girl", False, True, ".txt"), (3, "fuga boy", False, True, ".txt"), (1, "human", True, True, ".txt")]
+    assert dc.options == {"resolution": 512, "batch_size": 4}

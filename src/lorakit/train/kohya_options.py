@@ -56,6 +56,7 @@ TABLE: dict[str, Kohya] = {
     "caption_dropout_rate": _opt("float", "caption_dropout"),
     "resolution": _opt("str"),  # "W,H" or "N"
     "enable_bucket": _opt("flag", "bucket"),
+    "bucket_no_upscale": _opt("flag", "bucket_no_upscale"),
     "min_bucket_reso": _opt("int", "min_bucket_side"),
     "max_bucket_reso": _opt("int", "max_bucket_side"),
     "bucket_reso_steps": _opt("int", "bucket_step"),
@@ -153,10 +154,13 @@ NO_EFFECT: dict[str, tuple[str, str]] = {
 _ENCODERS = ("lorakit reads a single-file model's text encoders and VAE from one diffusers folder: "
              "--text-encoders DIR")
 _NONE = "lorakit has no equivalent"
+_SUBSET = "lorakit reads it from a --dataset_config TOML (general, dataset or subset key of the same name)"
 # sd-scripts options lorakit does not have: what to use instead
 UNSUPPORTED: dict[str, str] = {
     "clip_l": _ENCODERS, "clip_g": _ENCODERS, "t5xxl": _ENCODERS, "ae": _ENCODERS,
     "vae": "lorakit uses the model's own VAE",
+    **{k: _SUBSET for k in ("caption_prefix", "caption_suffix", "keep_tokens_separator", "secondary_separator",
+                            "enable_wildcard", "caption_tag_dropout_rate", "color_aug", "random_crop")},
     "reg_data_dir": ("give the regularisation images as an `is_reg = true` subset of a --dataset_config TOML, "
                      "or --class-data DIR with --class-prompt TEXT"),
     "in_json": "lorakit reads captions from files beside the images (no fine-tuning metadata JSON)",
