@@ -512,3 +512,45 @@ def test_doc_cascade_keep_tokens(tmp_path):
     assert [(s.keep_tokens, s.class_tokens, s.is_reg, s.shuffle_caption, s.caption_ext) for s in dc.subsets] == [
         (2, "hoge girl", False, True, ".txt"), (3, "fuga boy", False, True, ".txt"), (1, "human", True, True, ".txt")]
     assert dc.options == {"resolution": 512, "batch_size": 4}
+
+
+# --- a whole run -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def _one_thread():
+    from train_support import one_thread
+
+    yield from one_thread()
+
+
+@pytest.mark.slow
+def test_sd_scripts_command_trains_a_tiny_model(tmp_path, capsys, _one_thread):
+    """docs/train_network.md's command on a tiny SD 1.x with a dataset TOML using sd-scripts' caption and
+    image options: the file lands at OUTPUT_DIR/OUTPUT_NAME.safetensors, alpha as given, saved in fp32."""
+    from safetensors import safe_open
+
+    from train_support import make_images, tiny_model_dir
+
+    model = tiny_model_dir(tmp_path, "sd1")
+    make_images(tmp_path / "img", sizes=((40, 32), (32, 40), (48, 32)))
+    Path("ds.toml").write_text(
+        "[general]\nflip_aug = true\ncolor_aug = true\nrandom_crop = true\ncaption_extension = '.txt'\n"
+        "[[datasets]]\nresolution = [32, 32]\nbatch_size = 1\nenable_bucket = true\nbucket_reso_steps = 8\n"
+        "min_bucket_reso = 16\nmax_bucket_reso = 64\nkeep_tokens_separator = '|||'\nshuffle_caption = true\n"
+        "caption_tag_dropout_rate = 0.1\nsecondary_separator = ';;;'\nenable_wildcard = true\n"
+        "  [[datasets.subsets]]\n  image_dir = 'img'\n  num_repeats = 2\n"
+        "  caption_prefix = 'sks ||| {red|blue},'\n  caption_suffix = '||| best;;;quality'\n", encoding="utf-8")
+    argv = ["train", f"--pretrained_model_name_or_path={model}", "--dataset_config=ds.toml", "--output_dir=out",
+            "--output_name=my_lora", "--save_model_as=safetensors", "--network_module=networks.lora",
+            "--network_dim=4", "--network_alpha=2", "--learning_rate=1e-3", "--lr_scheduler=constant",
+            "--max_train_steps=3", "--seed=1", "--no-progress", "--no-tensorboard"]
+    assert main(argv) == 0, capsys.readouterr().err
+    out = tmp_path / "out" / "my_lora.safetensors"
+    with safe_open(str(out), "pt") as f:
+        keys = list(f.keys())
+        alphas = {f.get_tensor(k).item() for k in keys if k.endswith(".alpha")}
+        ups = [f.get_tensor(k) for k in keys if k.endswith("lora_up.weight")]
+        meta = f.metadata()
+    assert alphas == {2.0} and {u.dtype for u in ups} == {__import__("torch").float32}
+    assert any(u.abs().sum() > 0 for u in ups)  # 3 steps at 1e-3 moved the zero-initialised up weights
+    assert meta["ss_output_name"] == "my_lora" and meta["ss_network_dim"] == "4"
