@@ -248,11 +248,14 @@ def test_lorakit_toml_names_the_option_a_kohya_key_means():
 
 
 def test_alpha_note_once_when_lorakit_default_is_used(capsys):
-    main(["train", "--data", ".", "--print-config"])
-    first = capsys.readouterr().err
-    main(["train", "--data", ".", "--print-config"])
-    second = capsys.readouterr().err
-    assert "sd-scripts' --network_alpha 1" in first and "network_alpha" not in second
+    from lorakit.train.kohya_options import alpha_note
+
+    lines = []
+    alpha_note(TrainConfig(rank=8, alpha=8.0), lines.append)  # chosen: nothing to say
+    assert lines == []
+    alpha_note(TrainConfig(rank=8), lines.append)
+    alpha_note(TrainConfig(rank=8), lines.append)  # said once
+    assert len(lines) == 1 and "--alpha is --rank (8)" in lines[0] and "sd-scripts' --network_alpha 1" in lines[0]
     main(["train", "--data", ".", "--network_dim", "8", "--print-config"])
     out = capsys.readouterr().out
     assert "alpha = 1.0" in out and "rank = 8" in out  # sd-scripts' alpha where its spelling is used

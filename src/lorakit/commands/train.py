@@ -32,10 +32,6 @@ def _train(config: Optional[Path] = None, print_config: bool = False, plan: bool
         for line in notes:
             typer.echo(f"note: {line}", err=True)
     cfg = cfg.override(flags)
-    if not kohya:
-        from ..train.kohya_options import alpha_note
-
-        alpha_note(cfg, lambda line: typer.echo(f"note: {line}", err=True))
     if print_config:
         typer.echo(cfg.to_toml())
         return
@@ -57,6 +53,11 @@ def _train(config: Optional[Path] = None, print_config: bool = False, plan: bool
             return
     from ..errors import Interrupted
     from ..train.loop import run
+
+    if not kohya:  # lorakit's alpha where sd-scripts' differs most: said once, when a run starts
+        from ..train.kohya_options import alpha_note
+
+        alpha_note(cfg, lambda line: typer.echo(f"note: {line}", err=True))
 
     try:
         result = run(cfg)
