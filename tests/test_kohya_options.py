@@ -557,3 +557,29 @@ def test_sd_scripts_command_trains_a_tiny_model(tmp_path, capsys, _one_thread):
     assert alphas == {2.0} and {u.dtype for u in ups} == {__import__("torch").float32}
     assert any(u.abs().sum() > 0 for u in ups)  # 3 steps at 1e-3 moved the zero-initialised up weights
     assert meta["ss_output_name"] == "my_lora" and meta["ss_network_dim"] == "4"
+
+
+def test_config_file_single_values_and_paths(tmp_path):
+    """A config file may give a list option one value; its paths are read from the working folder,
+    as sd-scripts reads them, or beside the TOML when only there."""
+    sub = tmp_path / "cfg"
+    sub.mkdir()
+    (sub / "ds.toml").write_text("[[datasets.subsets]]\nimage_dir = 'x'\n")
+    (sub / "k.toml").write_text("text_encoder_lr = 5e-5\nunet_lr = 1e-4\nnetwork_args = 'conv_dim=4'\n"
+                                "dataset_config = 'ds.toml'\n")
+    _, k = split_argv(["--config_file", "cfg/k"])  # '.toml' added, as sd-scripts adds it
+    cfg, _ = apply(TrainConfig(), k, {})
+    assert (cfg.lr, cfg.text_encoder_lr, tuple(cfg.network_args)) == (1e-4, 5e-5, ("conv_dim=4",))
+    assert Path(cfg.data).resolve() == (sub / "ds.toml").resolve()
+
+
+def test_resumed_run_keeps_the_seed_it_drew(tmp_path):
+    """sd-scripts draws a seed when none is given; continuing that run must not draw another."""
+    state = tmp_path / "run" / "state-000002"
+    state.mkdir(parents=True)
+    (state / "lorakit_state.json").write_text(json.dumps({"step": 2, "config": {"seed": 987654321}}))
+    _, k = split_argv(["--network_dim", "4"])
+    cfg, notes = apply(TrainConfig(), k, {"resume": str(tmp_path / "run")})
+    assert cfg.seed == 987654321 and not any("seed" in n for n in notes)
+    cfg, notes = apply(TrainConfig(), k, {})
+    assert any(f"seed {cfg.seed}" in n for n in notes)

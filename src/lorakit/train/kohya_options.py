@@ -358,8 +358,9 @@ def read_config_file(path: str, source_args: dict[str, Any]) -> dict[str, Any]:
             unknown(key, p)
     for key in ("pretrained_model_name_or_path", "train_data_dir", "dataset_config", "sample_prompts", "output_dir",
                 "network_weights"):
-        if isinstance(flat.get(key), str) and not Path(flat[key]).is_absolute() and (p.parent / flat[key]).exists():
-            flat[key] = str(p.parent / flat[key])  # beside the TOML, as lorakit's own configs read paths
+        v = flat.get(key)
+        if isinstance(v, str) and not Path(v).is_absolute() and not Path(v).exists() and (p.parent / v).exists():
+            flat[key] = str(p.parent / v)  # sd-scripts reads from the working folder; else beside the TOML
     return {**flat, **source_args}
 
 
@@ -513,7 +514,7 @@ def _resolution(value, bad) -> int:
 
 def _network(args, out, bad) -> None:
     module = args.get("network_module")
-    items = list(args.get("network_args") or [])
+    items = _items(args.get("network_args"))
     if module is None or module in _KOHYA_NETWORKS:
         out["network"] = "lora"
     elif module == "lycoris.kohya":
@@ -531,6 +532,13 @@ def _network(args, out, bad) -> None:
         out["network_args"] = tuple(items)
 
 
+def _items(value) -> list[str]:
+    """A list option's KEY=VALUE items: a config file may give one string for the list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
 def _optimizer(args, out, bad) -> None:
     name = args.get("optimizer_type") or ""
     if args.get("use_8bit_adam"):
@@ -546,7 +554,7 @@ def _optimizer(args, out, bad) -> None:
         bad(f"--optimizer_type {name}: lorakit has AdamW, AdamW8bit, Lion, Prodigy and AdaFactor")
     out["optimizer"] = _OPTIMIZERS[key]
     kwargs = {}
-    for item in args.get("optimizer_args") or []:
+    for item in _items(args.get("optimizer_args")):
         k, eq, v = str(item).partition("=")
         if not eq:
             bad(f"--optimizer_args {item!r}: expected KEY=VALUE")
@@ -576,6 +584,8 @@ def _optimizer(args, out, bad) -> None:
         out["lr"] = unet_lr
     elif lr is not None:
         out["lr"] = lr
+    if isinstance(te_lr, (int, float)):  # a config file's single value
+        te_lr = [te_lr]
     if te_lr:  # one value for every text encoder
         if len(set(te_lr)) > 1:
             bad(f"--text_encoder_lr {' '.join(map(str, te_lr))}: lorakit has one --text-encoder-lr for all encoders")
@@ -636,8 +646,14 @@ def apply(cfg, args: dict[str, Any], lorakit_flags: dict[str, Any]):
     # sd-scripts' defaults only where the lorakit TOML left lorakit's
     values = {k: v for k, v in t.options.items() if k in t.given or getattr(cfg, k) == getattr(default, k)}
     if "seed" not in values and lorakit_flags.get("seed") is None and cfg.seed == default.seed:
-        values["seed"] = random.randint(0, 2**32)  # train_network.py: a seed drawn when none is given
-        t.notes.append(f"seed {values['seed']} (sd-scripts draws one when --seed is not given)")
+        resume = lorakit_flags.get("resume") or cfg.resume
+        if resume is not None:  # the drawn seed of the run it continues
+            from .state import find_state, read_state
+
+            values["seed"] = read_state(find_state(Path(resume))).get("config", {}).get("seed", default.seed)
+        else:
+            values["seed"] = random.randint(0, 2**32)  # train_network.py: a seed drawn when none is given
+            t.notes.append(f"seed {values['seed']} (sd-scripts draws one when --seed is not given)")
     return cfg.override(values), t.notes
 
 
