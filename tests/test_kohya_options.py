@@ -17,8 +17,9 @@ import pytest
 
 from lorakit.cli import main
 from lorakit.train.config import TrainConfig
-from lorakit.train.kohya_options import (KOHYA_DEFAULTS, NO_EFFECT, TABLE, UNSUPPORTED, apply, config_hint,
-                                         has_option, split_argv)
+from lorakit.errors import LoraKitError
+from lorakit.train.kohya_options import (KOHYA_DEFAULTS, NO_EFFECT, SD_SCRIPTS_ONLY, TABLE, UNSUPPORTED, apply,
+                                         config_hint, has_option, split_argv, unknown)
 
 DATA = json.loads((Path(__file__).parent / "data" / "kohya_parsed.json").read_text(encoding="utf-8"))
 EXAMPLES = {e["name"]: e for e in DATA["examples"]}
@@ -169,6 +170,14 @@ def test_every_sd_scripts_option_is_taken_or_refused():
             assert kind == spec["kind"], dest
     for dest in UNSUPPORTED:
         assert dest in DATA["options"], dest  # no invented sd-scripts option
+    taken = set(TABLE) | set(NO_EFFECT)
+    assert set(DATA["options"]) == taken | SD_SCRIPTS_ONLY and not taken & SD_SCRIPTS_ONLY
+    for dest in SD_SCRIPTS_ONLY:  # each refused in one line that names it and says what to do
+        with pytest.raises(LoraKitError) as exc:
+            unknown(dest)
+        msg = str(exc.value)
+        assert msg.startswith(f"sd-scripts' --{dest} is not supported: ") and "\n" not in msg
+        assert msg.endswith(UNSUPPORTED.get(dest, "lorakit has no equivalent"))
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -180,6 +189,9 @@ def test_every_sd_scripts_option_is_taken_or_refused():
     (["--text_encoder_lr1=1e-5"], "unknown option --text_encoder_lr1 (did you mean --text_encoder_lr"),
     (["--timestep_sampling", "shift"], "--timestep_sampling shift"),
     (["--vae", "vae.safetensors"], "sd-scripts' --vae is not supported"),
+    (["--deepspeed"], "sd-scripts' --deepspeed is not supported: lorakit has no equivalent"),
+    (["--debug_dataset"], "sd-scripts' --debug_dataset is not supported: lorakit has no equivalent"),
+    (["--color_aug"], "sd-scripts' --color_aug is not supported: lorakit reads it from a --dataset_config TOML"),
     (["--network_dim", "8", "--rank", "4"], "--rank 4 and --network_dim both set rank"),
     (["--config_file", "missing.toml"], "config file does not exist"),
 ])

@@ -191,6 +191,36 @@ UNSUPPORTED: dict[str, str] = {
 }
 
 
+# every other option of sd-scripts' four network trainers (at the commit above): refused, with what
+# to use instead where UNSUPPORTED names it, else as having no equivalent
+SD_SCRIPTS_ONLY = frozenset("""
+    adaptive_noise_scale ae alpha_mask apply_lg_attn_mask apply_t5_attn_mask async_upload base_weights
+    base_weights_multiplier caption_dropout_every_n_epochs caption_prefix caption_separator caption_suffix
+    caption_tag_dropout_rate clip_g clip_g_dropout_rate clip_l clip_l_dropout_rate color_aug
+    conditioning_data_dir controlnet_model_name_or_path cpu_offload_checkpointing dataset_class dataset_repeats
+    ddp_gradient_as_bucket_view ddp_static_graph ddp_timeout debiased_estimation_loss debug_dataset deepspeed
+    dynamo_backend enable_scaled_pos_embed enable_wildcard face_crop_aug_range fp16_master_weights_and_gradients
+    fp8_base_unet full_bf16 full_fp16 fused_backward_pass huber_scale huggingface_path_in_repo
+    huggingface_repo_id huggingface_repo_type huggingface_repo_visibility huggingface_token in_json
+    initial_epoch initial_step ip_noise_gamma ip_noise_gamma_random_strength keep_tokens_separator
+    log_tracker_config log_tracker_name logit_mean logit_std lr_decay_steps lr_scheduler_args
+    lr_scheduler_min_lr_ratio lr_scheduler_timescale lr_scheduler_type masked_loss max_timestep
+    max_validation_steps metadata_author metadata_description metadata_is_negative_embedding metadata_license
+    metadata_merged_from metadata_preprocessor metadata_tags metadata_thumbnail metadata_title
+    metadata_trigger_phrase metadata_usage_hint min_timestep mode_scale multires_noise_discount
+    multires_noise_iterations no_metadata noise_offset_random_strength offload_optimizer_device
+    offload_optimizer_nvme_path offload_param_device offload_param_nvme_path output_config
+    pos_emb_random_crop_rate random_crop reg_data_dir resize_interpolation resume resume_from_huggingface
+    sample_at_first sample_every_n_epochs sample_sampler save_clip save_last_n_epochs save_last_n_epochs_state
+    save_last_n_steps save_last_n_steps_state save_n_epoch_ratio save_state save_state_on_train_end
+    save_state_to_huggingface save_t5xxl scale_v_pred_loss_like_noise_pred scale_weight_norms
+    secondary_separator skip_until_initial_step split_mode t5_dropout_rate t5xxl t5xxl_device t5xxl_dtype
+    t5xxl_max_token_length token_warmup_min token_warmup_step tokenizer_cache_dir torch_compile training_shift
+    v_pred_like_loss vae validate_every_n_epochs validate_every_n_steps validation_seed wandb_api_key
+    wandb_run_name weighted_captions zero3_init_flag zero3_save_16bit_model zero_stage zero_terminal_snr
+""".split())
+
+
 def kohya_flag(dest: str) -> str:
     return "--" + dest
 
@@ -242,7 +272,7 @@ def is_kohya_token(token: str, value: str | None = None) -> bool:
         return True
     if name == "resolution":
         return "," in (inline or value or "")
-    return name not in _lorakit_flags() and (name in TABLE or name in NO_EFFECT or name in UNSUPPORTED)
+    return name not in _lorakit_flags() and (name in TABLE or name in NO_EFFECT or name in SD_SCRIPTS_ONLY)
 
 
 def _lorakit_flags() -> set[str]:
@@ -302,8 +332,8 @@ def _convert(name: str, kind: str, values: list[str]):
 
 def unknown(name: str, source: object = None):
     """Raise the one line for an option lorakit does not take under this name."""
-    if name in UNSUPPORTED:
-        raise LoraKitError(f"sd-scripts' {kohya_flag(name)} is not supported: {UNSUPPORTED[name]}", source)
+    if name in UNSUPPORTED or name in SD_SCRIPTS_ONLY:
+        raise LoraKitError(f"sd-scripts' {kohya_flag(name)} is not supported: {UNSUPPORTED.get(name, _NONE)}", source)
     close = suggest(name)
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
     raise LoraKitError(f"unknown option {kohya_flag(name)}{hint}", source)
@@ -324,7 +354,7 @@ def config_hint(key: str) -> str:
     row = TABLE.get(key)
     if row is not None and row.option is not None and has_option(row.option):
         return f" (sd-scripts' name of {row.option}; sd-scripts configs are read with --config_file)"
-    if key in TABLE or key in UNSUPPORTED or key in NO_EFFECT:
+    if key in TABLE or key in SD_SCRIPTS_ONLY or key in NO_EFFECT:
         return " (an sd-scripts option: sd-scripts configs are read with --config_file)"
     close = difflib.get_close_matches(key.lower().replace("-", "_"), sorted(_lorakit_options()), n=2, cutoff=0.75)
     return f" (did you mean {' or '.join(close)}?)" if close else ""
