@@ -139,7 +139,10 @@ def test_doc_example_resolves_to_what_sd_scripts_trains(name, capsys):
 
 
 def test_sd_scripts_parses_its_defaults_as_the_table_says():
-    """KOHYA_DEFAULTS are sd-scripts' parser defaults (and create_network's dim 4)."""
+    """KOHYA_DEFAULTS are sd-scripts' parser defaults (and create_network's dim 4), of the commit the table names."""
+    from lorakit.train.kohya_options import SD_SCRIPTS
+
+    assert SD_SCRIPTS == "kohya-ss/sd-scripts@" + DATA["commit"]
     o = DATA["options"]
     assert KOHYA_DEFAULTS["alpha"] == o["network_alpha"]["default"] == 1
     assert o["network_dim"]["default"] is None and KOHYA_DEFAULTS["rank"] == 4
