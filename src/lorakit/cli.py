@@ -60,7 +60,7 @@ def _register() -> None:
     for name, (module, attr) in _COMMANDS.items():
         fn = getattr(_command_module(module), attr, None)
         if fn is not None:
-            app.command(name)(fn)
+            app.command(name, cls=getattr(fn, "command_class", None))(fn)
     for name, (module, attr) in _GROUPS.items():
         group = getattr(_command_module(module), attr, None)
         if group is not None:

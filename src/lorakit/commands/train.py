@@ -7,21 +7,30 @@ The flags are generated from the dataclass (name, type, help), so the TOML file,
 from __future__ import annotations
 
 import inspect
+from contextvars import ContextVar
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import List, Optional, get_args, get_type_hints
 
 import typer
+import typer.core
 
 from ..train.config import ModelSource, TrainConfig
 
 _SHORT = {"model": ["-m"], "data": ["-d"], "out": ["-o"], "rank": ["-r"]}
 
 
-def _train(config: Optional[Path] = None, print_config: bool = False, plan: bool = False, **flags) -> None:
+def _train(config: Optional[Path] = None, print_config: bool = False, plan: bool = False, kohya=None,
+           **flags) -> None:
     cfg = TrainConfig.from_toml(config) if config is not None else TrainConfig()
     if not flags.get("network_args"):  # not given (typer: an empty list) keeps the config's
         flags["network_args"] = None
+    if kohya:  # sd-scripts' option names or --config_file: its defaults where they differ
+        from ..train.kohya_options import apply
+
+        cfg, notes = apply(cfg, kohya, flags)
+        for line in notes:
+            typer.echo(f"note: {line}", err=True)
     cfg = cfg.override(flags)
     if print_config:
         typer.echo(cfg.to_toml())
@@ -44,6 +53,11 @@ def _train(config: Optional[Path] = None, print_config: bool = False, plan: bool
             return
     from ..errors import Interrupted
     from ..train.loop import run
+
+    if not kohya:  # lorakit's alpha where sd-scripts' differs most: said once, when a run starts
+        from ..train.kohya_options import alpha_note
+
+        alpha_note(cfg, lambda line: typer.echo(f"note: {line}", err=True))
 
     try:
         result = run(cfg)
@@ -114,12 +128,36 @@ def _signature() -> inspect.Signature:
     return inspect.Signature(params)
 
 
+class KohyaCommand(typer.core.TyperCommand):
+    """Takes sd-scripts' spellings (`--network_dim 16`, `--config_file x.toml`) beside lorakit's flags."""
+
+    def parse_args(self, ctx, args):
+        from ..train.kohya_options import split_argv
+
+        args, ctx.meta["kohya"] = split_argv(list(args))
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        token = _KOHYA.set(ctx.meta.get("kohya"))
+        try:
+            return super().invoke(ctx)
+        finally:
+            _KOHYA.reset(token)
+
+
+_KOHYA: ContextVar = ContextVar("kohya", default=None)  # the sd-scripts options of the command being run
+
+
 def train(**kwargs) -> None:
-    """Train a LoRA ({families}) from a folder of images; `lorakit train --help` lists every option."""
+    """Train a LoRA ({families}) from a folder of images; `lorakit train --help` lists every option. sd-scripts'
+    option names (`--network_dim 16`, `--config_file kohya.toml`) are read too."""
     config = kwargs.pop("config", None)
     print_config = kwargs.pop("print_config", False)
     plan = kwargs.pop("plan", False)
-    _train(config, print_config, plan, **kwargs)
+    _train(config, print_config, plan, kohya=_KOHYA.get(), **kwargs)
+
+
+train.command_class = KohyaCommand  # the class cli.py registers the command with
 
 
 def _families() -> str:

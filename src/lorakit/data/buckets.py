@@ -74,3 +74,34 @@ def check_size(path, width: int, height: int, bucket: tuple[int, int], max_upsca
         raise LoraKitError(
             f"image is {width}×{height}, too small for its {bucket[0]}×{bucket[1]} bucket (needs at least "
             f"{need_w}×{need_h}); use a larger image, a lower --resolution or a higher --max-upscale", path)
+
+
+def no_upscale_placement(path, width: int, height: int, resolution: int, step: int) -> Placement:
+    """sd-scripts' bucket_no_upscale (BucketManager.select_bucket): an image larger than the pixel budget
+    is scaled down to it, a smaller one kept at its size; its bucket is that size rounded down to the step."""
+    max_area = resolution * resolution
+    ar = width / height
+
+    def round_to_steps(x: float) -> int:
+        x = int(x + 0.5)
+        return x - x % step
+
+    if width * height > max_area:
+        rw = math.sqrt(max_area * ar)
+        rh = max_area / rw
+        bw_r = round_to_steps(rw)
+        bh_in_wr = round_to_steps(bw_r / ar)
+        bh_r = round_to_steps(rh)
+        bw_in_hr = round_to_steps(bh_r * ar)
+        if bh_in_wr and bh_r and abs(bw_r / bh_in_wr - ar) < abs(bw_in_hr / bh_r - ar):
+            resized = (bw_r, int(bw_r / ar + 0.5))
+        else:
+            resized = (int(bh_r * ar + 0.5), bh_r)
+    else:
+        resized = (width, height)
+    bucket = (resized[0] - resized[0] % step, resized[1] - resized[1] % step)
+    if min(bucket) < step:
+        raise LoraKitError(f"image is {width}×{height}: with bucket_no_upscale a side under the bucket step "
+                           f"({step} px) leaves nothing to train", path)
+    rw, rh = resized
+    return Placement((width, height), resized, bucket, ((rh - bucket[1]) // 2, (rw - bucket[0]) // 2))

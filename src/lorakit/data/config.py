@@ -37,10 +37,11 @@ _SUBSET_KEYS = {
     "image_dir": "dir", "num_repeats": "repeats", "class_tokens": "class_tokens",
     "caption_extension": "caption_ext", "keep_tokens": "keep_tokens", "shuffle_caption": "shuffle_caption",
     "caption_dropout_rate": "caption_dropout", "flip_aug": "flip", "is_reg": "is_reg", "name": "name",
+    "caption_tag_dropout_rate": "caption_tag_dropout",
 }
 _SUBSET_KEYS.update({f.name: f.name for f in fields(Subset)})
 _DATASET_KEYS = {"resolution", "batch_size", "enable_bucket", "bucket_reso_steps", "min_bucket_reso",
-                 "max_bucket_reso"}
+                 "max_bucket_reso", "bucket_no_upscale"}
 
 
 @dataclass
@@ -73,6 +74,8 @@ def load_dataset_config(path: Path, defaults: Subset | None = None) -> DatasetCo
     subsets, options = [], {}
     for ds in datasets:
         ds_opts = {k: v for k, v in {**general, **ds}.items() if k in _DATASET_KEYS}
+        if "resolution" in ds_opts:
+            ds_opts["resolution"] = _resolution(path, ds_opts["resolution"])
         for k, v in ds_opts.items():
             if k in options and options[k] != v:
                 raise LoraKitError(f"datasets disagree on {k} ({options[k]} vs {v}); one value is trained", path)
@@ -83,6 +86,18 @@ def load_dataset_config(path: Path, defaults: Subset | None = None) -> DatasetCo
     if not subsets:
         raise LoraKitError("dataset config lists no subsets", path)
     return DatasetConfig(subsets, options)
+
+
+def _resolution(path: Path, value) -> int:
+    """`resolution = 512` or sd-scripts' `[w, h]`; lorakit trains a square pixel budget, so the sides must agree."""
+    if isinstance(value, list):
+        if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise LoraKitError(f"resolution {value}: expected N or [width, height]", path)
+        if value[0] != value[1]:
+            raise LoraKitError(f"resolution {value}: lorakit trains a square pixel budget (buckets keep each image's "
+                               "shape): give one number", path)
+        return value[0]
+    return value
 
 
 def _subset(path: Path, raw: dict) -> Subset:

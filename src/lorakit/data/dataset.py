@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .buckets import Placement, check_size, make_buckets, nearest_bucket, place
+from .buckets import Placement, check_size, make_buckets, nearest_bucket, no_upscale_placement, place
 from .captions import augment, tag_frequency, with_trigger
 from .folders import ImageItem, Subset, load_rgb, scan
 
@@ -38,6 +38,7 @@ class BucketSettings:
     min_side: int | None = None
     max_side: int | None = None
     max_upscale: float = 2.0
+    no_upscale: bool = False  # sd-scripts' bucket_no_upscale: each image's own bucket, never enlarged
 
 
 class BatchPlan:
@@ -78,10 +79,13 @@ class Sample:
     placement: Placement
     caption: str
     flip: bool
+    offset: tuple[int, int] | None = None  # (top, left) of a random crop (sd-scripts' random_crop)
+    color: tuple[str, float] | None = None  # sd-scripts' color_aug drawn for this step: ("hue", shift) or ("gamma", g)
 
     @property
     def crop(self) -> tuple[int, int]:
-        return self.placement.flipped_crop() if self.flip else self.placement.crop
+        placement = self.placement if self.offset is None else replace(self.placement, crop=self.offset)
+        return placement.flipped_crop() if self.flip else placement.crop
 
 
 class TrainingData:
@@ -111,6 +115,9 @@ class TrainingData:
             raise_no_instance(subsets)
         self.placements: dict[Path, Placement] = {}
         for it in items + self.validation:
+            if buckets.enable and buckets.no_upscale:
+                self.placements[it.path] = no_upscale_placement(it.path, *it.size, buckets.resolution, buckets.step)
+                continue
             b = nearest_bucket(*it.size, self.bucket_list)
             check_size(it.path, *it.size, b, buckets.max_upscale)
             self.placements[it.path] = place(*it.size, b)
@@ -135,10 +142,24 @@ class TrainingData:
     def _sample(self, item: ImageItem, micro_step: int, rank: int, slot: int) -> Sample:
         rng = random.Random(mix_seed(self.seed, micro_step, rank, slot, 0xCA9))
         s = item.subset
-        caption = augment(item.caption, rng, trigger=None if s.is_reg else self.trigger,
-                          shuffle=s.shuffle_caption, keep_tokens=s.keep_tokens, dropout=s.caption_dropout)
+        caption = self._caption(item, rng)
         flip = bool(s.flip and rng.random() < 0.5)
-        return Sample(item, self.placements[item.path], caption, flip)
+        placement = self.placements[item.path]
+        offset = color = None
+        if s.random_crop:  # train_util.trim_and_resize_if_required: any offset, each step
+            rw, rh = placement.resized
+            bw, bh = placement.bucket
+            offset = (rng.randint(0, rh - bh), rng.randint(0, rw - bw))
+        if s.color_aug:
+            color = draw_color_aug(rng)
+        return Sample(item, placement, caption, flip, offset, color)
+
+    def _caption(self, item: ImageItem, rng: random.Random) -> str:
+        s = item.subset
+        return augment(item.caption, rng, trigger=None if s.is_reg else self.trigger, shuffle=s.shuffle_caption,
+                       keep_tokens=s.keep_tokens, dropout=s.caption_dropout, tag_dropout=s.caption_tag_dropout,
+                       keep_tokens_separator=s.keep_tokens_separator, secondary_separator=s.secondary_separator,
+                       wildcard=s.enable_wildcard)
 
     # facts for metadata and caches -----------------------------------------------------------
     def variants(self) -> list[tuple[ImageItem, Placement, bool]]:
@@ -153,9 +174,16 @@ class TrainingData:
 
     def fixed_captions(self) -> list[str] | None:
         """The only captions training can see, or None when shuffle/dropout make them vary."""
-        if any(it.subset.shuffle_caption or it.subset.caption_dropout for it in self.instance + self.reg):
+        if any(s.shuffle_caption or s.caption_dropout or s.caption_tag_dropout or s.enable_wildcard
+               for s in (it.subset for it in self.instance + self.reg)):
             return None
-        return sorted({it.caption for it in self.instance + self.reg + self.validation})
+        rng = random.Random(0)  # draws nothing: the captions are fixed
+        return sorted({self._caption(it, rng) for it in self.instance + self.reg + self.validation})
+
+    def varies_pixels(self) -> bool:
+        """Whether an image differs from step to step beyond its flip (sd-scripts' random_crop, color_aug):
+        then no latent can be cached."""
+        return any(s.random_crop or s.color_aug for s in self.subsets)
 
     def tag_frequency(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -189,8 +217,12 @@ def raise_no_instance(subsets: list[Subset]):
 
 def pixels(sample_or_item, placement: Placement | None = None, flip: bool | None = None) -> torch.Tensor:
     """The image resized once (uniform scale), centre-cropped to its bucket, maybe mirrored: [3, H, W] in [-1, 1]."""
+    color = None
     if isinstance(sample_or_item, Sample):
         item, placement, flip = sample_or_item.item, sample_or_item.placement, sample_or_item.flip
+        if sample_or_item.offset is not None:
+            placement = replace(placement, crop=sample_or_item.offset)
+        color = sample_or_item.color
     else:
         item = sample_or_item
     im = load_rgb(item.path)
@@ -200,7 +232,33 @@ def pixels(sample_or_item, placement: Placement | None = None, flip: bool | None
     top, left = placement.crop
     bw, bh = placement.bucket
     im = im.crop((left, top, left + bw, top + bh))
+    if color is not None:
+        im = apply_color_aug(im, color)
     if flip:
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def draw_color_aug(rng: random.Random) -> tuple[str, float] | None:
+    """sd-scripts' AugHelper.color_aug: a third of the steps, half a hue shift of up to ±8 (OpenCV's
+    0–180 hue scale), half a gamma in [0.95, 1.05]; otherwise the image as it is."""
+    if rng.random() > 0.33:
+        return None
+    if rng.random() > 0.5:
+        return ("hue", rng.uniform(-8, 8))
+    return ("gamma", rng.uniform(0.95, 1.05))
+
+
+def apply_color_aug(im: Image.Image, color: tuple[str, float]) -> Image.Image:
+    """As sd-scripts applies it: the gamma to the 0–255 values themselves (x ** g, clipped), the hue shift
+    on the RGB array read as BGR (its cv2.COLOR_BGR2HSV on a PIL image's array)."""
+    kind, value = color
+    arr = np.asarray(im)
+    if kind == "gamma":
+        return Image.fromarray(np.clip(arr.astype(np.float64) ** value, 0, 255).astype(np.uint8))
+    hsv = np.asarray(Image.fromarray(np.ascontiguousarray(arr[..., ::-1])).convert("HSV")).copy()
+    shift = round((value % 180) * 256 / 180)  # OpenCV hue units (0–180) on PIL's 0–256 scale
+    hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + shift) % 256).astype(np.uint8)
+    bgr = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+    return Image.fromarray(np.ascontiguousarray(bgr[..., ::-1]))

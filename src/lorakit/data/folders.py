@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import LoraKitError
-from .captions import CAPTION_EXTS, caption_file, read_caption
+from .captions import CAPTION_EXTS, caption_file, read_caption, with_affixes
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _REPEAT_DIR = re.compile(r"^(\d+)_(.*)$")
@@ -34,6 +34,15 @@ class Subset:
     flip: bool = False
     is_reg: bool = False
     name: str = ""
+    # sd-scripts' subset options (library/config_util.py), with its meaning (lorakit.data.captions)
+    caption_prefix: str = ""
+    caption_suffix: str = ""
+    keep_tokens_separator: str = ""
+    caption_tag_dropout: float = 0.0
+    secondary_separator: str = ""
+    enable_wildcard: bool = False
+    color_aug: bool = False
+    random_crop: bool = False
 
     def __post_init__(self):
         self.dir = Path(self.dir)
@@ -88,7 +97,8 @@ def scan(subset: Subset) -> list[ImageItem]:
     items = []
     for img in images:
         cap_path = caption_file(img, subset.caption_ext)
-        caption = read_caption(cap_path) if cap_path else subset.class_tokens
+        caption = read_caption(cap_path, lines=subset.enable_wildcard) if cap_path else subset.class_tokens
+        caption = with_affixes(caption, subset.caption_prefix, subset.caption_suffix)
         items.append(ImageItem(img, caption, subset, image_size(img)))
     return items
 

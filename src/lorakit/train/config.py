@@ -66,6 +66,9 @@ class TrainConfig:
     min_bucket_side: Optional[int] = opt(None, "smallest bucket side (default resolution/2)", "data")
     max_bucket_side: Optional[int] = opt(None, "largest bucket side (default 2×resolution)", "data")
     max_upscale: float = opt(2.0, "refuse images that must be enlarged more than this", "data")
+    bucket_no_upscale: bool = opt(False, "sd-scripts' bucket_no_upscale: an image smaller than the resolution trains "
+                                  "in its own bucket (its size rounded down to the bucket step), never enlarged",
+                                  "data")
     batch_size: int = opt(1, "images per step per process", "data")
     validation_split: float = opt(0.0, "share of the instance images held out of training for validation (chosen "
                                   "by --seed; 0: none)", "data")
@@ -319,9 +322,9 @@ class TrainConfig:
         for key, value in values.items():
             key = key.replace("-", "_")
             if key not in names:
-                close = [n for n in names if n.startswith(key[:4])]
-                hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
-                raise LoraKitError(f"unknown option {key!r}{hint}", source)
+                from .kohya_options import config_hint
+
+                raise LoraKitError(f"unknown option {key!r}{config_hint(key)}", source)
             if value is None:
                 continue
             changes[key] = _coerce(key, value, hints[key], source)

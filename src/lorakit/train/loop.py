@@ -210,7 +210,7 @@ class Trainer:
             dc = load_dataset_config(data, defaults=defaults)
             rename = {"resolution": "resolution", "batch_size": "batch_size", "enable_bucket": "bucket",
                       "bucket_reso_steps": "bucket_step", "min_bucket_reso": "min_bucket_side",
-                      "max_bucket_reso": "max_bucket_side"}
+                      "max_bucket_reso": "max_bucket_side", "bucket_no_upscale": "bucket_no_upscale"}
             self.cfg = self.cfg.override({rename[k]: v for k, v in dc.options.items()}, source=data)
             subsets = dc.subsets
         else:
@@ -306,7 +306,7 @@ class Trainer:
         if cfg.resolution % step:
             raise LoraKitError(f"--resolution {cfg.resolution} must be a multiple of the bucket step {step}")
         return BucketSettings(cfg.resolution, step, cfg.bucket, cfg.min_bucket_side, cfg.max_bucket_side,
-                              cfg.max_upscale)
+                              cfg.max_upscale, cfg.bucket_no_upscale)
 
     def _require_fits(self) -> None:
         """A batch whose activations cannot fit is refused before any caching or training."""
@@ -424,6 +424,9 @@ class Trainer:
             subsets = subsets + [class_subset]
         self.data = TrainingData(subsets, self._bucket_settings(), batch_size=cfg.batch_size, trigger=cfg.trigger,
                                  seed=cfg.seed, validation=self.validation_items)
+        if self.data.varies_pixels() and cfg.cache_latents != "none":  # as sd-scripts refuses --cache_latents
+            raise LoraKitError("random_crop and color_aug change the image each step: they need --cache-latents none",
+                               cfg.data)
         self._fill_caches()
         if staged:
             self.model.release("vae", *self.spec.text_encoders)
