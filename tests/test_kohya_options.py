@@ -19,7 +19,7 @@ from lorakit.cli import main
 from lorakit.train.config import TrainConfig
 from lorakit.errors import LoraKitError
 from lorakit.train.kohya_options import (KOHYA_DEFAULTS, NO_EFFECT, SD_SCRIPTS_ONLY, TABLE, UNSUPPORTED, apply,
-                                         config_hint, has_option, split_argv, unknown)
+                                         has_option, split_argv, unknown)
 
 DATA = json.loads((Path(__file__).parent / "data" / "kohya_parsed.json").read_text(encoding="utf-8"))
 EXAMPLES = {e["name"]: e for e in DATA["examples"]}
@@ -253,6 +253,15 @@ def test_lycoris_module_and_algo_name_lorakit_network():
 
 
 def test_lorakit_toml_names_the_option_a_kohya_key_means():
+    from dataclasses import fields
+
+    from lorakit.train.kohya_table import config_hint as hint
+
+    options = {f.name for f in fields(TrainConfig)}
+
+    def config_hint(key):
+        return hint(key, options)
+
     assert "sd-scripts' name of steps" in config_hint("max_train_steps")
     assert "max_grad_norm" not in config_hint("max_train_steps")
     assert config_hint("max_grad_nrom") == " (did you mean max_grad_norm?)"

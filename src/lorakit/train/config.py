@@ -322,9 +322,9 @@ class TrainConfig:
         for key, value in values.items():
             key = key.replace("-", "_")
             if key not in names:
-                from .kohya_options import config_hint
+                from .kohya_table import config_hint
 
-                raise LoraKitError(f"unknown option {key!r}{config_hint(key)}", source)
+                raise LoraKitError(f"unknown option {key!r}{config_hint(key, names)}", source)
             if value is None:
                 continue
             changes[key] = _coerce(key, value, hints[key], source)
