@@ -152,7 +152,8 @@ def test_presets_are_the_extensions_17_weights():
 
 
 def test_a1111_weight_defaults():
-    """unet defaults to te (A1111's extra_networks_lora.activate); named te=/unet= override positional, and unet follows the final te."""
+    """unet defaults to te (A1111's extra_networks_lora.activate); named te=/unet= override positional,
+    and unet follows the final te."""
     _, tags = parse("<lora:a> <lora:b:0.4> <lora:c:0.4:0.9> <lora:d:unet=0.2> <lora:e:0.4:te=0.1>")
     assert [(t.te, t.unet) for t in tags] == [(1, 1), (0.4, 0.4), (0.4, 0.9), (1, 0.2), (0.1, 0.1)]
 
