@@ -21,12 +21,16 @@ TOOLS = {"comfyui": comfyui, "forge": forge, "a1111": a1111, "kohya": kohya, "mu
 RANK = 4
 
 
-def _tensors(stem: str, suffixes: list[str]) -> dict:
+def _tensors(stem: str, suffixes: list[str], given: dict | None = None) -> dict:
+    """Random tensors of plausible shapes; `given` {suffix: shape list, or a number for a scalar}."""
     shapes = {"up": (8, RANK), "down": (RANK, 8), ".alpha": ()}
     out = {}
     for suffix in suffixes:
         key = stem + suffix
-        if suffix == ".alpha":
+        if suffix in (given or {}):
+            v = given[suffix]
+            out[key] = torch.randn(*v) if isinstance(v, list) else torch.tensor(float(v))
+        elif suffix == ".alpha":
             out[key] = torch.tensor(2.0)
         elif "hada_w1_b" in suffix or "hada_w2_b" in suffix:
             out[key] = torch.randn(RANK, 8)
@@ -43,7 +47,7 @@ def _tensors(stem: str, suffixes: list[str]) -> dict:
 def test_each_tools_rule_as_its_source_has_it(row, tmp_path):
     tensors = {}
     for stem in row["stems"]:
-        tensors.update(_tensors(stem, row["suffixes"]))
+        tensors.update(_tensors(stem, row["suffixes"], row.get("given")))
     fk = filekeys.read(write(tmp_path / "one.safetensors", tensors))
     u = universe.from_pipeline(row["family"], tiny(row["family"]))
     outcome = TOOLS[row["tool"]].load(fk, u)

@@ -11,12 +11,15 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from . import __version__
 from .errors import LoraKitError
+
+if TYPE_CHECKING:
+    from .prompt_tags import LoraTag
 
 _LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>")
 
@@ -25,10 +28,15 @@ _LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>")
 class LoraSpec:
     path: Path
     weight: float = 1.0
+    tag: LoraTag | None = None  # a prompt tag's te/unet/block weights (weight is then its te weight)
 
     @property
     def name(self) -> str:
         return self.path.stem
+
+    def params(self) -> str:
+        """What follows the name in an A1111 `<lora:name:…>` tag."""
+        return self.tag.params() if self.tag is not None else f"{self.weight:g}"
 
 
 def read_prompt_file(path: Path, what: str = "prompt file") -> list[str]:
@@ -57,23 +65,37 @@ def parse_lora_arg(value: str) -> LoraSpec:
 
 
 def split_prompt_loras(prompt: str, lora_dir: Path | None) -> tuple[str, list[LoraSpec]]:
-    """A1111's `<lora:name:0.8>` tags → (prompt without them, the LoRAs found in --lora-dir)."""
+    """A1111's `<lora:name:te:unet>` / `lbw=` tags (prompt_tags.py) → (prompt without them, the LoRAs
+    found under --lora-dir)."""
+    from .prompt_tags import parse
+
+    clean, tags = parse(prompt)
     specs = []
-    for m in _LORA_TAG.finditer(prompt):
-        name, weight = m.group(1), m.group(2)
+    for tag in tags:
         if lora_dir is None:
-            raise LoraKitError(f"the prompt names <lora:{name}> but no --lora-dir was given")
-        candidates = [lora_dir / name, lora_dir / f"{name}.safetensors"]
-        path = next((c for c in candidates if c.is_file()), None)
-        if path is None:
-            raise LoraKitError(f"no LoRA named {name!r} (looked for {name}.safetensors)", lora_dir)
-        try:
-            w = 1.0 if weight in (None, "") else float(weight)
-        except ValueError:
-            raise LoraKitError(f"<lora:{name}:{weight}>: the strength is not a number") from None
-        specs.append(LoraSpec(path, w))
-    clean = re.sub(r"\s{2,}", " ", _LORA_TAG.sub("", prompt)).strip(" ,")
+            raise LoraKitError(f"the prompt names {tag.text} but no --lora-dir was given")
+        specs.append(LoraSpec(find_lora(lora_dir, tag.name), tag.te, tag))
     return clean, specs
+
+
+_LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
+
+
+def find_lora(lora_dir: Path, name: str) -> Path:
+    """A LoRA by name anywhere under `lora_dir`, as A1111 lists its Lora folder: the file name without
+    its suffix (.safetensors, .pt, .ckpt), or a path relative to the folder."""
+    direct = [p for p in [lora_dir / name] + [lora_dir / f"{name}{s}" for s in _LORA_SUFFIXES] if p.is_file()]
+    if direct:
+        return direct[0]
+    found = sorted(p for p in lora_dir.rglob("*") if p.suffix.lower() in _LORA_SUFFIXES and p.stem == name
+                   and p.is_file())
+    if not found:
+        raise LoraKitError(f"no LoRA named {name!r} under the folder (looked for {name}.safetensors, .pt, .ckpt "
+                           f"in it and its subfolders)", lora_dir)
+    if len(found) > 1:
+        raise LoraKitError(f"LoRA name {name!r} is ambiguous: {found[0]} and {found[1]}; write its path "
+                           f"relative to the folder", lora_dir)
+    return found[0]
 
 
 @dataclass
@@ -88,7 +110,8 @@ def infotext(prompt: str, negative: str, steps: int, sampler: str, guidance: flo
     """The `parameters` text A1111 writes (its `create_infotext` layout)."""
     from .samplers import a1111_name
 
-    tags = "".join(f" <lora:{name}:{w:g}>" for name, w, _ in loras if f"<lora:{name}:" not in prompt)
+    tags = "".join(f" <lora:{name}:{w if isinstance(w, str) else format(w, 'g')}>" for name, w, _ in loras
+                   if f"<lora:{name}:" not in prompt)
     lines = [prompt + tags]
     if negative:
         lines.append(f"Negative prompt: {negative}")
@@ -117,7 +140,13 @@ def attach_loras(model, specs: Sequence[LoraSpec], merge: bool = True, *, allow_
     networks = []
     try:
         for spec in specs:
-            net = load_network(parts, spec.path, multiplier=spec.weight, allow_pickle=allow_pickle, stage=stage)
+            tag = spec.tag
+            net = load_network(parts, spec.path, multiplier=1.0 if tag else spec.weight, allow_pickle=allow_pickle,
+                               stage=stage)
+            if tag is not None:
+                from .prompt_tags import module_scales
+
+                net.set_scales(module_scales(tag, net, parts))
             # the factors as the file holds them, either way: merged and on the fly build W + ΔW from
             # the same numbers in fp32 (the branch casts them to the activations' dtype per call)
             net.to(device=_device(model))
@@ -209,7 +238,8 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
     if staged:
         del networks
         images = _decode_without_denoiser(model, images, height, width)
-    lora_info = [(spec.name, spec.weight, lora_short_hash(spec.path)) for spec in specs]
+    lora_info = [(spec.name, spec.params() if spec.tag else spec.weight, lora_short_hash(spec.path))
+                 for spec in specs]
     name, model_hash = model_label(model)
     infos = [infotext(prompt, negative, steps, sampler, guidance, s, width, height, name, model_hash, lora_info)
              for s in seeds]

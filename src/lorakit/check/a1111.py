@@ -2,9 +2,13 @@
 
 Source read: AUTOMATIC1111/stable-diffusion-webui extensions-builtin/Lora/networks.py
 (`convert_diffusers_name_to_compvis`, `assign_network_names_to_compvis_modules`, `load_network`,
-`network_apply_weights`; the v1.10 text of load_network), network_lora.py @
-ea903819cb7e1d9a1b82ff93d5be60c3d7a8c9c6, network.py @ f2844bd024ff3cf7ee712153a514afd9085980db
-(`calc_scale`, `detect_version`), network_hada.py, network_lokr.py, network_full.py, network_ia3.py.
+`network_apply_weights`; the v1.10 text of load_network, its `module_types` list and
+`suffix_conversion`), network_lora.py @ ea903819cb7e1d9a1b82ff93d5be60c3d7a8c9c6, network.py @
+f2844bd024ff3cf7ee712153a514afd9085980db (`calc_scale`, `detect_version`), network_lokr.py @
+fe89b098394aab3339078eb992f796a4aa1a32b6, network_oft.py @ 3772a82a70769fe1aac884a75bf5a3313fb83328,
+and network_hada.py, network_ia3.py, network_full.py, network_norm.py, network_glora.py as Forge ships
+A1111's copies (lllyasviel/stable-diffusion-webui-forge @ dfdcbab685e57677014f05a3309b48cc87383167
+packages_3rdparty/webui_lora_collection/). Forge itself loads through ComfyUI's key map (forge.py).
 
 The rules, as the source has them:
 - A key is split at its first dot: `NAME.rest`. NAME is translated from kohya's diffusers spelling
@@ -16,12 +20,18 @@ The rules, as the source has them:
   fused OpenCLIP attention; then `lora_unet` → `diffusion_model` (SDXL's SAI names), and
   `lora_te1_text_model` → `0_transformer_text_model` or `transformer_text_model`. Anything else
   (diffusers/PEFT keys: NAME is `unet`, `text_encoder`) fails to match, logged only at debug level.
-- Each matched module must hold the keys of one module type (LoRA up+down or lora_A+lora_B,
-  LoHa w1_a/w1_b/w2_a/w2_b, LoKr w1|w1_a+w1_b with w2|w2_a+w2_b, IA3 `weight`, full `diff`);
-  otherwise load_network raises and the whole LoRA is not loaded.
+- Each matched module goes to the first module type, in `module_types` order, whose keys it holds:
+  LoRA (up+down or lora_A+lora_B), LoHa (w1_a, w1_b, w2_a, w2_b), IA3 (`weight`; it then reads
+  `on_input`), LoKr (w1 or w1_a+w1_b, and w2 or w2_a+w2_b), full (`diff`), norm (`w_norm` and
+  `b_norm`), GLoRA (a1/a2/b1/b2 `.weight` and `alpha`), OFT (`oft_blocks`, kohya's, which reads
+  `alpha`; or LyCORIS' `oft_diag`). None, or a key the chosen type reads missing (IA3 without
+  `on_input`, kohya OFT without `alpha`): load_network raises and the whole LoRA is not loaded.
+- kohya's OFT names (`oft_unet_…`) are tried as `diffusion_model_…` after the other fallbacks.
 - An OpenCLIP attention (SD2's text encoder, SDXL's second) is changed only when q, k, v and
   out_proj of that layer are all there.
-- Strength: `scale` key, else alpha / rank, else 1.0.
+- Strength (`calc_scale`): a `scale` key, else alpha / dim where the type sets a dim, else 1.0. dim
+  is lora_down's rows (LoRA), hada_w1_b's (LoHa), lokr_w2_b's, else lokr_w1_b's (LoKr; with full w1
+  and w2 none, so alpha is ignored); full, IA3, norm and GLoRA set none; OFT fixes its scale at 1.
 - The Lora tab lists a file by its metadata's version (`ss_base_model_version` sdxl_… → SDXL,
   `ss_v2` True → SD2, other metadata → SD1, none → unknown) and hides other versions' files.
 """
@@ -30,15 +40,15 @@ from __future__ import annotations
 
 import re
 
-from .filekeys import FileKeys, split_key
+from .filekeys import FileKeys
 from .outcome import Outcome, us
 from .universe import Universe
 
 NAME = "A1111"
 SOURCE = "AUTOMATIC1111/stable-diffusion-webui v1.10 extensions-builtin/Lora/networks.py, network_lora.py@ea90381"
 
-_RESNET = {"conv1": "in_layers_2", "conv2": "out_layers_3", "time_emb_proj": "emb_layers_1",
-           "conv_shortcut": "skip_connection"}
+_RESNET = {"conv1": "in_layers_2", "conv2": "out_layers_3", "norm1": "in_layers_0", "norm2": "out_layers_0",
+           "time_emb_proj": "emb_layers_1", "conv_shortcut": "skip_connection"}
 _X_PROJ = re.compile(r"(.*)_([qkv]_proj)$")
 
 
@@ -136,6 +146,7 @@ def _live(u: Universe, layer) -> str:
 
 
 def _module_type(parts: set[str]) -> str | None:
+    """The first of networks.py's `module_types` (in its order) whose create_module accepts the keys."""
     if {"lora_up.weight", "lora_down.weight"} <= parts or {"lora_A.weight", "lora_B.weight"} <= parts:
         return "lora"
     if {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"} <= parts:
@@ -148,14 +159,37 @@ def _module_type(parts: set[str]) -> str | None:
         return "lokr"
     if "diff" in parts:
         return "full"
+    if {"w_norm", "b_norm"} <= parts:
+        return "norm"
+    if {"a1.weight", "a2.weight", "alpha", "b1.weight", "b2.weight"} <= parts:
+        return "glora"
+    if "oft_blocks" in parts or "oft_diag" in parts:
+        return "oft"
     return None
 
 
-def _rank(fk: FileKeys, w: dict[str, str]) -> int | None:
-    for part in ("lora_down.weight", "lora_A.weight", "hada_w1_b", "lokr_w1_b", "lokr_w2_b"):
-        if part in w:
-            return fk.shapes[w[part]][0]
-    return None
+# keys the module's constructor then reads unconditionally: without them it raises
+_READS = {"ia3": ("on_input",), "oft": ("alpha",)}
+
+# the key whose rows are the module's dim, first choice first (LoKr sets w1_b's, then w2_b's over it)
+_DIM = {"lora": ("lora_down.weight", "lora_A.weight"), "hada": ("hada_w1_b",), "lokr": ("lokr_w2_b", "lokr_w1_b")}
+
+
+def _missing(kind: str, parts: set[str]) -> str | None:
+    if kind == "oft" and "oft_blocks" not in parts:
+        return None  # LyCORIS' oft_diag reads no alpha
+    return next((k for k in _READS.get(kind, ()) if k not in parts), None)
+
+
+def _strength(fk: FileKeys, kind: str, w: dict[str, str]) -> float:
+    """network.py's calc_scale with the dim each module type sets."""
+    if kind == "oft":
+        return 1.0
+    if "scale" in w:
+        return float(fk.tensor(w["scale"]))
+    rank = next((fk.shapes[w[p]][0] for p in _DIM.get(kind, ()) if p in w), None)
+    alpha = fk.alphas.get(w.get("alpha", ""))
+    return 1.0 if alpha is None or not rank else alpha / rank
 
 
 def load(fk: FileKeys, u: Universe) -> Outcome:
@@ -178,18 +212,26 @@ def load(fk: FileKeys, u: Universe) -> Outcome:
             if not found:
                 name = stem.replace("lora_te1_text_model", "transformer_text_model")
                 found = name in names
+        elif not found and "oft_unet" in stem:
+            name = stem.replace("oft_unet", "diffusion_model")
+            found = name in names
         if not found:
             out.skipped.append((key, "does not match an A1111 layer name"))
             continue
         matched.setdefault(name, {})[part] = key
-    modules = {}
+    modules, kinds = {}, {}
     for name, w in matched.items():
         kind = _module_type(set(w))
+        stem = next(iter(w.values())).partition('.')[0]
         if kind is None:
-            out.refused = (f"{next(iter(w.values())).partition('.')[0]} holds {', '.join(sorted(w))}, which no "
-                           "module type accepts: A1111 raises and loads none of the file")
+            out.refused = (f"{stem} holds {', '.join(sorted(w))}, which no module type accepts: A1111 raises "
+                           "and loads none of the file")
             return out
-        modules[name] = w
+        missing = _missing(kind, set(w))
+        if missing:
+            out.refused = (f"{stem} is read as {kind} and has no {missing}: A1111 raises and loads none of the file")
+            return out
+        modules[name], kinds[name] = w, kind
     groups: dict[str, set[str]] = {}
     for name in modules:
         if name in fused:
@@ -198,11 +240,7 @@ def load(fk: FileKeys, u: Universe) -> Outcome:
         if name in fused and len(groups[fused[name]]) < 4:
             out.skip(w.values(), "an OpenCLIP attention changes only with all of q, k, v and out_proj")
             continue
-        rank = _rank(fk, w)
-        alpha = fk.alphas.get(w.get("alpha", ""))
-        strength = 1.0 if alpha is None or not rank else alpha / rank
-        stem = split_key(next(iter(w.values())))[0]
-        out.applied[stem] = strength
+        out.applied[next(iter(w.values())).partition(".")[0]] = _strength(fk, kinds[name], w)
     hidden = _hidden(fk.metadata, u.spec)
     if hidden:
         out.notes.append(hidden)
@@ -210,12 +248,12 @@ def load(fk: FileKeys, u: Universe) -> Outcome:
 
 
 def _hidden(metadata: dict, spec) -> str | None:
-    """Whether the Lora tab lists the file under another model version than the family's."""
+    """Whether the Lora tab lists the file under another model version than the family's (its
+    `detect_version`, for a file without an `sd version` in a NAME.json beside it)."""
     if not metadata:
         return None
-    version = "sdxl" if str(metadata.get("ss_base_model_version", "")).startswith("sdxl_") else \
-        "sd2" if str(metadata.get("ss_v2", "")) == "True" else "sd1"
-    wanted = "sdxl" if spec.base_model_version(False).startswith("sdxl_") else "sd2" if spec.is_v2 else "sd1"
-    if version != wanted:
-        return f"the Lora tab lists it as {version.upper()} (from its metadata) and hides it on {spec.label} models"
+    version = "SDXL" if str(metadata.get("ss_base_model_version", "")).startswith("sdxl_") else \
+        "SD2" if str(metadata.get("ss_v2", "")) == "True" else "SD1"
+    if version != spec.a1111_sd_version:
+        return f"the Lora tab lists it as {version} (from its metadata) and hides it on {spec.label} models"
     return None

@@ -52,6 +52,8 @@ class Family:
     # --- metadata -------------------------------------------------------------------------------
     checkpoint_implementation: str = ""  # modelspec.implementation of a merged single-file checkpoint
     lora_implementation: str = "diffusers"  # modelspec.implementation of a LoRA file
+    a1111_sd_version: str = "Unknown"  # A1111's Lora SdVersion name (network.py): SD1, SD2, SDXL or Unknown
+    lbw_blocks: bool = False  # whether the LoRA Block Weight extension's UNet blocks (lbw=) apply
     is_v2: bool = False  # kohya's `ss_v2`
 
     # --- what follows from the above ----------------------------------------------------------
@@ -260,6 +262,11 @@ class Family:
     def denoiser_layout(self, config: Mapping | None):
         """Whatever the name translation needs from the denoiser config (None when there is none)."""
         return None
+
+    def lbw_block(self, target, layout) -> str | None:
+        """The LoRA Block Weight extension's block id (BASE, IN04, M00, OUT03...) of a LoRA target; None
+        for a layer in no block (its weight stays 1). Only where `lbw_blocks`."""
+        raise NotImplementedError
 
     def reference_layout(self):
         """The layout names refer to when no model is at hand (the family's base model)."""

@@ -47,7 +47,7 @@ class _MergeState:
         weight-independent ΔW, which subtract back within an ulp (as their unmerge would)."""
         w = module.weight.detach().to(torch.float32, copy=True)
         for net, name, rows in reversed(list(self.merged.values())):
-            compose.add_site_delta(w, net.adapters[name], rows, -net.multiplier)
+            compose.add_site_delta(w, net.adapters[name], rows, -net.strength(name))
         return w.to(module.weight.dtype)
 
 
@@ -60,13 +60,15 @@ def _merge_state(module: nn.Module) -> _MergeState:
 
 
 class LoRANetwork(nn.Module):
-    """kohya's LoRANetwork, kept small: adapters keyed by kohya name, one multiplier."""
+    """kohya's LoRANetwork, kept small: adapters keyed by kohya name, one multiplier (times a per-module
+    scale where A1111's te/unet weights or block weights set one)."""
 
     def __init__(self, multiplier: float = 1.0):
         super().__init__()
         self.adapters = nn.ModuleDict()
         self.targets: dict[str, Target] = {}
         self._multiplier = float(multiplier)
+        self._scales: dict[str, float] = {}  # adapter name → factor on the multiplier (1 when absent)
         self._live: list[nn.Module] = []  # the layers this network runs on the fly
         self.merged = False
 
@@ -101,7 +103,7 @@ class LoRANetwork(nn.Module):
         return net
 
     def add(self, target: Target, adapter: nn.Module) -> None:
-        adapter.multiplier = self._multiplier
+        adapter.multiplier = self._multiplier * self._scales.get(target.name, 1.0)
         self.adapters[target.name] = adapter
         self.targets[target.name] = target
 
@@ -142,13 +144,27 @@ class LoRANetwork(nn.Module):
 
     @multiplier.setter
     def multiplier(self, value: float) -> None:
-        old, self._multiplier = self._multiplier, float(value)
-        for adapter in self.adapters.values():
-            adapter.multiplier = self._multiplier
+        self._restrength(float(value), self._scales)
+
+    def strength(self, name: str) -> float:
+        """The factor adapter `name`'s ΔW is added with: the multiplier times its own scale."""
+        return self._multiplier * self._scales.get(name, 1.0)
+
+    def set_scales(self, scales: dict[str, float]) -> None:
+        """Per-adapter factors on the multiplier (adapters not named: 1), e.g. a text-encoder weight
+        apart from the UNet's, or a weight per UNet block."""
+        self._restrength(self._multiplier, {k: float(v) for k, v in scales.items()})
+
+    def _restrength(self, multiplier: float, scales: dict[str, float]) -> None:
+        old = {name: self.strength(name) for name in self.adapters}
+        self._multiplier, self._scales = multiplier, scales
+        for name, adapter in self.adapters.items():
+            adapter.multiplier = self.strength(name)
         if self.merged:  # in place: the networks merged after this one stay after it
             with torch.no_grad():
                 for name, adapter in self.adapters.items():
-                    self._restrength_target(name, adapter, old)
+                    if old[name] != self.strength(name):
+                        self._restrength_target(name, adapter, old[name])
 
     # on the fly ------------------------------------------------------------------------------
     def apply(self) -> "LoRANetwork":
@@ -214,7 +230,7 @@ class LoRANetwork(nn.Module):
             for (module, _), state in zip(sites, states):
                 if state.original is None:
                     state.original = _original(module, state)
-        compose.merge_into(sites, adapter, self._multiplier)
+        compose.merge_into(sites, adapter, self.strength(name))
         for (_, rows), state in zip(sites, states):
             state.merged[(id(self), name)] = (self, name, rows)
 
@@ -225,7 +241,7 @@ class LoRANetwork(nn.Module):
             state.merged.pop((id(self), name), None)
         if all(s.original is None for s in states):
             for module, rows in sites:
-                compose.add_site_delta(module.weight, adapter, rows, -self._multiplier)
+                compose.add_site_delta(module.weight, adapter, rows, -self.strength(name))
         else:
             _remerge(sites, states)
         for (module, _), state in zip(sites, states):
@@ -238,7 +254,7 @@ class LoRANetwork(nn.Module):
         if all(s.original is None for s in states):
             for module, rows in sites:
                 compose.add_site_delta(module.weight, adapter, rows, -old)
-                compose.add_site_delta(module.weight, adapter, rows, self._multiplier)
+                compose.add_site_delta(module.weight, adapter, rows, self.strength(name))
         else:
             _remerge(sites, states)
 
@@ -284,7 +300,7 @@ def _remerge(sites: list, states: list[_MergeState]) -> None:
         else:
             module.weight.copy_(state.original)
     for net, name, _ in list(states[0].merged.values()):
-        compose.merge_into(net.targets[name].sites(), net.adapters[name], net.multiplier)
+        compose.merge_into(net.targets[name].sites(), net.adapters[name], net.strength(name))
 
 
 def _check_shapes(name: str, kind: str, w: Mapping[str, Tensor], module: nn.Module, alpha, source: str) -> None:

@@ -126,6 +126,7 @@ class Trainer:
         self.weight_dtype = WEIGHT_DTYPES.get(cfg.mixed_precision, torch.float32)
         self.history = LossHistory()
         self.step = 0
+        self.last_sample = None  # the first image of the latest samples: the A1111 preview and thumbnail
         self.step_times: list[float] = []
         self.skipped: list[int] = []  # optimizer steps skipped for a non-finite loss (--nan-policy skip)
         self._bad_step = False
@@ -762,6 +763,21 @@ class Trainer:
                   dtype=SAVE_DTYPES[self.cfg.save_dtype], family=self.family)
         return md
 
+    def _thumbnail(self) -> dict[str, str]:
+        from ..formats.a1111_files import thumbnail_uri
+
+        return {} if self.last_sample is None else {"modelspec.thumbnail": thumbnail_uri(self.last_sample)}
+
+    def _a1111_files(self) -> None:
+        """NAME.json (and NAME.preview.png after samples) beside a LoRA file, for A1111's and Forge's Lora page."""
+        from .. import __version__
+        from ..formats.a1111_files import write_sidecars
+
+        out = Path(self.cfg.out)
+        if out.suffix.lower() == ".safetensors" and out.is_file():
+            notes = f"lorakit {__version__}: {self.step} steps on {Path(str(self.cfg.model)).name}"
+            write_sidecars(out, self.spec, self.cfg.trigger, self.last_sample, self.cfg.comment or "", notes)
+
     def _state_info(self) -> dict:
         return {"step": self.step, "config": self._fingerprint(), "history": self.history.state(),
                 "session_id": self.session_id, "started_at": self.started_at, "skipped_steps": self.skipped}
@@ -793,6 +809,7 @@ class Trainer:
         finally:
             net.train()
         save_png(image_grid(images), self.run_dir / "samples" / f"step-{self.step:06d}.png")
+        self.last_sample = images[0]
 
     # --- the run -------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -850,7 +867,8 @@ class Trainer:
             self.checkpoint(with_lora=False)
         md = {}
         if self.main:
-            md = self._write(self.save_lora, Path(cfg.out), self.step, final=True)
+            md = self._write(self.save_lora, Path(cfg.out), self.step, final=True, extra=self._thumbnail())
+            self._write(self._a1111_files)
         if cfg.evaluate or cfg.evaluate_every:
             self.stops.notice = "stopping the evaluation; the LoRA is saved"
             self._write(evaluate_run, self)

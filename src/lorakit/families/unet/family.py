@@ -141,6 +141,18 @@ class UNetFamily(Family):
             names = [preferred] + [n for n in names if n != preferred]
         return tuple(names)
 
+    lbw_blocks = True
+
+    def lbw_block(self, target, layout) -> str | None:
+        """Text encoders: BASE; a UNet layer: the LDM block its SAI path lies in (input_blocks.4 → IN04)."""
+        if target.part != "unet":
+            return "BASE"
+        path = naming.diffusers_to_sai_unet_path(target.path, layout or self.reference_layout())
+        m = re.match(r"(input_blocks|output_blocks)\.(\d+)\.", path)
+        if m:
+            return f"{'IN' if m[1] == 'input_blocks' else 'OUT'}{int(m[2]):02d}"
+        return "M00" if path.startswith("middle_block.") else None
+
     # --- presets -------------------------------------------------------------------------------
     def denoiser_selected(self, path: str, container: str, preset: str) -> bool:
         if container in _TRANSFORMER:

@@ -10,6 +10,7 @@ from .family import UNET, UNetFamily, context_width, denoiser_config
 
 class SD1(UNetFamily):
     name, label = "sd1", "SD1"
+    a1111_sd_version = "SD1"
     card_colour = (70, 110, 170)
     pipeline_class = "StableDiffusionPipeline"
     pipeline_kwargs = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}

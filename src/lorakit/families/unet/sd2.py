@@ -12,6 +12,7 @@ from .family import UNET, UNetFamily, context_width, denoiser_config
 
 class SD2(UNetFamily):
     name, label = "sd2", "SD2"
+    a1111_sd_version = "SD2"
     card_colour = (90, 150, 90)
     pipeline_class = "StableDiffusionPipeline"
     pipeline_kwargs = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}

@@ -14,6 +14,7 @@ _IMPL = "https://github.com/Stability-AI/generative-models"
 
 class SDXL(UNetFamily):
     name, label = "sdxl", "SDXL"
+    a1111_sd_version = "SDXL"
     card_colour = (160, 90, 150)
     pipeline_class = "StableDiffusionXLPipeline"
     index_defaults = {"force_zeros_for_empty_prompt": True}
