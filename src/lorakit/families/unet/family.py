@@ -164,7 +164,8 @@ class UNetFamily(Family):
         if clip_skip is None:
             return {"hidden": te(ids[0].to(te.device), attention_mask=mask)[0]}
         out = te(ids[0].to(te.device), attention_mask=mask, output_hidden_states=True)
-        return {"hidden": te.text_model.final_layer_norm(out.hidden_states[-clip_skip])}
+        # transformers 5's CLIPTextModel holds the norm itself, older ones and ...WithProjection in text_model
+        return {"hidden": getattr(te, "text_model", te).final_layer_norm(out.hidden_states[-clip_skip])}
 
     def predict(self, denoiser, noisy, t, cond: Mapping, extra: Mapping, dtype):
         return denoiser(noisy.to(dtype), t, cond["hidden"].to(dtype), return_dict=False)[0]
