@@ -168,16 +168,22 @@ def test_clip_skip_asks_the_family():
     assert families.get("sd3").clip_skip is None and families.get("flux").clip_skip is None
 
 
-def test_clip_skip_on_a_family_without_it_is_one_line(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def sd3(root):
     from sd3_support import tiny_sd3_pipeline
 
-    tiny_sd3_pipeline().save_pretrained(tmp_path / "sd3")
+    tiny_sd3_pipeline().save_pretrained(root / "sd3")
+    return root / "sd3"
+
+
+@pytest.mark.parametrize("flags, says", [(["--clip-skip", "2"], "--clip-skip 2: SD3 models have no CLIP layer"),
+                                         (["--loss-type", "huber"], "--huber-schedule snr needs a noise-prediction")])
+def test_options_a_flow_matching_family_lacks_are_one_line(sd3, flags, says, tmp_path, capsys):
     data = make_images(tmp_path / "data", sizes=((32, 32),))
     capsys.readouterr()  # save_pretrained's progress bars
-    code, _, err = _cli(["train", "--model", tmp_path / "sd3", "--data", data, "--clip-skip", "2", "--steps", "1",
-                         "--resolution", "32", "--no-progress", "--no-tensorboard", "--out",
-                         tmp_path / "o.safetensors"], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "SD3 models have no CLIP layer" in err
+    code, _, err = _cli(["train", "--model", sd3, "--data", data, *flags, "--steps", "1", "--resolution", "32",
+                         "--no-progress", "--no-tensorboard", "--out", tmp_path / "o.safetensors"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and says in err
 
 
 # --- per-family defaults ---------------------------------------------------------------------------
@@ -213,6 +219,18 @@ def test_model_is_required(images, tmp_path, capsys):
     assert code == 2 and err.strip() == ("error: no base model: give --model (a diffusers folder, a .safetensors "
                                          "file or a hub id; --model toy trains the built-in toy model)")
     assert not (tmp_path / "x-run").exists()
+
+
+def test_the_train_form_asks_for_a_model_instead_of_the_toy(tmp_path):
+    from lorakit.ui.train_tab import train_config
+
+    values = dict(model=" ", data=str(tmp_path), trigger="", out=str(tmp_path / "o.safetensors"), preset="attn",
+                  rank=4, alpha=4, conv_rank=0, steps=4, lr=1e-3, batch_size=1, resolution=32, optimizer="adamw",
+                  scheduler="constant", train_text_encoder=False, class_prompt="", class_data="", sample_prompts="",
+                  sample_every=0, save_every=0, extra_toml="", resume="")
+    with pytest.raises(LoraKitError, match="choose a base model"):
+        train_config(**values)
+    assert train_config(**{**values, "model": "toy"}).model == "toy"
 
 
 # --- kohya's sample-prompt options ------------------------------------------------------------------
@@ -271,6 +289,16 @@ def test_sample_prompt_options_become_settings_not_prompt_text():
     assert kw2["guidance_scale"] == 7.5 and sched2 == "DDIMScheduler"  # the run's own settings, seed 1234 + 1
     assert torch.equal(kw2["latents"], torch.randn((1, 4, 4, 4), generator=torch.Generator().manual_seed(1235)))
     assert isinstance(pipe.scheduler, DDIMScheduler)  # restored
+
+
+def test_samples_of_a_run_take_each_prompts_size(sd1, images, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a square --w 32 --h 48 --s 2 --ss euler --d 3\na circle --n blurry --s 2\n")
+    result = run(config(sd1, images, tmp_path, steps=1, sample_every=1, sample_prompts=prompts))
+    from PIL import Image
+
+    grid = Image.open(result.run_dir / "samples" / "step-000001.png")
+    assert grid.size == (64, 48)  # two cells of the largest sample, 32 × 48 (the other is --resolution 32)
 
 
 # --- --epochs and --save-every-epochs ---------------------------------------------------------------
