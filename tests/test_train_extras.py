@@ -58,7 +58,7 @@ def _max_diff(a: dict, b: dict) -> float:
 
 # --- Huber / smooth L1 (sd-scripts' conditional_loss and get_huber_threshold_if_needed) ----------------
 def _sd_alphas_cumprod() -> list[float]:
-    """SD's scaled_linear schedule, by hand: β_i = (√0.00085 + i/999·(√0.012 − √0.00085))², ᾱ = Π(1 − β)."""
+    """SD's scaled_linear schedule by hand: β_i = (√0.00085 + i/999·(√0.012 − √0.00085))², ᾱ = Π(1 − β)."""
     out, prod = [], 1.0
     for i in range(1000):
         beta = (math.sqrt(0.00085) + i / 999 * (math.sqrt(0.012) - math.sqrt(0.00085))) ** 2
@@ -87,7 +87,8 @@ def test_huber_and_smooth_l1_losses_by_hand():
     tgt = torch.zeros_like(pred)
     delta = torch.tensor([0.1, 0.5])  # one threshold per sample
     huber = losses.elementwise_loss(pred, tgt, "huber", delta).flatten().tolist()
-    # 2δ(√(r² + δ²) − δ): r=0.3, δ=0.1 → 0.2·(√0.1 − 0.1) = 0.0432456; r=0.01 → 0.2·(√0.0101 − 0.1) = 9.9751e-5 (≈ r²)
+    # 2δ(√(r² + δ²) − δ): r=0.3, δ=0.1 → 0.2·(√0.1 − 0.1) = 0.0432456;
+    # r=0.01 → 0.2·(√0.0101 − 0.1) = 9.9751e-5 (≈ r²)
     # r=0, δ=0.5 → 0; r=2 → 1.0·(√4.25 − 0.5) = 1.5615528
     assert huber == pytest.approx([0.0432456, 9.9751e-5, 0.0, 1.5615528], rel=1e-4)
     smooth = losses.elementwise_loss(pred, tgt, "smooth_l1", delta).flatten().tolist()

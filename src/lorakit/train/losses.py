@@ -1,4 +1,5 @@
-"""The training objective: denoising MSE (or sd-scripts' Huber / smooth L1), min-SNR weighting, noise offset, weight penalties.
+"""The training objective: denoising MSE (or sd-scripts' Huber / smooth L1), min-SNR weighting, noise
+offset, weight penalties.
 
 Prior preservation is the same loss on class images, weighted by `prior_weight` and added.
 """
