@@ -349,7 +349,7 @@ def image_grid(images: Sequence, cols: int | None = None):
 
     cols = cols or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
-    w, h = images[0].size
+    w, h = max(im.size[0] for im in images), max(im.size[1] for im in images)  # samples may differ in size
     grid = Image.new("RGB", (cols * w, rows * h), "white")
     for i, im in enumerate(images):
         grid.paste(im, ((i % cols) * w, (i // cols) * h))

@@ -15,7 +15,8 @@ from typing import List, Optional, get_args, get_type_hints
 import typer
 import typer.core
 
-from ..train.config import ModelSource, TrainConfig
+from ..errors import LoraKitError
+from ..train.config import MODEL_MISSING, ModelSource, TrainConfig
 
 _SHORT = {"model": ["-m"], "data": ["-d"], "out": ["-o"], "rank": ["-r"]}
 
@@ -33,8 +34,10 @@ def _train(config: Optional[Path] = None, print_config: bool = False, plan: bool
             typer.echo(f"note: {line}", err=True)
     cfg = cfg.override(flags)
     if print_config:
-        typer.echo(cfg.to_toml())
+        typer.echo(family_defaults(cfg).to_toml())
         return
+    if cfg.model is None:
+        raise LoraKitError(MODEL_MISSING)
     if plan or cfg.memory_budget is not None:  # the options are checked before planning; a plan needs no data
         (cfg if cfg.data is not None else cfg.override({"data": "."})).validate()
     if cfg.blocks_to_swap:
@@ -45,6 +48,8 @@ def _train(config: Optional[Path] = None, print_config: bool = False, plan: bool
                                                allow_pickle=cfg.allow_pickle))
     if cfg.memory_budget is not None or plan:
         from ..memory_budget import budget_train, plan_train
+
+        cfg = family_defaults(cfg)
 
         if cfg.memory_budget is not None:
             cfg = budget_train(cfg, echo=lambda line: typer.echo(line, err=not plan))
@@ -72,6 +77,21 @@ def _train(config: Optional[Path] = None, print_config: bool = False, plan: bool
         for line in summary(result.out, model=result.model):
             typer.echo(line)
         typer.echo(str(result.out))
+
+
+def family_defaults(cfg: TrainConfig) -> TrainConfig:
+    """The options the model's family decides (resolution, sample steps, guidance) filled in, read from
+    the model's configs without its weights; unchanged when the model cannot be read so (a hub id)."""
+    from ..models.sketch import sketch
+
+    if cfg.model is None or None not in (cfg.resolution, cfg.sample_steps, cfg.sample_guidance):
+        return cfg
+    try:
+        sk = sketch(cfg.model, config_dir=cfg.config_dir, text_encoders=cfg.text_encoders,
+                    allow_pickle=cfg.allow_pickle, prediction_type=cfg.prediction_type)
+    except LoraKitError:
+        return cfg
+    return cfg.with_family_defaults(sk.family, sk.prediction_type == "v_prediction", sk.denoiser_config)
 
 
 def resume_command(run_dir) -> str:

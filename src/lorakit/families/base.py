@@ -48,6 +48,18 @@ class Family:
     prediction_types: tuple[str, ...] = ("epsilon",)  # accepted --prediction-type values, default first
     presets: tuple[str, ...] = ("attn", "cross-attn", "transformer", "full")  # target presets, kohya's first
     bucket_step: int = 64  # default aspect-bucket step in pixels
+    # what `train` uses when the user does not say (samples: the guidance the family's pipeline is made for)
+    sample_steps: int = 20
+    sample_guidance: float = 7.5
+    # --clip-skip: "honoured" (the conditioning is the chosen CLIP layer), "ignored" (the family's
+    # conditioning is fixed at one layer, as sd-scripts keeps it: accepted with a note) or None (no CLIP
+    # sequence to choose a layer of: refused)
+    clip_skip: str | None = None
+
+    def training_defaults(self, v_prediction: bool, denoiser_config: Mapping) -> dict:
+        """The values of the options `train` leaves to the family: resolution, sample steps, sample guidance."""
+        return {"resolution": self.resolution(v_prediction), "sample_steps": self.sample_steps,
+                "sample_guidance": self.sample_guidance}
 
     # --- metadata -------------------------------------------------------------------------------
     checkpoint_implementation: str = ""  # modelspec.implementation of a merged single-file checkpoint

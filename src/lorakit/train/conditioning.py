@@ -15,11 +15,13 @@ from torch import Tensor
 class Conditioner:
     """The family's tokenizers and text encoders, read from the pipeline by the family's names."""
 
-    def __init__(self, pipe, family: str):
+    def __init__(self, pipe, family: str, clip_skip: int | None = None):
+        """clip_skip: the CLIP layer the family conditions on (kohya's count), for families that honour it."""
         from .. import families
 
         self.pipe, self.family = pipe, family
         self.spec = families.get(family)
+        self.clip_skip = clip_skip
 
     @property
     def tokenizers(self) -> list:
@@ -36,6 +38,8 @@ class Conditioner:
     def encode_ids(self, ids: Sequence[Tensor], cached: dict | None = None) -> dict[str, Tensor]:
         """{hidden: [B, 77, D], pooled: [B, P] (SDXL)...}: what the family conditions on; gradients flow
         when enabled. `cached`: the outputs of encoders released after caching (SD3's T5)."""
+        if self.clip_skip is not None:
+            return self.spec.encode_text(self.encoders, self.tokenizers, ids, cached, clip_skip=self.clip_skip)
         return self.spec.encode_text(self.encoders, self.tokenizers, ids, cached)
 
     @torch.no_grad()

@@ -33,6 +33,8 @@ def opt(default, help: str, section: str, *, resume_may_change: bool = False, cl
     return field(default=default, metadata=dict(help=help, section=section, resume=resume_may_change, cli=cli))
 
 
+MODEL_MISSING = ("no base model: give --model (a diffusers folder, a .safetensors file or a hub id; "
+                 "--model toy trains the built-in toy model)")
 # models.base_precision.CHOICES (spelt here: this module imports no torch)
 BASE_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "nf4")
 SECTIONS = ("model", "data", "prior", "network", "optimizer", "loss", "run", "output")
@@ -41,8 +43,8 @@ SECTIONS = ("model", "data", "prior", "network", "optimizer", "loss", "run", "ou
 @dataclass
 class TrainConfig:
     # model
-    model: ModelSource = opt(ModelSource("toy"), "base model: diffusers folder, single .safetensors, hub id, or "
-                             "'toy'", "model")
+    model: Optional[ModelSource] = opt(None, "base model (required): diffusers folder, single .safetensors, hub id, "
+                                       "or 'toy' (the built-in 2 M-parameter toy)", "model")
     text_encoders: Optional[Path] = opt(None, "SD 3.x / Flux.1 single file without text encoders: a folder holding "
                                         "them (SD3: text_encoder, text_encoder_2, text_encoder_3, tokenizer_3; "
                                         "Flux: vae, text_encoder, text_encoder_2, tokenizer_2)", "model",
@@ -51,6 +53,9 @@ class TrainConfig:
                                      "from the shipped configs", "model", resume_may_change=True)
     prediction_type: Optional[str] = opt(None, "epsilon or v_prediction (default: from the model)", "model")
     allow_pickle: bool = opt(False, PICKLE_HELP, "model", resume_may_change=True)
+    clip_skip: Optional[int] = opt(None, "condition on the N-th last CLIP layer (2: the penultimate), its output "
+                                   "through the final layer norm, as kohya and A1111 (SD 1.x/2.x; SDXL already "
+                                   "uses the penultimate layer and ignores it, as sd-scripts does)", "model")
     # data
     data: Optional[Path] = opt(None, "image folder (captions alongside, N_name repeat folders) or dataset TOML", "data")
     trigger: Optional[str] = opt(None, "trigger word prepended to every caption", "data")
@@ -60,7 +65,8 @@ class TrainConfig:
     caption_dropout: float = opt(0.0, "probability of training a sample with an empty caption", "data")
     flip: bool = opt(False, "random horizontal flip", "data")
     repeats: int = opt(1, "repeats of images placed directly in --data (N_name folders set their own)", "data")
-    resolution: int = opt(512, "training resolution: buckets have area ≤ resolution²", "data")
+    resolution: Optional[int] = opt(None, "training resolution: buckets have area ≤ resolution² (default: the "
+                                    "family's: 512 SD 1.x/2.x, 768 SD 2.x v, 1024 SDXL, SD 3.x, Flux.1)", "data")
     bucket: bool = opt(True, "aspect-ratio bucketing (off: centre-crop everything square)", "data")
     bucket_step: Optional[int] = opt(None, "bucket side step in pixels (default 64; SDXL 32)", "data")
     min_bucket_side: Optional[int] = opt(None, "smallest bucket side (default resolution/2)", "data")
@@ -98,6 +104,12 @@ class TrainConfig:
                              "full_matrix, use_tucker, conv_dim, conv_alpha, dora_wd, rank_dropout, module_dropout, "
                              "rs_lora, constraint …); repeat the flag or quote several", "network")
     rank: int = opt(16, "LoRA rank", "network")
+    network_weights: Optional[Path] = opt(None, "continue from this LoRA file: its factors are the starting point "
+                                          "(the optimizer and LR schedule start afresh, as kohya's "
+                                          "--network_weights; the data order continues after its ss_steps)",
+                                          "network")
+    dim_from_weights: bool = opt(False, "take rank, alpha and the adapted modules from --network-weights",
+                                 "network")
     alpha: Optional[float] = opt(None, "LoRA alpha (default: rank, i.e. scale 1)", "network")
     preset: str = opt("transformer", "target preset: attn, cross-attn, attn-mlp, transformer, full (SD 3.x, "
                       "Flux.1: attn = attention, attn-mlp = + MLP, transformer = every linear of the blocks)", "network")
@@ -130,6 +142,11 @@ class TrainConfig:
                                 "loss")
     guidance_scale: Optional[float] = opt(None, "Flux.1 dev: the value fed to its guidance embedding while training "
                                           "(default 3.5, as diffusers' and sd-scripts' Flux trainers)", "loss")
+    loss_type: str = opt("l2", "l2, huber or smooth_l1 (sd-scripts' --loss_type)", "loss")
+    huber_c: float = opt(0.1, "Huber / smooth-L1 threshold parameter", "loss")
+    huber_schedule: str = opt("snr", "how the threshold varies with the timestep: constant, exponential or snr "
+                              "(sd-scripts'; snr needs a noise-prediction model)", "loss")
+    huber_scale: float = opt(1.0, "scale of the constant and exponential Huber thresholds", "loss")
     noise_offset: float = opt(0.0, "noise offset (0.05–0.1 helps very dark/bright images)", "loss")
     l1_penalty: float = opt(0.0, "coefficient of Σ|w| over the LoRA weights", "loss")
     l2_penalty: float = opt(0.0, "coefficient of Σw² over the LoRA weights", "loss")
@@ -138,6 +155,8 @@ class TrainConfig:
                           resume_may_change=True)
     # run
     steps: int = opt(1000, "optimizer steps", "run")
+    epochs: Optional[int] = opt(None, "passes over the data set instead of --steps: steps = epochs × ⌈batches "
+                                "per epoch / processes / --grad-accum⌉, as kohya's --max_train_epochs", "run")
     grad_accum: int = opt(1, "gradient accumulation micro-steps per optimizer step", "run")
     mixed_precision: str = opt("auto", "auto, no, fp16 or bf16 (frozen base weights in that dtype, LoRA and optimizer "
                                "in fp32); auto: bf16 on GPUs that have it (else fp16), bf16 on CPUs with AVX512-BF16 "
@@ -163,6 +182,8 @@ class TrainConfig:
                                   "suffix + '-run')", "output", resume_may_change=True)
     save_every: int = opt(0, "save the LoRA and a resume state every N steps (0: only at the end)", "output",
                           resume_may_change=True)
+    save_every_epochs: int = opt(0, "also write OUT's stem + '-000004.safetensors' (kohya's names) beside OUT "
+                                 "every N epochs (0: off)", "output", resume_may_change=True)
     keep_states: int = opt(2, "resume states kept (older ones are deleted)", "output", resume_may_change=True)
     save_dtype: str = opt("fp16", "dtype of the saved LoRA: fp16, bf16 or fp32", "output", resume_may_change=True)
     save_format: Optional[str] = opt(None, "LoRA file layout: kohya (default for SD 1.x/2.x/XL and Flux.1), "
@@ -172,10 +193,13 @@ class TrainConfig:
     output_name: Optional[str] = opt(None, "ss_output_name (default: OUT's stem)", "output", resume_may_change=True)
     comment: Optional[str] = opt(None, "ss_training_comment", "output", resume_may_change=True)
     sample_every: int = opt(0, "write sample images every N steps (0: off)", "output", resume_may_change=True)
-    sample_prompts: Optional[Path] = opt(None, "text file, one prompt a line (default: the trigger)", "output",
-                                         resume_may_change=True)
-    sample_steps: int = opt(20, "sampling steps for samples", "output", resume_may_change=True)
-    sample_guidance: float = opt(7.5, "guidance scale for samples", "output", resume_may_change=True)
+    sample_prompts: Optional[Path] = opt(None, "text file, one prompt a line (default: the trigger), with kohya's "
+                                         "options after it: --n negative --w 512 --h 768 --s 28 --l 7.5 --d 42 "
+                                         "--ss sampler", "output", resume_may_change=True)
+    sample_steps: Optional[int] = opt(None, "sampling steps for samples (default: the family's)", "output",
+                                      resume_may_change=True)
+    sample_guidance: Optional[float] = opt(None, "guidance scale for samples (default: the family's: 7.5 SD, "
+                                           "5 SD 3.x, 3.5 Flux.1 dev)", "output", resume_may_change=True)
     sample_seed: int = opt(1234, "seed of the sample images", "output", resume_may_change=True)
     evaluate: bool = opt(False, "measure the LoRA at the end (as `lorakit evaluate`): RUN_DIR/evaluate/step-N/"
                          "report.html", "output", resume_may_change=True)
@@ -197,6 +221,12 @@ class TrainConfig:
                                  resume_may_change=True)
 
     # derived ----------------------------------------------------------------------------------
+    def with_family_defaults(self, family, v_prediction: bool, denoiser_config=None) -> "TrainConfig":
+        """The options left unset that the model family decides (resolution, sample steps and
+        guidance), filled in with its values (`family.training_defaults`)."""
+        found = family.training_defaults(v_prediction, denoiser_config or {})
+        return dataclasses.replace(self, **{k: v for k, v in found.items() if getattr(self, k) is None})
+
     def resolved_run_dir(self) -> Path:
         if self.run_dir is not None:
             return Path(self.run_dir)
@@ -219,24 +249,36 @@ class TrainConfig:
                    "scheduler": ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                                  "polynomial"),
                    "prediction_type": (None, "epsilon", "v_prediction"), "nan_policy": ("stop", "skip"),
-                   "keep_best": (None, "val-loss", "fidelity", "drift", "combined")}
+                   "keep_best": (None, "val-loss", "fidelity", "drift", "combined"),
+                   "loss_type": ("l2", "huber", "smooth_l1"), "huber_schedule": ("constant", "exponential", "snr")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 bad(f"--{_flag(key)} must be one of {', '.join(a for a in allowed if a)}, not {getattr(self, key)!r}")
         if self.blocks_to_swap < 0:
             bad(f"--blocks-to-swap must be ≥ 0, not {self.blocks_to_swap}")
-        positive = ("rank", "steps", "batch_size", "grad_accum", "resolution", "repeats", "keep_states", "evaluate_n")
+        positive = ("rank", "steps", "batch_size", "grad_accum", "resolution", "repeats", "keep_states", "evaluate_n",
+                    "epochs", "clip_skip", "sample_steps")
         for key in positive:
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 bad(f"--{_flag(key)} must be at least 1, not {getattr(self, key)}")
         for key in ("caption_dropout", "dropout", "rank_dropout", "module_dropout"):
             if not 0 <= getattr(self, key) < 1:
                 bad(f"--{_flag(key)} must be in [0, 1), not {getattr(self, key)}")
         for key in ("lr", "prior_weight", "noise_offset", "l1_penalty", "l2_penalty", "weight_decay",
-                    "max_grad_norm", "max_upscale"):
+                    "max_grad_norm", "max_upscale", "huber_scale"):
             v = getattr(self, key)
             if v is None or not math.isfinite(v) or v < 0:
                 bad(f"--{_flag(key)} must be a finite number ≥ 0, not {v}")
+        if not 0 < self.huber_c <= 1:
+            bad(f"--huber-c must be in (0, 1], not {self.huber_c}")
+        if self.save_every_epochs < 0:
+            bad(f"--save-every-epochs must be ≥ 0 (0: off), not {self.save_every_epochs}")
+        if self.save_every_epochs and self.epochs is None:
+            bad("--save-every-epochs needs --epochs (the run's length in epochs)")
+        if self.dim_from_weights and self.network_weights is None:
+            bad("--dim-from-weights needs --network-weights FILE (the LoRA it reads them from)")
+        if self.model is None:
+            bad(MODEL_MISSING)
         if self.data is None:
             bad("no training data: give --data DIR (or a dataset .toml), or `data = ...` in the config")
         if not self.train_unet and self.train_text_encoder is not True:
@@ -253,7 +295,7 @@ class TrainConfig:
             bad(f"--keep-best {self.keep_best} needs --evaluate-every N (the steps it chooses among)")
         if self.keep_best == "val-loss" and not (self.validation_split or self.validation_data):
             bad("--keep-best val-loss needs held-out images: --validation-split F or --validation-data DIR")
-        if self.warmup_steps > self.steps:
+        if self.epochs is None and self.warmup_steps > self.steps:
             bad(f"--warmup-steps {self.warmup_steps} is more than --steps {self.steps}")
         self.network_spec()
         return self

@@ -307,7 +307,7 @@ def _what_lorakit_does(kohya: str, value, args) -> bool:
     CLIP layer, Huber settings of an l2 loss)."""
     if kohya == "loss_type":
         return value == "l2"
-    if kohya in ("huber_c", "huber_schedule"):
+    if kohya in ("huber_c", "huber_schedule", "huber_scale"):
         return args.get("loss_type", "l2") == "l2"
     if kohya == "clip_skip":
         return value == 1

@@ -86,6 +86,7 @@ TABLE: dict[str, Kohya] = {
     "loss_type": _opt("str", "loss_type"),
     "huber_c": _opt("float", "huber_c"),
     "huber_schedule": _opt("str", "huber_schedule"),
+    "huber_scale": _opt("float", "huber_scale"),
     "weighting_scheme": _opt("str", "weighting_scheme"),
     "guidance_scale": _opt("float", "guidance_scale"),
     "timestep_sampling": _opt("str"),
@@ -188,7 +189,7 @@ SD_SCRIPTS_ONLY = frozenset("""
     conditioning_data_dir controlnet_model_name_or_path cpu_offload_checkpointing dataset_class dataset_repeats
     ddp_gradient_as_bucket_view ddp_static_graph ddp_timeout debiased_estimation_loss debug_dataset deepspeed
     dynamo_backend enable_scaled_pos_embed enable_wildcard face_crop_aug_range fp16_master_weights_and_gradients
-    fp8_base_unet full_bf16 full_fp16 fused_backward_pass huber_scale huggingface_path_in_repo
+    fp8_base_unet full_bf16 full_fp16 fused_backward_pass huggingface_path_in_repo
     huggingface_repo_id huggingface_repo_type huggingface_repo_visibility huggingface_token in_json
     initial_epoch initial_step ip_noise_gamma ip_noise_gamma_random_strength keep_tokens_separator
     log_tracker_config log_tracker_name logit_mean logit_std lr_decay_steps lr_scheduler_args

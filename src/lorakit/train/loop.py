@@ -13,6 +13,7 @@ run needs to retrace the uninterrupted one bit for bit.
 from __future__ import annotations
 
 import gc
+import math
 import sys
 import time
 import uuid
@@ -30,7 +31,7 @@ from ..atomic import remove_stale_temporaries, write_text_atomic
 from ..errors import Interrupted, LoraKitError
 from ..lora.network import LoRANetwork
 from ..writable import require_writable
-from . import losses, state
+from . import continuation, losses, state
 from .conditioning import Conditioner, encode_pixels
 from .interrupt import EXIT_CODES, StopRequests, signal_name
 from .config import TrainConfig
@@ -41,7 +42,8 @@ from .optim import build_optimizer, build_scheduler
 from ..generate import image_grid, save_png
 from ..quantized import cast_module
 from .evaluation import evaluate_run
-from .sampling import count_images, generate_class_images, read_class_prompts, read_prompts, render
+from .sample_prompts import read_sample_prompts
+from .sampling import count_images, generate_class_images, read_class_prompts, render_samples
 
 # Text-cache entries kept when captions vary (the encoders stay, so an entry that goes is encoded again).
 TEXT_MEMO_ITEMS = 4096
@@ -355,6 +357,8 @@ class Trainer:
             self.resume_dir = state.find_state(Path(cfg.resume))
         subsets = self._subsets()  # may take resolution, batch size… from a dataset TOML
         cfg = self.cfg
+        # as asked: the family and the data fill these in later, and a resumed run compares them before that
+        self._asked = {"resolution": cfg.resolution, "steps": cfg.steps}
         if self.resume_dir is not None:
             info = state.read_state(self.resume_dir)
             if cfg.train_text_encoder is None:  # the run it continues resolved the family's default
@@ -371,6 +375,8 @@ class Trainer:
         else:
             self.session_id, self.started_at = uuid.uuid4().hex[:12], time.time()
         class_subset = self._class_subset()
+        if cfg.sample_every and cfg.sample_prompts is not None:
+            read_sample_prompts(cfg.sample_prompts, "")  # a malformed line is refused before any loading
         require_writable(cfg.out)
         require_writable(self.run_dir, folder=True)
 
@@ -385,19 +391,32 @@ class Trainer:
         self.model = self._load(("vae", "text_encoders") if stageable else ("unet", "vae", "text_encoders"))
         self.family, self.prediction_type = self.model.family, self.model.prediction_type
         self.spec = self.model.spec
+        self.cfg = cfg = cfg.with_family_defaults(self.spec, self.prediction_type == "v_prediction",
+                                                  self.model.denoiser_config)
+        self._check_clip_skip()
+        self.continued = self._continued_file()
+        self.data_offset = continuation.steps_done(self.continued)  # the continued file's data order goes on
         if cfg.train_text_encoder is None:  # the family's default, known now that its model is read
-            self.cfg = cfg = cfg.override({"train_text_encoder": self.spec.trains_text_encoder_by_default})
+            default = self.spec.trains_text_encoder_by_default
+            if self.continued is not None and cfg.dim_from_weights:  # the file says which parts it adapts
+                default = any(n != "unet" for n in self.continued.parts())
+            self.cfg = cfg = cfg.override({"train_text_encoder": default})
         staged = stageable and not cfg.train_text_encoder
         if stageable and not staged:  # the text encoder trains after all: the UNet joins them now
             self._add_denoiser()
         self.objective = self.spec.objective(self.prediction_type)
+        if self.objective == "flow_matching" and cfg.loss_type != "l2" and cfg.huber_schedule == "snr":
+            raise LoraKitError(f"--loss-type {cfg.loss_type}: --huber-schedule snr needs a noise-prediction model (as "
+                               "in sd-scripts); flow-matching models (SD 3.x, Flux.1) take constant or exponential")
         if self.objective == "flow_matching" and cfg.min_snr_gamma:
             raise LoraKitError("--min-snr-gamma is for noise-prediction models; flow-matching models (SD 3.x) weigh "
                                "their loss with --weighting-scheme")
         self.vae_config = dict(self.model.vae.config) if self.model.vae is not None else None
         self._require_fits()
         device = acc.device
-        self.conditioner = Conditioner(self.model.pipe, self.family)
+        self.conditioner = Conditioner(self.model.pipe, self.family,
+                                       cfg.clip_skip if self.spec.clip_skip == "honoured" and cfg.clip_skip != 1
+                                       else None)
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.run_dir / "cache"
         self.latents = TensorStore(cfg.cache_latents, cache_dir / "latents")
         # with a text-encoder LoRA the text cache still holds what encoders that never train give (SD3's T5)
@@ -428,6 +447,7 @@ class Trainer:
         if self.data.varies_pixels() and cfg.cache_latents != "none":  # as sd-scripts refuses --cache_latents
             raise LoraKitError("random_crop and color_aug change the image each step: they need --cache-latents none",
                                cfg.data)
+        self._steps_from_epochs()
         self._fill_caches()
         if staged:
             self.model.release("vae", *self.spec.text_encoders)
@@ -441,6 +461,40 @@ class Trainer:
 
         announce(self.precision, self.main)
         base_precision.announce(self.model, self.cfg.base_precision, self.weight_dtype, self.main)
+
+    def _check_clip_skip(self) -> None:
+        """--clip-skip where the family conditions on a CLIP layer it can choose; a note where it is fixed."""
+        cfg = self.cfg
+        if cfg.clip_skip is None or cfg.clip_skip == 1:
+            return
+        if self.spec.clip_skip is None:
+            raise LoraKitError(f"--clip-skip {cfg.clip_skip}: {self.spec.label} models have no CLIP layer to choose "
+                               "(it applies to SD 1.x and 2.x)")
+        if self.spec.clip_skip == "ignored" and self.main:
+            print(f"note: --clip-skip {cfg.clip_skip} is ignored: {self.spec.label} always conditions on the "
+                  "penultimate CLIP layers (as sd-scripts trains it)", file=sys.stderr)
+
+    def _continued_file(self):
+        """The LoRA file --network-weights continues (read and checked against the family), or None."""
+        if self.cfg.network_weights is None:
+            return None
+        from ..formats import load_lora
+
+        return load_lora(self.cfg.network_weights, self.family)
+
+    def _steps_from_epochs(self) -> None:
+        """--epochs as kohya counts them: ⌈batches per epoch / processes / accumulation⌉ steps each."""
+        cfg = self.cfg
+        self.steps_per_epoch = math.ceil(self.data.plan.batches_per_epoch / self.world / cfg.grad_accum)
+        if cfg.epochs is None:
+            return
+        self.cfg = cfg.override({"steps": cfg.epochs * self.steps_per_epoch})
+        if self.cfg.warmup_steps > self.cfg.steps:
+            raise LoraKitError(f"--warmup-steps {cfg.warmup_steps} is more than the {self.cfg.steps} steps of "
+                               f"--epochs {cfg.epochs}")
+        if self.main:
+            print(f"--epochs {cfg.epochs}: {self.steps_per_epoch} steps an epoch, {self.cfg.steps} steps",
+                  file=sys.stderr)
 
     def _freeze_encoders(self, device) -> None:
         """The VAE and text encoders frozen on the device. A method of its own: a loop variable left in
@@ -493,11 +547,19 @@ class Trainer:
         parts = ModelParts(self.family, unet, tes if cfg.train_text_encoder else [], dict(unet.config))
         torch.manual_seed(mix_seed(cfg.seed, 0x1417))
         spec = cfg.network_spec()
-        self.network = LoRANetwork.create(parts, rank=cfg.rank, alpha=cfg.alpha, preset=cfg.preset,
-                                          conv_rank=spec.get("conv_dim"), conv_alpha=spec.get("conv_alpha"),
-                                          unet=cfg.train_unet, text_encoder=cfg.train_text_encoder,
-                                          dropout=spec.get("dropout", 0.0), rank_dropout=spec.get("rank_dropout", 0.0),
-                                          module_dropout=spec.get("module_dropout", 0.0), init=cfg.init, spec=spec)
+        dropouts = dict(dropout=spec.get("dropout", 0.0), rank_dropout=spec.get("rank_dropout", 0.0),
+                        module_dropout=spec.get("module_dropout", 0.0))
+        if self.continued is not None and cfg.dim_from_weights:
+            self.network = continuation.from_file(parts, self.continued, spec, **dropouts)
+        else:
+            self.network = LoRANetwork.create(parts, rank=cfg.rank, alpha=cfg.alpha, preset=cfg.preset,
+                                              conv_rank=spec.get("conv_dim"), conv_alpha=spec.get("conv_alpha"),
+                                              unet=cfg.train_unet, text_encoder=cfg.train_text_encoder,
+                                              init=cfg.init, spec=spec, **dropouts)
+            if self.continued is not None:
+                continuation.load_factors(self.network, parts, self.continued, spec)
+        if self.continued is not None and self.main and self.resume_dir is None:
+            print(continuation.describe(self.continued, self.data_offset), file=sys.stderr)
         if len(self.network) == 0:
             raise LoraKitError(f"the preset {cfg.preset!r} selects no layers of this model")
         self.network.to(device).apply()
@@ -540,6 +602,7 @@ class Trainer:
         from accelerate.state import PartialState
 
         fp = self.cfg.fingerprint()
+        fp.update(getattr(self, "_asked", {}))
         fp["num_processes"] = PartialState().num_processes
         return fp
 
@@ -570,7 +633,9 @@ class Trainer:
                 self._encode_text(todo[k:k + 16])
 
     def _text_key(self, caption: str) -> str:
-        return cache_key(caption, self.tag, self.family)
+        skip = self.conditioner.clip_skip
+        return cache_key(caption, self.tag, self.family) if skip is None else \
+            cache_key(caption, self.tag, self.family, f"clip_skip={skip}")
 
     def _text_outputs(self, encoded: dict) -> set[str]:
         """The conditioning keys a step reads from the text cache, each tensor once: the whole conditioning
@@ -666,9 +731,9 @@ class Trainer:
         torch.manual_seed(mix_seed(cfg.seed, micro, self.rank, 0xD0))  # LoRA dropout draws
         with acc.accumulate(self.model_wrapped):
             preds = self.model_wrapped([j for j, _, _ in jobs])
-            loss = losses.denoising_loss(preds[0], jobs[0][1], jobs[0][2])
+            loss = self._loss(preds[0], *jobs[0])
             if reg:
-                loss = loss + cfg.prior_weight * losses.denoising_loss(preds[1], jobs[1][1], jobs[1][2])
+                loss = loss + cfg.prior_weight * self._loss(preds[1], *jobs[1])
             penalty = losses.weight_penalty(self.params, cfg.l1_penalty, cfg.l2_penalty)
             if penalty is not None:
                 loss = loss + penalty
@@ -690,6 +755,17 @@ class Trainer:
         if self.trim_memory:
             release_free_memory()
         return float(value)
+
+    def _loss(self, pred: torch.Tensor, job: dict, tgt: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """--loss-type's loss of one job; Huber's threshold follows the job's timesteps (--huber-schedule)."""
+        cfg = self.cfg
+        delta = None
+        if cfg.loss_type != "l2":
+            ac = None if self.flow is not None else self.noise_scheduler.alphas_cumprod
+            steps = self.flow.num_train_timesteps if self.flow is not None else self.num_timesteps
+            delta = losses.huber_threshold(cfg.huber_schedule, cfg.huber_c, cfg.huber_scale, job["t"],
+                                           alphas_cumprod=ac, num_train_timesteps=steps)
+        return losses.denoising_loss(pred, tgt, weights, cfg.loss_type, delta)
 
     @torch.no_grad()
     def _base_prediction(self, job: dict) -> torch.Tensor:
@@ -735,6 +811,7 @@ class Trainer:
     def metadata(self, step: int, final: bool) -> dict[str, str]:
         from ..formats.metadata import build_metadata
 
+        step = self.data_offset + step  # a continued file counts the steps of the file it continued
         epoch = (step * self.cfg.grad_accum * self.world) // max(1, self.data.plan.batches_per_epoch)
         training = training_fields(self.cfg, self.data, family=self.family, prediction_type=self.prediction_type,
                                    step=step, epoch=epoch, num_processes=self.world, started_at=self.started_at,
@@ -778,6 +855,18 @@ class Trainer:
             notes = f"lorakit {__version__}: {self.step} steps on {Path(str(self.cfg.model)).name}"
             write_sidecars(out, self.spec, self.cfg.trigger, self.last_sample, self.cfg.comment or "", notes)
 
+    def _epoch_save_due(self) -> bool:
+        every = self.cfg.save_every_epochs * self.steps_per_epoch
+        return bool(every) and self.step % every == 0 and self.step < self.cfg.steps and self.main
+
+    def epoch_path(self, epoch: int) -> Path:
+        """kohya's name of an epoch's file: OUT's stem + -000004 + OUT's suffix, beside OUT."""
+        out = Path(self.cfg.out)
+        return out.with_name(f"{out.stem}-{epoch:06d}{out.suffix}")
+
+    def save_epoch(self, epoch: int) -> dict:
+        return self.save_lora(self.epoch_path(epoch), self.step, final=False, extra={"ss_epoch": str(epoch)})
+
     def _state_info(self) -> dict:
         return {"step": self.step, "config": self._fingerprint(), "history": self.history.state(),
                 "session_id": self.session_id, "started_at": self.started_at, "skipped_steps": self.skipped}
@@ -799,13 +888,13 @@ class Trainer:
         cfg = self.cfg
         if not self.main:
             return
-        prompts = read_prompts(cfg.sample_prompts, cfg.trigger or self.data.instance[0].caption)
+        prompts = read_sample_prompts(cfg.sample_prompts, cfg.trigger or self.data.instance[0].caption)
         net = self._unwrapped_network()
         net.eval()
         try:
-            images = render(self.model.pipe, prompts, [cfg.sample_seed + i for i in range(len(prompts))],
-                            steps=cfg.sample_steps, guidance=cfg.sample_guidance, width=cfg.resolution,
-                            height=cfg.resolution)
+            images = render_samples(self.model.pipe, prompts, seed=cfg.sample_seed, steps=cfg.sample_steps,
+                                    guidance=cfg.sample_guidance, size=cfg.resolution,
+                                    clip_skip=self.conditioner.clip_skip)
         finally:
             net.train()
         save_png(image_grid(images), self.run_dir / "samples" / f"step-{self.step:06d}.png")
@@ -827,7 +916,7 @@ class Trainer:
         try:
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
-                micro0 = self.step * cfg.grad_accum
+                micro0 = (self.data_offset + self.step) * cfg.grad_accum
                 self._bad_step = False
                 loss = sum(self.micro_step(micro0 + k) for k in range(cfg.grad_accum)) / cfg.grad_accum
                 self.step += 1
@@ -848,6 +937,8 @@ class Trainer:
                     self.on_step(self.step, loss)
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.checkpoint()
+                if self._epoch_save_due():
+                    self._write(self.save_epoch, self.step // self.steps_per_epoch)
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self._write(self.samples)
                 if cfg.evaluate_every and self.step % cfg.evaluate_every == 0 and self.step < cfg.steps:

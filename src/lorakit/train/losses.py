@@ -1,10 +1,12 @@
-"""The training objective: denoising MSE, min-SNR weighting, noise offset, weight penalties.
+"""The training objective: denoising MSE (or sd-scripts' Huber / smooth L1), min-SNR weighting, noise
+offset, weight penalties.
 
 Prior preservation is the same loss on class images, weighted by `prior_weight` and added.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -42,9 +44,41 @@ def min_snr_weights(scheduler, timesteps: Tensor, gamma: float, prediction_type:
     return clipped / (s + 1) if prediction_type == "v_prediction" else clipped / s
 
 
-def denoising_loss(pred: Tensor, tgt: Tensor, weights: Tensor | None = None) -> Tensor:
-    """MSE per sample (mean over pixels), then weighted mean over the batch; in fp32."""
-    per_sample = F.mse_loss(pred.float(), tgt.float(), reduction="none").flatten(1).mean(1)
+def huber_threshold(schedule: str, c: float, scale: float, timesteps: Tensor, *, alphas_cumprod: Tensor | None = None,
+                    num_train_timesteps: int = 1000) -> Tensor:
+    """The per-sample Huber threshold δ(t), as sd-scripts' `get_huber_threshold_if_needed`: constant
+    c·scale; exponential exp(ln(c)·t/T)·scale (c at the last timestep, scale at t = 0); snr
+    (1 − c)/(1 + σ_t)² + c with σ_t = √((1 − ᾱ_t)/ᾱ_t) (1 at t = 0, c where the noise dominates)."""
+    if schedule == "constant":
+        return torch.full((len(timesteps),), c * scale, device=timesteps.device)
+    if schedule == "exponential":
+        alpha = -math.log(c) / num_train_timesteps
+        return torch.exp(-alpha * timesteps.float()) * scale
+    if schedule == "snr":
+        if alphas_cumprod is None:
+            raise ValueError("the snr Huber schedule needs a noise schedule's alphas_cumprod")
+        ac = alphas_cumprod.to(timesteps.device)[timesteps.long()].float()
+        sigmas = ((1.0 - ac) / ac) ** 0.5
+        return (1 - c) / (1 + sigmas) ** 2 + c
+    raise ValueError(f"unknown Huber schedule {schedule!r}")
+
+
+def elementwise_loss(pred: Tensor, tgt: Tensor, loss_type: str = "l2", delta: Tensor | None = None) -> Tensor:
+    """sd-scripts' `conditional_loss` without reduction: l2 (x − y)²; huber 2δ(√((x − y)² + δ²) − δ);
+    smooth_l1 2(√((x − y)² + δ²) − δ), δ one value per sample."""
+    if loss_type == "l2":
+        return F.mse_loss(pred, tgt, reduction="none")
+    if loss_type not in ("huber", "smooth_l1"):
+        raise ValueError(f"unknown loss type {loss_type!r}")
+    d = delta.to(pred.device, pred.dtype).view(-1, *([1] * (pred.ndim - 1)))
+    root = torch.sqrt((pred - tgt) ** 2 + d ** 2) - d
+    return 2 * d * root if loss_type == "huber" else 2 * root
+
+
+def denoising_loss(pred: Tensor, tgt: Tensor, weights: Tensor | None = None, loss_type: str = "l2",
+                   delta: Tensor | None = None) -> Tensor:
+    """The loss per sample (mean over pixels), then weighted mean over the batch; in fp32."""
+    per_sample = elementwise_loss(pred.float(), tgt.float(), loss_type, delta).flatten(1).mean(1)
     if weights is not None:
         per_sample = per_sample * weights
     return per_sample.mean()

@@ -20,8 +20,9 @@ def read_prompts(path: Path | None, fallback: str) -> list[str]:
 
 @torch.no_grad()
 def render(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, guidance: float, width: int,
-           height: int, batch: int = 8) -> list[Image.Image]:
-    """One image per (prompt, seed), each from its own CPU generator so that batching changes nothing."""
+           height: int, batch: int = 8, **options) -> list[Image.Image]:
+    """One image per (prompt, seed), each from its own CPU generator so that batching changes nothing;
+    `options`: more of the pipeline's call arguments (negative_prompt, clip_skip)."""
     images = []
     denoiser = getattr(pipe, "unet", None) or pipe.transformer
     device = denoiser.device
@@ -30,8 +31,31 @@ def render(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, gu
         latents = torch.cat([torch.randn(_latent_shape(pipe, width, height),
                                          generator=torch.Generator("cpu").manual_seed(int(s))) for s in chunk_seeds])
         out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
-                   latents=latents.to(device, denoiser.dtype), output_type="pil")
+                   latents=latents.to(device, denoiser.dtype), output_type="pil", **options)
         images.extend(out.images)
+    return images
+
+
+@torch.no_grad()
+def render_samples(pipe, prompts: Sequence, *, seed: int, steps: int, guidance: float, size: int,
+                   clip_skip: int | None = None) -> list[Image.Image]:
+    """One image per SamplePrompt (sample_prompts.py), its own options over the run's: size, steps,
+    guidance, seed (else `seed` + its index), negative prompt, sampler; `clip_skip` in kohya's count."""
+    from ..samplers import make_scheduler
+
+    images = []
+    own = pipe.scheduler
+    try:
+        for i, p in enumerate(prompts):
+            pipe.scheduler = make_scheduler(p.sampler, own.config) if p.sampler else own
+            options = {"negative_prompt": [p.negative]} if p.negative else {}
+            if clip_skip is not None and clip_skip > 1:
+                options["clip_skip"] = clip_skip - 1  # diffusers counts the layers skipped after the last
+            images += render(pipe, [p.prompt], [p.seed if p.seed is not None else seed + i],
+                             steps=p.steps or steps, guidance=p.guidance if p.guidance is not None else guidance,
+                             width=p.width or size, height=p.height or size, **options)
+    finally:
+        pipe.scheduler = own
     return images
 
 

@@ -48,7 +48,9 @@ def train_config(model: str, data: str, trigger: str, out: str, preset: str, ran
         raise LoraKitError("choose the training images: a folder, or a dataset TOML")
     if not text(out):
         raise LoraKitError("choose where to write the LoRA (a .safetensors file)")
-    values = dict(model=text(model) or "toy", data=text(data), trigger=text(trigger), out=text(out), preset=preset,
+    if not text(model):
+        raise LoraKitError("choose a base model (a folder, a .safetensors file, a hub id or 'toy')")
+    values = dict(model=text(model), data=text(data), trigger=text(trigger), out=text(out), preset=preset,
                   rank=int(rank), alpha=float(alpha) if alpha else None, conv_rank=int(conv_rank) or None,
                   steps=int(steps), lr=float(lr), batch_size=int(batch_size), resolution=int(resolution),
                   optimizer=optimizer, scheduler=scheduler, train_text_encoder=_text_encoder_choice(train_text_encoder),

@@ -42,6 +42,10 @@ class Chroma(Flux):
     checkpoint_implementation = lora_implementation = _IMPL
     lora_formats = ("kohya", "diffusers", "comfyui")
     lora_width_probes = tuple(p for p in Flux.lora_width_probes if p[0] != "lora_te1")
+    sample_steps, sample_guidance = 35, 5.0  # ChromaPipeline's defaults (real classifier-free guidance)
+
+    def training_defaults(self, v_prediction: bool, denoiser_config: Mapping) -> dict:
+        return Family.training_defaults(self, v_prediction, denoiser_config)
 
     # --- metadata -------------------------------------------------------------------------------
     def base_model_version(self, v_prediction: bool = False) -> str:

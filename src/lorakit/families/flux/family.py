@@ -45,6 +45,7 @@ class Flux(DitLoraFiles, Family):
     trains_text_encoder_by_default = False
     frozen_outputs = ("t5",)
     classic_attention = False  # joint attention has no classic processor
+    sample_steps, sample_guidance = 28, 3.5  # FluxPipeline's defaults (dev: the guidance embedding's value)
     lora_formats = ("kohya", "diffusers", "comfyui", "onetrainer")  # kohya first: sd-scripts, ComfyUI and diffusers load it
     denoiser_containers = frozenset({"MMDiT.attn", "MMDiT.mlp", "MMDiT.adaLN", "MMDiT.embed"})
     _PRESET_GROUPS = {"attn": {"attn"}, "cross-attn": {"attn"}, "attn-mlp": {"attn", "mlp"},
@@ -60,6 +61,13 @@ class Flux(DitLoraFiles, Family):
 
     def resolution(self, v_prediction: bool = False) -> int:
         return 1024
+
+    def training_defaults(self, v_prediction: bool, denoiser_config: Mapping) -> dict:
+        """schnell (no guidance embedding) samples in 4 steps, without guidance, as BFL runs it."""
+        found = super().training_defaults(v_prediction, denoiser_config)
+        if denoiser_config and self.variant_of_config(denoiser_config) == "schnell":
+            found.update(sample_steps=4, sample_guidance=0.0)
+        return found
 
     def variant_of_config(self, config: Mapping) -> str:
         """dev has the guidance embedding, schnell (timestep-distilled) does not."""

@@ -45,6 +45,7 @@ class SD3(DitLoraFiles, Family):
     frozen_outputs = ("t5",)
     classic_attention = False  # joint attention has no classic processor
     lora_formats = ("diffusers", "kohya", "comfyui", "onetrainer")  # diffusers first: diffusers and ComfyUI load it
+    sample_steps, sample_guidance = 28, 5.0  # StableDiffusion3Pipeline's 28 steps; 3.5's model cards 4–5
 
     # --- detection -----------------------------------------------------------------------------
     def lora_metadata_evidence(self, metadata: Mapping[str, str]) -> int:

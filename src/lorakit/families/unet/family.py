@@ -34,6 +34,7 @@ class UNetFamily(Family):
     denoiser_class = "UNet2DConditionModel"
     prediction_types = ("epsilon", "v_prediction")
     denoiser_containers = _TRANSFORMER | _RESNET | _SAMPLERS
+    clip_skip = "honoured"
 
     text_encoder_classes: tuple[str, ...] = ("CLIPTextModel",)  # transformers class per text encoder
     # (layout, key prefix) of each text encoder in the original single file; layout clip (transformers
@@ -164,13 +165,19 @@ class UNetFamily(Family):
         return preset == "full" and (container in _RESNET or container in _SAMPLERS)
 
     # --- conditioning --------------------------------------------------------------------------
-    def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence, cached=None) -> dict:
-        """SD 1.x/2.x: the text encoder's last hidden state."""
+    def encode_text(self, encoders: Sequence, tokenizers: Sequence, ids: Sequence, cached=None,
+                    clip_skip: int | None = None) -> dict:
+        """SD 1.x/2.x: the text encoder's last hidden state; with `clip_skip` N the N-th last one through
+        the final layer norm, as sd-scripts' SdTextEncodingStrategy and A1111 take it."""
         te = encoders[0]
         mask = None
         if getattr(te.config, "use_attention_mask", False):
             mask = (ids[0] != tokenizers[0].pad_token_id).long().to(te.device)
-        return {"hidden": te(ids[0].to(te.device), attention_mask=mask)[0]}
+        if clip_skip is None:
+            return {"hidden": te(ids[0].to(te.device), attention_mask=mask)[0]}
+        out = te(ids[0].to(te.device), attention_mask=mask, output_hidden_states=True)
+        # transformers 5's CLIPTextModel holds the norm itself, older ones and ...WithProjection in text_model
+        return {"hidden": getattr(te, "text_model", te).final_layer_norm(out.hidden_states[-clip_skip])}
 
     def predict(self, denoiser, noisy, t, cond: Mapping, extra: Mapping, dtype):
         return denoiser(noisy.to(dtype), t, cond["hidden"].to(dtype), return_dict=False)[0]

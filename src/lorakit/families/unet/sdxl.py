@@ -29,6 +29,7 @@ class SDXL(UNetFamily):
                                 ("open_clip", "conditioner.embedders.1.model."))
     shipped_configs = {"epsilon": "sdxl-base"}
     sai_names = True
+    clip_skip = "ignored"  # the penultimate layers always; sd-scripts warns that SDXL training ignores it
     context_widths, te_widths = (2048,), (768, 1280)  # CLIP-L, OpenCLIP-bigG
     base_version_prefix, architecture_prefix = "sdxl", "stable-diffusion-xl"
 
