@@ -28,7 +28,7 @@ from torch import Tensor
 from . import naming as zi
 from ...errors import LoraKitError
 from ...formats.diffusers_fmt import METADATA_KEY, component_configs
-from ...formats.kohya import _listing, validate_module
+from ...formats.kohya import validate_module
 from ...formats.modules import Modules, Shaped
 from ...formats.peft_common import Entry, kohya_alpha, lora_config
 from ...lora import fused
@@ -68,6 +68,8 @@ def _comfy_module(prefix: str) -> str | None:
             return zi.kohya_name(rest)
         paths = zi.diffusers_path_of_original(rest)
     elif prefix.startswith(zi.PREFIX) and "." not in prefix:
+        if zi.is_kohya_name(prefix):  # the layers musubi-tuner's conversion leaves as they are
+            return prefix
         m = zi._KOHYA_BLOCK.match(prefix[len(zi.PREFIX):])
         if m is None or m.group(3) not in ("attention_qkv", "attention_out"):
             return None
@@ -184,4 +186,4 @@ def write_state(modules: Modules, layout: str, dtype: torch.dtype | None,
     return tensors, {METADATA_KEY: json.dumps(flat, indent=2, sort_keys=True), "format": "pt"}
 
 
-__all__ = ["LAYOUTS", "check_kohya_names", "layout_of", "read", "reading", "write_state", "_listing"]
+__all__ = ["LAYOUTS", "check_kohya_names", "layout_of", "read", "reading", "write_state"]
