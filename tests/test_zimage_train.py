@@ -70,7 +70,7 @@ def test_staged_prompt_inputs_give_the_pipeline_own_latents(pipe):
         with torch.no_grad():
             inputs = FAMILY.prompt_inputs(pipe, "a photo of sks dog", negative, guidance)
         staged = pipe(**inputs, generator=torch.Generator().manual_seed(1), **kw).images
-        assert own.shape == (1, 4, 4, 4) and torch.equal(own, staged), guidance
+        assert own.shape == (1, 4, 16, 16) and torch.equal(own, staged), guidance
 
 
 def test_training_lowers_the_loss_on_a_fixed_batch(zimage_dir, tmp_path):
