@@ -101,3 +101,22 @@ def test_inspect_and_cli_convert(world, tmp_path, capsys):
         assert load_lora(out).format == to and load_lora(out).family == "zimage"
     assert main(["convert", str(lora), "--to", "peft", "--out", str(tmp_path / "p")]) == 2
     assert "Z-Image LoRAs are written as kohya, diffusers, comfyui, not peft" in capsys.readouterr().err
+
+
+def test_shipped_config_is_the_family_and_builds_the_real_model():
+    import json
+
+    from accelerate import init_empty_weights
+    from diffusers import ZImageTransformer2DModel
+
+    from lorakit.families.zimage.family import FAMILY
+
+    folder = FAMILY.config_dir()
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == FAMILY.pipeline_class and index["transformer"][1] == FAMILY.denoiser_class
+    assert [k for k in index if k.startswith("text_encoder")] == list(FAMILY.text_encoders)
+    cfg = ZImageTransformer2DModel.load_config(str(folder), subfolder="transformer")
+    with init_empty_weights():
+        tr = ZImageTransformer2DModel.from_config(cfg)
+    assert sum(p.numel() for p in tr.parameters()) == 6_154_908_736
+    assert FAMILY.block_count(cfg) == 34
