@@ -31,9 +31,10 @@ def main(out: str) -> None:
     commit = sys.argv[2] if len(sys.argv) > 2 else subprocess.run(
         ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {"source": {"repository": "kohya-ss/musubi-tuner", "commit": commit,
-                         "modules": ["src/musubi_tuner/zimage/zimage_model.py", "src/musubi_tuner/networks/lora_zimage.py",
-                                     "src/musubi_tuner/networks/lora.py"],
-                         "command": "cd musubi-tuner/src && PYTHONPATH=. python record_musubi_names_zimage.py OUT.json [COMMIT]",
+                         "modules": ["src/musubi_tuner/zimage/zimage_model.py",
+                                     "src/musubi_tuner/networks/lora_zimage.py", "src/musubi_tuner/networks/lora.py"],
+                         "command": "cd musubi-tuner/src && "
+                                    "PYTHONPATH=. python record_musubi_names_zimage.py OUT.json [COMMIT]",
                          "call": "lora_zimage.create_arch_network(1.0, 4, 1.0, None, [], "
                                  "zimage_model.create_model(attn_mode='torch', split_attn=False, dtype=None))"},
               "zimage": {"unet_loras": names, "text_encoder_loras": {}}}

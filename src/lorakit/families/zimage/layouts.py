@@ -70,7 +70,7 @@ def _comfy_module(prefix: str) -> str | None:
     elif prefix.startswith(zi.PREFIX) and "." not in prefix:
         if zi.is_kohya_name(prefix):  # the layers musubi-tuner's conversion leaves as they are
             return prefix
-        m = zi._KOHYA_BLOCK.match(prefix[len(zi.PREFIX):])
+        m = zi.KOHYA_BLOCK.match(prefix[len(zi.PREFIX):])
         if m is None or m.group(3) not in ("attention_qkv", "attention_out"):
             return None
         paths = zi.diffusers_path_of_original(f"{m.group(1)}.{m.group(2)}.{m.group(3).replace('_', '.')}")

@@ -24,15 +24,18 @@ _BLOCK_LINEARS = {"attention.to_q": "attention_to_q", "attention.to_k": "attenti
                   "attention.to_v": "attention_to_v", "attention.to_out.0": "attention_to_out_0",
                   "feed_forward.w1": "feed_forward_w1", "feed_forward.w2": "feed_forward_w2",
                   "feed_forward.w3": "feed_forward_w3", "adaLN_modulation.0": "adaLN_modulation_0"}
-_TOP = re.compile(r"^(all_x_embedder\.\d+-\d+|all_final_layer\.\d+-\d+\.linear|all_final_layer\.\d+-\d+\.adaLN_modulation\.1"
-                  r"|t_embedder\.mlp\.[02]|cap_embedder\.1|siglip_embedder\.1)$")
+_TOP = re.compile(r"^(all_x_embedder\.\d+-\d+|all_final_layer\.\d+-\d+\.linear"
+                  r"|all_final_layer\.\d+-\d+\.adaLN_modulation\.1|t_embedder\.mlp\.[02]|cap_embedder\.1"
+                  r"|siglip_embedder\.1)$")
 _BLOCK = re.compile(rf"^({'|'.join(BLOCKS)})\.(\d+)\.(.+)$")
-_KOHYA_BLOCK = re.compile(rf"^({'|'.join(BLOCKS)})_(\d+)_(.+)$")
+KOHYA_BLOCK = re.compile(rf"^({'|'.join(BLOCKS)})_(\d+)_(.+)$")
 _KOHYA_TOP = {re.compile(r"^all_x_embedder_(\d+-\d+)$"): r"all_x_embedder.\1",
               re.compile(r"^all_final_layer_(\d+-\d+)_linear$"): r"all_final_layer.\1.linear",
-              re.compile(r"^all_final_layer_(\d+-\d+)_adaLN_modulation_1$"): r"all_final_layer.\1.adaLN_modulation.1",
+              re.compile(r"^all_final_layer_(\d+-\d+)_adaLN_modulation_1$"):
+                  r"all_final_layer.\1.adaLN_modulation.1",
               re.compile(r"^t_embedder_mlp_([02])$"): r"t_embedder.mlp.\1",
-              re.compile(r"^cap_embedder_1$"): "cap_embedder.1", re.compile(r"^siglip_embedder_1$"): "siglip_embedder.1"}
+              re.compile(r"^cap_embedder_1$"): "cap_embedder.1",
+              re.compile(r"^siglip_embedder_1$"): "siglip_embedder.1"}
 _OF_KOHYA_BLOCK = {v: k for k, v in _BLOCK_LINEARS.items()}
 QKV = ("to_q", "to_k", "to_v")
 
@@ -56,7 +59,7 @@ def path_of_kohya(name: str) -> str | None:
     if not name.startswith(PREFIX):
         return None
     rest = name[len(PREFIX):]
-    m = _KOHYA_BLOCK.match(rest)
+    m = KOHYA_BLOCK.match(rest)
     if m:
         sub = _OF_KOHYA_BLOCK.get(m.group(3))
         return None if sub is None else f"{m.group(1)}.{m.group(2)}.{sub}"
