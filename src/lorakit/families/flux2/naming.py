@@ -117,11 +117,12 @@ def fused_rows(bfl_path: str, sizes: dict[int, int], width: int) -> int:
 
 
 def container(bfl_path: str) -> str:
-    """The preset group of a BFL layer: attention (a single block's fused linear1/linear2 too), mlp,
-    adaLN (the three shared modulation layers and the final one) or embed."""
+    """The preset group of a BFL layer: attention (a single block's fused linear1/linear2 too) or mlp
+    inside the blocks; every layer outside them (embedders, the shared modulation, the final layer)
+    is "embed", adapted by the `full` preset only: musubi-tuner's network adapts the blocks alone."""
     m = _BLOCK.match(bfl_path)
     if not m:
-        return "MMDiT.adaLN" if "modulation" in bfl_path else "MMDiT.embed"
+        return "MMDiT.embed"
     return "MMDiT.mlp" if "_mlp." in m[3] else "MMDiT.attn"
 
 
