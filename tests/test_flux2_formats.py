@@ -101,7 +101,8 @@ def test_detection_of_pipelines_and_loras(pipe):
     assert families.detect_lora({}, {"ss_base_model_version": "flux1"}).name == "flux"
     flux1_only = {"lora_unet_double_blocks_0_img_mod_lin": {}, "lora_unet_double_blocks_0_img_attn_qkv": {}}
     assert FAMILY not in families.lora_candidates(flux1_only)
-    shared = {"lora_unet_double_blocks_0_img_attn_qkv": {"lora_down.weight": torch.zeros(4, 4096)}}
+    shared = {"lora_unet_double_blocks_0_img_attn_qkv": {"lora_down.weight": torch.zeros(4, 4096),
+                                                         "lora_up.weight": torch.zeros(3 * 4096, 4)}}
     assert families.lora_candidates(shared) == (FAMILY,)  # klein 9B's width: no Flux.1 layer has it
 
 
