@@ -55,11 +55,12 @@ def test_registry():
     assert families.names() == ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma", "flux2")
     assert [f.label for f in families.all()] == ["SD1", "SD2", "SDXL", "SD3", "Flux.1", "Chroma", "Flux.2"]
     assert families.get("sdxl") is families.get(families.get("sdxl"))
-    with pytest.raises(LoraKitError, match=r"unknown family 'sd4' \(sd1, sd2, sdxl, sd3, flux, chroma\)"):
+    with pytest.raises(LoraKitError, match=r"unknown family 'sd4' \(sd1, sd2, sdxl, sd3, flux, chroma, flux2\)"):
         families.get("sd4")
     assert [f.name for f in families.by_pipeline("StableDiffusionPipeline")] == ["sd1", "sd2"]
     assert families.pipeline_classes() == ("StableDiffusionPipeline", "StableDiffusionXLPipeline",
-                                           "StableDiffusion3Pipeline", "FluxPipeline", "ChromaPipeline")
+                                           "StableDiffusion3Pipeline", "FluxPipeline", "ChromaPipeline",
+                                           "Flux2KleinPipeline", "Flux2Pipeline")
     with pytest.raises(ValueError, match="registered twice"):
         families.register(families.get("sd1"))
 
