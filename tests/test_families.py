@@ -52,15 +52,15 @@ def _claims(evidence) -> dict[str, int]:
 
 
 def test_registry():
-    assert families.names() == ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma", "zimage")
-    assert [f.label for f in families.all()] == ["SD1", "SD2", "SDXL", "SD3", "Flux.1", "Chroma", "Z-Image"]
+    assert families.names() == ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma", "zimage", "flux2")
+    assert [f.label for f in families.all()] == ["SD1", "SD2", "SDXL", "SD3", "Flux.1", "Chroma", "Z-Image", "Flux.2"]
     assert families.get("sdxl") is families.get(families.get("sdxl"))
-    with pytest.raises(LoraKitError, match=r"unknown family 'sd4' \(sd1, sd2, sdxl, sd3, flux, chroma, zimage\)"):
+    with pytest.raises(LoraKitError, match=r"unknown family 'sd4' \(sd1, sd2, sdxl, sd3, flux, chroma, zimage, flux2\)"):
         families.get("sd4")
     assert [f.name for f in families.by_pipeline("StableDiffusionPipeline")] == ["sd1", "sd2"]
     assert families.pipeline_classes() == ("StableDiffusionPipeline", "StableDiffusionXLPipeline",
                                            "StableDiffusion3Pipeline", "FluxPipeline", "ChromaPipeline",
-                                           "ZImagePipeline")
+                                           "ZImagePipeline", "Flux2KleinPipeline", "Flux2Pipeline")
     with pytest.raises(ValueError, match="registered twice"):
         families.register(families.get("sd1"))
 
@@ -170,7 +170,8 @@ def test_facts_agree_with_the_shipped_configs():
         assert spec.denoiser in index
         assert spec.objective(pt) == pt
     for spec in families.all():
-        assert len(spec.text_encoders) == len(spec.tokenizers) == len(spec.tokenizer_pads) == len(spec.te_prefixes)
+        assert len(spec.text_encoders) == len(spec.tokenizers) == len(spec.tokenizer_pads)
+        assert len(spec.te_prefixes) == len(spec.text_encoders) or not spec.te_prefixes  # Flux.2's LM: no LoRA names
         assert spec.parts == ("unet",) + spec.te_parts
     assert {f.name: (f.bucket_step, f.te_parts, f.tokenizer_pads) for f in families.all()} == {
         "sd1": (64, ("te",), ("<|endoftext|>",)), "sd2": (64, ("te",), ("!",)),
@@ -178,7 +179,8 @@ def test_facts_agree_with_the_shipped_configs():
         "sd3": (64, ("te1", "te2", "te3"), ("<|endoftext|>", "!", None)),  # T5's tokenizer cannot ship
         "flux": (64, ("te1", "te3"), ("<|endoftext|>", None)),  # kohya numbers Flux's T5 3, as SD3's
         "chroma": (64, ("te3",), (None,)),  # Flux.1's T5 alone, under the same kohya number
-        "zimage": (64, ("te",), (None,))}  # Qwen3: its tokenizer does not ship, it takes no LoRA
+        "zimage": (64, ("te",), (None,)),  # Qwen3: its tokenizer does not ship, it takes no LoRA
+        "flux2": (64, (), (None,))}  # its LM (Qwen3, Mistral) never gets a LoRA: no kohya part
     with pytest.raises(ValueError, match="SD1 models predict epsilon or v_prediction, not flow_matching"):
         families.get("sd1").objective("flow_matching")
 

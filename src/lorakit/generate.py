@@ -270,12 +270,14 @@ def _decode_without_denoiser(model, latents: list, height: int, width: int) -> l
     pipe, family = model.pipe, model.spec
     model.release(family.denoiser)
     vae = pipe.vae
-    shift = vae.config.get("shift_factor") or 0.0
+    from .train.conditioning import latent_scale
+
+    scale, shift = latent_scale(vae)
     images = []
     with torch.no_grad():
         for one in latents:
             one = family.unpack_pipeline_latents(pipe, one.unsqueeze(0), height, width)
-            decoded = vae.decode(one / vae.config.scaling_factor + shift, return_dict=False)[0]
+            decoded = vae.decode(one / scale + shift, return_dict=False)[0]
             images.append(pipe.image_processor.postprocess(decoded, output_type="pil")[0])
     return images
 

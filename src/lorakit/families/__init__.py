@@ -16,7 +16,7 @@ from .base import OBJECTIVES, Family
 # The family modules, each defining FAMILY, imported on first use (so that nothing below the
 # registry imports a family); their order breaks detection ties. A new family is one line here.
 FAMILY_MODULES = ("unet.sd1", "unet.sd2", "unet.sdxl", "sd3.family", "flux.family", "chroma.family",
-                  "zimage.family")
+                  "zimage.family", "flux2.family")
 
 # The family whose UNet layout kohya's SAI-spelled names refer to when a LoRA's family is unknown
 # (kohya spells SDXL's UNet the SAI way).
@@ -79,11 +79,11 @@ def fallback() -> Family:
 
 def by_pipeline(class_name: str) -> tuple[Family, ...]:
     """The families a diffusers pipeline class can hold (SD1 and SD2 share StableDiffusionPipeline)."""
-    return tuple(f for f in _registry().values() if f.pipeline_class == class_name)
+    return tuple(f for f in _registry().values() if class_name in (f.pipeline_class, *f.other_pipeline_classes))
 
 
 def pipeline_classes() -> tuple[str, ...]:
-    return tuple(dict.fromkeys(f.pipeline_class for f in _registry().values()))
+    return tuple(dict.fromkeys(c for f in _registry().values() for c in (f.pipeline_class, *f.other_pipeline_classes)))
 
 
 def _strongest(evidence: Callable[[Family], int]) -> Family | None:

@@ -33,6 +33,7 @@ class Family:
 
     # --- diffusers pipeline and components ------------------------------------------------------
     pipeline_class: str = ""  # diffusers pipeline class (model_index.json `_class_name`)
+    other_pipeline_classes: tuple[str, ...] = ()  # further pipeline classes of the same family's variants
     pipeline_kwargs: Mapping[str, Any] = {}  # extra from_pretrained/constructor kwargs (safety checker off)
     denoiser: str = "unet"  # pipeline attribute of the network the LoRA adapts: unet / transformer
     denoiser_class: str = ""  # its diffusers class
@@ -333,6 +334,13 @@ class Family:
         embeddings), so that generation can encode first and release the text encoders before the
         denoiser loads; None: this family's encoders are small enough to stay beside the denoiser."""
         return None
+
+    def encode_latents(self, vae, pixels):
+        """The latents the denoiser trains on, from pixels in [-1, 1]: the VAE posterior's mean, shifted
+        and scaled by the VAE's config (a family whose pipeline normalizes latents otherwise says so)."""
+        from ..train.conditioning import encode_pixels
+
+        return encode_pixels(vae, pixels)
 
     def unpack_pipeline_latents(self, pipe, latents, height: int, width: int):
         """The latents a pipeline returns with output_type="latent", in the VAE's layout (what its own call

@@ -116,7 +116,7 @@ def build_index(parts: ModelParts) -> dict[str, Target]:
             t = Target(names[0], path, "unet", module, containers.get(path, ""), names)
             for n in names:
                 index[n] = t
-    for i, te in enumerate(parts.text_encoders):
+    for i, te in enumerate(parts.text_encoders[:len(spec.te_prefixes)]):  # past them: no LoRA names (Flux.2's LM)
         if te is None:
             continue
         prefix = spec.te_prefix(i)

@@ -55,10 +55,12 @@ def time_ids(original: tuple[int, int], crop: tuple[int, int], target: tuple[int
 
 
 def latent_scale(vae) -> tuple[float, float]:
-    """(scaling_factor, shift_factor) of a VAE; (1, 0) when the model works in pixel space."""
+    """(scaling_factor, shift_factor) of a VAE; (1, 0) when the model works in pixel space, and a
+    scale of 1 for a VAE whose config has none (Flux.2's normalizes with batch-norm statistics)."""
     if vae is None:
         return 1.0, 0.0
-    return float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
+    return (float(getattr(vae.config, "scaling_factor", None) or 1.0),
+            float(getattr(vae.config, "shift_factor", None) or 0.0))
 
 
 @torch.no_grad()

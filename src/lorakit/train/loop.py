@@ -32,7 +32,7 @@ from ..errors import Interrupted, LoraKitError
 from ..lora.network import LoRANetwork
 from ..writable import require_writable
 from . import continuation, losses, state
-from .conditioning import Conditioner, encode_pixels
+from .conditioning import Conditioner
 from .interrupt import EXIT_CODES, StopRequests, signal_name
 from .config import TrainConfig
 from .logs import LossHistory
@@ -622,7 +622,7 @@ class Trainer:
                 vae_dtype = vae.dtype
                 cast_module(vae, dtype=torch.float32)  # encode in fp32: SDXL's VAE overflows in fp16
             for item, placement, flip in track(todo, "caching latents", disable=not show or not todo):
-                lat = encode_pixels(vae, pixels(item, placement, flip)[None].to(self.acc.device))[0]
+                lat = self.spec.encode_latents(vae, pixels(item, placement, flip)[None].to(self.acc.device))[0]
                 self.latents.put(self._latent_key(item, placement, flip), {"latents": lat})
             if vae is not None and todo:
                 cast_module(vae, dtype=vae_dtype)
@@ -672,7 +672,7 @@ class Trainer:
             if all(g is not None for g in got):
                 return torch.stack([g["latents"] for g in got]).to(self.acc.device)
         px = torch.stack([pixels(s) for s in samples]).to(self.acc.device)
-        return encode_pixels(self.model.vae, px)
+        return self.spec.encode_latents(self.model.vae, px)
 
     # --- one step ------------------------------------------------------------------------------
     def _job(self, samples: list[Sample], micro: int, salt: int) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
