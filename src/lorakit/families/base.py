@@ -233,6 +233,23 @@ class Family:
         `streams_weights` families."""
         raise NotImplementedError
 
+    def vae_geometry(self, vae_config: Mapping) -> tuple[int, int]:
+        """(pixels per latent pixel, channels of the first level) of the family's VAE, from its config."""
+        channels = vae_config["block_out_channels"]
+        return 2 ** (len(channels) - 1), channels[0]
+
+    def encode_latents(self, vae, pixels):
+        """Pixels [B, 3, H, W] in [-1, 1] → the latents the denoiser trains on [B, C, h, w]: the
+        posterior's mean (not a sample: cached and uncached runs agree), shifted and scaled."""
+        from ..train.conditioning import scaled_latents
+
+        return scaled_latents(vae, pixels)
+
+    def decode_latents(self, vae, latents):
+        """`encode_latents` undone and decoded: [B, C, h, w] → pixels [B, 3, H, W] in [-1, 1]."""
+        shift = vae.config.get("shift_factor") or 0.0
+        return vae.decode(latents / vae.config.scaling_factor + shift, return_dict=False)[0]
+
     def denoiser_downsampling(self, config: Mapping) -> int:
         """How many latent pixels one denoiser cell spans: bucket sides must be multiples of it (× VAE)."""
         return 1

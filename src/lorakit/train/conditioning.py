@@ -58,14 +58,21 @@ def latent_scale(vae) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def encode_pixels(vae, pixels: Tensor) -> Tensor:
-    """Latents the UNet trains on: the VAE posterior's mean, shifted and scaled.
+def encode_pixels(vae, pixels: Tensor, family=None) -> Tensor:
+    """Latents the denoiser trains on, as the family's VAE makes them (`Family.encode_latents`;
+    `scaled_latents` when no family is given); the pixels themselves in pixel space."""
+    if vae is None:
+        return pixels
+    return family.encode_latents(vae, pixels) if family is not None else scaled_latents(vae, pixels)
+
+
+@torch.no_grad()
+def scaled_latents(vae, pixels: Tensor) -> Tensor:
+    """An AutoencoderKL's latents: the posterior's mean, shifted and scaled.
 
     The mean (not a sample) keeps cached and uncached runs identical; the posterior's spread
     is tiny next to the training noise.
     """
-    if vae is None:
-        return pixels
     scale, shift = latent_scale(vae)
     dist = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
     return ((dist.mean - shift) * scale).float()
