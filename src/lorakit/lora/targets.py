@@ -117,7 +117,7 @@ def build_index(parts: ModelParts) -> dict[str, Target]:
             for n in names:
                 index[n] = t
     for i, te in enumerate(parts.text_encoders):
-        if te is None:
+        if te is None or i >= len(spec.te_prefixes):  # an encoder without a kohya prefix never gets a LoRA
             continue
         prefix = spec.te_prefix(i)
         containers = {p: _te_container(c) for p, c in _containers(te, {
