@@ -110,14 +110,14 @@ def fixed_batch(model_dir, image_dir, lora=None):
 
     from lorakit.formats import load_network
     from lorakit.models import load_model
-    from lorakit.train.conditioning import Conditioner
+    from lorakit.train.conditioning import Conditioner, encode_pixels
     from lorakit.train.flow_matching import FlowMatching
 
     model = load_model(str(model_dir))
     pipe = model.pipe
     img = torch.tensor(list(Image.open(image_dir / "img0.png").convert("RGB").getdata()), dtype=torch.float32)
     px = (img.view(32, 32, 3).permute(2, 0, 1)[None] / 127.5 - 1).repeat(8, 1, 1, 1)
-    latents = model.spec.encode_latents(pipe.vae, px)
+    latents = encode_pixels(pipe.vae, px, model.spec)
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
     sigmas = torch.linspace(0.15, 0.95, 8)
     cond = Conditioner(pipe, model.family).encode([(image_dir / "img0.txt").read_text()] * 8)

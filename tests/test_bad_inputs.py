@@ -776,9 +776,9 @@ def test_odd_images_reach_the_trainer_upright_and_in_colour(tmp_path, monkeypatc
     batches = []
     real = loop.encode_pixels
 
-    def spy(vae, pixels):
+    def spy(vae, pixels, family=None):
         batches.append(pixels.detach().cpu().clone())
-        return real(vae, pixels)
+        return real(vae, pixels, family)
 
     monkeypatch.setattr(loop, "encode_pixels", spy)
     code = main(["train", "--model", str(files["model"]), "--data", str(tmp_path / "pics"), "--out",

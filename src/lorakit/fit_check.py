@@ -59,18 +59,21 @@ def image_bytes(width: int, height: int, count: int) -> int:
     return 3 * width * height * count
 
 
-def decode_bytes(vae, width: int, height: int, dtype: torch.dtype) -> int:
-    """The VAE decoder's full-resolution feature maps for one image."""
-    channels = vae.config.block_out_channels[0] if vae is not None else 3
+def decode_bytes(vae, width: int, height: int, dtype: torch.dtype, family=None) -> int:
+    """The VAE decoder's full-resolution feature maps for one image (`family`: whose VAE config it reads)."""
+    if vae is None:
+        channels = 3
+    else:
+        channels = family.vae_geometry(vae.config)[1] if family is not None else vae.config.block_out_channels[0]
     return _DECODE_MAPS * channels * width * height * _size(dtype)
 
 
-def generation_bytes(pipe, width: int, height: int, images_kept: int, grid: bool) -> int:
+def generation_bytes(pipe, width: int, height: int, images_kept: int, grid: bool, family=None) -> int:
     """One image generated at a time (each decoded at full resolution), `images_kept` held, a grid made."""
     vae = getattr(pipe, "vae", None)
     dtype = vae.dtype if vae is not None else torch.float32  # the decoder runs in the VAE's dtype
     held = image_bytes(width, height, images_kept) * (2 if grid and images_kept > 1 else 1)
-    return decode_bytes(vae, width, height, dtype) + held
+    return decode_bytes(vae, width, height, dtype, family) + held
 
 
 def unet_values(config, latent_height: int, latent_width: int, checkpointed: bool) -> int:

@@ -200,7 +200,7 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
     if n < 1 or steps < 1:
         raise LoraKitError(f"--n and --steps must be ≥ 1 (got n={n}, steps={steps})")
     pipe = model.pipe
-    scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    scale = model.spec.vae_geometry(pipe.vae.config)[0]
     config = model.unet.config if model.unet is not None else (model.denoiser_config or {})
     sample = config.get("sample_size")  # Flux's transformer has none: its native size
     default = sample * scale if sample else model.spec.resolution(False)
@@ -216,7 +216,7 @@ def generate(model, prompt: str, *, negative: str = "", loras: Sequence[LoraSpec
         inputs = _encode_prompts(model, specs, prompt, negative, guidance, merge, allow_pickle)
         add_denoiser()
     merge = merge and not _keep_quantized(model, specs)
-    require_fits(generation_bytes(pipe, width, height, n, grid=n > 1), pipe.device,
+    require_fits(generation_bytes(pipe, width, height, n, grid=n > 1, family=model.spec), pipe.device,
                  f"{n} image(s) of {width}x{height}", "lower --width/--height or --n")
     sampler = effective_name(sampler, pipe.scheduler.config)  # what PNG info records is what ran
     pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
@@ -270,14 +270,11 @@ def _decode_without_denoiser(model, latents: list, height: int, width: int) -> l
     pipe, family = model.pipe, model.spec
     model.release(family.denoiser)
     vae = pipe.vae
-    from .train.conditioning import latent_scale
-
-    scale, shift = latent_scale(vae)
     images = []
     with torch.no_grad():
         for one in latents:
             one = family.unpack_pipeline_latents(pipe, one.unsqueeze(0), height, width)
-            decoded = vae.decode(one / scale + shift, return_dict=False)[0]
+            decoded = family.decode_latents(vae, one)
             images.append(pipe.image_processor.postprocess(decoded, output_type="pil")[0])
     return images
 

@@ -16,7 +16,7 @@ from .base import OBJECTIVES, Family
 # The family modules, each defining FAMILY, imported on first use (so that nothing below the
 # registry imports a family); their order breaks detection ties. A new family is one line here.
 FAMILY_MODULES = ("unet.sd1", "unet.sd2", "unet.sdxl", "sd3.family", "flux.family", "chroma.family",
-                  "zimage.family", "flux2.family")
+                  "zimage.family", "flux2.family", "qwenimage.family")
 
 # The family whose UNet layout kohya's SAI-spelled names refer to when a LoRA's family is unknown
 # (kohya spells SDXL's UNet the SAI way).

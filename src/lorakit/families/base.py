@@ -248,6 +248,25 @@ class Family:
         `streams_weights` families."""
         raise NotImplementedError
 
+    def vae_geometry(self, vae_config: Mapping) -> tuple[int, int]:
+        """(pixels per latent pixel, channels of the first level) of the family's VAE, from its config."""
+        channels = vae_config["block_out_channels"]
+        return 2 ** (len(channels) - 1), channels[0]
+
+    def encode_latents(self, vae, pixels):
+        """Pixels [B, 3, H, W] in [-1, 1] → the latents the denoiser trains on [B, C, h, w]: the
+        posterior's mean (not a sample: cached and uncached runs agree), shifted and scaled."""
+        from ..latents import scaled_latents
+
+        return scaled_latents(vae, pixels)
+
+    def decode_latents(self, vae, latents):
+        """`encode_latents` undone and decoded: [B, C, h, w] → pixels [B, 3, H, W] in [-1, 1]."""
+        from ..latents import latent_scale
+
+        scale, shift = latent_scale(vae)
+        return vae.decode(latents / scale + shift, return_dict=False)[0]
+
     def denoiser_downsampling(self, config: Mapping) -> int:
         """How many latent pixels one denoiser cell spans: bucket sides must be multiples of it (× VAE)."""
         return 1
@@ -334,13 +353,6 @@ class Family:
         embeddings), so that generation can encode first and release the text encoders before the
         denoiser loads; None: this family's encoders are small enough to stay beside the denoiser."""
         return None
-
-    def encode_latents(self, vae, pixels):
-        """The latents the denoiser trains on, from pixels in [-1, 1]: the VAE posterior's mean, shifted
-        and scaled by the VAE's config (a family whose pipeline normalizes latents otherwise says so)."""
-        from ..train.conditioning import encode_pixels
-
-        return encode_pixels(vae, pixels)
 
     def unpack_pipeline_latents(self, pipe, latents, height: int, width: int):
         """The latents a pipeline returns with output_type="latent", in the VAE's layout (what its own call

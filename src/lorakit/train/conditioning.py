@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..latents import latent_scale, scaled_latents  # noqa: F401  (their home below the families)
+
 
 class Conditioner:
     """The family's tokenizers and text encoders, read from the pipeline by the family's names."""
@@ -54,24 +56,12 @@ def time_ids(original: tuple[int, int], crop: tuple[int, int], target: tuple[int
     return torch.tensor([original[1], original[0], crop[0], crop[1], target[1], target[0]], dtype=torch.float32)
 
 
-def latent_scale(vae) -> tuple[float, float]:
-    """(scaling_factor, shift_factor) of a VAE; (1, 0) when the model works in pixel space, and a
-    scale of 1 for a VAE whose config has none (Flux.2's normalizes with batch-norm statistics)."""
-    if vae is None:
-        return 1.0, 0.0
-    return (float(getattr(vae.config, "scaling_factor", None) or 1.0),
-            float(getattr(vae.config, "shift_factor", None) or 0.0))
-
-
 @torch.no_grad()
-def encode_pixels(vae, pixels: Tensor) -> Tensor:
-    """Latents the UNet trains on: the VAE posterior's mean, shifted and scaled.
-
-    The mean (not a sample) keeps cached and uncached runs identical; the posterior's spread
-    is tiny next to the training noise.
-    """
+def encode_pixels(vae, pixels: Tensor, family=None) -> Tensor:
+    """Latents the denoiser trains on, as the family's VAE makes them (`Family.encode_latents`;
+    `scaled_latents` when no family is given); the pixels themselves in pixel space."""
     if vae is None:
         return pixels
-    scale, shift = latent_scale(vae)
-    dist = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
-    return ((dist.mean - shift) * scale).float()
+    return family.encode_latents(vae, pixels) if family is not None else scaled_latents(vae, pixels)
+
+

@@ -32,7 +32,7 @@ from ..errors import Interrupted, LoraKitError
 from ..lora.network import LoRANetwork
 from ..writable import require_writable
 from . import continuation, losses, state
-from .conditioning import Conditioner
+from .conditioning import Conditioner, encode_pixels
 from .interrupt import EXIT_CODES, StopRequests, signal_name
 from .config import TrainConfig
 from .logs import LossHistory
@@ -289,7 +289,7 @@ class Trainer:
     def _size_multiple(self) -> int:
         """Pixels every image side must be a multiple of: the VAE's downscale × the denoiser's
         downsampling (64 for SD 1.x/2.x, 32 for SDXL), read from the model's own configs."""
-        vae_factor = 2 ** (len(self.vae_config["block_out_channels"]) - 1) if self.vae_config else 1
+        vae_factor = self.spec.vae_geometry(self.vae_config)[0] if self.vae_config else 1
         config = self.model.denoiser_config
         return vae_factor * (self.spec.denoiser_downsampling(config) if config else 1)
 
@@ -318,7 +318,7 @@ class Trainer:
         cfg, config = self.cfg, self.model.denoiser_config
         if config is None:  # no denoiser config to estimate from
             return
-        scale = 2 ** (len(self.vae_config["block_out_channels"]) - 1) if self.vae_config else 8
+        scale = self.spec.vae_geometry(self.vae_config)[0] if self.vae_config else 8
         need = training_bytes(self.spec, config, scale, cfg.resolution, cfg.batch_size, cfg.gradient_checkpointing,
                               self.weight_dtype)
         require_fits(need, self.acc.device, f"a training batch of {cfg.batch_size} at {cfg.resolution} px",
@@ -622,7 +622,7 @@ class Trainer:
                 vae_dtype = vae.dtype
                 cast_module(vae, dtype=torch.float32)  # encode in fp32: SDXL's VAE overflows in fp16
             for item, placement, flip in track(todo, "caching latents", disable=not show or not todo):
-                lat = self.spec.encode_latents(vae, pixels(item, placement, flip)[None].to(self.acc.device))[0]
+                lat = encode_pixels(vae, pixels(item, placement, flip)[None].to(self.acc.device), self.spec)[0]
                 self.latents.put(self._latent_key(item, placement, flip), {"latents": lat})
             if vae is not None and todo:
                 cast_module(vae, dtype=vae_dtype)
@@ -672,7 +672,7 @@ class Trainer:
             if all(g is not None for g in got):
                 return torch.stack([g["latents"] for g in got]).to(self.acc.device)
         px = torch.stack([pixels(s) for s in samples]).to(self.acc.device)
-        return self.spec.encode_latents(self.model.vae, px)
+        return encode_pixels(self.model.vae, px, self.spec)
 
     # --- one step ------------------------------------------------------------------------------
     def _job(self, samples: list[Sample], micro: int, salt: int) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
