@@ -374,7 +374,7 @@ def test_generate_prompt_lora_tag_without_lora_dir(capsys, files, tmp_path):
     out = _out(tmp_path, "x.png")
     argv = _generate(files, out)
     argv[argv.index("--prompt") + 1] = "a dog <lora:dog:0.5>"
-    _refused(capsys, argv, "<lora:dog>", "--lora-dir", out=out)
+    _refused(capsys, argv, "<lora:dog:0.5>", "--lora-dir", out=out)
 
 
 def test_generate_output_under_a_file(capsys, files, tmp_path):

@@ -52,15 +52,17 @@ def _claims(evidence) -> dict[str, int]:
 
 
 def test_registry():
-    assert families.names() == ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma", "zimage", "flux2")
-    assert [f.label for f in families.all()] == ["SD1", "SD2", "SDXL", "SD3", "Flux.1", "Chroma", "Z-Image", "Flux.2"]
+    assert families.names() == ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma", "zimage", "flux2", "qwenimage")
+    assert [f.label for f in families.all()] == ["SD1", "SD2", "SDXL", "SD3", "Flux.1", "Chroma", "Z-Image", "Flux.2",
+                                                 "Qwen-Image"]
     assert families.get("sdxl") is families.get(families.get("sdxl"))
-    with pytest.raises(LoraKitError, match=r"unknown family 'sd4' \(sd1, sd2, sdxl, sd3, flux, chroma, zimage, flux2\)"):
+    with pytest.raises(LoraKitError, match=r"unknown family 'sd4' \(sd1, sd2, sdxl, sd3, flux, chroma, zimage, flux2, qwenimage\)"):
         families.get("sd4")
     assert [f.name for f in families.by_pipeline("StableDiffusionPipeline")] == ["sd1", "sd2"]
     assert families.pipeline_classes() == ("StableDiffusionPipeline", "StableDiffusionXLPipeline",
                                            "StableDiffusion3Pipeline", "FluxPipeline", "ChromaPipeline",
-                                           "ZImagePipeline", "Flux2KleinPipeline", "Flux2Pipeline")
+                                           "ZImagePipeline", "Flux2KleinPipeline", "Flux2Pipeline",
+                                           "QwenImagePipeline")
     with pytest.raises(ValueError, match="registered twice"):
         families.register(families.get("sd1"))
 
@@ -180,7 +182,8 @@ def test_facts_agree_with_the_shipped_configs():
         "flux": (64, ("te1", "te3"), ("<|endoftext|>", None)),  # kohya numbers Flux's T5 3, as SD3's
         "chroma": (64, ("te3",), (None,)),  # Flux.1's T5 alone, under the same kohya number
         "zimage": (64, ("te",), (None,)),  # Qwen3: its tokenizer does not ship, it takes no LoRA
-        "flux2": (64, (), (None,))}  # its LM (Qwen3, Mistral) never gets a LoRA: no kohya part
+        "flux2": (64, (), (None,)),  # its LM (Qwen3, Mistral) never gets a LoRA: no kohya part
+        "qwenimage": (64, (), (None,))}  # Qwen2.5-VL likewise
     with pytest.raises(ValueError, match="SD1 models predict epsilon or v_prediction, not flow_matching"):
         families.get("sd1").objective("flow_matching")
 
