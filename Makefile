@@ -6,9 +6,9 @@ LOCK := requirements.lock
 
 .PHONY: setup browser lock demo test test-fast bench clean
 
-# Installs exactly what the lock names (the versions the suite last passed with), then lorakit itself,
-# and the browser the web UI's tests drive.
-setup: $(STAMP) browser
+# Installs exactly what the lock names (the versions the suite last passed with), then lorakit itself.
+# The browser the web UI's tests drive comes with the test targets only (the demo needs none).
+setup: $(STAMP)
 
 # Debian's chromium for the web UI's browser tests (Playwright drives it; it never downloads one).
 CHROMIUM := /usr/bin/chromium
@@ -49,10 +49,10 @@ demo: setup
 	$(BIN)/lorakit demo --out out/demo
 
 # The whole suite, slow tests included (a bare `pytest` skips the slow ones).
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -m "slow or not slow" -q --durations=25
 
-test-fast: setup
+test-fast: setup browser
 	$(BIN)/python -m pytest -q
 
 bench: setup

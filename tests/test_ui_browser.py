@@ -65,7 +65,7 @@ def page(server, tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium package")
+        pytest.fail(f"{CHROMIUM} is missing: `make test` (or `make browser`) installs Debian's chromium package")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
