@@ -124,18 +124,19 @@ _DOUBLE_BLOCK = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn
 
 
 # Chroma's double blocks are Flux.1's under the same names and widths: a file of them alone fits both
-@pytest.mark.parametrize("family,width,fits", [("flux", 3072, ["flux", "chroma"]), ("sd3", 1536, ["sd3"]),
+@pytest.mark.parametrize("family,width,fits", [("flux", 3072, ["flux", "chroma", "flux2"]), ("sd3", 1536, ["sd3"]),
                                                ("sd3", 2432, ["sd3"])])
 def test_double_block_diffusers_file_at_real_width_is_the_family_of_that_width(family, width, fits, tmp_path, capsys):
     """`transformer.transformer_blocks.N.attn.to_q` is a Flux double block and an SD3 joint block
-    alike; the hidden width tells them apart (Flux.1 3072; SD 3.x 1536 or 2432). A Flux file of
+    alike; the hidden width tells them apart (Flux.1, Chroma, Flux.2 klein 4B 3072; SD 3.x 1536 or 2432). A Flux file of
     double blocks only and no metadata was read as SD3. Where the width fits several families,
     `--family` and the model at hand settle it."""
     path = real_width_file(tmp_path / "d.safetensors",
                            {f"transformer.transformer_blocks.0.{m}": width for m in _DOUBLE_BLOCK})
     told = ("--family", family) if len(fits) > 1 else ()
     if told:
-        assert f"fit {' and '.join(families.get(f).label for f in fits)} alike" in refused(path, capsys)
+        labels = [families.get(f).label for f in fits]  # Flux.2 klein 4B is 3072 wide as well
+        assert f"fit {', '.join(labels[:-1])} and {labels[-1]} alike" in refused(path, capsys)
         assert read_card(path).family is None and read_card(path).candidates == tuple(fits)
     report = inspect(path, capsys, *told)
     assert (report["format"], report["family"]) == ("diffusers", family)

@@ -88,8 +88,12 @@ class Family:
         return self.te_prefixes[index]
 
     def te_part_of_attribute(self, attribute: str) -> str | None:
-        """Model part (te, te1...) of a pipeline attribute (text_encoder, text_encoder_2...); None if not one."""
-        return self.te_parts[self.text_encoders.index(attribute)] if attribute in self.text_encoders else None
+        """Model part (te, te1...) of a pipeline attribute (text_encoder, text_encoder_2...); None if not one,
+        or if that encoder has no part (Flux.2's and Qwen-Image's language models take no LoRA)."""
+        if attribute not in self.text_encoders:
+            return None
+        index = self.text_encoders.index(attribute)
+        return self.te_parts[index] if index < len(self.te_parts) else None
 
     def attribute_of_part(self, part: str) -> str | None:
         """Pipeline attribute of a model part: unet → the denoiser, te1 → text_encoder..."""
