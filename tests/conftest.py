@@ -40,3 +40,29 @@ def tiny_model_with_lora(root, rank: int = 8, alpha: float = 4, std: float = 0.2
             p.normal_(0, std)
     save_lora(root / "a.safetensors", net.kohya_modules(), {}, family="sd1")
     return root
+
+
+# pytest's "failed" retention removes a passed test's tmp_path, but not the folders module- and
+# session-scoped fixtures make with tmp_path_factory (tiny models, streamed real-width files: 0.8 GB
+# a run). At the end those go too; a failed test's own folder stays for a look.
+_FAILED_DIRS: set[str] = set()
+
+
+def pytest_runtest_logreport(report):
+    if report.failed:
+        import re
+
+        # the folder name pytest's tmp_path gives a test: its name, non-word characters as "_", 30 at most
+        _FAILED_DIRS.add(re.sub(r"[\W]", "_", report.nodeid.split("::")[-1])[:30])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    base = getattr(factory, "_basetemp", None) if factory is not None else None
+    if base is None or not base.is_dir():
+        return
+    for path in base.iterdir():
+        if path.is_dir() and not any(path.name.startswith(name) for name in _FAILED_DIRS):
+            shutil.rmtree(path, ignore_errors=True)
